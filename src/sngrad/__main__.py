@@ -1,0 +1,5 @@
+import sys
+
+from sngrad.cli import main
+
+sys.exit(main())

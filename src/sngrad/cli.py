@@ -1,0 +1,45 @@
+"""Command line: ``python -m sngrad <command> ...`` (also installed as ``sngrad``).
+
+Each command lives in the module that owns its idea and exposes ``cli(argv) -> int``; this
+file only dispatches, so that ``python -m sngrad data ...`` does not pay for importing the
+training code and vice versa.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from sngrad.errors import SngradError
+
+# command -> (module, function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "data": ("sngrad.data", "cli", "prepare a dataset's splits: data prepare NAME --out FILE.npz"),
+    "tune": ("sngrad.train", "cli_tune", "search hyper-parameters for one (dataset, optimizer, batch size)"),
+    "train": ("sngrad.train", "cli_train", "retrain the chosen setting on fresh seeds"),
+    "alpha-sweep": ("sngrad.train", "cli_alpha_sweep", "sensitivity of a sngrad variant to alpha"),
+    "report": ("sngrad.report", "cli", "render paper/report.md from results/"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: python -m sngrad <command> [options]", "", "commands:"]
+    lines += [f"  {name:<12} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"sngrad: error: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module, function, _ = COMMANDS[name]
+    try:
+        return int(getattr(importlib.import_module(module), function)(rest) or 0)
+    except SngradError as err:
+        print(f"sngrad: error: {err}", file=sys.stderr)
+        return 2
