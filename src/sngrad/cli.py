@@ -15,7 +15,11 @@ from sngrad.errors import SngradError
 # command -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("sngrad.data", "cli", "prepare a dataset's splits: data prepare NAME --out FILE.npz"),
-    "tune": ("sngrad.train", "cli_tune", "search hyper-parameters for one (dataset, optimizer, batch size)"),
+    "tune": (
+        "sngrad.train",
+        "cli_tune",
+        "search hyper-parameters for one (dataset, optimizer, batch size)",
+    ),
     "train": ("sngrad.train", "cli_train", "retrain the chosen setting on fresh seeds"),
     "alpha-sweep": ("sngrad.train", "cli_alpha_sweep", "sensitivity of a sngrad variant to alpha"),
     "report": ("sngrad.report", "cli", "render paper/report.md from results/"),
@@ -35,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"sngrad: error: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"sngrad: error: unknown command {name!r}; valid: {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     module, function, _ = COMMANDS[name]
     try:
