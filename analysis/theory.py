@@ -1,0 +1,627 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Theory checks: SGD as a noisy dynamical system
+#
+# Every quantitative statement of the report's theory sections is turned into a prediction and
+# measured here by simulating many independent chains (`sngrad.sde.simulate`). Each claim
+# becomes one row of `{out_dir}/checks.csv` with its Monte Carlo standard error; the figures go
+# to `{figures_dir}/theory_*.png` under fixed names.
+#
+# Sections: (a) 1-D quadratic, discrete recursion against its continuous-time limit;
+# (b) temperature and batch size; (c) a double well against the Gibbs density;
+# (d) two parameters: several temperatures, preconditioning, a coupled quadratic;
+# (e) the sngrad variants with per-example noise; (f) the lecture-note pictures.
+
+# %%
+import json
+import time
+from pathlib import Path
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy import linalg, optimize
+
+from sngrad import sde
+
+plt.switch_backend("Agg")  # figures go to files only
+START = time.time()  # summary.json's wall time: everything after the imports
+
+# %% tags=["parameters"]
+out_dir = "results/theory"
+figures_dir = "paper/figures"
+scale = "default"
+seed = 0
+
+# %%
+OUT = Path(out_dir)
+FIGS = Path(figures_dir)
+OUT.mkdir(parents=True, exist_ok=True)
+FIGS.mkdir(parents=True, exist_ok=True)
+KEY = jax.random.key(seed)
+TOLERANCE = 0.05  # the agreement every check is held to (relative error)
+DPI = 110
+
+# (chains per group, burn-in steps, measured steps) per section. "default" must stay under about
+# two minutes on two CPU cores; "smoke" only exercises the code; "paper" tightens the error bars.
+SIZES = {
+    "smoke": {"a": (150, 1000, 1500), "b": (100, 500, 1500), "c": (300, 5000, 8000),
+              "d": (300, 1500, 3000), "e": (300, 1000, 2000)},
+    "default": {"a": (500, 1000, 4000), "b": (250, 500, 3000), "c": (1000, 6000, 20000),
+                "d": (1000, 2000, 6000), "e": (1000, 1000, 4000)},
+    "paper": {"a": (2000, 1000, 8000), "b": (1000, 500, 6000), "c": (4000, 6000, 40000),
+              "d": (4000, 2000, 12000), "e": (3000, 1000, 8000)},
+}
+if scale not in SIZES:
+    raise ValueError(f"scale must be one of {sorted(SIZES)}, got {scale!r}")
+SIZE = SIZES[scale]
+PARAMS: dict = {"tolerance": TOLERANCE}  # every setting the report quotes, so none is typed twice
+CHECKS: list[dict] = []
+
+
+def section_key(name: str):
+    """An independent, reproducible random key per section."""
+    return jax.random.fold_in(KEY, ord(name))
+
+
+def tag(x: float) -> str:
+    """A number as a name fragment: 0.01 -> '0p01'."""
+    return f"{x:g}".replace(".", "p").replace("-", "m")
+
+
+def check(name, section, claim, predicted, measured, mc_se, *, eta=None, k=None, noise_var=None,
+          batch_size=None):
+    """Record one quantitative claim; the relative error is against the prediction."""
+    predicted, measured = float(predicted), float(measured)
+    rel = abs(measured - predicted) / abs(predicted)
+    CHECKS.append({
+        "name": name, "section": section, "claim": claim, "predicted": predicted,
+        "measured": measured, "rel_error": rel, "mc_se": float(mc_se),
+        "within_5pct": bool(rel <= TOLERANCE), "eta": eta, "k": k, "noise_var": noise_var,
+        "batch_size": batch_size,
+    })
+
+
+def save(fig, name):
+    fig.savefig(FIGS / name, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
+# %% [markdown]
+# ## (a) One parameter, quadratic loss
+#
+# $x_{t+1} = x_t - \eta (k x_t + \xi_t)$ with $\operatorname{Var}\xi = s^2$. Squaring and taking
+# expectations at stationarity gives the exact variance $\eta s^2 / (k(2-\eta k))$; the
+# continuous-time (Ornstein-Uhlenbeck) model gives $\eta s^2 / (2k)$. Their ratio
+# $2/(2-\eta k)$ is the error of the SDE picture; it is harmless for small $\eta k$ and
+# unbounded as $\eta k \to 2$.
+
+# %%
+ETA_K = np.array([0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0, 1.3, 1.6, 1.8, 1.9])
+K_1D, S2_1D = 1.0, 1.0
+n_per, burn, steps = SIZE["a"]
+eta_chain = np.repeat(ETA_K / K_1D, n_per)[:, None]
+run_a = sde.simulate(section_key("a"), sde.Quadratic.diagonal([K_1D]), n_chains=eta_chain.shape[0],
+                     burn_in=burn, n_steps=steps, eta=eta_chain, noise_cov=[[S2_1D]])
+rows_1d = []
+for g, ek in enumerate(ETA_K):
+    eta = ek / K_1D
+    v, se = run_a.select(slice(g * n_per, (g + 1) * n_per)).variance()
+    rows_1d.append({"eta": eta, "k": K_1D, "noise_var": S2_1D,
+                    "predicted_discrete": sde.discrete_variance(eta, K_1D, S2_1D),
+                    "predicted_sde": sde.sde_variance(eta, K_1D, S2_1D),
+                    "measured": v[0], "mc_se": se[0]})
+    check(f"a_discrete_etak_{tag(ek)}", "a",
+          f"1-D quadratic, eta k = {ek:g}: Var = eta s^2 / (k (2 - eta k))",
+          rows_1d[-1]["predicted_discrete"], v[0], se[0], eta=eta, k=K_1D, noise_var=S2_1D)
+stationary_1d = pd.DataFrame(rows_1d)
+stationary_1d["sde_rel_error"] = (stationary_1d.predicted_sde / stationary_1d.measured - 1).abs()
+
+# The SDE is a claim only where it should hold (smallest eta k); elsewhere its error is the
+# discrete factor 2 / (2 - eta k), which is itself checked as a ratio.
+small = rows_1d[0]
+check(f"a_sde_etak_{tag(ETA_K[0])}", "a",
+      f"continuous-time limit eta s^2 / (2k) holds at eta k = {ETA_K[0]:g}",
+      small["predicted_sde"], small["measured"], small["mc_se"], eta=small["eta"], k=K_1D,
+      noise_var=S2_1D)
+for ek in (1.0, 1.9):
+    row = rows_1d[int(np.argmin(abs(ETA_K - ek)))]
+    check(f"a_sde_ratio_etak_{tag(ek)}", "a",
+          f"SDE underestimates by the factor 2 / (2 - eta k) at eta k = {ek:g}",
+          2 / (2 - ek), row["measured"] / row["predicted_sde"], row["mc_se"] / row["predicted_sde"],
+          eta=row["eta"], k=K_1D, noise_var=S2_1D)
+PARAMS["a"] = {"k": K_1D, "noise_var": S2_1D, "eta_k_min": float(ETA_K[0]),
+               "eta_k_max": float(ETA_K[-1]), "n_eta": len(ETA_K)}
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+grid = np.linspace(0.005, 1.95, 300)
+ax1.plot(grid, sde.discrete_variance(grid / K_1D, K_1D, S2_1D),
+         label=r"exact: $\eta s^2/(k(2-\eta k))$")
+ax1.plot(grid, sde.sde_variance(grid / K_1D, K_1D, S2_1D), "--", label=r"SDE: $\eta s^2/(2k)$")
+ax1.errorbar(ETA_K, stationary_1d.measured, 2 * stationary_1d.mc_se, fmt="o", ms=4, color="k",
+             label="simulation (±2 SE)")
+ax1.set(xscale="log", yscale="log", xlabel=r"$\eta k$", ylabel="stationary variance",
+        title="1-D quadratic: stationary variance")
+ax1.legend(fontsize=8)
+ax2.plot(grid, 2 / (2 - grid) - 1, label=r"predicted: $\eta k/(2-\eta k)$")
+ax2.errorbar(ETA_K, stationary_1d.measured / stationary_1d.predicted_sde - 1,
+             2 * stationary_1d.mc_se / stationary_1d.predicted_sde, fmt="o", color="k", ms=4,
+             label="simulation (±2 SE)")
+ax2.set(xscale="log", yscale="log", xlabel=r"$\eta k$", ylabel="relative error of the SDE",
+        title="The SDE error grows with $\\eta k$")
+ax2.legend(fontsize=8)
+fig.tight_layout()
+save(fig, "theory_stationary_1d.png")
+
+# %% [markdown]
+# ## (b) Temperature and batch size
+#
+# Each step now draws $B$ per-example gradients $k x + \varepsilon_j$,
+# $\operatorname{Var}\varepsilon_j = C$, and SGD moves along their mean, whose noise has
+# variance $s^2 = C/B$. The temperature $T = k\operatorname{Var}x$ is then
+# $\eta C / (B(2-\eta k))$: to first order it depends on $\eta$ and $B$ only through
+# $\eta / B$ (Jastrzebski et al. 2017; Mandt, Hoffman, Blei 2017).
+
+# %%
+C_B, K_B = 1.0, 1.0
+BATCHES = [1, 4, 16, 64]
+ETAS_B = np.array([0.05, 0.1, 0.2, 0.4])
+ETA_FIXED = 0.2
+n_per, burn, steps = SIZE["b"]
+eta_chain = np.repeat(ETAS_B, n_per)[:, None]
+rows_b = []
+for B in BATCHES:
+    run = sde.simulate(jax.random.fold_in(section_key("b"), B), sde.Quadratic.diagonal([K_B]),
+                       n_chains=eta_chain.shape[0], burn_in=burn, n_steps=steps, eta=eta_chain,
+                       per_example_std=[np.sqrt(C_B)], batch_size=B)
+    for g, eta in enumerate(ETAS_B):
+        v, se = run.select(slice(g * n_per, (g + 1) * n_per)).variance()
+        pred = sde.discrete_variance(eta, K_B, C_B / B)
+        rows_b.append({"eta": eta, "B": B, "T": K_B * v[0], "T_se": K_B * se[0],
+                       "T_pred": K_B * pred, "T_sde": K_B * sde.sde_variance(eta, K_B, C_B / B)})
+        check(f"b_eta_{tag(eta)}_B_{B}", "b",
+              f"per-example noise, B = {B}: T = eta C / (B (2 - eta k))", pred, v[0], se[0],
+              eta=float(eta), k=K_B, noise_var=C_B / B, batch_size=B)
+table_b = pd.DataFrame(rows_b)
+PARAMS["b"] = {"per_example_var": C_B, "k": K_B, "batches": BATCHES,
+               "etas": [float(e) for e in ETAS_B], "eta_fixed": ETA_FIXED}
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+fixed = table_b[np.isclose(table_b.eta, ETA_FIXED)]
+bb = np.geomspace(1, 64, 50)
+ax1.plot(bb, ETA_FIXED * C_B / (bb * (2 - ETA_FIXED * K_B)), label="exact discrete")
+ax1.plot(bb, ETA_FIXED * C_B / (2 * bb), "--", label=r"SDE: $\eta C/(2B)$")
+ax1.errorbar(fixed.B, fixed["T"], 2 * fixed.T_se, fmt="o", color="k", ms=4, label="simulation")
+ax1.set(xscale="log", yscale="log", xlabel="batch size B",
+        ylabel=r"temperature $T = k\,$Var$\,x$", title=f"T against B at $\\eta$ = {ETA_FIXED:g}")
+ax1.legend(fontsize=8)
+ratio = np.geomspace(table_b.eta.min() / max(BATCHES), table_b.eta.max(), 50)
+ax2.plot(ratio, C_B * ratio / 2, "--", color="gray", label=r"SDE: $T = C\,(\eta/B)/2$")
+for eta in ETAS_B:
+    sub = table_b[np.isclose(table_b.eta, eta)]
+    ax2.errorbar(sub.eta / sub.B, sub["T"], 2 * sub.T_se, fmt="o", ms=4,
+                 label=f"$\\eta$ = {eta:g}")
+ax2.set(xscale="log", yscale="log", xlabel=r"$\eta / B$", ylabel="temperature",
+        title=r"Collapse on $\eta/B$ (exact up to the factor $2/(2-\eta k)$)")
+ax2.legend(fontsize=8)
+fig.tight_layout()
+save(fig, "theory_batch_temperature.png")
+
+# %% [markdown]
+# ## (c) A double well and the Gibbs density
+#
+# For $dX = -L'(X)\,dt + \sqrt{\eta}\, s\, dW$ (time = steps $\times\ \eta$, Li, Tai, E) the
+# zero-flux stationary density is $\propto \exp(-L/T)$ with $T = c\,\eta s^2$ and $c = 1/2$. Two
+# independent estimates of $c$: the equipartition identity $E[x L'(x)] = T$, which holds for
+# every Gibbs law (integrate by parts), and a maximum-likelihood fit of the histogram.
+
+# %%
+WELL = sde.DoubleWell(height=1.0, tilt=0.25)
+T_WELL, ETA_WELL = 0.5, 0.005
+S2_WELL = 2 * T_WELL / ETA_WELL  # noise variance that gives T = eta s^2 / 2
+LECTURE_ALPHA = 0.1
+n_chains, burn, steps = SIZE["c"]
+edges = np.linspace(-2.2, 2.2, 89)
+x0 = np.where(np.arange(n_chains) % 2 == 0, -1.0, 1.0)[:, None]  # no hint of the predicted law
+run_c = sde.simulate(section_key("c"), WELL, n_chains=n_chains, burn_in=burn, n_steps=steps,
+                     eta=ETA_WELL, noise_cov=[[S2_WELL]], x0=x0,
+                     hist_range=(edges[0], edges[-1]), hist_bins=len(edges) - 1)
+
+
+def gibbs_bin_probs(temperature, edges=edges, fine=20):
+    """Probability of each histogram bin under exp(-L / T), normalised over the range."""
+    xs = np.linspace(edges[0], edges[-1], (len(edges) - 1) * fine + 1)
+    w = np.exp(-(WELL.value(xs) - WELL.value(xs).min()) / temperature)
+    cum = np.concatenate([[0.0], np.cumsum((w[1:] + w[:-1]) / 2 * np.diff(xs))])
+    mass = np.diff(cum[::fine])
+    return mass / mass.sum()
+
+
+def gibbs_moment(fn, temperature):
+    xs = np.linspace(edges[0], edges[-1], 20001)
+    w = np.exp(-(WELL.value(xs) - WELL.value(xs).min()) / temperature)
+    return float(np.trapezoid(fn(xs) * w, xs) / np.trapezoid(w, xs))
+
+
+def fit_constant(counts):
+    """Maximum-likelihood c in T = c eta s^2 from histogram counts."""
+    def nll(c):
+        return -np.sum(counts * np.log(gibbs_bin_probs(c * ETA_WELL * S2_WELL) + 1e-300))
+    return optimize.minimize_scalar(nll, bounds=(0.05, 2.0), method="bounded").x
+
+
+# Equipartition: T = E[x L'(x)], per chain, so the chains give the standard error.
+c_per_chain = run_c.mean_x_grad[:, 0] / (ETA_WELL * S2_WELL)
+c_equi, c_equi_se = sde.mean_and_se(c_per_chain)
+check("c_constant_equipartition", "c", "T = c eta s^2 with c = 1/2 (from E[x L'(x)] = T)",
+      0.5, c_equi, c_equi_se, eta=ETA_WELL, noise_var=S2_WELL)
+# Histogram fit; its error bar comes from refitting on disjoint groups of chains.
+n_groups = 10
+group_counts = run_c.hist[:, 0, :].reshape(n_groups, -1, len(edges) - 1).sum(axis=1)
+c_groups = np.array([fit_constant(cnt) for cnt in group_counts])
+c_fit = fit_constant(group_counts.sum(axis=0))
+c_fit_se = c_groups.std(ddof=1) / np.sqrt(n_groups)
+check("c_constant_histogram_fit", "c", "T = c eta s^2 with c = 1/2 (maximum-likelihood fit)",
+      0.5, c_fit, c_fit_se, eta=ETA_WELL, noise_var=S2_WELL)
+# Occupancy of the deeper (left) well and E[x^2] under the Gibbs law with c = 1/2.
+left = edges[1:] <= 0
+left_per_chain = run_c.hist[:, 0, left].sum(axis=1) / run_c.hist[:, 0, :].sum(axis=1)
+left_meas, left_se = sde.mean_and_se(left_per_chain)
+left_pred = gibbs_bin_probs(T_WELL)[left].sum()
+check("c_left_well", "c", "fraction of time in the deeper well, Gibbs law with T = eta s^2 / 2",
+      left_pred, left_meas, left_se, eta=ETA_WELL, noise_var=S2_WELL)
+x2_meas, x2_se = sde.mean_and_se(run_c.mean_xx[:, 0, 0])
+check("c_second_moment", "c", "E[x^2] under the Gibbs law with T = eta s^2 / 2",
+      gibbs_moment(lambda x: x * x, T_WELL), x2_meas, x2_se, eta=ETA_WELL, noise_var=S2_WELL)
+density = run_c.density()[0]
+gibbs_density = gibbs_bin_probs(T_WELL) / np.diff(edges)
+tv_distance = 0.5 * np.sum(np.abs(density - gibbs_density) * np.diff(edges))
+lecture_T = LECTURE_ALPHA * ETA_WELL * S2_WELL
+PARAMS["c"] = {"height": WELL.height, "tilt": WELL.tilt, "eta": ETA_WELL, "noise_var": S2_WELL,
+               "temperature": T_WELL, "eta_curvature": ETA_WELL * 8 * WELL.height,
+               "lecture_alpha": LECTURE_ALPHA, "lecture_temperature": lecture_T,
+               "lecture_left_well": float(gibbs_bin_probs(lecture_T)[left].sum()),
+               "tv_distance": float(tv_distance), "n_groups": n_groups,
+               # leading discrete correction: c = (1 + eta E[L''] / 2) / 2 under the Gibbs law
+               "c_discrete_estimate": 0.5 * (1 + ETA_WELL / 2 * gibbs_moment(
+                   lambda x: 12 * WELL.height * x * x - 4 * WELL.height, T_WELL))}
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1, 1.6]})
+centres = (edges[1:] + edges[:-1]) / 2
+ax1.plot(centres, WELL.value(centres), color="k")
+ax1.axhline(WELL.value(centres).min() + T_WELL, color="C3", lw=1, ls=":", label="lowest L + T")
+ax1.set(xlabel="x", ylabel="L(x)", xlim=(-1.9, 1.9), ylim=(-0.6, 3.0),
+        title=f"$L = h(x^2-1)^2 + bx$, h = {WELL.height:g}, b = {WELL.tilt:g}")
+ax1.legend(fontsize=8)
+ax2.stairs(density, edges, fill=True, alpha=0.35, label="simulation (histogram)")
+ax2.plot(centres, gibbs_density, color="C3", label=r"Gibbs, $T = \eta s^2/2$")
+ax2.plot(centres, gibbs_bin_probs(lecture_T) / np.diff(edges), "--", color="gray",
+         label=rf"Gibbs, $T = {LECTURE_ALPHA:g}\,\eta s^2$ (lecture constant)")
+ax2.set(xlabel="x", ylabel="stationary density",
+        title=f"fitted c = {c_fit:.3f} ± {c_fit_se:.3f} (Gibbs: 0.5)")
+ax2.legend(fontsize=8)
+fig.tight_layout()
+save(fig, "theory_double_well.png")
+
+# %% [markdown]
+# ## (d) Two parameters: several temperatures and preconditioning
+#
+# Independent coordinates with per-coordinate step sizes $\eta_i$ and noise variances $s_i^2$
+# equilibrate at their own temperatures $T_i = \eta_i s_i^2 / (2 - \eta_i k_i)$ (SDE:
+# $\eta_i s_i^2/2$). Equal steps give two temperatures; $\eta_i = \eta'/s_i^2$ gives one
+# ($\eta'/2$, a Gibbs law); the RMSProp-like $\eta_i = \eta'/s_i$ gives $\eta' s_i/2$. For a
+# coupled quadratic with diagonal steps $H$ the stationary covariance solves the discrete
+# Lyapunov equation $\Sigma = M\Sigma M^\top + HSH$, $M = I - HA$, exactly.
+
+# %%
+S_D = np.array([1.0, 3.0])  # noise standard deviations of the two coordinates
+K_D = np.array([1.0, 1.0])
+ETA_D = 0.05
+SCHEMES = {  # name -> per-coordinate step sizes
+    "equal": np.array([ETA_D, ETA_D]),
+    "inverse_variance": 2 * ETA_D / S_D**2,
+    "rmsprop": 2 * ETA_D / S_D,
+}
+ETA_PRIME = 2 * ETA_D
+n_per, burn, steps = SIZE["d"]
+eta_chain = np.concatenate([np.tile(h, (n_per, 1)) for h in SCHEMES.values()])
+run_d = sde.simulate(section_key("d"), sde.Quadratic.diagonal(K_D), n_chains=eta_chain.shape[0],
+                     burn_in=burn, n_steps=steps, eta=eta_chain, noise_cov=np.diag(S_D**2))
+temps_d = {}
+for g, (scheme, h) in enumerate(SCHEMES.items()):
+    sub = run_d.select(slice(g * n_per, (g + 1) * n_per))
+    v, se = sub.variance()
+    temps_d[scheme] = (K_D * v, K_D * se, K_D * sde.discrete_variance(h, K_D, S_D**2),
+                       h * S_D**2 / 2)
+    for i in range(2):
+        check(f"d_{scheme}_T{i + 1}", "d",
+              f"{scheme} steps: T_{i + 1} = eta_i s_i^2 / (2 - eta_i k_i)",
+              temps_d[scheme][2][i], K_D[i] * v[i], K_D[i] * se[i], eta=float(h[i]),
+              k=float(K_D[i]), noise_var=float(S_D[i] ** 2))
+        tu, tu_se = sde.mean_and_se(sub.mean_theta_u[:, i])
+        check(f"e_identity_{scheme}_x{i + 1}", "e", f"E[theta u] = E[u^2]/2, {scheme} steps",
+              sub.mean_u2[:, i].mean() / 2, tu, tu_se, eta=float(h[i]), k=float(K_D[i]),
+              noise_var=float(S_D[i] ** 2))
+
+# Coupled quadratics: (1) equal steps with correlated noise, (2) eta_i = eta' / s_i^2 with
+# diagonal noise, where the continuous-time law is Gibbs: Sigma = (eta'/2) A^{-1}.
+A_C = np.array([[1.0, 0.6], [0.6, 0.8]])
+COUPLED = {
+    "coupled_equal": (np.array([0.2, 0.2]), np.array([[1.0, 0.5], [0.5, 4.0]])),
+    "coupled_gibbs": (2 * ETA_D / S_D**2, np.diag(S_D**2)),
+}
+coupled = {}
+for c_i, (case, (h, S)) in enumerate(COUPLED.items()):
+    H = np.diag(h)
+    M = np.eye(2) - H @ A_C
+    sigma_disc = linalg.solve_discrete_lyapunov(M, H @ S @ H)
+    sigma_cont = linalg.solve_continuous_lyapunov(H @ A_C, H @ S @ H)
+    run = sde.simulate(jax.random.fold_in(section_key("d"), c_i + 1),
+                       sde.Quadratic.from_matrix(A_C), n_chains=n_per, burn_in=2 * burn,
+                       n_steps=steps, eta=h, noise_cov=S)
+    cov, cov_se = run.covariance()
+    coupled[case] = {"disc": sigma_disc, "cont": sigma_cont, "cov": cov, "x": run.x_final, "h": h}
+    for (i, j), label in zip([(0, 0), (1, 1), (0, 1)], ["11", "22", "12"], strict=True):
+        check(f"d_{case}_sigma{label}", "d",
+              f"{case}: Sigma_{label} from the discrete Lyapunov equation",
+              sigma_disc[i, j], cov[i, j], cov_se[i, j], eta=float(h[i] if i == j else np.nan))
+    if case == "coupled_gibbs":
+        gibbs = ETA_PRIME / 2 * np.linalg.inv(A_C)
+        coupled[case]["gibbs"] = gibbs
+        for (i, j), label in zip([(0, 0), (1, 1), (0, 1)], ["11", "22", "12"], strict=True):
+            check(f"d_coupled_gibbs_sde_sigma{label}", "d",
+                  f"eta_i = eta'/s_i^2 on a coupled quadratic: Sigma_{label} = (eta'/2) A^-1 (SDE)",
+                  gibbs[i, j], cov[i, j], cov_se[i, j])
+PARAMS["d"] = {"noise_std": S_D.tolist(), "k": K_D.tolist(), "eta": ETA_D, "eta_prime": ETA_PRIME,
+               "A": A_C.tolist(), "coupled_equal_eta": COUPLED["coupled_equal"][0].tolist(),
+               "coupled_equal_S": COUPLED["coupled_equal"][1].tolist(),
+               "coupled_gibbs_eta": COUPLED["coupled_gibbs"][0].tolist()}
+
+
+# %%
+def ellipse(cov, n_std=2.0, n=200):
+    """Points of the n_std contour of a zero-mean Gaussian with covariance cov."""
+    angle = np.linspace(0, 2 * np.pi, n)
+    return n_std * np.linalg.cholesky(cov) @ np.stack([np.cos(angle), np.sin(angle)])
+
+
+fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+ax = axes[0]
+width = 0.13
+names = {"equal": "equal $\\eta$", "inverse_variance": "$\\eta'/s_i^2$",
+         "rmsprop": "$\\eta'/s_i$ (RMSProp-like)"}
+for g, (t, _, t_pred, t_sde) in enumerate(temps_d.values()):
+    for i in range(2):
+        pos = g + (i - 0.5) * 2.2 * width
+        ax.bar(pos, t[i], width * 2, color=f"C{i}", alpha=0.6,
+               label=f"$T_{i + 1}$" if g == 0 else None)
+        ax.plot(pos, t_pred[i], "k_", ms=18, mew=2,
+                label="exact discrete" if g == i == 0 else None)
+        ax.plot(pos, t_sde[i], "rx", label=r"SDE $\eta_i s_i^2/2$" if g == i == 0 else None)
+ax.set_xticks(range(len(temps_d)), [names[s] for s in temps_d])
+ax.set(ylabel=r"temperature $k_i\,$Var$\,x_i$",
+       title=f"$s = ({S_D[0]:g}, {S_D[1]:g})$: one or two temperatures")
+ax.legend(fontsize=8)
+for ax, case, title in [(axes[1], "coupled_equal", "coupled, equal steps"),
+                        (axes[2], "coupled_gibbs", r"coupled, $\eta_i = \eta'/s_i^2$")]:
+    data = coupled[case]
+    ax.plot(*data["x"].T, ".", ms=1.5, color="0.6", alpha=0.5)
+    ax.plot(*ellipse(data["cov"]), color="k", lw=2, label="measured")
+    ax.plot(*ellipse(data["disc"]), "--", color="C3", label="discrete Lyapunov")
+    ax.plot(*ellipse(data["cont"]), ":", color="C0", lw=2, label="continuous Lyapunov")
+    if "gibbs" in data:
+        ax.plot(*ellipse(data["gibbs"]), "-.", color="C2", label=r"Gibbs $(\eta'/2)A^{-1}$")
+    ax.set(xlabel="$x_1$", ylabel="$x_2$", title=f"{title} (2-SD contours)")
+    ax.set_aspect("equal", "datalim")
+    ax.legend(fontsize=7, loc="upper right")
+fig.tight_layout()
+save(fig, "theory_two_temperatures.png")
+
+# %% [markdown]
+# ## (e) The sngrad variants with per-example noise
+#
+# Same separable quadratic; each step draws $B$ per-example gradients, so every variant sees a
+# batch mean $\mu$ and a batch standard deviation $\hat\sigma$. For I and III the factor depends
+# on the batch only through $\hat\sigma$, which for Gaussian per-example gradients is independent
+# of $\mu$: the step is linear in the gradient with a random gain $a$, and
+# $\operatorname{Var}x = E[a^2]s^2 / (k(2E[a]-kE[a^2]))$ exactly. Where I's clip is active
+# ($\alpha\sigma > 1$) its leading-order picture is RMSProp-like,
+# $T = \eta\sigma/(2\alpha B)$. Variant II moves by $\eta\mu^3/(\alpha\hat\sigma^2)$ near
+# the minimum; a small-noise expansion (`sde.variant_ii_variance`) predicts its variance. The
+# identity
+# $E[\theta_i u_i] = E[u_i^2]/2$ (Yaida 2018) is checked for every method.
+
+# %%
+SIGMA_E = np.array([0.5, 4.0])  # per-example gradient noise std of the two coordinates
+K_E = np.array([1.0, 1.0])
+B_E, ETA_E = 32, 0.1
+ALPHA_E = {"sgd": 1.0, "I": 1.0, "II": 1.0, "III": 0.2}
+n_chains, burn, steps = SIZE["e"]
+loss_e = sde.Quadratic.diagonal(K_E)
+s2_e = SIGMA_E**2 / B_E
+results_e = {}
+for m_i, (method, alpha) in enumerate(ALPHA_E.items()):
+    run = sde.simulate(jax.random.fold_in(section_key("e"), m_i), loss_e, n_chains=n_chains,
+                       burn_in=burn, n_steps=steps, eta=ETA_E, method=method, alpha=alpha,
+                       per_example_std=SIGMA_E, batch_size=B_E)
+    v, se = run.variance()
+    pred = np.empty(2)
+    for i in range(2):
+        if method == "sgd":
+            pred[i] = sde.discrete_variance(ETA_E, K_E[i], s2_e[i])
+            claim = "plain SGD: Var = eta s^2 / (k (2 - eta k)), s^2 = sigma^2 / B"
+        elif method == "II":
+            pred[i] = sde.variant_ii_variance(K_E[i], SIGMA_E[i], B_E, alpha, ETA_E)
+            claim = "variant II: small-noise expansion of the cubic step (derived here)"
+        else:
+            m1, m2 = sde.sngrad_gain_moments(method, SIGMA_E[i], B_E, alpha, ETA_E)
+            pred[i] = sde.random_gain_variance(K_E[i], s2_e[i], m1, m2)
+            claim = f"variant {method}: exact random-gain variance"
+        check(f"e_{method}_x{i + 1}", "e", claim, pred[i], v[i], se[i], eta=ETA_E,
+              k=float(K_E[i]), noise_var=float(s2_e[i]), batch_size=B_E)
+        tu, tu_se = sde.mean_and_se(run.mean_theta_u[:, i])
+        check(f"e_identity_{method}_x{i + 1}", "e", f"E[theta u] = E[u^2]/2, {method}",
+              run.mean_u2[:, i].mean() / 2, tu, tu_se, eta=ETA_E, k=float(K_E[i]),
+              noise_var=float(s2_e[i]), batch_size=B_E)
+    results_e[method] = {"T": K_E * v, "T_se": K_E * se, "T_pred": K_E * pred,
+                         "theta_u": run.mean_theta_u.mean(0), "half_u2": run.mean_u2.mean(0) / 2}
+
+# Variant I where its clip is active (alpha sigma_2 > 1): the RMSProp-like leading order
+# T = eta sigma / (2 alpha B) treats sigma_hat as the true sigma and ignores the discrete factor.
+clip_i = int(np.argmax(ALPHA_E["I"] * SIGMA_E))
+rms_T = ETA_E * SIGMA_E[clip_i] / (2 * ALPHA_E["I"] * B_E)
+check(f"e_I_rmsprop_x{clip_i + 1}", "e",
+      "variant I, clip active: RMSProp-like T = eta sigma / (2 alpha B) (leading order)",
+      rms_T, results_e["I"]["T"][clip_i], results_e["I"]["T_se"][clip_i], eta=ETA_E,
+      k=float(K_E[clip_i]), noise_var=float(s2_e[clip_i]), batch_size=B_E)
+# Split the gap between the plug-in and the exact prediction into its two causes: sigma_hat is
+# random (SDE limit with the random gain) and the steps are finite (the rest).
+m1, m2 = sde.sngrad_gain_moments("I", SIGMA_E[clip_i], B_E, ALPHA_E["I"], ETA_E)
+random_gain_sde_T = m2 * s2_e[clip_i] / (2 * m1)
+PARAMS["e"] = {"sigma": SIGMA_E.tolist(), "k": K_E.tolist(), "batch_size": B_E, "eta": ETA_E,
+               "alpha": ALPHA_E, "clip_coordinate": clip_i + 1, "rmsprop_T": rms_T,
+               "I_exact_over_rmsprop": float(results_e["I"]["T_pred"][clip_i] / rms_T),
+               "I_batch_sigma_factor": float(random_gain_sde_T / rms_T),
+               "I_discrete_factor": float(results_e["I"]["T_pred"][clip_i] / random_gain_sde_T),
+               "II_over_sgd": (results_e["II"]["T"] / results_e["sgd"]["T"]).tolist(),
+               "II_leading_ratio": 5 / (ALPHA_E["II"] * B_E)}
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+for m_i, r in enumerate(results_e.values()):
+    for i in range(2):
+        pos = m_i + (i - 0.5) * 0.3
+        ax1.bar(pos, r["T"][i], 0.28, color=f"C{i}", alpha=0.6,
+                label=f"coordinate {i + 1} ($\\sigma$ = {SIGMA_E[i]:g})" if m_i == 0 else None)
+        ax1.plot(pos, r["T_pred"][i], "k_", ms=16, mew=2,
+                 label="prediction" if m_i == i == 0 else None)
+ax1.plot(list(ALPHA_E).index("I") + (clip_i - 0.5) * 0.3, rms_T, "rx", ms=8,
+         label=r"RMSProp-like $\eta\sigma/(2\alpha B)$")
+ax1.set_xticks(range(len(results_e)),
+               [f"{m}\n($\\alpha$ = {a:g})" if m != "sgd" else "SGD" for m, a in ALPHA_E.items()])
+ax1.set(yscale="log", ylabel=r"temperature $k\,$Var$\,x$",
+        title=f"Per-coordinate temperatures, B = {B_E}, $\\eta$ = {ETA_E:g}")
+ax1.legend(fontsize=8)
+pts = [(r["half_u2"][i], r["theta_u"][i], m) for m, r in results_e.items() for i in range(2)]
+lims = [min(p[0] for p in pts) / 2, max(p[0] for p in pts) * 2]
+ax2.plot(lims, lims, color="gray", lw=1)
+for m_i, method in enumerate(results_e):
+    xs = [p[0] for p in pts if p[2] == method]
+    ys = [p[1] for p in pts if p[2] == method]
+    ax2.plot(xs, ys, "o", color=f"C{m_i + 2}", label=method)
+ax2.set(xscale="log", yscale="log", xlabel=r"$E[u_i^2]/2$", ylabel=r"$E[\theta_i u_i]$",
+        title="A model-free identity (both coordinates)")
+ax2.legend(fontsize=8)
+fig.tight_layout()
+save(fig, "theory_sngrad_variants.png")
+
+# %% [markdown]
+# ## (f) The lecture-note pictures
+#
+# Noise-free descent on an ill-conditioned, rotated 2-D quadratic with eigenvalues
+# $\lambda_{\min}, \lambda_{\max}$. Plain gradient descent contracts the stiff direction by
+# $|1-\eta\lambda_{\max}|$ per step: it oscillates for $\eta > 1/\lambda_{\max}$ and diverges
+# beyond $2/\lambda_{\max}$. Heavy-ball momentum converges at the spectral radius of its
+# 2 x 2 iteration matrix; Adam rescales each coordinate.
+
+# %%
+LAMBDAS = np.array([1.0, 20.0])
+ROT = np.deg2rad(30.0)
+R = np.array([[np.cos(ROT), -np.sin(ROT)], [np.sin(ROT), np.cos(ROT)]])
+A_F = R @ np.diag(LAMBDAS) @ R.T
+loss_f = sde.Quadratic.from_matrix(A_F)
+X0_F = np.array([-4.0, 2.5])
+LIMIT = 2 / LAMBDAS.max()
+GD_ETAS = {"below": 0.6 * LIMIT, "near": 0.95 * LIMIT, "above": 1.05 * LIMIT}
+ETA_MOM = 0.02
+GAMMAS = [0.0, 0.5, 0.9]
+ETA_ADAM = 0.1
+N_GD, N_MOM = 60, 200
+paths = {f"gd_{k}": sde.descent_path(loss_f, X0_F, method="gd", eta=e, steps=N_GD)
+         for k, e in GD_ETAS.items()}
+paths |= {f"momentum_{g:g}": sde.descent_path(loss_f, X0_F, method="momentum", eta=ETA_MOM,
+                                              momentum=g, steps=N_MOM) for g in GAMMAS}
+paths["adam"] = sde.descent_path(loss_f, X0_F, method="adam", eta=ETA_ADAM, steps=N_MOM)
+stiff = R[:, int(np.argmax(LAMBDAS))]
+n_rate = 4  # few steps: at |1 - eta lambda| = 0.2 float32 round-off would dominate soon
+for name, eta in GD_ETAS.items():
+    z = paths[f"gd_{name}"] @ stiff
+    measured = (abs(z[n_rate]) / abs(z[0])) ** (1 / n_rate)
+    check(f"f_gd_rate_{name}", "f",
+          f"GD at eta = {eta / LIMIT:.2f} x 2/lambda_max: stiff component scales by "
+          "|1 - eta lambda_max| per step",
+          abs(1 - eta * LAMBDAS.max()), measured, 0.0, eta=eta, k=float(LAMBDAS.max()))
+for g in GAMMAS[1:]:
+    norms = np.linalg.norm(paths[f"momentum_{g:g}"], axis=1)
+    window = np.arange(N_MOM // 2, N_MOM + 1)
+    slope = np.polyfit(window, np.log(norms[window]), 1)[0]
+    predicted = max(sde.heavy_ball_rate(ETA_MOM, lam, g) for lam in LAMBDAS)
+    check(f"f_momentum_rate_{tag(g)}", "f",
+          f"heavy ball, gamma = {g:g}: error shrinks at the spectral radius of the iteration",
+          predicted, np.exp(slope), 0.0, eta=ETA_MOM)
+PARAMS["f"] = {"lambdas": LAMBDAS.tolist(), "rotation_deg": 30.0, "limit": LIMIT,
+               "gd_etas": GD_ETAS, "eta_momentum": ETA_MOM, "gammas": GAMMAS, "eta_adam": ETA_ADAM,
+               "x0": X0_F.tolist()}
+
+# %%
+fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
+gx, gy = np.meshgrid(np.linspace(-5, 5, 200), np.linspace(-4, 4, 200))
+levels = np.geomspace(0.05, 200, 14)
+panels = [(f"gd_{k}", f"GD, $\\eta$ = {e / LIMIT:.2f} $\\times 2/\\lambda_{{max}}$")
+          for k, e in GD_ETAS.items()]
+panels += [("adam", f"Adam, $\\eta$ = {ETA_ADAM:g}")]
+panels += [(f"momentum_{g:g}", f"momentum {g:g}, $\\eta$ = {ETA_MOM:g}") for g in GAMMAS]
+for ax, (key, title) in zip(axes.flat, panels, strict=False):
+    ax.contour(gx, gy, loss_f.value(np.stack([gx, gy], -1)), levels=levels, colors="0.75",
+               linewidths=0.7)
+    p = paths[key]
+    shown = np.all(np.abs(p) < 6, axis=1)
+    ax.plot(*p[shown].T, ".-", color="C3", ms=3, lw=0.8)
+    ax.plot(*X0_F, "ko", ms=4)
+    ax.set(xlim=(-5, 5), ylim=(-4, 4), title=title, xticks=[], yticks=[])
+    ax.set_aspect("equal")
+ax = axes[1, 3]
+for key, _ in panels:
+    loss = loss_f.value(paths[key])
+    ax.plot(np.arange(len(loss)), loss, label=key.replace("_", " "))
+ax.set(yscale="log", ylim=(1e-8, 1e4), xlabel="step", ylabel="loss", title="loss against step")
+ax.legend(fontsize=7)
+fig.suptitle(f"Ill-conditioned quadratic, eigenvalues {LAMBDAS[0]:g} and {LAMBDAS[1]:g}", y=1.0)
+fig.tight_layout()
+save(fig, "theory_lecture_quadratic.png")
+
+# %% [markdown]
+# ## Outputs
+
+# %%
+checks = pd.DataFrame(CHECKS)
+checks.to_csv(OUT / "checks.csv", index=False)
+stationary_1d[["eta", "k", "noise_var", "predicted_discrete", "predicted_sde", "measured",
+               "mc_se"]].to_csv(OUT / "stationary_1d.csv", index=False)
+summary = {
+    "scale": scale, "seed": seed, "sizes": {k: list(v) for k, v in SIZE.items()},
+    "wall_time_s": time.time() - START, "n_checks": len(checks),
+    "n_within_5pct": int(checks.within_5pct.sum()),
+    "failed": checks.loc[~checks.within_5pct, "name"].tolist(),
+    "max_sde_rel_error": float(stationary_1d.sde_rel_error.max()),
+    "jax_version": jax.__version__, "params": PARAMS,
+}
+(OUT / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+print(f"{len(checks)} checks, {summary['n_within_5pct']} within 5 %, "
+      f"{summary['wall_time_s']:.1f} s ({scale})")
+checks.loc[:, ["name", "predicted", "measured", "rel_error", "mc_se", "within_5pct"]]

@@ -1,0 +1,445 @@
+"""Simulators and closed-form predictions for the theory sections of the report.
+
+Many independent chains of a stochastic-gradient iteration run at once inside one jitted
+``lax.scan``. Each step moves every chain by
+
+    theta_{t+1} = theta_t - u_t,    v_t = gamma v_{t-1} + eta * f_t * mu_t,    u_t = v_t,
+
+where mu_t is a noisy estimate of grad L(theta_t), f_t the elementwise sngrad factor of the
+chosen variant (f = 1 for plain SGD, see ``sngrad.transforms.scale_factor``) and gamma the
+heavy-ball momentum (0 by default). ``eta`` may differ per chain and per coordinate, which
+covers a sweep over step sizes and diagonal preconditioners in one call.
+
+Two noise models:
+
+- additive: mu = grad L + xi with xi ~ N(0, S), the textbook setting of the SDE picture;
+- per-example: each step draws B per-example gradients g_j = grad L + eps_j with
+  eps_j ~ N(0, diag(std^2)); mu is their mean and the variance handed to the sngrad factor is
+  their population variance (divide by B), exactly as the training code computes them.
+
+Nothing is stored per step. After a burn-in, the scan accumulates per-chain running means of
+x, x x^T, theta_i u_i, u_i^2, x_i dL/dx_i and (optionally) a histogram of every coordinate, so
+memory does not grow with the number of steps. Chains are independent, so the spread of the
+per-chain time averages gives an honest Monte Carlo standard error whatever the
+autocorrelation within a chain.
+
+The closed forms below the simulator are the predictions the simulations are checked against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sngrad.transforms import scale_factor  # the one definition of the sngrad factors
+
+METHODS = ("sgd", "I", "II", "III")
+PATH_METHODS = ("gd", "momentum", "adam")
+
+
+# ----------------------------------------------------------------------------------- losses
+
+
+@dataclass(frozen=True)
+class Quadratic:
+    """L(x) = x^T A x / 2 with a symmetric matrix A (nested tuples, so the loss is hashable
+    and can be a static argument of ``jax.jit``)."""
+
+    A: tuple[tuple[float, ...], ...]
+
+    @classmethod
+    def diagonal(cls, curvatures) -> Quadratic:
+        return cls.from_matrix(np.diag([float(c) for c in curvatures]))
+
+    @classmethod
+    def from_matrix(cls, A) -> Quadratic:
+        A = np.asarray(A, dtype=float)
+        if A.ndim != 2 or A.shape[0] != A.shape[1] or not np.allclose(A, A.T):
+            raise ValueError(f"A must be a symmetric square matrix, got {A!r}")
+        return cls(tuple(tuple(float(a) for a in row) for row in A))
+
+    @property
+    def dim(self) -> int:
+        return len(self.A)
+
+    def matrix(self) -> np.ndarray:
+        return np.asarray(self.A, dtype=float)
+
+    def grad(self, x):
+        return x @ jnp.asarray(self.A, dtype=x.dtype)  # A symmetric: row-wise A x
+
+    def value(self, x):
+        x = np.asarray(x, dtype=float)
+        return 0.5 * np.einsum("...i,ij,...j->...", x, self.matrix(), x)
+
+
+@dataclass(frozen=True)
+class DoubleWell:
+    """One-dimensional L(x) = height (x^2 - 1)^2 + tilt x.
+
+    Minima near x = -1 and x = +1, a barrier of about ``height`` at x = 0; a positive tilt
+    makes the left well the deeper one. L''(+-1) = 8 height sets the local step-size scale.
+    """
+
+    height: float
+    tilt: float = 0.0
+
+    dim = 1
+
+    def grad(self, x):
+        return 4.0 * self.height * x * (x * x - 1.0) + self.tilt
+
+    def value(self, x):
+        x = np.asarray(x, dtype=float)
+        return self.height * (x * x - 1.0) ** 2 + self.tilt * x
+
+
+# ------------------------------------------------------------------------------- simulator
+
+
+@dataclass(frozen=True)
+class Stationary:
+    """Per-chain time averages over the measured steps (after the burn-in).
+
+    Shapes: ``mean_x`` (C, d), ``mean_xx`` (C, d, d), ``mean_theta_u``, ``mean_u2`` and
+    ``mean_x_grad`` (C, d); ``hist`` (C, d, bins) counts or None; ``x_final`` (C, d) is the
+    last state of every chain, i.e. C independent draws from (nearly) the stationary law.
+    """
+
+    mean_x: np.ndarray
+    mean_xx: np.ndarray
+    mean_theta_u: np.ndarray
+    mean_u2: np.ndarray
+    mean_x_grad: np.ndarray
+    x_final: np.ndarray
+    hist: np.ndarray | None
+    hist_edges: np.ndarray | None
+    n_steps: int
+    burn_in: int
+
+    @property
+    def n_chains(self) -> int:
+        return self.mean_x.shape[0]
+
+    def select(self, chains) -> Stationary:
+        """The same statistics restricted to a subset of chains (index, slice or mask)."""
+        pick = lambda a: None if a is None else a[chains]  # noqa: E731
+        return Stationary(
+            pick(self.mean_x), pick(self.mean_xx), pick(self.mean_theta_u), pick(self.mean_u2),
+            pick(self.mean_x_grad), pick(self.x_final), pick(self.hist), self.hist_edges,
+            self.n_steps, self.burn_in,
+        )
+
+    def covariance(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pooled stationary covariance (d, d) and its Monte Carlo standard error.
+
+        Each chain gives E_c[(x - m)(x - m)^T] about the grand mean m; the chains are
+        independent, so the standard error is their standard deviation / sqrt(C).
+        """
+        m = self.mean_x.mean(axis=0)
+        per_chain = (
+            self.mean_xx
+            - m[None, :, None] * self.mean_x[:, None, :]
+            - self.mean_x[:, :, None] * m[None, None, :]
+            + np.outer(m, m)[None]
+        )
+        return mean_and_se(per_chain)
+
+    def variance(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-coordinate stationary variance (d,) and its standard error."""
+        cov, se = self.covariance()
+        return np.diagonal(cov).copy(), np.diagonal(se).copy()
+
+    def density(self) -> np.ndarray:
+        """Histogram of every coordinate pooled over chains, normalised to a density (d, bins).
+
+        Mass outside the histogram range is counted in the normalisation, so the density
+        integrates to the fraction of time spent inside the range.
+        """
+        if self.hist is None:
+            raise ValueError("simulate(..., hist_bins=0): no histogram was accumulated")
+        counts = self.hist.sum(axis=0)
+        widths = np.diff(self.hist_edges)
+        return counts / (self.n_chains * self.n_steps * widths[None, :])
+
+
+def mean_and_se(per_chain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over the leading (chain) axis and its standard error std / sqrt(C)."""
+    per_chain = np.asarray(per_chain, dtype=float)
+    n = per_chain.shape[0]
+    if n < 2:
+        return per_chain.mean(axis=0), np.full(per_chain.shape[1:], np.nan)
+    return per_chain.mean(axis=0), per_chain.std(axis=0, ddof=1) / math.sqrt(n)
+
+
+def simulate(
+    key,
+    loss,
+    *,
+    n_chains: int,
+    burn_in: int,
+    n_steps: int,
+    eta,
+    method: str = "sgd",
+    alpha: float = 1.0,
+    momentum: float = 0.0,
+    noise_cov=None,
+    per_example_std=None,
+    batch_size: int | None = None,
+    x0=None,
+    hist_range: tuple[float, float] = (-1.0, 1.0),
+    hist_bins: int = 0,
+) -> Stationary:
+    """Run ``n_chains`` independent chains and return their stationary statistics.
+
+    Args:
+      key: a ``jax.random`` key; the same key gives the same result.
+      loss: a ``Quadratic`` or ``DoubleWell`` (anything hashable with ``grad`` and ``dim``).
+      n_chains, burn_in, n_steps: chains, discarded steps, measured steps.
+      eta: step size, broadcastable to (n_chains, d): a scalar, a per-coordinate vector
+        (diagonal preconditioner) or a per-chain array (a sweep).
+      method: "sgd" or an sngrad variant "I", "II", "III" (needs per-example noise).
+      alpha: the sngrad constant of the variant.
+      momentum: heavy-ball gamma; the update is v = gamma v + eta f mu, theta -= v.
+      noise_cov: (d, d) covariance S of additive gradient noise.
+      per_example_std: (d,) standard deviation of one example's gradient noise; with
+        ``batch_size`` B every step draws B per-example gradients.
+      x0: start, broadcastable to (n_chains, d); zeros by default.
+      hist_range, hist_bins: per-coordinate histogram accumulated when hist_bins > 0.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if (noise_cov is None) == (per_example_std is None):
+        raise ValueError("give exactly one of noise_cov (additive) or per_example_std")
+    if method != "sgd" and per_example_std is None:
+        raise ValueError(f"variant {method} needs per-example noise (per_example_std, batch_size)")
+    if per_example_std is not None and (batch_size is None or batch_size < 1):
+        raise ValueError(f"per-example noise needs batch_size >= 1, got {batch_size!r}")
+    if method != "sgd" and batch_size < 2:
+        raise ValueError("an sngrad variant needs batch_size >= 2 to estimate a variance")
+    if min(n_chains, n_steps) < 1 or burn_in < 0:
+        raise ValueError("need n_chains >= 1, n_steps >= 1, burn_in >= 0")
+    d = loss.dim
+    shape = (n_chains, d)
+    eta = jnp.broadcast_to(jnp.asarray(eta, jnp.float32), shape)
+    x0 = jnp.broadcast_to(jnp.asarray(0.0 if x0 is None else x0, jnp.float32), shape)
+    if noise_cov is not None:
+        cov = np.atleast_2d(np.asarray(noise_cov, dtype=float))
+        noise = jnp.asarray(np.linalg.cholesky(cov), jnp.float32)
+        batch_size = 0
+    else:
+        noise = jnp.broadcast_to(jnp.asarray(per_example_std, jnp.float32), (d,))
+    out = _simulate(
+        key, x0, eta, noise, jnp.float32(alpha), jnp.float32(momentum),
+        jnp.float32(hist_range[0]), jnp.float32(hist_range[1]),
+        loss=loss, method=method, batch_size=int(batch_size), burn_in=int(burn_in),
+        n_steps=int(n_steps), hist_bins=int(hist_bins),
+    )
+    out = jax.tree.map(np.asarray, out)
+    sums, x_final = out
+    n = float(n_steps)
+    return Stationary(
+        mean_x=sums["x"] / n,
+        mean_xx=sums["xx"] / n,
+        mean_theta_u=sums["theta_u"] / n,
+        mean_u2=sums["u2"] / n,
+        mean_x_grad=sums["x_grad"] / n,
+        x_final=x_final,
+        hist=sums["hist"] if hist_bins else None,
+        hist_edges=np.linspace(hist_range[0], hist_range[1], hist_bins + 1) if hist_bins else None,
+        n_steps=int(n_steps),
+        burn_in=int(burn_in),
+    )
+
+
+_STATIC = ("loss", "method", "batch_size", "burn_in", "n_steps", "hist_bins")
+
+
+@partial(jax.jit, static_argnames=_STATIC)
+def _simulate(key, x0, eta, noise, alpha, momentum, lo, hi, *, loss, method, batch_size, burn_in,
+              n_steps, hist_bins):
+    n_chains, d = x0.shape
+
+    def step(x, v, t):
+        k = jax.random.fold_in(key, t)
+        grad = loss.grad(x)
+        if batch_size:
+            per_example = grad[None] + noise * jax.random.normal(k, (batch_size, n_chains, d))
+            mu, var = per_example.mean(axis=0), per_example.var(axis=0)
+        else:
+            mu, var = grad + jax.random.normal(k, (n_chains, d)) @ noise.T, None
+        if method == "sgd":
+            direction = mu
+        else:
+            direction = mu * scale_factor(method, mu, var, alpha)
+        v = momentum * v + eta * direction
+        return x - v, v, grad
+
+    def burn(carry, t):
+        x, v = carry
+        x, v, _ = step(x, v, t)
+        return (x, v), None
+
+    zeros = jnp.zeros_like(x0)
+    (x, v), _ = jax.lax.scan(burn, (x0, zeros), jnp.arange(burn_in))
+
+    width = (hi - lo) / max(hist_bins, 1)
+    rows = jnp.arange(n_chains)[:, None]
+    cols = jnp.arange(d)[None, :]
+
+    def measure(carry, t):
+        x, v, sums = carry
+        x_new, v_new, grad = step(x, v, t)
+        u = x - x_new
+        sums = {
+            "x": sums["x"] + x,
+            "xx": sums["xx"] + x[:, :, None] * x[:, None, :],
+            "theta_u": sums["theta_u"] + x * u,
+            "u2": sums["u2"] + u * u,
+            "x_grad": sums["x_grad"] + x * grad,
+            "hist": sums["hist"],
+        }
+        if hist_bins:
+            pos = jnp.floor((x - lo) / width)
+            inside = (pos >= 0) & (pos < hist_bins)
+            idx = jnp.clip(pos, 0, hist_bins - 1).astype(jnp.int32)
+            sums["hist"] = sums["hist"].at[rows, cols, idx].add(inside.astype(jnp.float32))
+        return (x_new, v_new, sums), None
+
+    sums0 = {
+        "x": zeros, "xx": jnp.zeros((n_chains, d, d)), "theta_u": zeros, "u2": zeros,
+        "x_grad": zeros, "hist": jnp.zeros((n_chains, d, hist_bins) if hist_bins else (0,)),
+    }
+    (x, _, sums), _ = jax.lax.scan(measure, (x, v, sums0), burn_in + jnp.arange(n_steps))
+    return sums, x
+
+
+# --------------------------------------------------------------- deterministic paths (f)
+
+
+def descent_path(loss, x0, *, method: str, eta: float, steps: int, momentum: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> np.ndarray:
+    """Noise-free trajectory (steps + 1, d) of gradient descent, heavy-ball momentum or Adam.
+
+    gd:       x <- x - eta grad L(x)
+    momentum: v <- gamma v + eta grad L(x);  x <- x - v          (gamma = ``momentum``)
+    adam:     m, s <- EMAs of g and g^2 (betas), bias-corrected; x <- x - eta m / (sqrt(s) + eps)
+    """
+    if method not in PATH_METHODS:
+        raise ValueError(f"method must be one of {PATH_METHODS}, got {method!r}")
+    x0 = jnp.asarray(x0, jnp.float32)
+    path = _descent_path(x0, jnp.float32(eta), jnp.float32(momentum), jnp.float32(betas[0]),
+                         jnp.float32(betas[1]), jnp.float32(eps), loss=loss, method=method,
+                         steps=int(steps))
+    return np.asarray(path)
+
+
+@partial(jax.jit, static_argnames=("loss", "method", "steps"))
+def _descent_path(x0, eta, gamma, b1, b2, eps, *, loss, method, steps):
+    def body(carry, t):
+        x, m, s = carry
+        g = loss.grad(x[None])[0]
+        if method == "gd":
+            x = x - eta * g
+        elif method == "momentum":
+            m = gamma * m + eta * g
+            x = x - m
+        else:
+            m = b1 * m + (1 - b1) * g
+            s = b2 * s + (1 - b2) * g * g
+            m_hat, s_hat = m / (1 - b1 ** (t + 1)), s / (1 - b2 ** (t + 1))
+            x = x - eta * m_hat / (jnp.sqrt(s_hat) + eps)
+        return (x, m, s), x
+
+    zeros = jnp.zeros_like(x0)
+    _, xs = jax.lax.scan(body, (x0, zeros, zeros), jnp.arange(steps, dtype=jnp.float32))
+    return jnp.concatenate([x0[None], xs])
+
+
+# ------------------------------------------------------------------------------ predictions
+
+
+def discrete_variance(eta, k, noise_var):
+    """Exact stationary variance of x' = x - eta (k x + xi), Var xi = noise_var:
+    V = (1 - eta k)^2 V + eta^2 s^2, so V = eta s^2 / (k (2 - eta k)); needs 0 < eta k < 2."""
+    eta, k = np.asarray(eta, float), np.asarray(k, float)
+    return eta * noise_var / (k * (2.0 - eta * k))
+
+
+def sde_variance(eta, k, noise_var):
+    """Stationary variance of the continuous-time model dX = -k X dt + sqrt(eta) s dW (an
+    Ornstein-Uhlenbeck process): eta s^2 / (2 k), the eta k -> 0 limit of the discrete one."""
+    return np.asarray(eta, float) * noise_var / (2.0 * np.asarray(k, float))
+
+
+def random_gain_variance(k, noise_var, gain_mean, gain_sq_mean):
+    """Stationary variance of x' = x - a (k x + xi) with a random gain a drawn afresh each step,
+    independent of x and of the zero-mean noise xi (Var xi = noise_var):
+    V = E[a^2] s^2 / (k (2 E[a] - k E[a^2])). With a = eta fixed this is ``discrete_variance``."""
+    return gain_sq_mean * noise_var / (k * (2.0 * gain_mean - k * gain_sq_mean))
+
+
+def batch_std_expectation(fn, sigma: float, batch_size: int, n_grid: int = 4001) -> float:
+    """E[fn(sigma_hat)] for the population standard deviation sigma_hat of B Gaussian samples.
+
+    B sigma_hat^2 / sigma^2 follows a chi-square law with B - 1 degrees of freedom; the
+    expectation is a quadrature over q = log(chi-square), where the density is smooth.
+    """
+    if batch_size < 4:
+        raise ValueError("batch_size >= 4 keeps the quadrature accurate")
+    n = batch_size - 1
+    spread = 12.0 * math.sqrt(2.0 / n) + 2.0
+    q = np.linspace(math.log(n) - 2.0 * spread, math.log(n) + spread, n_grid)
+    chi2 = np.exp(q)
+    log_pdf = (n / 2 - 1) * q - chi2 / 2 - (n / 2) * math.log(2) - math.lgamma(n / 2)
+    weight = np.exp(log_pdf + q)  # density of q = density of chi2 times d chi2 / d q
+    values = fn(sigma * np.sqrt(chi2 / batch_size))
+    return float(np.trapezoid(values * weight, q) / np.trapezoid(weight, q))
+
+
+def sngrad_gain_moments(variant: str, sigma: float, batch_size: int, alpha: float, eta: float):
+    """(E[a], E[a^2]) of the per-step gain a = eta f of an sngrad variant on one coordinate.
+
+    For I and III the factor depends on the batch only through sigma_hat, which for Gaussian
+    per-example gradients is independent of the batch mean; the step is then linear in the
+    gradient with the random gain a and ``random_gain_variance`` is exact. For II the factor
+    is mu^2 / (alpha sigma_hat^2) near the minimum, where |mu| << sigma_hat; the moments
+    returned are those of eta / (alpha sigma_hat^2), used by ``variant_ii_variance``.
+    """
+    factors = {
+        "I": lambda s: 1.0 / np.maximum(alpha * s, 1.0),
+        "II": lambda s: 1.0 / (alpha * s * s),
+        "III": lambda s: 1.0 - np.minimum(alpha * s, 1.0),
+    }
+    f = factors[variant]
+    m1 = batch_std_expectation(lambda s: eta * f(s), sigma, batch_size)
+    m2 = batch_std_expectation(lambda s: (eta * f(s)) ** 2, sigma, batch_size)
+    return m1, m2
+
+
+def variant_ii_variance(k, sigma, batch_size, alpha, eta):
+    """Small-noise stationary variance of variant II on L = k x^2 / 2 (derived for this report).
+
+    Near the minimum the batch mean mu = k x + xi (Var xi = s^2 = sigma^2 / B) is much smaller
+    than sigma_hat, so the step is u = c mu^3 with c = eta / (alpha sigma_hat^2). Keeping terms
+    linear in x, u = c xi^3 + 3 c k x xi^2, and with E xi^4 = 3 s^4, E xi^6 = 15 s^6:
+        V = 15 E[c^2] s^6 / (6 k E[c] s^2 - 27 k^2 E[c^2] s^4).
+    Dropped terms are of relative order k^2 V / s^2. The restoring force is cubic in the
+    gradient, so this is not a Gibbs law of L; the temperature k V is about 5 eta s^2 /
+    (2 alpha B), i.e. 5 / (alpha B) times that of plain SGD.
+    """
+    c1, c2 = sngrad_gain_moments("II", sigma, batch_size, alpha, eta)
+    s2 = sigma * sigma / batch_size
+    return 15.0 * c2 * s2**3 / (6.0 * k * c1 * s2 - 27.0 * k * k * c2 * s2 * s2)
+
+
+def heavy_ball_rate(eta: float, curvature: float, gamma: float) -> float:
+    """Asymptotic contraction factor per step of noise-free heavy-ball momentum on k x^2 / 2:
+    the spectral radius of [[1 + gamma - eta k, -gamma], [1, 0]] (gamma = 0 gives |1 - eta k|)."""
+    roots = np.roots([1.0, -(1.0 + gamma - eta * curvature), gamma])
+    return float(np.max(np.abs(roots)))
