@@ -1,0 +1,146 @@
+"""A killed training job, restarted, ends with exactly the results of an uninterrupted one.
+
+The subprocess test kills a real ``python -m sngrad train`` with SIGKILL (no handler runs, the
+hardest case); SIGTERM's default action is the same abrupt exit, so it needs no test of its own.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from sngrad.data import Splits, save_splits
+
+EPOCHS = 100  # long enough (about a second of training) to be killed between checkpoints
+SPEC = {"hidden": [32, 32], "epochs": EPOCHS, "seeds": [1, 2], "checkpoint_every": 5,
+        "tune": {"budget": 2, "lr_min": 0.01, "lr_max": 0.1, "seeds": [0]}}
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+
+    def part(n):
+        x = rng.normal(size=(n, 16)).astype(np.float32)
+        return x, (x[:, 0] + x[:, 1] > 0).astype(np.int32)
+
+    path = tmp_path_factory.mktemp("data") / "toy.npz"
+    save_splits(Splits(*part(1024), *part(128), *part(128), num_classes=2, name="toy"), path)
+    return path
+
+
+def _command(command, data_file, out_dir, *extra):
+    return [sys.executable, "-m", "sngrad", command, "--data", str(data_file),
+            "--optimizer", "sgd+sngrad1", "--batch-size", "8", "--spec", json.dumps(SPEC),
+            "--out-dir", str(out_dir), *extra]
+
+
+def _env(cache_dir):
+    # A shared persistent compilation cache lets the 2nd and 3rd process skip most of XLA's
+    # compile time; the executables are the same, so are the numbers.
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def _run(cmd, env):
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr
+
+
+def _start_and_kill(cmd, env, checkpoint, sig):
+    """Start ``cmd``, wait for its first checkpoint, send ``sig``; return the checkpoint bytes."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while not checkpoint.exists():
+            assert proc.poll() is None, "job ended before writing a checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.005)
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -sig, "the job finished before it could be interrupted"
+    return checkpoint.read_bytes()
+
+
+def _rows(path, drop=("wall_time",)):
+    with open(path, newline="") as handle:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
+
+
+def test_train_killed_with_sigkill_resumes_to_identical_results(data_file, tmp_path):
+    best = tmp_path / "best.json"
+    chosen = {"optimizer": "sgd+sngrad1", "batch_size": 8, "learning_rate": 0.05,
+              "momentum": None, "alpha": 1.0}
+    best.write_text(json.dumps(chosen))
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    env = _env(tmp_path / "jax-cache")
+    _run(_command("train", data_file, reference, "--hparams", str(best)), env)
+
+    cmd = _command("train", data_file, resumed, "--hparams", str(best))
+    checkpoint = resumed / ".checkpoint-train" / "state.npz"
+    _start_and_kill(cmd, env, checkpoint, signal.SIGKILL)
+    assert not (resumed / "metrics.csv").exists()
+    _run(cmd, env)
+
+    prov = json.loads((resumed / "provenance.json").read_text())
+    assert 0 < prov["resumed_from_epoch"] < EPOCHS
+    assert not (resumed / ".checkpoint-train").exists()
+    for name in ("metrics.csv", "diagnostics.csv"):
+        ref, got = _rows(reference / name), _rows(resumed / name)
+        assert len(got) == len(ref) > 0 and got == ref, name
+    wall = [float(r["wall_time"]) for r in _rows(resumed / "metrics.csv", drop=())]
+    assert wall[:EPOCHS] == sorted(wall[:EPOCHS])  # the clock continues across the restart
+
+
+def test_tune_interrupted_in_process_resumes_to_identical_results(data_file, tmp_path, monkeypatch):
+    """The same for tune, interrupted right after its second checkpoint (no subprocess)."""
+    from sngrad import checkpoint as ckpt
+    from sngrad.spec import parse_spec
+    from sngrad.train import tune
+
+    spec = parse_spec({**SPEC, "epochs": 12, "checkpoint_every": 4})
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    tune(data_file, "sgd+sngrad1", 8, spec, reference)
+    real_save = ckpt.save
+
+    def save_then_stop(directory, fp, state):
+        real_save(directory, fp, state)
+        if state.epoch == 8:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        tune(data_file, "sgd+sngrad1", 8, spec, resumed)
+    assert not (resumed / "best.json").exists()
+    monkeypatch.setattr(ckpt, "save", real_save)
+    tune(data_file, "sgd+sngrad1", 8, spec, resumed)
+    assert json.loads((resumed / "tuning_provenance.json").read_text())["resumed_from_epoch"] == 8
+    assert _rows(resumed / "tuning.csv") == _rows(reference / "tuning.csv")
+    assert (resumed / "best.json").read_text() == (reference / "best.json").read_text()
+    assert not any(p.name.startswith(".") for p in resumed.iterdir()), os.listdir(resumed)
+
+
+def test_a_checkpoint_of_another_job_is_ignored(tmp_path, capsys):
+    from sngrad import checkpoint as ckpt
+
+    state = ckpt.Checkpoint(3, 1.5, [np.arange(4.0), np.array(True)], {"loss": np.ones((3, 2))})
+    ckpt.save(tmp_path, "job-a", state)
+    assert ckpt.load(tmp_path, "job-b") is None
+    assert "different job" in capsys.readouterr().err
+    back = ckpt.load(tmp_path, "job-a")
+    assert (back.epoch, back.elapsed_s) == (3, 1.5)
+    np.testing.assert_array_equal(back.leaves[0], np.arange(4.0))
+    np.testing.assert_array_equal(back.records["loss"], np.ones((3, 2)))
+    (tmp_path / ckpt.FILE_NAME).write_bytes(b"not a zip file")
+    assert ckpt.load(tmp_path, "job-a") is None
