@@ -17,11 +17,12 @@
 # accuracy is the mean over seeds at the last epoch. A flat curve means alpha needs no tuning.
 
 # %%
-import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+
+from sngrad.io import save_figure, write_frame
 
 # %% tags=["parameters"]
 datasets = ["digits"]
@@ -33,20 +34,6 @@ figures_dir = "paper/figures"
 
 
 # %%
-def save_csv(frame, path):
-    """Write through a temporary name so that a killed kernel never leaves half a table."""
-    tmp = Path(f"{path}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def save_figure(fig, name):
-    path = Path(figures_dir) / f"{name}.png"
-    tmp = path.with_name(f"{name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
 Path(out_dir).mkdir(parents=True, exist_ok=True)
 Path(figures_dir).mkdir(parents=True, exist_ok=True)
 sweeps = pd.concat(
@@ -72,7 +59,7 @@ table = (
     .reset_index()
 )
 table["diverged"] = table["diverged"].astype(int)
-save_csv(table, Path(out_dir) / "alpha_sensitivity.csv")
+write_frame(table, Path(out_dir) / "alpha_sensitivity.csv")
 print(table.to_string())
 
 # %%
@@ -90,4 +77,4 @@ for j, dataset in enumerate(datasets):
     ax.set_ylabel("test accuracy")
 axes[0, -1].legend(fontsize=7)
 fig.tight_layout()
-save_figure(fig, "alpha_sensitivity")
+save_figure(fig, Path(figures_dir) / "alpha_sensitivity.png")

@@ -21,11 +21,12 @@
 # are not shaped by the sngrad rescaling itself.
 
 # %%
-import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+
+from sngrad.io import save_figure, write_frame
 
 # %% tags=["parameters"]
 datasets = ["digits"]
@@ -37,20 +38,6 @@ figures_dir = "paper/figures"
 
 
 # %%
-def save_csv(frame, path):
-    """Write through a temporary name so that a killed kernel never leaves half a table."""
-    tmp = Path(f"{path}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def save_figure(fig, name):
-    path = Path(figures_dir) / f"{name}.png"
-    tmp = path.with_name(f"{name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
 def grid(rows, cols):
     return plt.subplots(
         len(rows), len(cols), figsize=(3.2 * len(cols), 2.6 * len(rows)), squeeze=False
@@ -89,7 +76,7 @@ for i, dataset in enumerate(datasets):
         ax.set_ylabel("median |mu| / sigma")
 axes[0, -1].legend(fontsize=7)
 fig.tight_layout()
-save_figure(fig, "gradient_snr")
+save_figure(fig, Path(figures_dir) / "gradient_snr.png")
 
 # %% [markdown]
 # ## Noise scale against batch size
@@ -114,7 +101,7 @@ for j, dataset in enumerate(datasets):
     ax.set_ylabel("noise scale tr(Sigma)/|G|^2")
 axes[0, -1].legend(fontsize=7)
 fig.tight_layout()
-save_figure(fig, "noise_scale")
+save_figure(fig, Path(figures_dir) / "noise_scale.png")
 
 # %% [markdown]
 # ## sngrad scale factors over training
@@ -135,7 +122,7 @@ for i, dataset in enumerate(datasets):
         ax.set_ylabel("mean scale factor")
 axes[0, -1].legend(fontsize=7)
 fig.tight_layout()
-save_figure(fig, "sngrad_factors")
+save_figure(fig, Path(figures_dir) / "sngrad_factors.png")
 
 # %% [markdown]
 # ## Table: first and last epoch of every run (means over layers and seeds)
@@ -151,5 +138,5 @@ first = diag[diag["epoch"] == diag["min"]].groupby(keys)[columns].mean().add_suf
 last = diag[diag["epoch"] == diag["max"]].groupby(keys)[columns].mean().add_suffix("_last")
 table = first.join(last).reset_index()
 table["reference"] = table["optimizer"] == reference
-save_csv(table, Path(out_dir) / "gradient_noise.csv")
+write_frame(table, Path(out_dir) / "gradient_noise.csv")
 print(table.to_string())

@@ -18,11 +18,12 @@
 # tuning tried, scored on the validation split).
 
 # %%
-import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+
+from sngrad.io import save_figure, write_frame
 
 # %% tags=["parameters"]
 datasets = ["digits"]
@@ -34,21 +35,6 @@ figures_dir = "paper/figures"
 
 
 # %%
-def save_csv(frame, path):
-    """Write through a temporary name so that a killed kernel never leaves half a table."""
-    tmp = Path(f"{path}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def save_figure(fig, name):
-    # the extension stays last so that matplotlib still infers the format
-    path = Path(figures_dir) / f"{name}.png"
-    tmp = path.with_name(f"{name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
 def read_runs(name):
     frames = []
     for dataset in datasets:
@@ -92,7 +78,7 @@ for i, dataset in enumerate(datasets):
         ax.set_ylabel("test accuracy")
 axes[0, -1].legend(fontsize=7)
 fig.tight_layout()
-save_figure(fig, "learning_curves")
+save_figure(fig, Path(figures_dir) / "learning_curves.png")
 
 # %% [markdown]
 # ## Test accuracy against batch size
@@ -113,7 +99,7 @@ for j, dataset in enumerate(datasets):
     ax.set_ylabel("test accuracy")
 axes[0, -1].legend(fontsize=7)
 fig.tight_layout()
-save_figure(fig, "accuracy_vs_batch_size")
+save_figure(fig, Path(figures_dir) / "accuracy_vs_batch_size.png")
 
 # %% [markdown]
 # ## Learning-rate sensitivity
@@ -151,7 +137,7 @@ for i, dataset in enumerate(datasets):
         ax.set_ylabel("validation accuracy")
 axes[0, -1].legend(fontsize=7)
 fig.tight_layout()
-save_figure(fig, "lr_sensitivity")
+save_figure(fig, Path(figures_dir) / "lr_sensitivity.png")
 
 # %%
 # How flat the optimum is: the share of tried settings within one accuracy point of the best.
@@ -173,5 +159,5 @@ near = (
 )
 sensitivity["share_within_1pt"] = near.to_numpy()
 sensitivity["diverged_settings"] = sensitivity["diverged_settings"].astype(int)
-save_csv(sensitivity, Path(out_dir) / "lr_sensitivity.csv")
+write_frame(sensitivity, Path(out_dir) / "lr_sensitivity.csv")
 print(sensitivity.to_string())

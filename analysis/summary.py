@@ -20,12 +20,13 @@
 
 # %%
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from sngrad.io import write_frame
 
 # %% tags=["parameters"]
 dataset = "digits"
@@ -34,15 +35,6 @@ optimizers = ["sgd", "sgd+sngrad1"]
 batch_sizes = [64]
 
 # %%
-
-
-def save_csv(frame, path):
-    """Write through a temporary name so that a killed kernel never leaves half a table."""
-    tmp = Path(f"{path}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
 root = Path(results_dir) / dataset
 
 # %%
@@ -72,7 +64,7 @@ for optimizer in optimizers:
             }
         )
 summary = pd.DataFrame(rows)
-save_csv(summary, root / "summary.csv")
+write_frame(summary, root / "summary.csv")
 print(summary.to_string())
 
 # %% [markdown]
@@ -121,5 +113,5 @@ for optimizer in optimizers:
 columns = ["dataset", "batch_size", "optimizer", "base", "n_pairs", "diff_mean", "ci_low",
            "ci_high", "excludes_zero"]  # fmt: skip
 paired_table = pd.DataFrame(comparisons, columns=columns)
-save_csv(paired_table, root / "paired.csv")
+write_frame(paired_table, root / "paired.csv")
 print(paired_table.to_string())

@@ -87,9 +87,11 @@ def write_fixture(results: Path, figures: Path, *, theory: bool) -> None:
     _csv(results / "digits" / "summary.csv", summary)
     _csv(results / "digits" / "paired.csv", paired)
     _csv(results / "benchmark" / "step_time.csv", [
-        {"batch_size": 32, "method": "sgd", "median_ms": 0.5, "ratio_to_sgd": 1.0,
+        {"batch_size": 32, "method": "sgd", "median_ms": 0.5, "sgd_same_ms": 0.5,
+         "ratio_to_sgd": 1.0,
          "peak_mem_mb": 12.5, "sizes": "64-10"},
-        {"batch_size": 32, "method": "sngrad-dense", "median_ms": 0.71, "ratio_to_sgd": 1.42,
+        {"batch_size": 32, "method": "sngrad-dense", "median_ms": 0.71, "sgd_same_ms": 0.503,
+         "ratio_to_sgd": 1.42,
          "peak_mem_mb": 13.25, "sizes": "64-10"},
     ])  # fmt: skip
     _csv(results / "analysis" / "gradient_noise.csv", [
@@ -152,6 +154,7 @@ def test_fixture_numbers_appear(rendered):
     assert "0.0625" in text and "0.188" in text
     assert "[1.23, 6.77] \\*" in text and "[-4.56, 5.23]" in text
     assert "1.42 \N{MULTIPLICATION SIGN} the time of an SGD step" in text and "13.2" in text
+    assert "| 0.71 | 0.503 | 1.42 |" in text
     assert "0.432" in text and "812" in text and "0.052" in text
     assert "94.40" in text and "4.28" in text
     assert "Theory check value 0.25." in text

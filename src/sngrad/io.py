@@ -93,3 +93,15 @@ def write_csv(
     for row in rows:
         writer.writerow([format_cell(row[c]) for c in columns])
     return write_text(path, buffer.getvalue())
+
+
+def write_frame(path: str | os.PathLike, frame) -> Path:
+    """A pandas DataFrame as CSV (no index), atomically: what the analysis notebooks write."""
+    return atomic_write(path, lambda h: frame.to_csv(h, index=False))
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:
+    """A matplotlib figure as PNG, atomically (the format is given, not read from the name)."""
+    return atomic_write(
+        path, lambda h: fig.savefig(h, format="png", dpi=dpi, bbox_inches="tight"), binary=True
+    )
