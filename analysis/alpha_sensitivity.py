@@ -59,7 +59,7 @@ table = (
     .reset_index()
 )
 table["diverged"] = table["diverged"].astype(int)
-write_frame(table, Path(out_dir) / "alpha_sensitivity.csv")
+write_frame(Path(out_dir) / "alpha_sensitivity.csv", table)
 print(table.to_string())
 
 # %%

@@ -138,5 +138,5 @@ first = diag[diag["epoch"] == diag["min"]].groupby(keys)[columns].mean().add_suf
 last = diag[diag["epoch"] == diag["max"]].groupby(keys)[columns].mean().add_suffix("_last")
 table = first.join(last).reset_index()
 table["reference"] = table["optimizer"] == reference
-write_frame(table, Path(out_dir) / "gradient_noise.csv")
+write_frame(Path(out_dir) / "gradient_noise.csv", table)
 print(table.to_string())

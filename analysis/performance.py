@@ -159,5 +159,5 @@ near = (
 )
 sensitivity["share_within_1pt"] = near.to_numpy()
 sensitivity["diverged_settings"] = sensitivity["diverged_settings"].astype(int)
-write_frame(sensitivity, Path(out_dir) / "lr_sensitivity.csv")
+write_frame(Path(out_dir) / "lr_sensitivity.csv", sensitivity)
 print(sensitivity.to_string())

@@ -64,7 +64,7 @@ for optimizer in optimizers:
             }
         )
 summary = pd.DataFrame(rows)
-write_frame(summary, root / "summary.csv")
+write_frame(root / "summary.csv", summary)
 print(summary.to_string())
 
 # %% [markdown]
@@ -113,5 +113,5 @@ for optimizer in optimizers:
 columns = ["dataset", "batch_size", "optimizer", "base", "n_pairs", "diff_mean", "ci_low",
            "ci_high", "excludes_zero"]  # fmt: skip
 paired_table = pd.DataFrame(comparisons, columns=columns)
-write_frame(paired_table, root / "paired.csv")
+write_frame(root / "paired.csv", paired_table)
 print(paired_table.to_string())

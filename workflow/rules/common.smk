@@ -25,10 +25,15 @@ else:
 
 # Each job gets `threads` cores and no more: XLA's CPU backend and the BLAS libraries otherwise
 # start one thread per machine core in every job, and `--cores N` would oversubscribe.
+# Compiled XLA programs are kept on disk and shared between jobs: compilation, not training,
+# is most of a small job's time, and programs recur (the same network initialisation at every
+# batch size, everything on a rerun). A cache entry is a pure function of the program, so a
+# stale one cannot change a result.
 THREAD_LIMITS = (
     'export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false '
     'intra_op_parallelism_threads={threads}" '
-    "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
+    "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
+    "JAX_COMPILATION_CACHE_DIR=.cache/jax JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.2; "
 )
 
 
