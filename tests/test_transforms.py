@@ -223,3 +223,9 @@ def test_missing_or_mismatched_variance_is_rejected():
         opt.update({"w": jnp.ones(2)}, state, params)
     with pytest.raises(SngradError, match="same pytree structure"):
         opt.update({"w": jnp.ones(2)}, state, params, grad_var={"v": jnp.ones(2)})
+
+
+def test_variant_ii_has_no_nan_gradient_at_zero_mean_and_tiny_noise():
+    # found by hypothesis: mu = 0 with sqrt(alpha) sigma ~ 1e-24 made d/dvar 0 * inf = NaN
+    grad = jax.grad(lambda v: scale_factor("II", jnp.zeros(3), v, 1e-30).sum())
+    assert np.isfinite(np.asarray(grad(jnp.full(3, 5.8753245e-18, jnp.float32)))).all()

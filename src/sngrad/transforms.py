@@ -107,7 +107,10 @@ def scale_factor(variant: str, mean: jax.Array, var: jax.Array, alpha: float) ->
         # instead of mu^2 with alpha sigma^2 avoids overflowing the squares for huge gradients.
         s = jnp.sqrt(alpha) * sigma
         noisy = jnp.abs(mean) < s  # only here is f < 1; s > |mu| >= 0 there, so s > 0
-        ratio = mean / jnp.where(noisy, s, 1.0)
+        # mu = 0 takes its exact value 0 apart: for a tiny s the derivative of mu / s with
+        # respect to s is -mu / s^2 = 0 * inf = NaN, even though the factor itself is 0.
+        divide = noisy & (mean != 0)
+        ratio = jnp.where(divide, mean, 0.0) / jnp.where(divide, s, 1.0)
         return jnp.where(noisy, ratio * ratio, 1.0)
     return 1.0 - jnp.minimum(alpha * sigma, 1.0)
 
