@@ -1,0 +1,156 @@
+"""Where every result of a profile lives, and which notebook makes which figure.
+
+One profile, one tree: everything ``snakemake --configfile config/P.yaml`` computes goes under
+``results/P/``, its rendered report and figures included. ``paper/report.md`` and
+``paper/figures/`` are a published copy of the *default* profile's report, written by the last
+step of a default run; no rule has them as an output or an input, so Snakemake can never take
+the committed copy for an up-to-date result.
+
+The rules, the notebooks and :mod:`sngrad.report` all build paths here, so a name is spelled
+once. Methods return ``str`` so that Snakemake wildcards pass through unchanged::
+
+    Layout("default").run_file("tuning.csv", "{dataset}", "{optimizer}", "{batch_size}")
+    # 'results/default/{dataset}/{optimizer}/bs{batch_size}/tuning.csv'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+RESULTS = "results"
+PUBLISHED_REPORT = "paper/report.md"
+PUBLISHED_FIGURES = "paper/figures"
+TEMPLATES = "paper/templates"
+PUBLISHING_PROFILE = "default"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure of the report: its file stem, the notebook that draws it, what it shows."""
+
+    name: str
+    notebook: str
+    caption: str
+
+
+_FIGURES = (
+    # analysis/performance.py: the comparison of optimizers
+    Figure("learning_curves", "performance",
+           "Validation accuracy and training loss per epoch, mean and band over final seeds"),
+    Figure("lr_sensitivity", "performance",
+           "Mean validation accuracy over tuning seeds against the learning rate"),
+    Figure("alpha_sensitivity", "performance",
+           "Mean validation accuracy against scale-free alpha at the best learning rate"),
+    Figure("equal_time", "performance",
+           "Test accuracy against training time measured in SGD-step equivalents"),
+    Figure("shrink_over_training", "performance",
+           "Mean factor f and share of coordinates with f < 1, per layer, over training"),
+    Figure("control_variates", "performance",
+           "Control variates: achieved variance reduction and median lambda over training"),
+    # analysis/gradient_noise.py: the noise study at fixed parameters
+    Figure("noise_vs_batch", "gradient_noise",
+           "Per-example sigma and noise of the batch mean against the batch size"),
+    Figure("snr_vs_batch", "gradient_noise",
+           "Batch signal-to-noise ratio against the batch size, with the pure-noise reference"),
+    Figure("noise_scale_over_training", "gradient_noise",
+           "Gradient noise scale B_simple (unbiased) at each checkpoint"),
+    Figure("shrink_vs_batch", "gradient_noise",
+           "Share of coordinates each variant shrinks, against the batch size"),
+    # analysis/theory.py: the theory checks
+    Figure("theory_stationary_1d", "theory", "Stationary variance of SGD on a 1-D quadratic"),
+    Figure("theory_batch_temperature", "theory", "Temperature against eta / B"),
+    Figure("theory_double_well", "theory", "Stationary histogram on a double well"),
+    Figure("theory_two_temperatures", "theory", "Two coordinates, two temperatures"),
+    Figure("theory_sngrad_variants", "theory", "Stationary spread under the three variants"),
+    Figure("theory_lecture_quadratic", "theory", "The lecture notes' 2-D quadratic"),
+    Figure("theory_control_variate", "theory",
+           "Control variates: variance, bias of the same-batch coefficient, decay with distance"),
+)
+
+FIGURES: dict[str, Figure] = {f.name: f for f in _FIGURES}
+NOTEBOOKS = tuple(dict.fromkeys(f.notebook for f in _FIGURES))
+
+
+def figures_of(notebook: str) -> list[Figure]:
+    """The figures one notebook draws, in manifest order."""
+    return [f for f in _FIGURES if f.notebook == notebook]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The result tree of one profile: ``<root>/<profile>/...``."""
+
+    profile: str
+    root: str = RESULTS
+
+    @property
+    def base(self) -> str:
+        return f"{self.root}/{self.profile}"
+
+    # ------------------------------------------------------------------ data
+    def data(self, dataset: str) -> str:
+        """Prepared splits (``.npz``); the sidecar is :meth:`data_meta`."""
+        return f"{self.base}/data/{dataset}.npz"
+
+    def data_meta(self, dataset: str) -> str:
+        return f"{self.base}/data/{dataset}.json"
+
+    # ------------------------------------------------------------------ tune and train
+    def run_dir(self, dataset: str, optimizer: str, batch_size) -> str:
+        return f"{self.base}/{dataset}/{optimizer}/bs{batch_size}"
+
+    def run_file(self, name: str, dataset: str, optimizer: str, batch_size) -> str:
+        return f"{self.run_dir(dataset, optimizer, batch_size)}/{name}"
+
+    def reference_dir(self, dataset: str) -> str:
+        """Parameters of the noise study's reference run at its checkpoints."""
+        return f"{self.base}/{dataset}/reference"
+
+    def summary(self, dataset: str) -> str:
+        return f"{self.base}/{dataset}/summary.csv"
+
+    def paired(self, dataset: str) -> str:
+        return f"{self.base}/{dataset}/paired.csv"
+
+    # ------------------------------------------------------------------ studies and notebooks
+    def noise(self, dataset: str) -> str:
+        return f"{self.base}/noise/{dataset}.csv"
+
+    def analysis(self, name: str) -> str:
+        return f"{self.base}/analysis/{name}"
+
+    def notebook(self, name: str) -> str:
+        """The executed copy of ``analysis/<name>.py``."""
+        return f"{self.base}/notebooks/{name}.ipynb"
+
+    def theory(self, name: str) -> str:
+        return f"{self.base}/theory/{name}"
+
+    def benchmark(self) -> str:
+        return f"{self.base}/benchmark/step_time.csv"
+
+    # ------------------------------------------------------------------ report
+    def figures_dir(self) -> str:
+        return f"{self.base}/figures"
+
+    def figure(self, name: str) -> str:
+        if name not in FIGURES:
+            raise KeyError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
+        return f"{self.figures_dir()}/{name}.png"
+
+    def figures(self, notebook: str) -> list[str]:
+        return [self.figure(f.name) for f in figures_of(notebook)]
+
+    def report(self) -> str:
+        return f"{self.base}/report.md"
+
+    def published_marker(self) -> str:
+        """Written by the publish step after copying the report into paper/."""
+        return f"{self.base}/published.json"
+
+
+def published_paths(root: str | Path = ".") -> tuple[Path, Path]:
+    """(report, figures folder) of the published copy under ``root``."""
+    root = Path(root)
+    return root / PUBLISHED_REPORT, root / PUBLISHED_FIGURES
