@@ -1,14 +1,17 @@
 # The two commands of the README: `make report` and `make test`.
 # Both create .venv from the pinned lock on first use (Python 3.11+, pip and make only).
+# `make run PROFILE=quick` runs another profile (config/<PROFILE>.yaml) into results/<PROFILE>/;
+# only the default profile publishes its report into paper/.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-from-lock
 CORES ?= 4
+PROFILE ?= default
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all install test lint report smoke bench clean
+.PHONY: all install test test-fast lint report run quick smoke bench clean data
 
 all: report
 
@@ -28,11 +31,30 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest -q
 
+# everything but the tests marked slow (the real workflow runs)
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# the default profile: results/default/, then the published copy paper/report.md + figures/
 report: install
+	$(BIN)/python -m sngrad config check config/default.yaml
 	$(BIN)/snakemake --cores $(CORES)
 
-smoke: install
-	$(BIN)/snakemake --cores $(CORES) --configfile config/smoke.yaml
+# any profile (the check first: it names the line of a YAML error, which Snakemake does not)
+run: install
+	$(BIN)/python -m sngrad config check config/$(PROFILE).yaml
+	$(BIN)/snakemake --cores $(CORES) --configfile config/$(PROFILE).yaml
+
+quick:
+	$(MAKE) run PROFILE=quick
+
+smoke:
+	$(MAKE) run PROFILE=smoke
+
+# every dataset of the default profile into results/default/data/ (downloads land in the cache,
+# $SNGRAD_DATA_DIR or ~/.cache/sngrad, so later runs are offline)
+data: install
+	$(BIN)/python -m sngrad data profile config/default.yaml
 
 bench: install
 	$(BIN)/python benchmarks/step_time.py

@@ -11,153 +11,352 @@
 # ---
 
 # %% [markdown]
-# # Performance of the optimizers
+# # Performance of the optimizers across datasets
 #
-# Learning curves (test accuracy per epoch, mean over seeds), final test accuracy against
-# batch size, and how sensitive each optimizer is to its learning rate (every setting the
-# tuning tried, scored on the validation split).
+# Learning curves (validation accuracy and training loss), how the tuning's validation
+# accuracy depends on the learning rate and on the scale-free alpha, accuracy against
+# training time, how much each noise-informed variant shrank the gradient, and what the
+# control variates achieved. All statistics are `sngrad.analysis` functions; every selection
+# (best learning rate, best and worst alpha) uses the validation split only. Diverged seeds
+# are left out of means and bands and marked with a cross at the epoch they diverged.
 
 # %%
+import json
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import matplotlib.transforms as mtransforms
 import pandas as pd
+from matplotlib.lines import Line2D
 
+from sngrad import analysis
 from sngrad.io import save_figure, write_frame
+from sngrad.layout import Layout, notebook_tables
 
 # %% tags=["parameters"]
+profile = "smoke"
+results_root = "results"
 datasets = ["digits"]
-optimizers = ["sgd", "sgd+sngrad1"]
+runs = ["sgd", "sgd+sngrad1"]
 batch_sizes = [64]
-results_dir = "results"
-out_dir = "results/analysis"
-figures_dir = "paper/figures"
-
+config_json = "{}"
 
 # %%
-def read_runs(name):
-    frames = []
-    for dataset in datasets:
-        for optimizer in optimizers:
-            for batch_size in batch_sizes:
-                frame = pd.read_csv(Path(results_dir, dataset, optimizer, f"bs{batch_size}", name))
-                frames.append(frame.assign(dataset=dataset, optimizer=optimizer,
-                                           batch_size=batch_size))  # fmt: skip
-    return pd.concat(frames, ignore_index=True)
+layout = Layout(profile, results_root)
+config = json.loads(config_json)
+hidden = config.get("model", {}).get("hidden", [])
+cells = [(d, int(b)) for d in datasets for b in batch_sizes]
 
-
-def grid(rows, cols):
-    fig, axes = plt.subplots(
-        len(rows), len(cols), figsize=(3.2 * len(cols), 2.6 * len(rows)), squeeze=False
-    )
-    return fig, axes
-
-
-Path(out_dir).mkdir(parents=True, exist_ok=True)
-Path(figures_dir).mkdir(parents=True, exist_ok=True)
-metrics = read_runs("metrics.csv")
-tuning = read_runs("tuning.csv")
-summary = pd.concat(
-    [pd.read_csv(Path(results_dir, d, "summary.csv")) for d in datasets], ignore_index=True
+metrics, missing_metrics = analysis.read_run_tables(
+    layout, datasets, runs, batch_sizes, "metrics.csv"
 )
+tuning, _ = analysis.read_run_tables(layout, datasets, runs, batch_sizes, "tuning.csv")
+diagnostics, _ = analysis.read_run_tables(layout, datasets, runs, batch_sizes, "diagnostics.csv")
+benchmark = analysis.read_benchmark(layout)
+print("runs without metrics:", missing_metrics or "none")
+
+# one colour per run, the same in every figure
+palette = plt.get_cmap("tab20").colors
+COLOURS = {run: palette[i % len(palette)] for i, run in enumerate(runs)}
+EMPTY = "no data for this panel"
+
+
+def grid(n_rows, n_cols, *, sharey="row", height=2.8):
+    return plt.subplots(
+        n_rows, n_cols, figsize=(3.6 * n_cols + 2.4, height * n_rows), squeeze=False,
+        sharex="col", sharey=sharey,
+    )  # fmt: skip
+
+
+def note(ax, text):
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=8,
+            color="0.4")  # fmt: skip
+
+
+def mark_diverged(ax, xs, colour):
+    """A cross at the bottom edge at each x where a seed diverged (not a value of zero)."""
+    if len(xs):
+        bottom = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
+        ax.plot(xs, [0.03] * len(xs), "x", color=colour, transform=bottom, clip_on=False,
+                markersize=6, markeredgewidth=1.5)  # fmt: skip
+
+
+def log_if_positive(ax, values, axis="y"):
+    values = pd.to_numeric(pd.Series(values), errors="coerce")
+    if (values > 0).any():
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+
+
+def run_legend(fig, shown, extra=()):
+    handles = [Line2D([], [], color=COLOURS[r], lw=2, label=r) for r in runs if r in shown]
+    handles += list(extra)
+    if handles:
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
+                   frameon=False)  # fmt: skip
+
+
+DIVERGED = Line2D([], [], color="0.3", marker="x", ls="", label="seed diverged (epoch)")
+
+
+def cell_rows(frame, dataset, batch_size, run=None):
+    if frame.empty:
+        return frame
+    mask = (frame["dataset"] == dataset) & (frame["batch_size"] == batch_size)
+    if run is not None:
+        mask &= frame["optimizer"] == run
+    return frame[mask]
+
 
 # %% [markdown]
-# ## Learning curves
-
-# %%
-fig, axes = grid(datasets, batch_sizes)
-curves = metrics.groupby(["dataset", "batch_size", "optimizer", "epoch"])["test_accuracy"].mean()
-for i, dataset in enumerate(datasets):
-    for j, batch_size in enumerate(batch_sizes):
-        ax = axes[i, j]
-        for optimizer in optimizers:
-            curve = curves.loc[(dataset, batch_size, optimizer)]
-            ax.plot(curve.index, curve.values, label=optimizer)
-        ax.set_title(f"{dataset}, batch {batch_size}", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy")
-axes[0, -1].legend(fontsize=7)
-fig.tight_layout()
-save_figure(fig, Path(figures_dir) / "learning_curves.png")
-
-# %% [markdown]
-# ## Test accuracy against batch size
-
-# %%
-fig, axes = grid([0], datasets)
-for j, dataset in enumerate(datasets):
-    ax = axes[0, j]
-    for optimizer in optimizers:
-        rows = summary[(summary["dataset"] == dataset) & (summary["optimizer"] == optimizer)]
-        rows = rows.sort_values("batch_size")
-        ax.errorbar(rows["batch_size"], rows["test_accuracy_mean"],
-                    yerr=rows["test_accuracy_std"].fillna(0), marker="o", capsize=2,
-                    label=optimizer)  # fmt: skip
-    ax.set_xscale("log", base=2)
-    ax.set_title(dataset, fontsize=9)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("test accuracy")
-axes[0, -1].legend(fontsize=7)
-fig.tight_layout()
-save_figure(fig, Path(figures_dir) / "accuracy_vs_batch_size.png")
-
-# %% [markdown]
-# ## Learning-rate sensitivity
+# ## Learning curves: validation accuracy and training loss
 #
-# Each point is one tried setting (mean over the tuning seeds); diverged settings are drawn
-# at zero accuracy so that the edge of stability stays visible.
+# Top row validation accuracy, bottom row mean training loss of the epoch (log scale); the
+# same y-axis within a row. Lines are means over the final seeds that had not diverged, bands
+# one standard deviation.
 
 # %%
-tuning["diverged"] = tuning["diverged"].astype(bool)
-settings = (
-    tuning.groupby(["dataset", "batch_size", "optimizer", "setting"])
-    .agg(
-        learning_rate=("learning_rate", "first"),
-        val_accuracy=("val_accuracy", "mean"),
-        diverged=("diverged", "any"),
-    )
-    .reset_index()
-)
-settings.loc[settings["diverged"], "val_accuracy"] = 0.0
-
-fig, axes = grid(datasets, batch_sizes)
-for i, dataset in enumerate(datasets):
-    for j, batch_size in enumerate(batch_sizes):
+fig, axes = grid(2, len(cells))
+shown = set()
+if not metrics.empty:
+    accuracy = analysis.curves(metrics, "val_accuracy")
+    loss = analysis.curves(metrics, "train_loss")
+    died = analysis.divergence_epochs(metrics)
+for j, (dataset, batch_size) in enumerate(cells):
+    for i, label in enumerate([r"validation accuracy", r"training loss $L$"]):
         ax = axes[i, j]
-        for optimizer in optimizers:
-            pts = settings[
-                (settings["dataset"] == dataset)
-                & (settings["batch_size"] == batch_size)
-                & (settings["optimizer"] == optimizer)
-            ].sort_values("learning_rate")
-            ax.plot(pts["learning_rate"], pts["val_accuracy"], marker=".", label=optimizer)
-        ax.set_xscale("log")
-        ax.set_title(f"{dataset}, batch {batch_size}", fontsize=9)
-        ax.set_xlabel("learning rate")
-        ax.set_ylabel("validation accuracy")
-axes[0, -1].legend(fontsize=7)
+        table = None if metrics.empty else (accuracy if i == 0 else loss)
+        drawn = False
+        for run in runs:
+            curve = pd.DataFrame() if table is None else cell_rows(table, dataset, batch_size, run)
+            curve = curve.sort_values("epoch") if len(curve) else curve
+            if len(curve) and curve["mean"].notna().any():
+                colour = COLOURS[run]
+                ax.plot(curve["epoch"], curve["mean"], color=colour, lw=1.3)
+                std = curve["std"].fillna(0.0)
+                ax.fill_between(curve["epoch"], curve["mean"] - std, curve["mean"] + std,
+                                color=colour, alpha=0.15, lw=0)  # fmt: skip
+                drawn = True
+                shown.add(run)
+            if table is not None:
+                mark_diverged(ax, cell_rows(died, dataset, batch_size, run)["epoch"],
+                              COLOURS[run])  # fmt: skip
+        if not drawn:
+            note(ax, EMPTY)
+        if i == 1 and table is not None:
+            log_if_positive(ax, cell_rows(loss, dataset, batch_size)["mean"])
+        ax.set_title(f"{dataset}, $B = {batch_size}$", fontsize=9)
+        ax.set_xlabel("epoch")
+        if j == 0:
+            ax.set_ylabel(label)
+run_legend(fig, shown, [DIVERGED])
 fig.tight_layout()
-save_figure(fig, Path(figures_dir) / "lr_sensitivity.png")
+save_figure(fig, layout.figure("learning_curves"))
+
+# %% [markdown]
+# ## Learning-rate sensitivity (validation, tuning seeds)
+#
+# For each learning rate tried: the best mean validation accuracy over the second axis
+# (momentum or alpha). A filled dot is the chosen setting; a cross at the bottom marks a
+# learning rate at which every setting diverged.
 
 # %%
-# How flat the optimum is: the share of tried settings within one accuracy point of the best.
-sensitivity = (
-    settings.groupby(["dataset", "optimizer", "batch_size"])
-    .agg(
-        settings=("setting", "count"),
-        diverged_settings=("diverged", "sum"),
-        best_val_accuracy=("val_accuracy", "max"),
-        median_val_accuracy=("val_accuracy", "median"),
-    )
-    .reset_index()
-)
-best = settings.groupby(["dataset", "optimizer", "batch_size"])["val_accuracy"].transform("max")
-near = (
-    (settings["val_accuracy"] >= best - 0.01)
-    .groupby([settings["dataset"], settings["optimizer"], settings["batch_size"]])
-    .mean()
-)
-sensitivity["share_within_1pt"] = near.to_numpy()
-sensitivity["diverged_settings"] = sensitivity["diverged_settings"].astype(int)
-write_frame(Path(out_dir) / "lr_sensitivity.csv", sensitivity)
-print(sensitivity.to_string())
+settings = analysis.tuning_settings(tuning)
+lr_points = analysis.lr_curve(settings) if len(settings) else pd.DataFrame()
+fig, axes = grid(1, len(cells))
+shown = set()
+for j, (dataset, batch_size) in enumerate(cells):
+    ax = axes[0, j]
+    for run in runs:
+        pts = cell_rows(lr_points, dataset, batch_size, run)
+        if pts.empty:
+            continue
+        pts = pts.sort_values("learning_rate")
+        colour = COLOURS[run]
+        ok = pts[~pts["all_diverged"]]
+        ax.plot(ok["learning_rate"], ok["val_accuracy"], ".-", color=colour, lw=1, ms=3)
+        chosen = ok[ok["chosen"]]
+        ax.plot(chosen["learning_rate"], chosen["val_accuracy"], "o", color=colour, ms=5)
+        mark_diverged(ax, pts[pts["all_diverged"]]["learning_rate"], colour)
+        shown.add(run)
+    if not shown:
+        note(ax, EMPTY)
+    else:
+        ax.set_xscale("log")
+    ax.set_title(f"{dataset}, $B = {batch_size}$", fontsize=9)
+    ax.set_xlabel(r"learning rate $\eta$")
+    if j == 0:
+        ax.set_ylabel("mean validation accuracy")
+chosen_marker = Line2D([], [], color="0.3", marker="o", ls="", label="chosen setting")
+all_diverged = Line2D([], [], color="0.3", marker="x", ls="", label="all settings diverged")
+run_legend(fig, shown, [chosen_marker, all_diverged])
+fig.tight_layout()
+save_figure(fig, layout.figure("lr_sensitivity"))
+
+# %% [markdown]
+# ## Alpha sensitivity (validation, at the chosen learning rate)
+#
+# Scale-free alpha: $\alpha B$ for variant II, $\alpha\,\sigma_\mathrm{ref}$ for I and III
+# (the tuning's units). Only runs whose alpha was tuned; best and worst by validation.
+
+# %%
+alpha_points = analysis.alpha_table(settings) if len(settings) else pd.DataFrame(
+    columns=analysis.ALPHA_COLUMNS)  # fmt: skip
+fig, axes = grid(1, len(cells))
+shown = set()
+for j, (dataset, batch_size) in enumerate(cells):
+    ax = axes[0, j]
+    for run in runs:
+        line = cell_rows(alpha_points, dataset, batch_size, run)
+        if line.empty:
+            continue
+        colour = COLOURS[run]
+        ok = line[~line["diverged"].astype(bool)]
+        ax.plot(ok["alpha_scaled"], ok["val_accuracy"], "o-", color=colour, lw=1, ms=3)
+        chosen = ok[ok["chosen"].astype(bool)]
+        ax.plot(chosen["alpha_scaled"], chosen["val_accuracy"], "o", color=colour, ms=6,
+                mfc="none")  # fmt: skip
+        mark_diverged(ax, line[line["diverged"].astype(bool)]["alpha_scaled"], colour)
+        shown.add(run)
+    if not shown:
+        note(ax, "no sngrad run with a tuned alpha")
+    else:
+        ax.set_xscale("log")
+    ax.set_title(f"{dataset}, $B = {batch_size}$", fontsize=9)
+    ax.set_xlabel(r"scale-free $\alpha$: $\alpha B$ (II), $\alpha\sigma_\mathrm{ref}$ (I, III)")
+    if j == 0:
+        ax.set_ylabel("mean validation accuracy")
+chosen_ring = Line2D([], [], color="0.3", marker="o", mfc="none", ls="", label="chosen")
+run_legend(fig, shown, [chosen_ring, DIVERGED])
+fig.tight_layout()
+save_figure(fig, layout.figure("alpha_sensitivity"))
+
+
+# %% [markdown]
+# ## Accuracy against training time
+#
+# Time in SGD-step equivalents: epoch x steps per epoch x the run's step cost relative to
+# SGD (benchmark, study network). Runs without a benchmark row are not drawn.
+
+
+# %%
+def steps_per_epoch(dataset, batch_size):
+    path = Path(layout.data_meta(dataset))
+    if not path.exists():
+        return None
+    n_train = json.loads(path.read_text()).get("sizes", {}).get("train")
+    return math.ceil(n_train / batch_size) if n_train else None
+
+
+fig, axes = grid(1, len(cells))
+shown = set()
+test_curves = analysis.curves(metrics, "test_accuracy") if not metrics.empty else pd.DataFrame()
+for j, (dataset, batch_size) in enumerate(cells):
+    ax = axes[0, j]
+    costs = analysis.step_costs(benchmark, hidden, batch_size)
+    steps = steps_per_epoch(dataset, batch_size)
+    for run in runs:
+        cost = costs.get(analysis.optimizer_of(run))
+        curve = cell_rows(test_curves, dataset, batch_size, run)
+        if cost is None or curve.empty or steps is None:
+            continue
+        curve = curve.sort_values("epoch")
+        time = curve["epoch"] * steps * cost
+        ax.plot(time, curve["mean"], color=COLOURS[run], lw=1.3)
+        std = curve["std"].fillna(0.0)
+        ax.fill_between(time, curve["mean"] - std, curve["mean"] + std, color=COLOURS[run],
+                        alpha=0.15, lw=0)  # fmt: skip
+        shown.add(run)
+    if not shown:
+        note(ax, "no benchmark step times for these runs")
+    ax.set_title(f"{dataset}, $B = {batch_size}$", fontsize=9)
+    ax.set_xlabel("training time (SGD steps)")
+    if j == 0:
+        ax.set_ylabel("test accuracy")
+run_legend(fig, shown)
+fig.tight_layout()
+save_figure(fig, layout.figure("equal_time"))
+
+# %% [markdown]
+# ## How much the noise-informed factors shrank the gradient
+#
+# Mean factor $f$ and the share of coordinates with $f < 1$ per epoch (mean over seeds), one
+# line style per layer.
+
+# %%
+shrink_lines = analysis.shrink_curves(diagnostics)
+layers = sorted(shrink_lines["layer"].unique()) if len(shrink_lines) else []
+styles = ["-", "--", ":", "-."]
+fig, axes = grid(2, len(cells))
+shown = set()
+for j, (dataset, batch_size) in enumerate(cells):
+    for i, (column, label) in enumerate(
+        [("factor_mean", r"mean factor $\bar f$"), ("shrink_share", r"share with $f < 1$")]
+    ):
+        ax = axes[i, j]
+        drawn = False
+        for run in runs:
+            for k, layer in enumerate(layers):
+                line = cell_rows(shrink_lines, dataset, batch_size, run)
+                line = line[line["layer"] == layer].sort_values("epoch")
+                if line.empty:
+                    continue
+                ax.plot(line["epoch"], line[column], styles[k % len(styles)],
+                        color=COLOURS[run], lw=1.2)  # fmt: skip
+                drawn = True
+                shown.add(run)
+        if not drawn:
+            note(ax, "no run with a factor")
+        ax.set_title(f"{dataset}, $B = {batch_size}$", fontsize=9)
+        ax.set_xlabel("epoch")
+        if j == 0:
+            ax.set_ylabel(label)
+layer_styles = [Line2D([], [], color="0.3", ls=styles[k % len(styles)], label=f"layer {layer}")
+                for k, layer in enumerate(layers)]  # fmt: skip
+run_legend(fig, shown, layer_styles)
+fig.tight_layout()
+save_figure(fig, layout.figure("shrink_over_training"))
+
+# %% [markdown]
+# ## Control variates
+#
+# Achieved variance ratio (variance of the corrected gradient over that of the plain batch
+# mean; below 1 is a reduction) and the median coefficient lambda, per epoch.
+
+# %%
+cv_lines = analysis.cv_curves(diagnostics)
+fig, axes = grid(2, len(cells))
+shown = set()
+for j, (dataset, batch_size) in enumerate(cells):
+    for i, (column, label) in enumerate(
+        [("variance_ratio", "variance ratio"), ("lambda_median", r"median $\lambda$")]
+    ):
+        ax = axes[i, j]
+        drawn = False
+        for run in runs:
+            line = cell_rows(cv_lines, dataset, batch_size, run).sort_values("epoch")
+            if line.empty or not line[column].notna().any():
+                continue
+            ax.plot(line["epoch"], line[column], "o-", color=COLOURS[run], lw=1.2, ms=3)
+            drawn = True
+            shown.add(run)
+        if i == 0 and drawn:
+            ax.axhline(1.0, color="0.6", lw=0.8, ls=":")
+        if not drawn:
+            note(ax, "no control-variate run in this profile")
+        ax.set_title(f"{dataset}, $B = {batch_size}$", fontsize=9)
+        ax.set_xlabel("epoch")
+        if j == 0:
+            ax.set_ylabel(label)
+run_legend(fig, shown)
+fig.tight_layout()
+save_figure(fig, layout.figure("control_variates"))
+
+# %% [markdown]
+# ## Tables
+
+# %%
+tables = analysis.performance_tables(layout, datasets, runs, batch_sizes)
+for path in notebook_tables(layout, "performance"):
+    write_frame(path, tables[Path(path).name])
+print(tables["training_length.csv"].to_string())

@@ -1,55 +1,68 @@
-"""Step time and memory of noise-informed SGD against plain SGD, per statistics backend.
+"""Cost of THE train step of every method against plain SGD, and the engine's throughput.
 
-A step of plain SGD is ``theta <- theta - lr * grad(mean loss)``. A step of sngrad computes
-the batch loss, the mean mu and the population variance sigma^2 of the per-example gradients
-(``sngrad.stats``), scales mu by the variant-I factor ``min(1 / (alpha sigma), 1)`` and takes
-the same step. Both are one jitted function; a step is timed until ``block_until_ready``.
+Step mode (default): for every network, batch size and method, a fresh subprocess builds the
+step the engine trains with (:func:`sngrad.train.step.make_step`, dense statistics backend,
+constant learning rate, per-step diagnostics off as in tuning) and SGD's step, and times them
+interleaved: repeat i times ``inner`` method steps, then ``inner`` SGD steps, each block one
+jitted ``fori_loop`` on a fixed batch, so that Python dispatch is not part of a step. A
+sample is the block time / inner; the row gives the median over repeats and the spread
+(interquartile range) of each, ``ratio = median / sgd_ms`` of the same process, and the
+process's peak resident memory (``ru_maxrss``, which includes Python and the XLA runtime).
 
-Every (method, batch size) runs in a fresh subprocess, so that its peak resident memory
-(``ru_maxrss``, which includes the Python and XLA runtime itself) is its own. A sngrad
-process times plain SGD as well, interleaved step by step with its own steps, and its ratio
-is median(sngrad) / median(SGD) of that one process: on a shared machine a ratio of two
-runs taken at different times would mostly measure the change of load in between. The SGD
-row reports SGD timed in a process of its own. ``xla_temp_mb`` (printed, not in the CSV) is
-the scratch memory XLA plans for the step (``compiled.memory_analysis()``).
+Methods: ``sgd``, ``sgd+sngrad1|2|3``, ``svag``, ``sgd+cv``, ``sgd+svrg`` and the peer a user
+would otherwise pick, ``vmap+aggregating``: per-example gradients by ``vmap(grad)`` fed to
+``optax.experimental.aggregating.process`` with its ``get_per_element_mean_and_sum_sq_diff_grads``
+aggregator, whose mean and variance go through variant I and SGD.
 
-    python benchmarks/step_time.py                       # the default table, a few minutes
-    python benchmarks/step_time.py --batch-sizes 128 --backends dense --out step_time.csv
+Consistency: a row whose same-process SGD time differs from the ``sgd`` row's median by more
+than the larger of the two spreads, or a variance method faster than its SGD, is measured
+again in a fresh process (at most ``--retries`` times); if it still disagrees it is written
+with the reason in ``flag`` rather than silently.
+
+Throughput mode (``--throughput``): the engine itself (``run_sweep``) trains K runs in one
+program on random data for a few epochs; examples per second = K * steps * B * epochs /
+training seconds (compilation and evaluation excluded), in a subprocess limited to
+``--threads`` cores, so ``examples_per_s_per_core`` = examples_per_s / threads.
+
+    python benchmarks/step_time.py --networks 784-64-10,784-1024-1024-1024-10 \\
+        --batch-sizes 128 --repeats 15 --out step_time.csv
+    python benchmarks/step_time.py --throughput --networks 784-64-10 --runs 10,36 --out tp.csv
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-BACKENDS = ("dense", "chunked", "vmap")
-# glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh pages, so an XLA
-# scratch buffer just above it costs thousands of page faults on every step. These settings
-# keep such blocks on the heap for SGD and sngrad alike (--malloc-tuning).
-MALLOC_TUNING = {
-    "MALLOC_MMAP_THRESHOLD_": str(256 * 2**20),
-    "MALLOC_TRIM_THRESHOLD_": str(1024 * 2**20),
-    "MALLOC_TOP_PAD_": str(256 * 2**20),
-}
-# sgd_same_ms: the SGD step timed interleaved with this method in the same process, the
-# denominator of ratio_to_sgd (for the sgd row, its own median).
-CSV_COLUMNS = (
-    "batch_size",
-    "method",
-    "median_ms",
-    "sgd_same_ms",
-    "ratio_to_sgd",
-    "peak_mem_mb",
-    "sizes",
-)
+STEP_METHODS = ("sgd", "sgd+sngrad1", "sgd+sngrad2", "sgd+sngrad3", "svag", "sgd+cv",
+                "sgd+svrg", "vmap+aggregating")
+THROUGHPUT_METHODS = ("sgd", "sgd+sngrad1", "sgd+sngrad2", "sgd+sngrad3", "sgd+cv")
+VARIANCE_METHODS = tuple(m for m in STEP_METHODS if m != "sgd")
+STEP_COLUMNS = ("network", "batch_size", "method", "median_ms", "spread", "sgd_ms", "ratio",
+                "peak_rss_mb", "repeats", "attempts", "flag")
+THROUGHPUT_COLUMNS = ("network", "batch_size", "method", "runs", "mode", "examples_per_s",
+                      "examples_per_s_per_core", "threads", "steps_per_epoch", "epochs",
+                      "train_s", "compile_s")
+LEARNING_RATE = 0.01
+ALPHA = {"sgd+sngrad1": 1.0, "sgd+sngrad2": 1.0 / 128, "sgd+sngrad3": 0.1}
+SAMPLE_S = 0.02  # wall time of one timed block
+
+
+def _networks(text: str) -> list[list[int]]:
+    try:
+        nets = [[int(v) for v in net.split("-")] for net in text.split(",") if net.strip()]
+    except ValueError:
+        nets = []
+    if not nets or any(len(n) < 2 or min(n) < 1 for n in nets):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected comma-separated networks like 784-64-10,784-1024-10")
+    return nets
 
 
 def _int_list(text: str) -> list[int]:
@@ -62,248 +75,317 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _backend_list(text: str) -> list[str]:
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [n for n in names if n not in BACKENDS]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown backend(s) {bad or text!r}; valid: {', '.join(BACKENDS)}"
-        )
-    return names
+def _methods(allowed):
+    def parse(text: str) -> list[str]:
+        names = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [n for n in names if n not in allowed]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(
+                f"unknown method(s) {bad or text!r}; valid: {', '.join(allowed)}")
+        return names
+    return parse
 
 
-# ----------------------------------------------------------------------------- worker
+# ============================================================================ step worker
 
 
-def _make_steps(backend: str | None, chunk_size: int, alpha: float, lr: float = 0.01):
-    """The jitted SGD step and, if ``backend`` is given, the jitted sngrad step."""
+def _peer_step(batch_size: int):
+    """vmap(grad) -> optax.experimental.aggregating -> variant I -> SGD, as a step."""
+    import jax
+    import optax
+    from optax.experimental import aggregating
+
+    from sngrad.models import cross_entropy, mlp_apply
+    from sngrad.transforms import noise_informed
+
+    inner = optax.chain(noise_informed("I", ALPHA["sgd+sngrad1"]), optax.sgd(LEARNING_RATE))
+
+    def post_init(params):
+        return inner.init(params)
+
+    def post_update(updates, state, params=None, *, sum_sq_diff_grads, sample_size, **extra):
+        var = jax.tree.map(lambda s: s / sample_size, sum_sq_diff_grads)
+        return inner.update(updates, state, params, grad_var=var)
+
+    opt = aggregating.process(
+        optax.identity(), aggregating.get_per_element_mean_and_sum_sq_diff_grads(),
+        optax.GradientTransformationExtraArgs(post_init, post_update), aggregator_has_aux=True)
+    per_example = jax.vmap(jax.value_and_grad(
+        lambda p, x1, y1: cross_entropy(mlp_apply(p, x1), y1)), in_axes=(None, 0, 0))
+
+    def step(params, opt_state, batch, hparams, snapshot=None):
+        losses, grads = per_example(params, *batch)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, {"loss": losses.mean()}
+
+    step.init = lambda params, hparams: opt.init(params)
+    return step
+
+
+def _step_of(method: str, batch_size: int):
+    from sngrad.train.step import make_step
+
+    if method == "vmap+aggregating":
+        return _peer_step(batch_size)
+    return make_step(method, backend="dense", batch_size=batch_size, schedule="constant",
+                     total_steps=1, diagnostics_on=False)
+
+
+def _block(method: str, params, batch, inner: int):
+    """jit: ``inner`` steps of ``method`` from (params, opt_state) on one batch."""
     import jax
     import jax.numpy as jnp
 
-    from sngrad import stats
-
-    try:
-        from sngrad.transforms import scale_factor
-
-        def factor(mu, var):
-            return scale_factor("I", mu, var, alpha)
-    except ImportError:  # transforms.py not there yet: variant I inline
-
-        def factor(mu, var):
-            return jnp.minimum(1.0 / (alpha * jnp.sqrt(var)), 1.0)
+    step = _step_of(method, batch[0].shape[0])
+    hp = {"learning_rate": jnp.float32(LEARNING_RATE)}
+    if method in ALPHA:
+        hp["alpha"] = jnp.float32(ALPHA[method])
+    snap = None
+    if method in ("sgd+cv", "sgd+svrg"):
+        # a snapshot a little away from the parameters, as after some steps of training
+        snap_params = jax.tree.map(lambda p: p * 0.99, params)
+        snap = (snap_params, jax.tree.map(jnp.zeros_like, params))
 
     @jax.jit
-    def sgd_step(params, x, y):
-        loss, grad = stats.loss_and_grad_core(params, x, y)
-        return loss, jax.tree.map(lambda p, g: p - lr * g, params, grad)
+    def run(params, opt_state):
+        def body(_, carry):
+            p, s = carry
+            p, s, _ = step(p, s, batch, hp, snap)
+            return p, s
 
-    if backend is None:
-        return sgd_step, None
-    cores = {
-        "dense": stats.dense_stats,
-        "vmap": stats.vmap_stats,
-        "chunked": lambda p, x, y: stats.chunked_stats(p, x, y, chunk_size=chunk_size),
-    }
-    core = cores[backend]
+        return jax.lax.fori_loop(0, inner, body, (params, opt_state))
 
-    @jax.jit
-    def sngrad_step(params, x, y):
-        loss, mean, var = core(params, x, y)
-        return loss, jax.tree.map(lambda p, m, v: p - lr * m * factor(m, v), params, mean, var)
-
-    return sgd_step, sngrad_step
+    return run, step.init(params, hp)
 
 
-def _compile(step, params, x, y):
-    compiled = step.lower(params, x, y).compile()
-    try:
-        temp = compiled.memory_analysis().temp_size_in_bytes / 2**20
-    except Exception:  # not every backend reports it
-        temp = float("nan")
-    return compiled, temp
-
-
-def _time_once(step, params, x, y) -> float:
+def _timed(run, params, state, inner: int) -> float:
     import jax
 
     start = time.perf_counter()
-    jax.block_until_ready(step(params, x, y))
-    return time.perf_counter() - start
+    jax.block_until_ready(run(params, state))
+    return (time.perf_counter() - start) / inner
 
 
-def worker(args) -> dict:
-    """Time one method at one batch size; print a JSON line with the result."""
+def _quartiles(samples: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
+    return q[1], q[2] - q[0]
+
+
+def step_worker(args) -> dict:
+    """Time one method against SGD at one (network, batch size); return the row's numbers."""
     import jax
     import numpy as np
 
     from sngrad.models import mlp_init
 
-    params = mlp_init(jax.random.PRNGKey(0), args.sizes)
+    sizes = args.network
+    params = mlp_init(jax.random.PRNGKey(0), sizes)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch, args.sizes[0])).astype(np.float32)
-    y = rng.integers(0, args.sizes[-1], args.batch).astype(np.int32)
-    backend = None if args.worker == "sgd" else args.worker
-    sgd_step, sn_step = _make_steps(backend, args.chunk_size, args.alpha)
-    main_step = sgd_step if sn_step is None else sn_step
+    batch = (rng.standard_normal((args.batch, sizes[0])).astype(np.float32),
+             rng.integers(0, sizes[-1], args.batch).astype(np.int32))
 
-    main, temp_mb = _compile(main_step, params, x, y)
-    first = _time_once(main, params, x, y)  # warm-up: first call touches all buffers
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    # Slow methods get fewer repeats: stop when the time budget is spent (at least 3).
-    repeats = max(3, min(args.repeats, int(args.budget_s / max(first, 1e-3))))
+    def calibrated(method):
+        run1, state = _block(method, params, batch, 1)
+        _timed(run1, params, state, 1)  # compile and warm
+        one = min(_timed(run1, params, state, 1) for _ in range(3))
+        inner = max(1, min(1000, int(SAMPLE_S / max(one, 1e-6))))
+        run, state = _block(method, params, batch, inner)
+        _timed(run, params, state, inner)
+        return run, state, inner
+
+    main = calibrated(args.worker)
+    sgd = calibrated("sgd") if args.worker != "sgd" else None
     times, sgd_times = [], []
-    sgd = None if sn_step is None else _compile(sgd_step, params, x, y)[0]
-    if sgd is not None:
-        _time_once(sgd, params, x, y)
-    for _ in range(repeats):
-        times.append(_time_once(main, params, x, y))
+    for _ in range(args.repeats):
+        times.append(_timed(*_unpack(main, params)))
         if sgd is not None:
-            sgd_times.append(_time_once(sgd, params, x, y))
-    result = {
-        "median_ms": 1e3 * statistics.median(times),
-        "peak_mem_mb": peak_mb,
-        "xla_temp_mb": temp_mb,
-        "repeats": repeats,
-    }
+            sgd_times.append(_timed(*_unpack(sgd, params)))
+    median, spread = _quartiles(times)
+    out = {"median_ms": 1e3 * median, "spread": 1e3 * spread, "repeats": args.repeats,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if sgd_times:
-        result["sgd_median_ms"] = 1e3 * statistics.median(sgd_times)
-        result["ratio_to_sgd"] = statistics.median(times) / statistics.median(sgd_times)
-    return result
+        sgd_median, sgd_spread = _quartiles(sgd_times)
+        out.update(sgd_ms=1e3 * sgd_median, sgd_spread=1e3 * sgd_spread)
+    else:
+        out.update(sgd_ms=out["median_ms"], sgd_spread=out["spread"])
+    out["ratio"] = out["median_ms"] / out["sgd_ms"]
+    return out
 
 
-# ----------------------------------------------------------------------------- driver
+def _unpack(block, params):
+    run, state, inner = block
+    return run, params, state, inner
 
 
-def _run_worker(method: str, batch: int, args) -> dict:
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--worker",
-        method,
-        "--batch",
-        str(batch),
-        "--sizes",
-        ",".join(map(str, args.sizes)),
-        "--repeats",
-        str(args.repeats),
-        "--chunk-size",
-        str(args.chunk_size),
-        "--alpha",
-        str(args.alpha),
-        "--budget-s",
-        str(args.budget_s),
-    ]
+# ============================================================================ throughput worker
+
+
+def throughput_worker(args) -> dict:
+    """Examples per second of the engine training K runs of one method in one program."""
+    import numpy as np
+
+    from sngrad.data import Splits
+    from sngrad.spec import parse_spec
+    from sngrad.train.engine import TRAIN_MODE, TUNE_MODE, RunConfig, run_sweep
+
+    sizes, batch, k = args.network, args.batch, args.runs_one
+    rng = np.random.default_rng(0)
+
+    def part(n):
+        return (rng.standard_normal((n, sizes[0])).astype(np.float32),
+                rng.integers(0, sizes[-1], n).astype(np.int32))
+
+    n_train = args.steps * batch
+    splits = Splits(*part(n_train), *part(256), *part(256), num_classes=sizes[-1], name="random")
+    tune = {"seeds": [0, 1], "lr_min": 0.01, "lr_max": 0.1, "lr_per_decade": 2,
+            "lr_bounds": [1e-5, 100.0], "second_points": 1, "one_minus_momentum": [0.1, 0.1],
+            "alpha": {"I": [1.0, 1.0], "II": [1.0, 1.0], "III": [0.1, 0.1]}}
+    spec = parse_spec({"hidden": sizes[1:-1], "init_seed": 0, "epochs": args.epochs,
+                       "seeds": [1], "backend": "dense", "schedule": "constant",
+                       "checkpoint_every": 0, "diverge_loss": 1e3, "snapshot_every": 1,
+                       "tune": tune})
+    alpha = ALPHA.get(args.worker)
+    configs = [RunConfig(LEARNING_RATE * (1 + 0.01 * i), None, alpha, 1 + i, init_seed=0)
+               for i in range(k)]
+    mode = TRAIN_MODE if args.mode == "train" else TUNE_MODE
+    result = run_sweep(splits, args.worker, batch, spec, configs, mode)
+    examples = k * args.steps * batch * args.epochs
+    return {"examples_per_s": examples / result.train_s, "train_s": result.train_s,
+            "compile_s": result.compile_s}
+
+
+# ============================================================================ driver
+
+
+def _thread_env(threads: int) -> dict:
     env = dict(os.environ)
-    if args.malloc_tuning:
-        env.update(MALLOC_TUNING)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s, env=env)
+    env["XLA_FLAGS"] = (f"--xla_cpu_multi_thread_eigen=false "
+                        f"intra_op_parallelism_threads={threads}")
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[name] = str(threads)
+    return env
+
+
+def _run_worker(extra: list[str], args) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), *extra, "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s,
+                          env=_thread_env(args.threads))
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
         return {"error": tail[0]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _write_csv(rows: list[dict], path: str) -> None:
-    """Write atomically: a temporary file in the same folder, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _net_text(net: list[int]) -> str:
+    return "-".join(map(str, net))
 
 
-def _fmt(value, spec: str) -> str:
-    return "" if value is None or value != value else format(value, spec)
+def _disagreement(method: str, res: dict, sgd_row: dict | None) -> str:
+    """Why a row contradicts the table ('' if it does not)."""
+    if method in VARIANCE_METHODS and res["ratio"] < 1.0:
+        return "faster than sgd"
+    if sgd_row is not None and method != "sgd":
+        tolerance = max(res["sgd_spread"], sgd_row["spread"])
+        if abs(res["sgd_ms"] - sgd_row["median_ms"]) > tolerance:
+            return "sgd reference off by more than the spread"
+    return ""
+
+
+def run_steps(args) -> list[dict]:
+    rows = []
+    for net in args.networks:
+        for batch in args.batch_sizes:
+            sgd_row = None
+            for method in args.methods:
+                base = ["--worker", method, "--network", _net_text(net), "--batch", str(batch),
+                        "--repeats", str(args.repeats)]
+                attempts, flag = 0, "not measured"
+                while flag and attempts <= args.retries:
+                    if attempts:
+                        print(f"  re-measuring {method} ({flag})", flush=True)
+                    res = _run_worker(base, args)
+                    attempts += 1
+                    if "error" in res:
+                        raise SystemExit(f"{_net_text(net)} B={batch} {method}: {res['error']}")
+                    flag = _disagreement(method, res, sgd_row)
+                if method == "sgd":
+                    sgd_row = res
+                row = {"network": _net_text(net), "batch_size": batch, "method": method,
+                       **{k: round(res[k], 4) for k in ("median_ms", "spread", "sgd_ms",
+                                                         "ratio", "peak_rss_mb")},
+                       "repeats": res["repeats"], "attempts": attempts, "flag": flag}
+                rows.append(row)
+                print(f"{row['network']:>24} {batch:>5} {method:<17} {row['median_ms']:>9.3f} "
+                      f"+-{row['spread']:<7.3f} sgd {row['sgd_ms']:>8.3f} x{row['ratio']:<6.2f} "
+                      f"{row['peak_rss_mb']:>7.0f} MB {flag}", flush=True)
+    return rows
+
+
+def run_throughput(args) -> list[dict]:
+    rows = []
+    for net in args.networks:
+        for batch in args.batch_sizes:
+            for k in args.runs:
+                for method in args.methods:
+                    res = _run_worker(["--worker", method, "--network", _net_text(net),
+                                       "--batch", str(batch), "--runs-one", str(k),
+                                       "--steps", str(args.steps), "--epochs",
+                                       str(args.epochs), "--mode", args.mode], args)
+                    if "error" in res:
+                        raise SystemExit(f"{_net_text(net)} K={k} {method}: {res['error']}")
+                    row = {"network": _net_text(net), "batch_size": batch, "method": method,
+                           "runs": k, "mode": args.mode,
+                           "examples_per_s": round(res["examples_per_s"]),
+                           "examples_per_s_per_core": round(res["examples_per_s"] / args.threads),
+                           "threads": args.threads, "steps_per_epoch": args.steps,
+                           "epochs": args.epochs, "train_s": round(res["train_s"], 3),
+                           "compile_s": round(res["compile_s"], 2)}
+                    rows.append(row)
+                    print(f"{row['network']:>12} B={batch} K={k:<3} {method:<12} "
+                          f"{row['examples_per_s_per_core']:>9} examples/s/core "
+                          f"({row['train_s']} s, compile {row['compile_s']} s)", flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=_int_list, default=[784, 1024, 1024, 1024, 10])
-    parser.add_argument("--batch-sizes", type=_int_list, default=[128, 1024])
-    parser.add_argument("--repeats", type=int, default=10, help="timed steps per method")
-    parser.add_argument("--backends", type=_backend_list, default=list(BACKENDS))
-    parser.add_argument(
-        "--vmap-max-batch",
-        type=int,
-        default=128,
-        help="skip the vmap backend above this batch size (it holds B copies of the gradient)",
-    )
-    parser.add_argument("--chunk-size", type=int, default=32)
-    parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument(
-        "--budget-s", type=float, default=20.0, help="time budget per method (min 3 repeats)"
-    )
-    parser.add_argument("--timeout-s", type=float, default=600.0, help="per subprocess")
-    parser.add_argument(
-        "--malloc-tuning",
-        action="store_true",
-        help="run the workers with glibc's mmap threshold raised (see MALLOC_TUNING)",
-    )
-    parser.add_argument("--out", help="CSV file to write (optional)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.repeats < 1 or args.chunk_size < 1 or args.alpha <= 0:
-        parser.error("--repeats and --chunk-size must be >= 1 and --alpha > 0")
-
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--networks", type=_networks, default=_networks("784-64-10"))
+    p.add_argument("--batch-sizes", type=_int_list, default=[128])
+    p.add_argument("--repeats", type=int, default=15, help="timed samples per method")
+    p.add_argument("--retries", type=int, default=2, help="re-measurements of a bad row")
+    p.add_argument("--threads", type=int, default=1, help="cores per worker process")
+    p.add_argument("--throughput", action="store_true", help="engine throughput mode")
+    p.add_argument("--methods", help="comma-separated; default: all of the mode")
+    p.add_argument("--runs", type=_int_list, default=[10, 36], help="throughput: K values")
+    p.add_argument("--steps", type=int, default=60, help="throughput: steps per epoch")
+    p.add_argument("--epochs", type=int, default=3, help="throughput: epochs")
+    p.add_argument("--mode", choices=("tune", "train"), default="tune",
+                   help="throughput: engine mode (train adds per-step diagnostics)")
+    p.add_argument("--timeout-s", type=float, default=900.0, help="per worker process")
+    p.add_argument("--out", help="CSV file to write")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--network", type=lambda t: _networks(t)[0], help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--runs-one", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.repeats < 2 or args.retries < 0 or args.threads < 1:
+        p.error("--repeats must be >= 2, --retries >= 0, --threads >= 1")
     if args.worker:
-        print(json.dumps(worker(args)))
+        work = throughput_worker if args.runs_one else step_worker
+        print(json.dumps(work(args)))
         return 0
-
-    sizes_text = "-".join(map(str, args.sizes))
-    print(
-        f"MLP {sizes_text}, variant I (alpha={args.alpha}), chunk size {args.chunk_size}, "
-        f"malloc tuning {'on' if args.malloc_tuning else 'off'}"
-    )
-    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    header = (
-        f"{'B':>6} {'method':<14} {'median_ms':>10} {'ratio_to_sgd':>13} {'sgd_ms(same)':>13} "
-        f"{'peak_rss_mb':>12} {'xla_temp_mb':>12} {'n':>3}"
-    )
-    print(header)
-    rows, failures = [], 0
-    for batch in args.batch_sizes:
-        for method in ["sgd", *args.backends]:
-            label = "sgd" if method == "sgd" else f"sngrad-{method}"
-            if method == "vmap" and batch > args.vmap_max_batch:
-                print(f"{batch:>6} {label:<14} skipped (>{args.vmap_max_batch})")
-                continue
-            res = _run_worker(method, batch, args)
-            if "error" in res:
-                print(f"{batch:>6} {label:<14} failed: {res['error']}")
-                failures += 1
-                continue
-            ratio = 1.0 if method == "sgd" else res["ratio_to_sgd"]
-            print(
-                f"{batch:>6} {label:<14} {res['median_ms']:>10.1f} {ratio:>13.3f} "
-                f"{_fmt(res.get('sgd_median_ms'), '.1f'):>13} {res['peak_mem_mb']:>12.0f} "
-                f"{_fmt(res['xla_temp_mb'], '.1f'):>12} {res['repeats']:>3}",
-                flush=True,
-            )
-            rows.append(
-                {
-                    "batch_size": batch,
-                    "method": label,
-                    "median_ms": round(res["median_ms"], 3),
-                    "sgd_same_ms": round(res.get("sgd_median_ms", res["median_ms"]), 3),
-                    "ratio_to_sgd": round(ratio, 4),
-                    "peak_mem_mb": round(res["peak_mem_mb"], 1),
-                    "sizes": sizes_text,
-                }
-            )
+    allowed = THROUGHPUT_METHODS if args.throughput else STEP_METHODS
+    args.methods = _methods(allowed)(args.methods) if args.methods else list(allowed)
+    if not args.throughput and args.methods[0] != "sgd":
+        args.methods = ["sgd", *[m for m in args.methods if m != "sgd"]]
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+    rows = run_throughput(args) if args.throughput else run_steps(args)
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    if failures:
-        print(f"{failures} measurement(s) failed; no CSV written", file=sys.stderr)
-        return 1
     if args.out:
-        _write_csv(rows, args.out)
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+        from sngrad.io import write_csv
+
+        write_csv(args.out, THROUGHPUT_COLUMNS if args.throughput else STEP_COLUMNS, rows)
         print(f"wrote {args.out}")
     return 0
 

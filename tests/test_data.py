@@ -222,7 +222,7 @@ def test_per_channel_normalisation_pools_each_channel():
 
 def test_mnist1d_is_generated_locally_and_leaves_global_rng_alone(no_network):
     # the generator reseeds the legacy global RNGs; callers' streams must not notice
-    data._mnist1d_raw.cache_clear()
+    data.registry._mnist1d_raw.cache_clear()
     np_before, py_before = np.random.get_state(), random.getstate()  # noqa: NPY002
     splits = load_dataset("mnist1d", seed=0)
     np_after = np.random.get_state()  # noqa: NPY002
@@ -300,12 +300,83 @@ def test_load_splits_errors(tmp_path):
         load_splits(tmp_path / "missing.npz")
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"PK\x03\x04 this is not a zip archive")
-    with pytest.raises(SngradError, match="corrupt or unreadable"):
+    with pytest.raises(SngradError, match="corrupt or truncated"):
         load_splits(garbage)
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, x_train=np.zeros(3))
     with pytest.raises(SngradError, match="not a sngrad splits file"):
         load_splits(foreign)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda raw: raw[: len(raw) // 2],
+        lambda raw: raw[:-30],
+        lambda raw: raw[:200] + bytes([raw[200] ^ 0xFF]) + raw[201:],
+        lambda raw: np.random.default_rng(0).bytes(len(raw)),
+        lambda raw: b"\x80\x02" + raw[2:],  # starts like a pickle: numpy would hint allow_pickle
+    ],
+    ids=["half", "tail-cut", "flipped-byte", "random", "pickle-magic"],
+)
+def test_damaged_splits_file_names_the_rebuild_command(tmp_path, digits, damage):
+    path = tmp_path / "results" / "quick" / "data" / "digits.npz"
+    save_splits(digits, path)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(SngradError) as err:
+        load_splits(path)
+    text = str(err.value)
+    assert str(path) in text and "\n" not in text
+    assert f"snakemake --cores 4 --configfile config/quick.yaml --force {path}" in text
+    assert "pickle" not in text.lower()
+
+
+def test_rebuild_command_for_default_profile_and_loose_files():
+    assert data.rebuild_command("results/default/data/mnist.npz") == (
+        "snakemake --cores 4 --force results/default/data/mnist.npz"
+    )
+    assert data.rebuild_command("x/y.npz") == "python -m sngrad data prepare y --out x/y.npz"
+
+
+# --------------------------------------------------------------------------- train_size
+
+
+def test_train_size_keeps_a_stratified_subset_and_leaves_val_and_test_alone(digits):
+    small = load_dataset("digits", seed=0, val_fraction=0.1, train_size=500)
+    assert len(small.y_train) == 500
+    full_counts = np.bincount(digits.y_train, minlength=10)
+    counts = np.bincount(small.y_train, minlength=10)
+    assert np.all(np.abs(counts - 500 * full_counts / full_counts.sum()) < 1)
+    # validation and test are the very same examples
+    assert np.array_equal(small.y_val, digits.y_val) and np.array_equal(small.y_test, digits.y_test)
+    assert small.meta["train_size"] == 500 and digits.meta["train_size"] is None
+    assert small.meta["class_counts"]["train"] == counts.tolist()
+    # normalisation fitted on the 500 kept examples: their features have mean 0
+    assert np.abs(small.x_train.mean(axis=0)).max() < 1e-4
+    assert np.abs(digits.x_train.mean(axis=0)).max() < 1e-4
+    again = load_dataset("digits", seed=0, val_fraction=0.1, train_size=500)
+    assert np.array_equal(again.x_train, small.x_train)
+    other = load_dataset("digits", seed=1, val_fraction=0.1, train_size=500)
+    assert not np.array_equal(other.y_train, small.y_train)
+
+
+def test_train_size_subset_is_inside_the_training_split():
+    y = np.repeat(np.arange(3), [50, 30, 20])
+    full = split_indices(y, seed=3, val_fraction=0.2)
+    sub = split_indices(y, seed=3, val_fraction=0.2, train_size=40)
+    assert set(sub["train"]) <= set(full["train"]) and np.array_equal(sub["val"], full["val"])
+    assert np.bincount(y[sub["train"]]).tolist() == [20, 12, 8]
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "10"])
+def test_bad_train_size_is_rejected(bad):
+    with pytest.raises(SngradError, match="train_size"):
+        load_dataset("digits", train_size=bad)
+
+
+def test_train_size_larger_than_the_training_split_is_rejected():
+    with pytest.raises(SngradError, match=r"train_size 5000 exceeds the 1294 training"):
+        load_dataset("digits", seed=0, val_fraction=0.1, train_size=5000)
 
 
 # --------------------------------------------------------------------------- command line
@@ -319,6 +390,35 @@ def test_cli_prepare_writes_npz_and_sidecar(tmp_path, capsys):
     back = load_splits(out)
     assert back.meta["seed"] == 5 and back.meta["val_fraction"] == 0.2
     assert len(back.y_val) == round(0.2 * 1438)
+
+
+def test_cli_train_size_and_source_line(tmp_path, capsys):
+    out = tmp_path / "d.npz"
+    argv = ["data", "prepare", "digits", "--out", str(out), "--train-size", "300"]
+    assert sngrad_cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "train 300" in printed and "source: embedded (sklearn" in printed
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["train_size"] == 300 and sum(meta["class_counts"]["train"]) == 300
+    with pytest.raises(SystemExit):
+        sngrad_cli.main(["data", "prepare", "digits", "--out", str(out), "--train-size", "0"])
+    assert "positive integer" in capsys.readouterr().err
+
+
+def test_cli_profile_prepares_every_dataset_into_the_layout(tmp_path, capsys, monkeypatch):
+    config = tmp_path / "p.yaml"
+    config.write_text(
+        "profile: tiny\ndatasets: [digits, mnist5k]\n"
+        "data: {seed: 2, val_fraction: 0.2, train_size: 100}\nmodel: {hidden: [4]}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert sngrad_cli.main(["data", "profile", str(config)]) == 0
+    for name in ("digits", "mnist5k"):
+        back = load_splits(tmp_path / "results" / "tiny" / "data" / f"{name}.npz")
+        assert len(back.y_train) == 100 and back.meta["seed"] == 2
+    config.write_text("profile: tiny\ndatasets: [digits, imagenet]\n")
+    assert sngrad_cli.main(["data", "profile", str(config)]) == 2
+    assert "imagenet" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

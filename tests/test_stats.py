@@ -281,3 +281,146 @@ def test_bad_shapes_and_dtypes(small):
         stats.gradient_stats(params, x, y.astype(np.float32))
     with pytest.raises(SngradError, match="the batch is empty"):
         stats.gradient_stats(params, x[:0], y[:0])
+
+
+# ----------------------------------------------------------------------------- control variates
+
+
+def reference_cv_stats(params, snap, x, y):
+    """Float64 moments at both parameter sets and their population covariance (two-pass)."""
+    losses, grads = reference_per_example(params, x, y)
+    _, snap_grads = reference_per_example(snap, x, y)
+    g = [leaf for pair in grads for leaf in pair]
+    h = [leaf for pair in snap_grads for leaf in pair]
+
+    def per_layer(values):
+        return [(values[2 * i], values[2 * i + 1]) for i in range(len(values) // 2)]
+
+    cov = [((a - a.mean(0)) * (b - b.mean(0))).mean(0) for a, b in zip(g, h, strict=True)]
+    return (
+        losses.mean(),
+        per_layer([a.mean(0) for a in g]),
+        per_layer([a.var(0) for a in g]),
+        per_layer([b.mean(0) for b in h]),
+        per_layer([b.var(0) for b in h]),
+        per_layer(cov),
+    )
+
+
+def nearby_snapshot(params, seed, step=0.3):
+    """A snapshot a relative distance ``step`` away: correlated, not identical, gradients."""
+    rng = np.random.default_rng(seed)
+    return [
+        (w + step * np.abs(w).mean() * rng.standard_normal(w.shape).astype(np.float32),
+         b + step * 0.1 * rng.standard_normal(b.shape).astype(np.float32))
+        for w, b in params
+    ]
+
+
+def assert_cauchy_schwarz(result, what):
+    for c, v, v0 in zip(*(jax.tree.leaves(f) for f in (result.cov, result.var, result.snap_var)),
+                        strict=True):
+        c, v, v0 = (np.asarray(a, np.float64) for a in (c, v, v0))
+        assert (v >= 0).all() and (v0 >= 0).all(), what
+        assert (np.abs(c) <= np.sqrt(v * v0) * (1 + 4 * U32)).all(), what
+
+
+def assert_cov_close(got, ref, batch, what):
+    """The covariance is judged on the scale of its Cauchy-Schwarz bound sqrt(var snap_var),
+    with the same "not tiny" floor as above, plus two float32 effects of dense's error model
+    (see dense_stats), each at most a few u sqrt(B) E[g^2]:
+
+    - the cancellation in E[g h] - mean snap_mean, relative to sqrt(E[g^2] E[h^2]);
+    - the clamp to the bound computed from float32 variances: wherever the covariance sits at
+      the bound (every coordinate when B = 2) it inherits the variances' errors e, e0, which
+      move sqrt(v v0) by at most sqrt((v + e)(v0 + e0)) - sqrt((v - e)(v0 - e0)).
+    """
+    _, mean, var, snap_mean, snap_var, cov = (jax.tree.leaves(part) for part in ref)
+    for g, r, m, v, m0, v0 in zip(jax.tree.leaves(got), cov, mean, var, snap_mean, snap_var,
+                                  strict=True):
+        bound = np.sqrt(v * v0)
+        scale = np.maximum(bound, TINY * bound.max())
+        e, e0 = (4 * U32 * np.sqrt(batch) * (a * a + b) for a, b in ((m, v), (m0, v0)))
+        cancellation = np.sqrt(e * e0)
+        clamp = np.sqrt((v + e) * (v0 + e0)) - np.sqrt(np.maximum(v - e, 0) * np.maximum(v0 - e0, 0))
+        err = np.abs(np.asarray(g, np.float64) - r) - cancellation - clamp
+        assert (err <= RTOL * scale).all(), f"{what}: worst error {(err / scale).max():.2e}"
+
+
+@pytest.mark.parametrize(("sizes", "batch"), CASES)
+def test_cv_backends_match_float64_reference(sizes, batch):
+    params, x, y = random_problem(sizes, batch, seed=len(sizes) * 100 + batch + 1)
+    snap = nearby_snapshot(params, seed=batch)
+    ref = reference_cv_stats(params, snap, x, y)
+    for backend in stats.BACKENDS:
+        got = stats.gradient_stats(params, x, y, backend=backend, chunk_size=4, snapshot=snap)
+        assert isinstance(got, stats.CVStats), backend
+        assert abs(float(got.loss) - ref[0]) <= RTOL * abs(ref[0]), backend
+        for field, expected in zip(stats.CVStats._fields[1:], ref[1:], strict=True):
+            value = getattr(got, field)
+            assert jax.tree.structure(value) == jax.tree.structure(params), (backend, field)
+            if field == "cov":
+                assert_cov_close(value, ref, batch, f"{backend} cov")
+            else:
+                assert_close(value, expected, f"{backend} {field}")
+        assert_cauchy_schwarz(got, backend)
+        if batch == 1:
+            assert all(np.max(np.abs(c)) == 0.0 for c in jax.tree.leaves(got.cov)), backend
+        # The plain moments are those of the call without a snapshot.
+        _, mean, var = stats.gradient_stats(params, x, y, backend=backend, chunk_size=4)
+        assert_close(got.mean, jax.tree.map(np.asarray, mean), f"{backend} mean vs plain")
+        assert_close(got.var, jax.tree.map(np.asarray, var), f"{backend} var vs plain")
+
+
+@pytest.mark.parametrize(("batch", "chunk"), [(7, 3), (6, 3), (5, 1)])
+def test_chunked_cv_merges_co_moments_for_any_chunk_size(batch, chunk):
+    params, x, y = random_problem([5, 7, 3], batch, seed=batch * 10 + chunk + 5)
+    snap = nearby_snapshot(params, seed=chunk)
+    ref = reference_cv_stats(params, snap, x, y)
+    got = stats.chunked_cv_stats(params, snap, x, y, chunk_size=chunk)
+    for field, expected in zip(("mean", "var", "snap_mean", "snap_var"), ref[1:5], strict=True):
+        assert_close(getattr(got, field), expected, f"chunked c={chunk} {field}")
+    assert_cov_close(got.cov, ref, batch, f"chunked c={chunk} cov")
+
+
+def test_snapshot_at_the_current_point_gives_covariance_equal_to_variance():
+    params, x, y = random_problem([8, 16, 12, 4], 13, seed=21)
+    for backend in stats.BACKENDS:
+        got = stats.gradient_stats(params, x, y, backend=backend, chunk_size=4, snapshot=params)
+        for field in ("mean", "var"):
+            for a, b in zip(jax.tree.leaves(getattr(got, field)),
+                            jax.tree.leaves(getattr(got, "snap_" + field)), strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=f"{backend} {field}")
+        # Equal up to the order of the float32 sums (XLA fuses cov and var separately).
+        for c, v in zip(jax.tree.leaves(got.cov), jax.tree.leaves(got.var), strict=True):
+            np.testing.assert_allclose(c, v, rtol=8 * U32, atol=0, err_msg=backend)
+        assert any((np.asarray(v) > 0).any() for v in jax.tree.leaves(got.var))
+
+
+def test_cv_memory_does_not_scale_with_batch_times_parameters():
+    params, _, _ = random_problem([32, 32, 10], 1, seed=0)
+    n_params = sum(leaf.size for leaf in jax.tree.leaves(params))
+    x = jax.ShapeDtypeStruct((256, 32), jnp.float32)
+    y = jax.ShapeDtypeStruct((256,), jnp.int32)
+    compiled = stats.dense_cv_stats.lower(params, params, x, y).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes < 256 * n_params * 4 / 4
+
+
+def test_cv_cores_run_inside_a_callers_jit():
+    params, x, y = random_problem([5, 7, 3], 3, seed=8)
+    snap = nearby_snapshot(params, seed=8)
+    eager = stats.gradient_stats(params, x, y, snapshot=snap)
+    jitted = jax.jit(lambda p, s, a, b: stats.gradient_stats(p, a, b, snapshot=s))(
+        params, snap, x, y
+    )
+    for e, j in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
+        np.testing.assert_array_equal(e, j)
+
+
+def test_bad_snapshot_is_rejected(small):
+    params, x, y = small
+    with pytest.raises(SngradError, match="snapshot has pytree structure"):
+        stats.gradient_stats(params, x, y, snapshot=params[:1])
+    bad = [(w[:, :2], b) if i == 0 else (w, b) for i, (w, b) in enumerate(params)]
+    with pytest.raises(SngradError, match=r"snapshot leaf 0 has shape \(5, 2\); allowed: \(5, 7\)"):
+        stats.gradient_stats(params, x, y, snapshot=bad)

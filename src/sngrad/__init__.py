@@ -22,6 +22,8 @@ _EXPORTS = {
     "scale_factor": "sngrad.transforms",
     "VARIANTS": "sngrad.transforms",
     "DEFAULT_ALPHA": "sngrad.transforms",
+    "control_variate": "sngrad.transforms",
+    "CVStats": "sngrad.stats",
     "build_optimizer": "sngrad.optimizers",
     "needs_variance": "sngrad.optimizers",
     "OPTIMIZERS": "sngrad.optimizers",

@@ -15,14 +15,15 @@ from sngrad.errors import SngradError
 # command -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("sngrad.data", "cli", "prepare a dataset's splits: data prepare NAME --out FILE.npz"),
-    "tune": (
-        "sngrad.train",
-        "cli_tune",
-        "search hyper-parameters for one (dataset, optimizer, batch size)",
-    ),
-    "train": ("sngrad.train", "cli_train", "retrain the chosen setting on fresh seeds"),
-    "alpha-sweep": ("sngrad.train", "cli_alpha_sweep", "sensitivity of a sngrad variant to alpha"),
+    "tune": ("sngrad.train.cli", "cli_tune",
+             "search hyper-parameters for one (dataset, run, batch size)"),
+    "train": ("sngrad.train.cli", "cli_train", "retrain the chosen setting on the final seeds"),
+    "reference": ("sngrad.train.cli", "cli_reference",
+                  "sgd reference run: parameters at checkpoints for the noise study"),
     "report": ("sngrad.report", "cli", "render paper/report.md from results/"),
+    "noise": ("sngrad.noise", "cli", "gradient noise against batch size at fixed checkpoints"),
+    "publish": ("sngrad.publish", "cli", "copy results/default's report and figures to paper/"),
+    "config": ("sngrad.config", "cli", "check profiles as the workflow does: config check FILE"),
 }
 
 
@@ -33,10 +34,14 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Dispatch; usage on stdout for --help (status 0), on stderr without a command (2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in {"-h", "--help"}:
+    if argv[:1] in (["-h"], ["--help"]):
         print(_usage())
         return 0
+    if not argv:
+        print(_usage(), file=sys.stderr)
+        return 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(
@@ -48,5 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(getattr(importlib.import_module(module), function)(rest) or 0)
     except SngradError as err:
-        print(f"sngrad: error: {err}", file=sys.stderr)
+        # one line per problem (a profile check may find several)
+        for line in str(err).splitlines() or [""]:
+            print(f"sngrad: error: {line}", file=sys.stderr)
         return 2

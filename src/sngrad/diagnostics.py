@@ -1,6 +1,21 @@
 """Gradient-noise diagnostics of one layer's weights, from per-example gradient statistics.
 
-Given, for the weight matrix W of a layer, the batch mean ``mu`` and population variance
+Two kinds. The per-step record of a training run (:data:`STEP_COLUMNS`, computed inside the
+scanned train step and averaged over an epoch by the engine), per layer and weights only:
+
+- ``factor_mean``: the mean over the weights of the factor f by which the run's optimizer
+  scales the mean gradient (a sngrad variant at the run's alpha, or svag's
+  mu^2 / (mu^2 + sigma^2 / B)); ``shrink_share``: the share of weights with f < 1.
+- ``lambda_median``: the median over the weights of a control variate's coefficient lambda
+  (the engine takes it at the last step of the epoch, from the optimizer state).
+- ``variance_ratio``: sum_W Var[g - lambda h] / sum_W Var[g], with
+  Var[g - lambda h] = var + lambda^2 snap_var - 2 lambda cov: the variance of the corrected
+  batch mean over that of the raw one (the 1/B of both cancels), from the step's statistics.
+
+Each is NaN for a run it does not apply to.
+
+The noise study's snapshot of a layer (:data:`COLUMNS`): given, for the weight matrix W of a
+layer, the batch mean ``mu`` and population variance
 ``sigma^2`` of the per-example gradients on a batch of B examples (``stats.dense_stats``):
 
 - ``snr_mean``, ``snr_median``: mean and median over the weights of ``|mu| / sigma``.
@@ -27,6 +42,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from sngrad.transforms import DEFAULT_ALPHA, VARIANTS, scale_factor
+
+STEP_COLUMNS = ("factor_mean", "shrink_share", "lambda_median", "variance_ratio")
 
 COLUMNS = (
     "snr_mean",
@@ -61,3 +78,59 @@ def network_diagnostics(mean, var) -> dict[str, jnp.ndarray]:
     pytrees of the gradient mean and variance."""
     per_layer = [layer_diagnostics(m[0], v[0]) for m, v in zip(mean, var, strict=True)]
     return {c: jnp.stack([d[c] for d in per_layer]) for c in COLUMNS}
+
+
+# ----------------------------------------------------------------------------- per-step record
+
+
+def _weights(tree) -> list:
+    """The weight matrix W of every layer of a ``[(W, b), ...]`` pytree."""
+    return [w for w, _ in tree]
+
+
+def shrink_record(spec, mean, var, alpha, batch_size: int) -> dict[str, jnp.ndarray]:
+    """``factor_mean`` and ``shrink_share`` (L,) of a shrinking optimizer on this step.
+
+    ``spec`` is the parsed optimizer name; ``alpha`` (raw) is used by sngrad variants,
+    ``batch_size`` by svag.
+    """
+    from sngrad.optimizers import svag_factor  # optimizers imports this module's users
+
+    def factor(m, v):
+        if spec.variant is not None:
+            return scale_factor(spec.variant, m, v, alpha)
+        return svag_factor(m, v, batch_size)
+
+    fs = [factor(m, v) for m, v in zip(_weights(mean), _weights(var), strict=True)]
+    return {
+        "factor_mean": jnp.stack([jnp.mean(f) for f in fs]),
+        "shrink_share": jnp.stack([jnp.mean((f < 1).astype(jnp.float32)) for f in fs]),
+    }
+
+
+def cv_lambda(opt_state):
+    """The control variate's last coefficient lambda (a params-shaped pytree) from the state
+    of ``optax.chain(control_variate(...), base)``: the first member's ``lam``."""
+    return opt_state[0].lam
+
+
+def cv_record(cv, lam) -> dict[str, jnp.ndarray]:
+    """``variance_ratio`` (L,) from the step's :class:`sngrad.stats.CVStats` and lambda."""
+    ratios = []
+    for v, sv, c, la in zip(_weights(cv.var), _weights(cv.snap_var), _weights(cv.cov),
+                            _weights(lam), strict=True):
+        corrected = jnp.sum(jnp.maximum(v + la * la * sv - 2.0 * la * c, 0.0))
+        raw = jnp.sum(v)
+        ratios.append(jnp.where(raw > 0, corrected / jnp.where(raw > 0, raw, 1.0), jnp.nan))
+    return {"variance_ratio": jnp.stack(ratios)}
+
+
+def lambda_median(lam) -> jnp.ndarray:
+    """Median over each layer's weights of lambda, (L,)."""
+    return jnp.stack([jnp.median(w) for w in _weights(lam)])
+
+
+def complete_record(record: dict, layers: int) -> dict[str, jnp.ndarray]:
+    """``record`` with every per-step column present, NaN (L,) where it does not apply."""
+    nan = jnp.full((layers,), jnp.nan, jnp.float32)
+    return {c: record.get(c, nan) for c in STEP_COLUMNS if c != "lambda_median"}

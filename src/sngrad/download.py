@@ -1,31 +1,33 @@
-"""Fetching pinned files into the data cache (pooch) and unpacking tar archives safely.
+"""The data cache, pinned-hash verification, HTTP downloads and safe tar extraction.
 
-Nothing here knows about particular datasets: callers pass file names, SHA-256 sums and base
-URLs. Every failure becomes a one-line :class:`~sngrad.errors.SngradError`, and nothing
-half-downloaded or half-extracted is left in the cache: pooch streams into a temporary file
-and only renames it after the checksum matched, and :func:`safe_extract` unpacks into a
-temporary directory that is renamed only once every member was written.
+Nothing here knows about particular datasets: callers pass file names, SHA-256 sums and URLs
+(the sources that use these live in :mod:`sngrad.data.sources`). Every failure becomes a
+one-line :class:`~sngrad.errors.SngradError`, and nothing half-written is left behind:
+downloads land in a temporary folder first, and :func:`safe_extract` unpacks into a temporary
+directory that is renamed only once every member was written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
+import sys
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 import pooch
 
 from sngrad.errors import SngradError
+from sngrad.formats import idx_content, tar_member_problem
 
 DATA_DIR_ENV = "SNGRAD_DATA_DIR"
 DEFAULT_DATA_DIR = Path("~/.cache/sngrad")
-TIMEOUT_S = 60
+CONNECT_TIMEOUT_S = 5
+READ_TIMEOUT_S = 60
 _CHUNK = 1 << 20
 
 
@@ -44,102 +46,82 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _join(base: str, name: str) -> str:
-    return base if base.endswith(name) else base.rstrip("/") + "/" + name
+def sha256_bytes(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
 
 
-def _check_url(url: str) -> None:
-    # pooch also raises ValueError for an unknown protocol; rejecting those here keeps a
-    # ValueError from pooch.retrieve meaning exactly "checksum mismatch".
+def verify_file(
+    path: str | os.PathLike,
+    name: str,
+    archive_sha: str,
+    content_sha: str | None,
+    origin: str,
+) -> dict:
+    """Accept a file when its own SHA-256 or that of its decompressed content is the pinned one.
+
+    The content hash (of the IDX bytes inside a gzip file, or of the file itself when it is
+    stored raw) identifies the data whatever compressor wrote it: a re-compressed copy with a
+    rewritten gzip header is the same data, and is accepted. Returns what was checked;
+    raises a one-line SngradError naming the file, both expected and actual hashes, and
+    ``origin`` otherwise.
+    """
+    archive = sha256_file(path)
+    record = {"archive_sha256": archive, "verified_by": "archive sha256"}
+    if content_sha is None:
+        if archive != archive_sha:
+            raise SngradError(
+                f"{name} from {origin}: sha256 {archive}, expected {archive_sha}; refused"
+            )
+        return record
+    content = sha256_bytes(idx_content(path))
+    record.update(content_sha256=content, content_verified=content == content_sha)
+    if content == content_sha:
+        if archive != archive_sha:
+            record["verified_by"] = "content sha256"
+        return record
+    if archive == archive_sha:  # pinned archive, content pin not given for this copy
+        return record
+    raise SngradError(
+        f"{name} from {origin}: content sha256 {content}, expected {content_sha} "
+        f"(archive sha256 {archive}, expected {archive_sha}); refused"
+    )
+
+
+def check_url(url: str) -> None:
     if not url.startswith(("http://", "https://")):
         raise SngradError(f"download URL {url!r} must start with http:// or https://")
 
 
-def fetch(
-    dataset: str,
-    files: Sequence[tuple[str, str]],
-    base_urls: Sequence[str],
-    directory: Path,
-    *,
-    homepage: str = "",
-) -> dict[str, Path]:
-    """Make sure every ``(file name, sha256)`` is in ``directory``; return name -> path.
+def join_url(base: str, name: str) -> str:
+    return base if base.endswith(name) else base.rstrip("/") + "/" + name
 
-    A cached file whose checksum matches is used without any network request. Otherwise
-    each base URL is tried in turn; a checksum mismatch stops at once (the download is
-    removed), while an unreachable host moves on to the next URL. If no URL works, the
-    error names the dataset, the expected files and where to put them by hand.
+
+def show_progress() -> bool:
+    """Progress bars only for a person watching: stderr is a terminal."""
+    return sys.stderr.isatty()
+
+
+def http_download(url: str, target: Path) -> None:
+    """Stream ``url`` into ``target`` (requests via pooch's downloader, no pooch cache logic).
+
+    The connect timeout is short so that an offline machine moves on within seconds; the read
+    timeout allows slow but live hosts. Raises ``requests`` exceptions and OSError.
     """
-    import requests  # pooch's own transport; imported late so `data list` stays fast
-
-    for base in base_urls:
-        _check_url(base)
-    directory.mkdir(parents=True, exist_ok=True)
-    downloader = pooch.HTTPDownloader(progressbar=False, chunk_size=_CHUNK, timeout=TIMEOUT_S)
-    paths: dict[str, Path] = {}
-    for name, sha in files:
-        target = directory / name
-        failures: list[str] = []
-        for base in base_urls:
-            url = _join(base, name)
-            try:
-                pooch.retrieve(
-                    url,
-                    known_hash=f"sha256:{sha}",
-                    fname=name,
-                    path=directory,
-                    downloader=downloader,
-                    progressbar=False,
-                )
-            except ValueError as err:
-                target.unlink(missing_ok=True)
-                got = re.search(r"got ([0-9a-fA-F]{64})", str(err))
-                raise SngradError(
-                    f"checksum mismatch for {name} of dataset {dataset!r} from {url}: expected "
-                    f"sha256 {sha}"
-                    + (f", got {got.group(1)}" if got else "")
-                    + "; the downloaded file was removed"
-                ) from None
-            except (requests.exceptions.RequestException, OSError) as err:
-                failures.append(f"{url}: {type(err).__name__}")
-                continue
-            paths[name] = target
-            break
-        else:
-            raise _unavailable(dataset, files, base_urls, directory, homepage, failures)
-    return paths
-
-
-def _unavailable(dataset, files, base_urls, directory, homepage, failures) -> SngradError:
-    names = ", ".join(name for name, _ in files)
-    source = homepage or (base_urls[0] if base_urls else "its homepage")
-    tried = "; ".join(failures) if failures else "no download URL configured"
-    # a hand-placed file with the wrong content would otherwise look like it was ignored
-    wrong = [
-        n for n, sha in files if (directory / n).is_file() and sha256_file(directory / n) != sha
-    ]
-    if wrong:
-        tried += f"; cached {', '.join(wrong)} failed the sha256 check"
-    return SngradError(
-        f"dataset {dataset!r} is not cached and could not be downloaded ({tried}); "
-        f"put the files {names} (from {source}) into {directory}, or point --data-dir / "
-        f"${DATA_DIR_ENV} at a directory that holds them in {directory.name}/"
+    check_url(url)
+    downloader = pooch.HTTPDownloader(
+        progressbar=show_progress(), chunk_size=_CHUNK, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
     )
+    downloader(url, str(target), None)
 
 
 def _member_problem(member: tarfile.TarInfo) -> str | None:
     """Why a tar member may not be extracted, or None if it is a plain, contained entry."""
-    name = member.name
-    parts = PurePosixPath(name).parts
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        return "absolute path"
-    if ".." in parts or "\\" in name:
-        return "path escapes the destination ('..' or backslash)"
-    if member.issym() or member.islnk():
-        return "links are not allowed"
-    if not (member.isfile() or member.isdir()):
-        return "only regular files and directories are allowed"
-    return None
+    return tar_member_problem(
+        member.name,
+        is_file=member.isfile(),
+        is_dir=member.isdir(),
+        is_link=member.issym() or member.islnk(),
+    )
 
 
 def safe_extract(

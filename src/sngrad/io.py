@@ -105,3 +105,9 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:
     return atomic_write(
         path, lambda h: fig.savefig(h, format="png", dpi=dpi, bbox_inches="tight"), binary=True
     )
+
+
+def copy_file(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """A byte-for-byte copy of ``source``, appearing at ``destination`` complete or not at all."""
+    data = Path(source).read_bytes()
+    return atomic_write(destination, lambda h: h.write(data), binary=True)

@@ -22,6 +22,9 @@ RESULTS = "results"
 PUBLISHED_REPORT = "paper/report.md"
 PUBLISHED_FIGURES = "paper/figures"
 TEMPLATES = "paper/templates"
+REPORT_TEMPLATE = f"{TEMPLATES}/report.md.j2"
+NOTEBOOK_SOURCES = "analysis"  # jupytext sources analysis/<name>.py of the executed notebooks
+LOGS = "logs"
 PUBLISHING_PROFILE = "default"
 
 
@@ -149,8 +152,47 @@ class Layout:
         """Written by the publish step after copying the report into paper/."""
         return f"{self.base}/published.json"
 
+    def run_started(self) -> str:
+        """When the run that builds the report began (the Snakefile's onstart handler)."""
+        return f"{self.base}/run_started.json"
+
+    def run_lock(self) -> str:
+        """Process id of the snakemake run working on this profile (:mod:`sngrad.runlock`)."""
+        return f"{self.base}/.run.lock"
+
+    def log(self, stage: str, *names) -> str:
+        """A job's log: ``logs/<profile>/<stage>/<name>/.../<last>.log`` (outside results/)."""
+        return "/".join([LOGS, self.profile, stage, *map(str, names)]) + ".log"
+
+
+def notebook_source(name: str) -> str:
+    """The jupytext source of an analysis notebook."""
+    return f"{NOTEBOOK_SOURCES}/{name}.py"
+
 
 def published_paths(root: str | Path = ".") -> tuple[Path, Path]:
     """(report, figures folder) of the published copy under ``root``."""
     root = Path(root)
     return root / PUBLISHED_REPORT, root / PUBLISHED_FIGURES
+
+
+# Tables each notebook writes, relative to the profile's base folder (besides its figures and
+# its executed copy). The summary notebook runs once per dataset (``{dataset}`` filled in), so a
+# single dataset's target needs nothing from the other datasets.
+NOTEBOOK_TABLES: dict[str, tuple[str, ...]] = {
+    "summary": ("{dataset}/summary.csv", "{dataset}/paired.csv"),
+    "performance": (
+        "analysis/lr_sensitivity.csv",
+        "analysis/alpha_sensitivity.csv",
+        "analysis/training_length.csv",
+        "analysis/shrink.csv",
+        "analysis/control_variates.csv",
+    ),
+    "gradient_noise": ("analysis/noise_summary.csv",),
+    "theory": ("theory/checks.csv", "theory/stationary_1d.csv", "theory/summary.json"),
+}
+
+
+def notebook_tables(layout: Layout, notebook: str, dataset: str = "{dataset}") -> list[str]:
+    """The tables ``notebook`` writes under ``layout`` (paths as str)."""
+    return [f"{layout.base}/{t.format(dataset=dataset)}" for t in NOTEBOOK_TABLES[notebook]]

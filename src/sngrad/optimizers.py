@@ -1,26 +1,27 @@
 """Optimizer registry: every optimizer of the study built from its name.
 
-A name is a base optimizer, optionally followed by a noise-informed variant that is chained in
-front of it: ``"adam"``, ``"adam+sngrad2"`` (= ``optax.chain(noise_informed("II"), adam)``).
-The bases and the optax settings they use (step t, gradient g, learning rate lr):
+A name is a base optimizer, optionally followed by a modifier of the gradient that is chained
+in front of it: ``"adam+sngrad2"`` (= ``optax.chain(noise_informed("II", alpha), adam)``),
+``"sgd+cv"`` (= ``optax.chain(control_variate("optimal"), sgd)``). The bases (step t,
+gradient g, learning rate lr, all optax defaults otherwise):
 
 - ``sgd``: theta -= lr g.
 - ``momentum`` (heavy ball, ``optax.sgd(lr, momentum=m)``): b = m b + g; theta -= lr b.
-- ``nesterov`` (``optax.sgd(lr, momentum=m, nesterov=True)``): b = m b + g;
-  theta -= lr (g + m b).
-- ``adam`` (``optax.adam``: b1 = 0.9, b2 = 0.999, eps = 1e-8): bias-corrected EMAs m, v of g
-  and g^2; theta -= lr m / (sqrt(v) + eps).
-- ``rmsprop`` (``optax.rmsprop``: decay = 0.9, eps = 1e-8 inside the root, no momentum, not
-  centred): v = 0.9 v + 0.1 g^2; theta -= lr g / sqrt(v + eps).
-- ``adadelta`` (``optax.adadelta``: rho = 0.9, eps = 1e-6): the AdaDelta step
-  -sqrt(E[dx^2] + eps) / sqrt(E[g^2] + eps) g, multiplied by lr. Zeiler's original method has
-  no learning rate; lr = 1 recovers it.
-- ``msvag``: M-SVAG, see :func:`msvag`. It estimates the gradient variance over time itself,
-  so it takes no sngrad variant.
+- ``adam`` (``optax.adam``: b1 = 0.9, b2 = 0.999, eps = 1e-8).
+- ``adabelief`` (``optax.adabelief``: b1 = 0.9, b2 = 0.999, eps = 1e-16, eps_root = 1e-16):
+  Adam with the EMA of (g - m)^2 in place of that of g^2.
+- ``msvag``: M-SVAG, see :func:`scale_by_msvag` (variance estimated over time).
+- ``svag``: SGD on the within-batch SVAG direction of :func:`scale_by_svag`,
+  mu * mu^2 / (mu^2 + sigma^2 / B) (variance estimated over the batch's examples).
+
+Modifiers: ``+sngrad1|2|3`` (variants I, II, III of :mod:`sngrad.transforms`) on sgd,
+momentum and adam; ``+cv`` (per-coordinate optimal control-variate coefficient) and ``+svrg``
+(coefficient 1) on sgd.
 
 Every optimizer returned by :func:`build_optimizer` has the same call shape,
-``opt.update(grad, state, params, **extra)``; the ``+sngradN`` ones need the keyword
-``grad_var`` (the per-example gradient variance), the others ignore extra keywords.
+``opt.update(grad, state, params, **extra)``: :func:`needs_variance` ones take
+``grad_var`` (the per-example gradient variance), :func:`needs_snapshot` ones take
+``snap_mean, snap_var, cov, anchor``; each ignores the keywords it does not use.
 """
 
 from __future__ import annotations
@@ -36,58 +37,55 @@ import optax
 from sngrad.errors import SngradError
 from sngrad.transforms import DEFAULT_ALPHA, noise_informed
 
-BASE_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop", "adadelta", "msvag")
+BASE_OPTIMIZERS = ("sgd", "momentum", "adam", "msvag", "svag", "adabelief")
 
 _SUFFIX_TO_VARIANT = {"sngrad1": "I", "sngrad2": "II", "sngrad3": "III"}
-_MOMENTUM_BASES = ("momentum", "nesterov")
+_SUFFIX_TO_COEFFICIENT = {"cv": "optimal", "svrg": 1.0}
+_SNGRAD_BASES = ("sgd", "momentum", "adam")
+_CV_BASES = ("sgd",)
+_MOMENTUM_BASES = ("momentum",)
 _DEFAULT_MOMENTUM = 0.9
 
-OPTIMIZERS = tuple(
-    name
-    for base in BASE_OPTIMIZERS
-    for name in [base, *(f"{base}+{s}" for s in _SUFFIX_TO_VARIANT if base != "msvag")]
+OPTIMIZERS = (
+    *BASE_OPTIMIZERS,
+    *(f"{base}+{s}" for base in _SNGRAD_BASES for s in _SUFFIX_TO_VARIANT),
+    *(f"{base}+{s}" for base in _CV_BASES for s in _SUFFIX_TO_COEFFICIENT),
 )
 
 
 class OptimizerSpec(NamedTuple):
-    """A parsed optimizer name: the base optimizer and the sngrad variant in front (or None)."""
+    """A parsed optimizer name: the base, the sngrad variant (or None) and the control-variate
+    coefficient (``"optimal"``, 1.0, or None)."""
 
     base: str
     variant: str | None
+    cv: str | float | None = None
 
 
 def parse_optimizer(name: str) -> OptimizerSpec:
-    """Split ``"base"`` or ``"base+sngradN"`` into an :class:`OptimizerSpec`."""
+    """Split ``"base"``, ``"base+sngradN"`` or ``"base+cv|svrg"`` into an
+    :class:`OptimizerSpec`."""
     if not isinstance(name, str):
         raise SngradError(f"optimizer name must be a string, got {name!r}")
-    base, plus, suffix = name.partition("+")
-    if base not in BASE_OPTIMIZERS:
-        raise SngradError(
-            f"unknown optimizer {name!r}: the base must be one of {', '.join(BASE_OPTIMIZERS)}, "
-            f"optionally followed by +{', +'.join(_SUFFIX_TO_VARIANT)}"
-        )
-    if not plus:
-        return OptimizerSpec(base, None)
-    if suffix not in _SUFFIX_TO_VARIANT:
-        raise SngradError(
-            f"unknown sngrad suffix {suffix!r} in optimizer {name!r}; "
-            f"valid: {', '.join(_SUFFIX_TO_VARIANT)}"
-        )
-    if base == "msvag":
-        raise SngradError(
-            f"optimizer {name!r} is not allowed: msvag estimates the gradient variance itself "
-            "and does not combine with sngrad; use 'msvag' alone"
-        )
-    return OptimizerSpec(base, _SUFFIX_TO_VARIANT[suffix])
+    if name not in OPTIMIZERS:
+        raise SngradError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    base, _, suffix = name.partition("+")
+    return OptimizerSpec(base, _SUFFIX_TO_VARIANT.get(suffix), _SUFFIX_TO_COEFFICIENT.get(suffix))
 
 
 def needs_variance(name: str) -> bool:
-    """Whether ``opt.update`` must be given ``grad_var`` (the name has a +sngrad variant)."""
-    return parse_optimizer(name).variant is not None
+    """Whether ``opt.update`` must be given ``grad_var`` (+sngrad variants and svag)."""
+    spec = parse_optimizer(name)
+    return spec.variant is not None or spec.base == "svag"
+
+
+def needs_snapshot(name: str) -> bool:
+    """Whether ``opt.update`` must be given the snapshot statistics (+cv, +svrg)."""
+    return parse_optimizer(name).cv is not None
 
 
 def has_momentum(name: str) -> bool:
-    """Whether the optimizer takes a momentum coefficient (momentum, nesterov and their +sngrad)."""
+    """Whether the optimizer takes a momentum coefficient (momentum and its +sngrad)."""
     return parse_optimizer(name).base in _MOMENTUM_BASES
 
 
@@ -113,6 +111,46 @@ def _check_momentum(momentum: Any) -> None:
     value = _concrete(momentum, "momentum")
     if value is not None and not 0 <= value < 1:
         raise SngradError(f"momentum must be in [0, 1), got {value}")
+
+
+def scale_by_svag(batch_size: int) -> optax.GradientTransformationExtraArgs:
+    """The within-batch SVAG direction (Balles and Hennig 2018), stateless.
+
+    With mu the batch mean of the per-example gradients and sigma^2 their population variance
+    (keyword ``grad_var``), the variance of mu as an estimate of the true gradient is about
+    sigma^2 / B, and the factor that minimises the expected squared error of f mu is
+
+        f = mu^2 / (mu^2 + sigma^2 / B),        output = f mu.
+
+    mu = sigma = 0 gives f = 1 (the output is 0 either way); the denominator is otherwise
+    > 0, so the output is finite for every finite input. Variant II of sngrad is the clipped
+    relative min(mu^2 / (alpha sigma^2), 1): alpha = 1 / B matches f where the noise
+    dominates.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SngradError(f"svag needs the batch size, an integer >= 1; got {batch_size!r}")
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, *, grad_var=None, **extra):
+        del params, extra
+        if grad_var is None:
+            raise SngradError("svag needs the gradient variance: call "
+                              "update(grad, state, params, grad_var=var)")
+        scaled = jax.tree.map(lambda m, v: m * svag_factor(m, v, batch_size), updates, grad_var)
+        return scaled, state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def svag_factor(mean: jax.Array, var: jax.Array, batch_size: int) -> jax.Array:
+    """The elementwise factor f = mu^2 / (mu^2 + sigma^2 / B) of :func:`scale_by_svag`."""
+    m2 = mean * mean
+    den = m2 + jnp.maximum(var, 0.0) / batch_size
+    has_den = den > 0  # double where: no 0 / 0 on either branch
+    return jnp.where(has_den, m2 / jnp.where(has_den, den, 1.0), 1.0)
 
 
 class MSVAGState(NamedTuple):
@@ -191,19 +229,17 @@ def msvag(
     return optax.chain(scale_by_msvag(beta), optax.scale_by_learning_rate(learning_rate))
 
 
-def _base_optimizer(base: str, learning_rate, momentum) -> optax.GradientTransformation:
+def _base_optimizer(base: str, learning_rate, momentum, batch_size):
     if base == "sgd":
         return optax.sgd(learning_rate)
     if base == "momentum":
         return optax.sgd(learning_rate, momentum=momentum)
-    if base == "nesterov":
-        return optax.sgd(learning_rate, momentum=momentum, nesterov=True)
     if base == "adam":
         return optax.adam(learning_rate)
-    if base == "rmsprop":
-        return optax.rmsprop(learning_rate)
-    if base == "adadelta":
-        return optax.adadelta(learning_rate)
+    if base == "adabelief":
+        return optax.adabelief(learning_rate)
+    if base == "svag":
+        return optax.chain(scale_by_svag(batch_size), optax.sgd(learning_rate))
     return msvag(learning_rate)
 
 
@@ -213,23 +249,25 @@ def build_optimizer(
     *,
     momentum: float | None = None,
     alpha: float | None = None,
+    batch_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Build the optimizer called ``name`` (one of :data:`OPTIMIZERS`).
 
     Args:
-      name: ``base`` or ``base+sngrad1|2|3``.
+      name: a registry name, e.g. ``sgd``, ``adam+sngrad2``, ``sgd+cv``.
       learning_rate: finite and > 0 (or an optax schedule).
-      momentum: in [0, 1), only for momentum / nesterov (default 0.9); giving it for another
-        optimizer is an error rather than silently ignored, so a tuned value is never lost.
-      alpha: the sngrad noise sensitivity, only for +sngrad names (default
+      momentum: in [0, 1), only for momentum and its +sngrad (default 0.9); giving it for
+        another optimizer is an error rather than silently ignored, so a tuned value is never
+        lost.
+      alpha: the sngrad noise sensitivity (raw units), only for +sngrad names (default
         ``DEFAULT_ALPHA[variant]``); likewise an error for the others.
+      batch_size: only for ``svag`` (its factor divides sigma^2 by B), required there.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``; call
-      ``opt.update(grad, state, params, grad_var=var)`` when :func:`needs_variance`, else
-      ``opt.update(grad, state, params)``.
+      An ``optax.GradientTransformationExtraArgs``; call ``opt.update(grad, state, params,
+      **extra)`` with the keywords of :func:`needs_variance` / :func:`needs_snapshot`.
     """
-    base, variant = parse_optimizer(name)
+    base, variant, coefficient = parse_optimizer(name)
     _check_learning_rate(learning_rate)
     if base in _MOMENTUM_BASES:
         momentum = _DEFAULT_MOMENTUM if momentum is None else momentum
@@ -243,9 +281,15 @@ def build_optimizer(
         raise SngradError(
             f"alpha is only used by +sngrad optimizers; got alpha={alpha!r} for {name!r}"
         )
+    if base != "svag" and batch_size is not None:
+        raise SngradError(f"batch_size is only used by svag; got {batch_size!r} for {name!r}")
 
-    opt = _base_optimizer(base, learning_rate, momentum)
-    if variant is None:
-        return optax.with_extra_args_support(opt)
-    alpha = DEFAULT_ALPHA[variant] if alpha is None else alpha
-    return optax.chain(noise_informed(variant, alpha), opt)
+    opt = _base_optimizer(base, learning_rate, momentum, batch_size)
+    if variant is not None:
+        alpha = DEFAULT_ALPHA[variant] if alpha is None else alpha
+        return optax.chain(noise_informed(variant, alpha), opt)
+    if coefficient is not None:
+        from sngrad.transforms import control_variate  # added with the control variates
+
+        return optax.chain(control_variate(coefficient), opt)
+    return optax.with_extra_args_support(opt)

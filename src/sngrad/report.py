@@ -1,48 +1,54 @@
-"""Render paper/report.md from the result files of the pipeline.
+"""Render results/<profile>/report.md from the result files of one profile.
 
-Every number in the report is read here from a file under ``results/`` (the formats of
-docs/CONTRACTS.md and of the analysis notebooks) and handed to the Jinja2 template as data;
-the template only lays it out. Missing optional parts (theory, alpha sweep, benchmark) turn
-into a sentence saying which rule has not run, never into a blank cell.
+This module collects and formats; it computes no statistic of its own. Every number comes
+from a file under ``results/<profile>/`` (paths from :mod:`sngrad.layout`), reduced where
+needed by :mod:`sngrad.analysis`, and reaches the Jinja2 templates as a finished string: the
+templates only lay text out (no arithmetic, no selection). A part whose rule has not run
+becomes a sentence saying so, never a blank cell or "nan".
 
-    python -m sngrad report --results results --template paper/templates/report.md.j2 \
-        --out paper/report.md --figures paper/figures --config '<resolved config JSON>'
+    python -m sngrad report --profile P --results-root results \
+        --template paper/templates/report.md.j2 --out results/P/report.md \
+        --config @config.json [--inputs @inputs.txt]
+
+``--inputs`` lists the report rule's input files (JSON list or one path a line); their
+digests make the report's provenance. Without it the inputs are enumerated from the config.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import math
 import os
-import subprocess
-from collections import defaultdict
-from importlib import metadata
+import platform
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
+
+from sngrad import analysis, provenance
 from sngrad.errors import SngradError
+from sngrad.io import write_text
+from sngrad.layout import FIGURES, Layout, notebook_tables
+from sngrad.spec import read_json_arg
 
-# Package versions printed in the reproducibility section.
-PACKAGES = ("jax", "jaxlib", "optax", "numpy", "pandas", "snakemake", "papermill", "jupytext")
+NA = "n/a"
 
-# Figures the analysis rules write; the template shows the ones that exist.
-FIGURES = (
-    "learning_curves",
-    "accuracy_vs_batch_size",
-    "lr_sensitivity",
-    "gradient_snr",
-    "noise_scale",
-    "sngrad_factors",
-    "alpha_sensitivity",
-)
+# The seed README's accuracy table: its rows, in its order, with its spelling.
+SEED_DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion MNIST", "cifar10": "CIFAR10"}
+PAPER_ONLY = {"cifar10": "not run: needs the paper profile (download, GPU)"}
+NOT_IN_PROFILE = "not run in this profile"
+
+# The prototype's alphas on its loss (cross-entropy / 10) and on ours (shared/PROTOTYPE.md).
+PROTOTYPE_ALPHA = {"I": ("1", "0.1"), "II": ("0.05", "0.05"), "III": ("1", "0.1")}
 
 
 # ----------------------------------------------------------------------------- formatting
 
 
-def _missing(x) -> bool:
+def missing(x) -> bool:
     if x is None or x == "":
         return True
     try:
@@ -53,8 +59,8 @@ def _missing(x) -> bool:
 
 def fmt(x, digits: int = 3) -> str:
     """``digits`` significant digits; missing values read "n/a" (never "nan")."""
-    if _missing(x):
-        return "n/a"
+    if missing(x):
+        return NA
     if isinstance(x, str):
         try:
             x = float(x)
@@ -65,33 +71,51 @@ def fmt(x, digits: int = 3) -> str:
 
 def pct(x, decimals: int = 2) -> str:
     """A fraction as a percentage with fixed decimals (0.9734 -> 97.34)."""
-    return "n/a" if _missing(x) else f"{100 * float(x):.{decimals}f}"
+    return NA if missing(x) else f"{100 * float(x):.{decimals}f}"
 
 
-def _number(text: str):
-    """CSV cell -> int, float, bool, None or the string itself."""
-    if text in ("", "nan", "NaN", "None"):
-        return None
-    if text in ("True", "False"):
-        return text == "True"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+def signed_points(x, decimals: int = 2) -> str:
+    """A difference of fractions in percentage points with its sign (+0.12)."""
+    return NA if missing(x) else f"{100 * float(x):+.{decimals}f}"
 
 
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+def pvalue(p) -> str:
+    if missing(p):
+        return NA
+    return "< 0.001" if float(p) < 0.001 else f"{float(p):.3f}"
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+def mean_std(mean, std) -> str:
+    if missing(mean):
+        return NA
+    return f"{pct(mean)} ± {pct(std)}" if not missing(std) else f"{pct(mean)}"
 
 
-# ----------------------------------------------------------------------------- context
+def minutes(seconds) -> str:
+    return NA if missing(seconds) else f"{float(seconds) / 60:.1f} min"
+
+
+def _records(frame: pd.DataFrame | None) -> list[dict]:
+    if frame is None or frame.empty:
+        return []
+    return frame.to_dict("records")
+
+
+def _read_csv(path) -> pd.DataFrame | None:
+    path = Path(path)
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _read_json(path) -> dict | None:
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _truthy(x) -> bool:
+    return str(x).strip().lower() in {"true", "1", "1.0", "yes"}
+
+
+# ----------------------------------------------------------------------------- pieces
 
 
 def config_hash(config: dict) -> str:
@@ -100,228 +124,694 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _datasets(results: Path, config: dict) -> list[dict]:
+def _get(config: dict, dotted: str, default=None):
+    node = config
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def _source_lines(source: dict) -> tuple[str, list[dict]]:
+    """(one-line description, [{file, sha256, verified}]) of a data sidecar's ``source``."""
+    try:
+        from sngrad.data import describe_source
+
+        line = describe_source(source)
+    except (ImportError, AttributeError, KeyError, TypeError):
+        line = f"source: {source.get('kind', 'unknown')}"
+    hashes = []
+    for name, check in (source.get("files") or {}).items():
+        if isinstance(check, dict) and check.get("content_sha256"):
+            hashes.append(
+                {
+                    "file": name,
+                    "sha256": check["content_sha256"],
+                    "verified": "yes" if check.get("content_verified") else "no",
+                }
+            )
+    for name, digest in (source.get("sha256") or {}).items():
+        if source.get("kind") == "embedded":
+            hashes.append({"file": f"array {name}", "sha256": digest, "verified": "computed"})
+    return line, hashes
+
+
+def _datasets(layout: Layout, config: dict) -> list[dict]:
     rows = []
-    for name in config["datasets"]:
-        path = results / "data" / f"{name}.json"
-        meta = _read_json(path) if path.exists() else {}
+    hidden = list(_get(config, "model.hidden", []) or [])
+    for name in config.get("datasets", []):
+        meta = _read_json(layout.data_meta(name)) or {}
         sizes = meta.get("sizes", {})
+        line, hashes = _source_lines(meta.get("source") or {})
         dim, classes = meta.get("feature_dim"), meta.get("num_classes")
-        layers = [dim, *config["model"]["hidden"], classes]
+        network = "-".join(NA if n is None else str(n) for n in [dim, *hidden, classes])
         rows.append(
             {
                 "name": name,
-                "description": meta.get("description", ""),
-                "n_train": sizes.get("train"),
-                "n_val": sizes.get("val"),
-                "n_test": sizes.get("test"),
-                "feature_dim": dim,
-                "num_classes": classes,
-                "network": "-".join("?" if n is None else str(n) for n in layers),
+                "description": meta.get("description", "") or name,
+                "n_train": fmt(sizes.get("train"), 9),
+                "n_val": fmt(sizes.get("val"), 9),
+                "n_test": fmt(sizes.get("test"), 9),
+                "test_split": meta.get("test_split", NA),
+                "network": network,
+                "source": line if meta else "the data rule has not run (no sidecar)",
+                "hashes": hashes,
+                "content_sha256": meta.get("content_sha256"),
             }
         )
     return rows
 
 
-def _grid(rows: list[dict]) -> dict:
-    """summary rows -> {dataset: {batch_size: {optimizer: row}}}."""
-    grid: dict = defaultdict(lambda: defaultdict(dict))
-    for row in rows:
-        grid[row["dataset"]][row["batch_size"]][row["optimizer"]] = row
-    return {d: dict(by_bs) for d, by_bs in grid.items()}
+def _figures(layout: Layout, out: Path) -> dict:
+    """{name: {path, caption, notebook, exists, markdown}} for every figure of the manifest."""
+    figures = {}
+    for name, figure in FIGURES.items():
+        path = Path(layout.figure(name))
+        rel = os.path.relpath(path, out.parent).replace(os.sep, "/")
+        made_by = f"`analysis/{figure.notebook}.py`"
+        if path.exists():
+            markdown = (
+                f"![{figure.caption}]({rel})\n\n*{figure.caption}. Figure made by {made_by}.*"
+            )
+        else:
+            markdown = f"*(Figure `{name}` was not produced: {made_by} has not run.)*"
+        figures[name] = {
+            "path": rel,
+            "caption": figure.caption,
+            "notebook": figure.notebook,
+            "exists": path.exists(),
+            "markdown": markdown,
+        }
+    return figures
 
 
-def _findings(paired: list[dict]) -> dict:
-    """What the paired comparisons support: CIs above zero, below zero, or across it."""
-    better = [r for r in paired if r["excludes_zero"] and r["diff_mean"] > 0]
-    worse = [r for r in paired if r["excludes_zero"] and r["diff_mean"] < 0]
-    unclear = [r for r in paired if not r["excludes_zero"]]
-    return {"better": better, "worse": worse, "unclear": unclear, "total": len(paired)}
+def _cell_key(dataset, run, batch_size) -> tuple:
+    return (str(dataset), str(run), int(batch_size))
 
 
-def _best_per_setting(summary: list[dict]) -> list[dict]:
-    """The optimizer with the highest mean test accuracy for each dataset and batch size."""
-    best: dict = {}
-    for row in summary:
-        key = (row["dataset"], row["batch_size"])
-        acc = row["test_accuracy_mean"]
-        if _missing(acc):
-            continue
-        if key not in best or acc > best[key]["test_accuracy_mean"]:
-            best[key] = row
-    return [best[k] for k in sorted(best)]
+def _paired_rows(paired: pd.DataFrame, family: str) -> list[dict]:
+    rows = []
+    for r in _records(paired[paired["family"] == family] if len(paired) else None):
+        ci = (
+            NA
+            if missing(r["ci_low"])
+            else f"[{signed_points(r['ci_low'])}, {signed_points(r['ci_high'])}]"
+        )
+        rows.append(
+            {
+                "dataset": r["dataset"],
+                "batch_size": int(r["batch_size"]),
+                "run": r["run"],
+                "base": r["base"],
+                "pairs": f"{int(r['n_pairs'])}/{int(r['n_seeds'])}",
+                "diverged": f"{int(r['n_diverged_run'])}/{int(r['n_diverged_base'])}",
+                "epochs": f"{fmt(r['epoch_run'], 6)} vs {fmt(r['epoch_base'], 6)}",
+                "cost": fmt(r["cost_run"], 3),
+                "run_mean": pct(r["run_mean"]),
+                "base_mean": pct(r["base_mean"]),
+                "diff": signed_points(r["diff_mean"]),
+                "ci": ci,
+                "p_signflip": pvalue(r["p_signflip"]),
+                "p_holm": pvalue(r["p_holm"]),
+                "p_t": pvalue(r["p_t"]),
+                "verdict": r["verdict"],
+                "note": "" if missing(r["note"]) else str(r["note"]),
+                "diff_value": r["diff_mean"],
+            }
+        )
+    return rows
 
 
-def _benchmark(results: Path) -> dict | None:
-    path = results / "benchmark" / "step_time.csv"
-    if not path.exists():
-        return None
-    rows = read_csv(path)
-    # the method names are "dense" or "sngrad-dense": the backend the training uses
-    dense = [r for r in rows if str(r["method"]).endswith("dense")]
-    return {"rows": rows, "dense": dense, "sizes": rows[0]["sizes"] if rows else ""}
+def _findings(rows: list[dict]) -> dict:
+    by = {v: [r for r in rows if r["verdict"] == v] for v in analysis.VERDICTS}
+    return {
+        "total": len(rows),
+        **{v: len(by[v]) for v in by},
+        "better_rows": by["better"],
+        "worse_rows": by["worse"],
+    }
 
 
-def _alpha(results: Path) -> list[dict] | None:
-    """Per (dataset, optimizer): the best alpha and the spread of test accuracy over alphas."""
-    path = results / "analysis" / "alpha_sensitivity.csv"
-    if not path.exists():
-        return None
-    groups: dict = defaultdict(list)
-    for row in read_csv(path):
-        groups[(row["dataset"], row["optimizer"], row["batch_size"])].append(row)
+def _seed_tables(config, summary: pd.DataFrame, paired: pd.DataFrame) -> list[dict]:
+    """The seed README's two tables per batch size: learning rate and accuracy."""
+    runs = list(config.get("optimizers", []))
+    sngrad = [r for r in runs if analysis.optimizer_of(r).startswith("sgd+sngrad")]
+    columns = (["sgd"] if "sgd" in runs else []) + sngrad
+    configured = list(config.get("datasets", []))
+    rows_of = list(SEED_DATASETS) + [d for d in configured if d not in SEED_DATASETS]
+    index = {_cell_key(r["dataset"], r["run"], r["batch_size"]): r for r in _records(summary)}
+    verdicts = {
+        _cell_key(r["dataset"], r["run"], r["batch_size"]): r
+        for r in _records(paired[paired["family"] == "equal_epochs"] if len(paired) else None)
+    }
+    tables = []
+    for batch_size in config.get("batch_sizes", []):
+        lr_rows, acc_rows = [], []
+        for dataset in rows_of:
+            label = SEED_DATASETS.get(dataset, dataset)
+            if dataset not in configured:
+                why = PAPER_ONLY.get(dataset, NOT_IN_PROFILE)
+                lr_rows.append({"dataset": label, "cells": [why] * len(columns)})
+                acc_rows.append({"dataset": label, "cells": [why] * len(columns)})
+                continue
+            lr_cells, acc_cells = [], []
+            for run in columns:
+                s = index.get(_cell_key(dataset, run, batch_size))
+                if s is None:
+                    lr_cells.append("not run")
+                    acc_cells.append("not run")
+                    continue
+                lr_cells.append(_lr_cell(s))
+                cell = mean_std(s["test_accuracy_mean"], s["test_accuracy_std"])
+                p = verdicts.get(_cell_key(dataset, run, batch_size))
+                if p is not None:
+                    cell += f" ({p['verdict']}, Holm p {pvalue(p['p_holm'])})"
+                if int(s["n_diverged"]):
+                    cell += f", {int(s['n_diverged'])} of {int(s['n_seeds'])} seeds diverged"
+                acc_cells.append(cell)
+            lr_rows.append({"dataset": label, "cells": lr_cells})
+            acc_rows.append({"dataset": label, "cells": acc_cells})
+        tables.append(
+            {"batch_size": batch_size, "columns": columns, "lr_rows": lr_rows, "acc_rows": acc_rows}
+        )
+    return tables
+
+
+def _lr_cell(s: dict) -> str:
+    if _truthy(s.get("all_diverged")):
+        return "no valid setting (all diverged)"
+    text = fmt(s["learning_rate"])
+    if not missing(s.get("momentum")):
+        text += f", momentum {fmt(s['momentum'])}"
+    if not missing(s.get("alpha")):
+        text += f", $\\alpha$ {fmt(s['alpha'])}"
+        if not missing(s.get("alpha_scaled")) and analysis.fixed_alpha(s["run"]) is None:
+            text += f" (scale-free {fmt(s['alpha_scaled'])})"
+    if _truthy(s.get("at_bound")):
+        text += " †"
+    return text
+
+
+def _chosen_rows(summary: pd.DataFrame) -> list[dict]:
+    return [
+        {
+            "dataset": s["dataset"],
+            "batch_size": int(s["batch_size"]),
+            "run": s["run"],
+            "learning_rate": fmt(s["learning_rate"]),
+            "momentum": fmt(s["momentum"]),
+            "alpha": fmt(s["alpha"]),
+            "alpha_scaled": fmt(s["alpha_scaled"]),
+            "sigma_ref": fmt(s["sigma_ref"]),
+            "val_accuracy": pct(s["val_accuracy"]),
+            "flags": ", ".join(
+                f
+                for f, on in [
+                    ("at a hard bound", _truthy(s["at_bound"])),
+                    ("all settings diverged", _truthy(s["all_diverged"])),
+                ]
+                if on
+            ),
+            "test": mean_std(s["test_accuracy_mean"], s["test_accuracy_std"]),
+            "val_final": pct(s["val_accuracy_final"]),
+            "seeds": f"{int(s['n_seeds']) - int(s['n_diverged'])}/{int(s['n_seeds'])}",
+        }
+        for s in _records(summary)
+    ]
+
+
+def _winners(summary: pd.DataFrame) -> list[dict]:
+    if summary.empty:
+        return []
+    return [
+        {
+            "dataset": w["dataset"],
+            "batch_size": int(w["batch_size"]),
+            "run": w["run"],
+            "val": pct(w["val_accuracy_final"]),
+            "test": mean_std(w["test_accuracy_mean"], w["test_accuracy_std"]),
+        }
+        for w in _records(analysis.winners(summary))
+    ]
+
+
+def _tuning_facts(layout: Layout, config: dict, summary: pd.DataFrame) -> dict:
+    """Diverged tuning settings, cells without a valid setting, cells at a hard bound."""
+    tuning, _ = analysis.read_run_tables(
+        layout,
+        config.get("datasets", []),
+        config.get("optimizers", []),
+        config.get("batch_sizes", []),
+        "tuning.csv",
+    )
+    diverged = []
+    total = 0
+    if len(tuning):
+        settings = analysis.tuning_settings(tuning)
+        total = len(settings)
+        for (dataset, run, bs), cell in settings.groupby(["dataset", "optimizer", "batch_size"]):
+            bad = cell[cell["diverged"].astype(bool)]
+            if bad.empty:
+                continue
+            points = "; ".join(_setting_text(r) for r in _records(bad))
+            diverged.append(
+                {
+                    "dataset": dataset,
+                    "run": run,
+                    "batch_size": int(bs),
+                    "count": f"{len(bad)} of {len(cell)}",
+                    "settings": points,
+                }
+            )
+    records = _records(summary)
+    at_bound = [
+        f"`{r['run']}` on {r['dataset']}, B = {int(r['batch_size'])}"
+        for r in records
+        if _truthy(r["at_bound"])
+    ]
+    no_valid = [
+        f"`{r['run']}` on {r['dataset']}, B = {int(r['batch_size'])}"
+        for r in records
+        if _truthy(r["all_diverged"])
+    ]
+    return {
+        "diverged": diverged,
+        "at_bound": at_bound,
+        "no_valid": no_valid,
+        "cells": len(records),
+        "settings": total,
+        "n_diverged": sum(int(d["count"].split()[0]) for d in diverged),
+    }
+
+
+def _setting_text(r: dict) -> str:
+    parts = [f"$\\eta$ {fmt(r['learning_rate'])}"]
+    if not missing(r.get("momentum")):
+        parts.append(f"m {fmt(r['momentum'])}")
+    if not missing(r.get("alpha_scaled")):
+        parts.append(f"scale-free $\\alpha$ {fmt(r['alpha_scaled'])}")
+    elif not missing(r.get("alpha")):
+        parts.append(f"$\\alpha$ {fmt(r['alpha'])}")
+    return ", ".join(parts)
+
+
+def _protocol(config: dict) -> dict:
+    """The tuning protocol's numbers, formatted from the config (n/a where a key is absent)."""
+    tune = config.get("tune", {}) or {}
+    alpha = tune.get("alpha", {}) or {}
+
+    def span(pair):
+        return f"[{fmt(pair[0])}, {fmt(pair[1])}]" if isinstance(pair, list | tuple) else NA
+
+    return {
+        "lr_range": f"[{fmt(tune.get('lr_min'))}, {fmt(tune.get('lr_max'))}]",
+        "lr_per_decade": fmt(tune.get("lr_per_decade")),
+        "lr_bounds": span(tune.get("lr_bounds")),
+        "second_points": fmt(tune.get("second_points")),
+        "one_minus_momentum": span(tune.get("one_minus_momentum")),
+        "alpha": {v: span(alpha.get(v)) for v in ("I", "II", "III")},
+        "tune_seeds": ", ".join(str(s) for s in tune.get("seeds", [])) or NA,
+        "n_tune_seeds": len(tune.get("seeds", [])),
+        "final_seeds": ", ".join(str(s) for s in _get(config, "train.seeds", [])) or NA,
+        "n_final_seeds": len(_get(config, "train.seeds", []) or []),
+        "epochs": fmt(_get(config, "train.epochs"), 6),
+        "schedule": str(_get(config, "train.schedule", NA)),
+        "backend": str(_get(config, "train.backend", NA)),
+        "diverge_loss": fmt(_get(config, "train.diverge_loss"), 6),
+        "hidden": ", ".join(str(h) for h in _get(config, "model.hidden", []) or []) or "none",
+        "init_seed": str(_get(config, "model.init_seed", NA)),
+        "train_size": str(_get(config, "data.train_size", "all") or "all"),
+        "val_fraction": fmt(_get(config, "data.val_fraction")),
+        "batch_sizes": ", ".join(str(b) for b in config.get("batch_sizes", [])),
+        "prototype": [
+            {"variant": v, "theirs": t, "ours": o} for v, (t, o) in PROTOTYPE_ALPHA.items()
+        ],
+        "prototype_runs": [r for r in config.get("optimizers", []) if "@" in r],
+    }
+
+
+def _shrink_rows(layout: Layout) -> list[dict]:
+    table = _read_csv(layout.analysis("shrink.csv"))
+    if table is None or table.empty:
+        return []
+    whole = table[table["layer"].astype(str) == analysis.ALL_LAYERS]
+    return [
+        {
+            "dataset": r["dataset"],
+            "run": r["optimizer"],
+            "batch_size": int(r["batch_size"]),
+            "share": pct(r["shrink_share"], 1),
+            "share_first": pct(r["shrink_first"], 1),
+            "share_last": pct(r["shrink_last"], 1),
+            "factor": fmt(r["factor_mean"]),
+            "factor_last": fmt(r["factor_last"]),
+        }
+        for r in _records(whole)
+    ]
+
+
+def _training_length(layout: Layout) -> dict:
+    table = _read_csv(layout.analysis("training_length.csv"))
+    rows = [
+        {
+            "dataset": r["dataset"],
+            "run": r["optimizer"],
+            "batch_size": int(r["batch_size"]),
+            "epochs": fmt(r["epochs"], 6),
+            "quarter": fmt(r["quarter"], 6),
+            "first": fmt(r["loss_first"]),
+            "last": fmt(r["loss_last"]),
+            "share": pct(r["share_last_quarter"], 1),
+            "met": "yes" if _truthy(r["met"]) else "**no**",
+        }
+        for r in _records(table)
+    ]
+    return {
+        "rows": rows,
+        "criterion": pct(analysis.FLAT_SHARE, 0),
+        "met": sum(r["met"] == "yes" for r in rows),
+        "total": len(rows),
+    }
+
+
+def _alpha_rows(layout: Layout) -> list[dict]:
+    table = _read_csv(layout.analysis("alpha_sensitivity.csv"))
+    if table is None or table.empty:
+        return []
+    return [
+        {
+            "dataset": r["dataset"],
+            "run": r["optimizer"],
+            "batch_size": int(r["batch_size"]),
+            "learning_rate": fmt(r["learning_rate"]),
+            "alphas": ", ".join(fmt(a) for a in r["alphas_scaled"]),
+            "best": fmt(r["best_alpha_scaled"]),
+            "worst": fmt(r["worst_alpha_scaled"]),
+            "best_val": pct(r["best_val_accuracy"]),
+            "worst_val": pct(r["worst_val_accuracy"]),
+            "spread": pct(r["spread"]),
+            "diverged": str(r["diverged_alphas"]),
+        }
+        for r in _records(analysis.alpha_summary(table))
+    ]
+
+
+def _lr_rows(layout: Layout) -> list[dict]:
+    table = _read_csv(layout.analysis("lr_sensitivity.csv"))
+    return [
+        {
+            "dataset": r["dataset"],
+            "run": r["optimizer"],
+            "batch_size": int(r["batch_size"]),
+            "settings": fmt(r["settings"], 6),
+            "diverged": fmt(r["diverged_settings"], 6),
+            "range": f"[{fmt(r['lr_low'])}, {fmt(r['lr_high'])}]",
+            "chosen": fmt(r["chosen_learning_rate"]),
+            "position": r["chosen_position"],
+            "rounds": fmt(r["extension_rounds"], 6),
+            "near": pct(r["share_near_best"], 0),
+        }
+        for r in _records(table)
+    ]
+
+
+def _control_variates(layout: Layout, paired_rows: list[dict]) -> list[dict]:
+    table = _read_csv(layout.analysis("control_variates.csv"))
+    vs = {(r["dataset"], r["run"], r["batch_size"]): r for r in paired_rows}
     out = []
-    for (dataset, optimizer, batch_size), rows in sorted(groups.items()):
-        scored = [r for r in rows if not _missing(r["test_accuracy_mean"])]
-        if not scored:
-            continue
-        top = max(scored, key=lambda r: r["test_accuracy_mean"])
-        low = min(scored, key=lambda r: r["test_accuracy_mean"])
+    for r in _records(table):
+        p = vs.get((r["dataset"], r["optimizer"], int(r["batch_size"])))
         out.append(
             {
-                "dataset": dataset,
-                "optimizer": optimizer,
-                "batch_size": batch_size,
-                "alphas": [r["alpha"] for r in rows],
-                "best_alpha": top["alpha"],
-                "best": top["test_accuracy_mean"],
-                "worst": low["test_accuracy_mean"],
-                "spread": top["test_accuracy_mean"] - low["test_accuracy_mean"],
+                "dataset": r["dataset"],
+                "run": r["optimizer"],
+                "batch_size": int(r["batch_size"]),
+                "ratio": fmt(r["variance_ratio"]),
+                "ratio_first": fmt(r["variance_ratio_first"]),
+                "ratio_last": fmt(r["variance_ratio_last"]),
+                "lam": fmt(r["lambda_median"]),
+                "reduces": "yes"
+                if not missing(r["variance_ratio"]) and r["variance_ratio"] < 1
+                else "no",
+                "diff": p["diff"] if p else NA,
+                "ci": p["ci"] if p else NA,
+                "verdict": p["verdict"] if p else "not compared",
             }
         )
     return out
 
 
-def _theory(results: Path) -> dict | None:
-    theory = results / "theory"
-    if not (theory / "checks.csv").exists():
+def _benchmark(layout: Layout, devices: list[str]) -> dict | None:
+    table = _read_csv(layout.benchmark())
+    if table is None:
         return None
-    return {
-        "checks": {row["name"]: row for row in read_csv(theory / "checks.csv")},
-        "stationary_1d": read_csv(theory / "stationary_1d.csv"),
-        "summary": _read_json(theory / "summary.json"),
-    }
-
-
-def _wall_time(record: dict) -> float:
-    for key in ("wall_time", "wall_time_s", "wall_seconds", "seconds"):
-        if isinstance(record.get(key), int | float):
-            return float(record[key])
-    return 0.0
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+    side = Path(layout.benchmark()).with_name("provenance.json")
+    record = _read_json(side) or {}
+    machine = record.get("machine") or record.get("device")
+    if isinstance(machine, list):
+        machine = ", ".join(map(str, machine))
+    for column in ("machine", "device", "cpu"):
+        if not machine and column in table and table[column].notna().any():
+            machine = ", ".join(sorted(set(map(str, table[column].dropna()))))
+    if not machine:
+        machine = (
+            f"the machine that rendered this report ({platform.machine()}, "
+            f"{os.cpu_count()} CPU cores; devices {', '.join(devices) or NA})"
         )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)"
+    columns = list(table.columns)
+    rows = [[_cell(v) for v in row] for row in table.itertuples(index=False)]
+    return {"columns": columns, "rows": rows, "machine": str(machine)}
 
 
-def _provenance(results: Path, config: dict) -> dict:
-    records = [
-        _read_json(p)
-        for name in ("provenance.json", "tuning_provenance.json", "alpha_sweep_provenance.json")
-        for p in sorted(results.glob(f"*/*/bs*/{name}"))
-        if p.parts[-4] in config["datasets"]
-    ]
-    devices = sorted(
-        {
-            str(device)
-            for r in records
-            # one device name or the list of jax.devices()
-            for device in (r["device"] if isinstance(r.get("device"), list) else [r.get("device")])
-            if device
-        }
-    )
-    commits = sorted({str(r["git_commit"]) for r in records if r.get("git_commit")})
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return fmt(value, 4)
+    return NA if missing(value) else str(value).replace("|", "\\|")
+
+
+def _theory(layout: Layout) -> dict | None:
+    checks, summary = Path(layout.theory("checks.csv")), Path(layout.theory("summary.json"))
+    if not (checks.exists() and summary.exists()):
+        return None
+    read = pd.read_csv
+    stationary = Path(layout.theory("stationary_1d.csv"))
+    return {
+        "checks": {r["name"]: r for r in read(checks).to_dict("records")},
+        "stationary_1d": read(stationary).to_dict("records") if stationary.exists() else [],
+        "summary": json.loads(summary.read_text()),
+    }
+
+
+def _noise(layout: Layout, datasets) -> dict | None:
+    try:
+        from sngrad.noise import report_context
+    except ImportError:
+        return None
+    return report_context(layout, list(datasets))
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def expected_inputs(layout: Layout, config: dict) -> list[str]:
+    """The files the report reads, enumerated from the config (when no --inputs is given)."""
+    datasets, runs = config.get("datasets", []), config.get("optimizers", [])
+    files = [layout.data_meta(d) for d in datasets]
+    for d in datasets:
+        for run in runs:
+            for b in config.get("batch_sizes", []):
+                files += [
+                    layout.run_file(name, d, run, b)
+                    for name in (
+                        "tuning.csv",
+                        "best.json",
+                        "tuning_provenance.json",
+                        "metrics.csv",
+                        "diagnostics.csv",
+                        "provenance.json",
+                    )
+                ]
+        files += notebook_tables(layout, "summary", d)
+        files.append(layout.noise(d))
+    for notebook in ("performance", "gradient_noise", "theory"):
+        files += notebook_tables(layout, notebook)
+    files += [layout.figure(name) for name in FIGURES]
+    files += [layout.benchmark(), run_started_path(layout)]
+    return files
+
+
+def run_started_path(layout: Layout) -> str:
+    return f"{layout.base}/run_started.json"
+
+
+def _started(record: dict | None) -> float | None:
+    """Unix time from run_started.json (a number, or an ISO 8601 time)."""
+    if not record:
+        return None
+    for key in ("started_unix", "unix_time", "timestamp", "time", "started", "started_at"):
+        value = record.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            return moment.timestamp()
+    return None
+
+
+def elapsed(layout: Layout, now: float | None = None) -> dict:
+    """Wall time from the workflow's start (run_started.json) to this rendering."""
+    started = _started(_read_json(run_started_path(layout)))
+    now = time.time() if now is None else now
+    if started is None:
+        return {"available": False, "text": NA, "started": NA}
+    start = datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return {
+        "available": True,
+        "text": minutes(now - started),
+        "started": start,
+        "seconds": now - started,
+    }
+
+
+def input_provenance(paths: list[str]) -> dict:
+    """Digest of the inputs and what their own provenance records say.
+
+    ``digest``: sha256 over the lines "<sha256 of file>  <path>" of the existing inputs in
+    sorted order; ``commits``/``dirty``: what the run provenance files recorded.
+    """
+    present = sorted({p for p in paths if Path(p).is_file()})
+    lines = [f"{provenance.sha256_file(p)}  {p}" for p in present]
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    commits, devices, dirty = set(), set(), False
+    for p in present:
+        if not p.endswith("provenance.json"):
             continue
+        record = json.loads(Path(p).read_text())
+        if record.get("git_commit"):
+            commits.add(str(record["git_commit"]))
+        dirty = dirty or bool(record.get("git_dirty"))
+        device = record.get("device")
+        for d in device if isinstance(device, list) else [device]:
+            if d:
+                devices.add(str(d))
     return {
-        "runs": len(records),
-        "wall_time_s": sum(_wall_time(r) for r in records),
-        "devices": devices or ["unknown"],
-        "run_commits": commits,
-        "commit": _git_commit(),
-        "versions": versions,
+        "n_inputs": len(present),
+        "n_missing": len(set(paths)) - len(present),
+        "digest": digest,
+        "run_commits": sorted(commits),
+        "runs_dirty": dirty,
+        "devices": sorted(devices),
     }
 
 
-def _commands(profile: str, datasets: list[str]) -> list[str]:
-    configfile = "" if profile == "default" else f" --configfile config/{profile}.yaml"
-    first = datasets[0] if datasets else "digits"
-    return [
-        f"snakemake --cores 4{configfile}",
-        f"snakemake --cores 4{configfile} results/{first}/summary.csv",
-        f"snakemake --cores 4{configfile} paper/report.md",
-    ]
+def _inputs_arg(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    if value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise SngradError(f"cannot read --inputs file {path}: {err.strerror}") from None
+    else:
+        text = value
+    text = text.strip()
+    if text.startswith("["):
+        return [str(p) for p in read_json_arg(text, "--inputs")]
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def collect(results_dir, out, figures_dir, config: dict) -> dict:
-    """Everything the template needs, read from ``results_dir``."""
-    results, out, figures = Path(results_dir), Path(out), Path(figures_dir)
-    summary = [
-        row
-        for d in config["datasets"]
-        if (results / d / "summary.csv").exists()
-        for row in read_csv(results / d / "summary.csv")
-    ]
-    paired = [
-        row
-        for d in config["datasets"]
-        if (results / d / "paired.csv").exists()
-        for row in read_csv(results / d / "paired.csv")
-    ]
-    noise_path = results / "analysis" / "gradient_noise.csv"
-    lr_path = results / "analysis" / "lr_sensitivity.csv"
-    theory = _theory(results)
-    provenance = _provenance(results, config)
-    if theory:
-        provenance["wall_time_s"] += _wall_time(theory["summary"])
+# ----------------------------------------------------------------------------- context
+
+
+def collect(
+    layout: Layout, config: dict, out, *, inputs: list[str] | None = None, now: float | None = None
+) -> dict:
+    """Everything the templates need, read from the profile's result tree."""
+    out = Path(out)
+    datasets = list(config.get("datasets", []))
+    summary = _concat(layout.summary(d) for d in datasets)
+    paired = _concat(layout.paired(d) for d in datasets)
+    if summary.empty:
+        summary = pd.DataFrame(columns=analysis.SUMMARY_COLUMNS)
+    if paired.empty:
+        paired = pd.DataFrame(columns=analysis.PAIRED_COLUMNS)
+    epochs_rows = _paired_rows(paired, "equal_epochs")
+    time_rows = _paired_rows(paired, "equal_time")
+    inputs = expected_inputs(layout, config) if inputs is None else inputs
+    prov = input_provenance(inputs)
+    prov.update(
+        commit=provenance.git_commit(),
+        dirty=provenance.git_dirty(),
+        versions=provenance.package_versions(),
+    )
+    dataset_rows = _datasets(layout, config)
+    dirty = prov["dirty"]
+    prov["dirty_text"] = "unknown" if dirty is None else ("yes" if dirty else "no")
     return {
+        "profile": layout.profile,
         "config": config,
-        "profile": config.get("profile", "unknown"),
         "config_hash": config_hash(config),
-        "datasets": _datasets(results, config),
-        "optimizers": config["optimizers"],
-        "batch_sizes": config["batch_sizes"],
-        "summary": summary,
-        "grid": _grid(summary),
-        "paired": paired,
-        "findings": _findings(paired),
-        "best": _best_per_setting(summary),
-        "benchmark": _benchmark(results),
-        "gradient_noise": [r for r in read_csv(noise_path) if r.get("reference")]
-        if noise_path.exists()
-        else None,
-        "lr_sensitivity": read_csv(lr_path) if lr_path.exists() else None,
-        "alpha": _alpha(results),
-        "theory": theory,
-        # every known name, None where no rule wrote the figure (StrictUndefined stays happy)
-        "figures": {
-            name: os.path.relpath(figures / f"{name}.png", out.parent).replace(os.sep, "/")
-            if (figures / f"{name}.png").exists()
-            else None
-            for name in FIGURES
-        },
-        "provenance": provenance,
-        "commands": _commands(config.get("profile", "default"), config["datasets"]),
+        "datasets": dataset_rows,
+        "runs": list(config.get("optimizers", [])),
+        "batch_sizes": list(config.get("batch_sizes", [])),
+        "protocol": _protocol(config),
+        "seed_tables": _seed_tables(config, summary, paired),
+        "chosen": _chosen_rows(summary),
+        "winners": _winners(summary),
+        "paired": epochs_rows,
+        "paired_time": time_rows,
+        "findings": _findings(epochs_rows),
+        "findings_time": _findings(time_rows),
+        "prototype_rows": [r for r in epochs_rows if "@" in r["run"]],
+        "significance": fmt(analysis.SIGNIFICANCE),
+        "tuning": _tuning_facts(layout, config, summary),
+        "lr_rows": _lr_rows(layout),
+        "alpha_rows": _alpha_rows(layout),
+        "shrink": _shrink_rows(layout),
+        "training_length": _training_length(layout),
+        "control_variates": _control_variates(layout, epochs_rows),
+        "benchmark": _benchmark(layout, prov["devices"]),
+        "elapsed": elapsed(layout, now),
+        "provenance": prov,
+        "figures": _figures(layout, out),
+        "theory": _theory(layout),
+        "noise": _noise(layout, datasets),
+        "commands": _commands(layout.profile),
     }
 
 
-def render_report(results_dir, template, out, figures_dir, *, config: dict | None = None) -> str:
-    """Render ``template`` with the results and write it to ``out`` atomically."""
+def _concat(paths) -> pd.DataFrame:
+    frames = [f for f in (_read_csv(p) for p in paths) if f is not None and len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _commands(profile: str) -> list[str]:
+    configfile = "" if profile == "default" else f" --configfile config/{profile}.yaml"
+    return [f"snakemake --cores 4{configfile}", f"snakemake --cores 4{configfile} --dry-run"]
+
+
+def render_report(
+    layout: Layout,
+    template,
+    out,
+    *,
+    config: dict,
+    inputs: list[str] | None = None,
+    now: float | None = None,
+) -> str:
+    """Render ``template`` with the profile's results and write it to ``out`` atomically."""
     import jinja2
 
-    if config is None:
-        raise SngradError("render_report needs the resolved config (--config JSON or @file)")
     template = Path(template)
+    if not template.is_file():
+        raise SngradError(f"--template {template}: no such file")
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(template.parent),
         undefined=jinja2.StrictUndefined,
@@ -331,35 +821,29 @@ def render_report(results_dir, template, out, figures_dir, *, config: dict | Non
     )
     env.filters["fmt"] = fmt
     env.filters["pct"] = pct
-    text = env.get_template(template.name).render(**collect(results_dir, out, figures_dir, config))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    context = collect(layout, config, out, inputs=inputs, now=now)
+    text = env.get_template(template.name).render(**context)
+    write_text(out, text)
     return text
-
-
-def _config_arg(value: str) -> dict:
-    try:
-        text = Path(value[1:]).read_text() if value.startswith("@") else value
-        return json.loads(text)
-    except (OSError, json.JSONDecodeError) as err:
-        raise SngradError(f"--config: not a JSON object or @file ({err})") from None
 
 
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sngrad report", description="render paper/report.md from results/"
+        prog="python -m sngrad report",
+        description="render results/<profile>/report.md from that profile's results",
     )
-    parser.add_argument("--results", default="results", help="results directory")
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--results-root", default="results")
     parser.add_argument("--template", default="paper/templates/report.md.j2")
-    parser.add_argument("--out", default="paper/report.md")
-    parser.add_argument("--figures", default="paper/figures", help="where the figures are")
+    parser.add_argument("--out", help="default: results/<profile>/report.md")
     parser.add_argument("--config", required=True, help="resolved config: JSON or @file.json")
+    parser.add_argument("--inputs", help="the report rule's inputs: JSON list or @file")
     args = parser.parse_args(argv)
-    render_report(
-        args.results, args.template, args.out, args.figures, config=_config_arg(args.config)
-    )
-    print(f"wrote {args.out}")
+    config = read_json_arg(args.config, "--config")
+    if not isinstance(config, dict):
+        raise SngradError("--config must be a JSON object (the resolved profile)")
+    layout = Layout(args.profile, args.results_root)
+    out = args.out or layout.report()
+    render_report(layout, args.template, out, config=config, inputs=_inputs_arg(args.inputs))
+    print(f"wrote {out}")
     return 0

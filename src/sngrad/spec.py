@@ -1,17 +1,23 @@
 """The training spec (docs/CONTRACTS.md) and the chosen hyper-parameters (best.json), checked.
 
-The spec is plain JSON, given on the command line as a string or as ``@path/to/spec.json``::
+The spec is plain JSON, given on the command line as a string or as ``@path/to/spec.json``.
+The workflow builds it from a profile as ``{"hidden", "init_seed", **train, "tune": tune}``::
 
-    {"hidden": [256, 256], "epochs": 20, "init_seed": 0,
-     "tune": {"budget": 8, "lr_min": 1e-3, "lr_max": 1.0, "momentum_min": 0.5,
-              "momentum_max": 0.99, "seeds": [0], "search_seed": 0},
-     "seeds": [1, 2, 3], "alpha": null, "backend": "dense",
-     "checkpoint_every": 5, "diverge_loss": 1e3}
+    {"hidden": [64], "init_seed": 0,
+     "epochs": 20, "seeds": [1, 2, 3], "backend": "dense", "schedule": "constant",
+     "checkpoint_every": 5, "diverge_loss": 1000.0, "snapshot_every": 1,
+     "tune": {"seeds": [100, 101], "lr_min": 0.001, "lr_max": 1.0, "lr_per_decade": 2,
+              "lr_bounds": [1e-5, 100.0], "second_points": 3,
+              "one_minus_momentum": [0.01, 0.3],
+              "alpha": {"I": [0.1, 10.0], "II": [0.3, 30.0], "III": [0.03, 1.0]}}}
 
-A key that is left out takes the value shown above (``DEFAULTS`` / ``TUNE_DEFAULTS``); an
-unknown key, a wrong type or an out-of-range value is a :class:`SngradError` naming the key.
-``checkpoint_every = 0`` turns checkpoints off. ``alpha = null`` means each sngrad variant's
-``transforms.DEFAULT_ALPHA``.
+This module has no defaults of its own: the profiles are the one place where values are
+chosen, so every key is required. A missing or unknown key, a wrong type or an out-of-range
+value is a one-line :class:`SngradError` naming the key and what is allowed.
+``checkpoint_every = 0`` means never; ``snapshot_every`` (epochs between control-variate
+snapshots) is read only by ``+cv`` / ``+svrg`` optimizers.
+
+:func:`read_json_arg` is the one parser of "JSON text or ``@file``" arguments in the package.
 """
 
 from __future__ import annotations
@@ -25,59 +31,44 @@ from typing import Any
 from sngrad.errors import SngradError, choice_error
 
 BACKENDS = ("dense", "vmap", "chunked")  # same names as stats.BACKENDS, kept import-light
+SCHEDULES = ("constant", "cosine")
+VARIANTS = ("I", "II", "III")  # same as transforms.VARIANTS
 MAX_SEED = 2**32 - 1
 
-DEFAULTS: dict[str, Any] = {
-    "hidden": [256, 256],
-    "epochs": 20,
-    "init_seed": 0,
-    "seeds": [1, 2, 3],
-    "alpha": None,
-    "backend": "dense",
-    "checkpoint_every": 5,
-    "diverge_loss": 1e3,
-}
-TUNE_DEFAULTS: dict[str, Any] = {
-    "budget": 8,
-    "lr_min": 1e-3,
-    "lr_max": 1.0,
-    "momentum_min": 0.5,
-    "momentum_max": 0.99,
-    "seeds": [0],
-    "search_seed": 0,
-}
+TRAIN_KEYS = ("hidden", "init_seed", "epochs", "seeds", "backend", "schedule",
+              "checkpoint_every", "diverge_loss", "snapshot_every", "tune")
+TUNE_KEYS = ("seeds", "lr_min", "lr_max", "lr_per_decade", "lr_bounds", "second_points",
+             "one_minus_momentum", "alpha")
 
 
 @dataclass(frozen=True)
 class TuneSpec:
-    budget: int
+    seeds: tuple[int, ...]
     lr_min: float
     lr_max: float
-    momentum_min: float
-    momentum_max: float
-    seeds: tuple[int, ...]
-    search_seed: int
+    lr_per_decade: int
+    lr_bounds: tuple[float, float]
+    second_points: int
+    one_minus_momentum: tuple[float, float]
+    alpha: dict[str, tuple[float, float]]  # variant -> scale-free (low, high)
 
 
 @dataclass(frozen=True)
 class TrainSpec:
     hidden: tuple[int, ...]
-    epochs: int
     init_seed: int
+    epochs: int
     seeds: tuple[int, ...]
-    alpha: float | None
     backend: str
+    schedule: str
     checkpoint_every: int
     diverge_loss: float
+    snapshot_every: int
     tune: TuneSpec
 
     def to_json(self) -> dict[str, Any]:
-        """The spec as plain JSON data (lists, not tuples), defaults filled in."""
-        out = asdict(self)
-        out["hidden"] = list(self.hidden)
-        out["seeds"] = list(self.seeds)
-        out["tune"]["seeds"] = list(self.tune.seeds)
-        return out
+        """The spec as plain JSON data (lists, not tuples): ``parse_spec`` of it is ``self``."""
+        return json.loads(json.dumps(asdict(self)))
 
 
 # ----------------------------------------------------------------------------- field checks
@@ -102,80 +93,107 @@ def _float(where: str, value: Any, *, positive: bool = False) -> float:
     return value
 
 
-def _seeds(where: str, value: Any) -> tuple[int, ...]:
-    if not isinstance(value, list) or not value:
-        raise SngradError(f"{where} must be a non-empty list of integer seeds, got {value!r}")
+def _range(where: str, value: Any, *, high: float | None = None) -> tuple[float, float]:
+    """An ordered pair ``[low, high]`` of positive numbers (at most ``high`` if given)."""
+    if not isinstance(value, list) or len(value) != 2:
+        raise SngradError(f"{where} must be a list [low, high] of two numbers, got {value!r}")
+    lo, hi = (_float(f"{where}[{i}]", v, positive=True) for i, v in enumerate(value))
+    if lo > hi:
+        raise SngradError(f"{where} must be ordered low <= high, got [{lo}, {hi}]")
+    if high is not None and hi > high:
+        raise SngradError(f"{where} must lie in (0, {high}], got [{lo}, {hi}]")
+    return lo, hi
+
+
+def _seeds(where: str, value: Any, *, at_least: int = 1) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) < at_least:
+        raise SngradError(
+            f"{where} must be a list of at least {at_least} integer seed(s), got {value!r}"
+        )
     seeds = tuple(_int(f"{where}[{i}]", s, low=0, high=MAX_SEED) for i, s in enumerate(value))
     if len(set(seeds)) != len(seeds):
         raise SngradError(f"{where} must not repeat a seed, got {list(seeds)}")
     return seeds
 
 
-def _unknown(where: str, given: dict, allowed: dict) -> None:
+def _keys(where: str, given: Any, allowed: tuple[str, ...]) -> dict:
+    """``given`` as a dict with exactly the keys ``allowed`` (none missing, none unknown)."""
+    if not isinstance(given, dict):
+        raise SngradError(f"{where or 'the training spec'} must be a JSON object, got "
+                          f"{type(given).__name__}")
     extra = sorted(set(given) - set(allowed))
     if extra:
-        raise SngradError(
-            f"unknown key {where}{extra[0]!r} in the training spec; valid: {', '.join(allowed)}"
-        )
+        raise SngradError(f"unknown key {where}{extra[0]!r} in the training spec; valid: "
+                          f"{', '.join(allowed)}")
+    missing = [k for k in allowed if k not in given]
+    if missing:
+        raise SngradError(f"the training spec lacks key {where}{missing[0]!r}; every key is "
+                          f"required: {', '.join(allowed)}")
+    return given
 
 
 def _tune(raw: Any) -> TuneSpec:
-    if not isinstance(raw, dict):
-        raise SngradError(f"spec key 'tune' must be an object, got {raw!r}")
-    _unknown("tune.", raw, TUNE_DEFAULTS)
-    t = {**TUNE_DEFAULTS, **raw}
+    t = _keys("tune.", raw, TUNE_KEYS)
     lr_min = _float("tune.lr_min", t["lr_min"], positive=True)
     lr_max = _float("tune.lr_max", t["lr_max"], positive=True)
-    if lr_max < lr_min:
-        raise SngradError(f"tune.lr_max ({lr_max}) must be >= tune.lr_min ({lr_min})")
-    m_min = _float("tune.momentum_min", t["momentum_min"])
-    m_max = _float("tune.momentum_max", t["momentum_max"])
-    if not 0 <= m_min <= m_max < 1:
+    if not lr_min < lr_max:
+        raise SngradError(f"tune.lr_min ({lr_min}) must be < tune.lr_max ({lr_max})")
+    per_decade = _int("tune.lr_per_decade", t["lr_per_decade"], low=2)
+    if math.log10(lr_max / lr_min) * per_decade < 1 - 1e-9:
         raise SngradError(
-            f"tune.momentum_min/momentum_max must satisfy 0 <= min <= max < 1, got "
-            f"{m_min}, {m_max}"
+            f"tune.lr_min..lr_max ({lr_min}..{lr_max}) must span at least one grid step "
+            f"(1/{per_decade} decade)"
         )
+    bounds = _range("tune.lr_bounds", t["lr_bounds"])
+    if not bounds[0] <= lr_min or not lr_max <= bounds[1]:
+        raise SngradError(
+            f"tune.lr_bounds {list(bounds)} must contain [lr_min, lr_max] = [{lr_min}, {lr_max}]"
+        )
+    alpha = t["alpha"]
+    if not isinstance(alpha, dict) or sorted(alpha) != sorted(VARIANTS):
+        raise SngradError(f"tune.alpha must be an object with keys I, II, III, got {alpha!r}")
     return TuneSpec(
-        budget=_int("tune.budget", t["budget"], low=1),
+        seeds=_seeds("tune.seeds", t["seeds"], at_least=2),
         lr_min=lr_min,
         lr_max=lr_max,
-        momentum_min=m_min,
-        momentum_max=m_max,
-        seeds=_seeds("tune.seeds", t["seeds"]),
-        search_seed=_int("tune.search_seed", t["search_seed"], low=0, high=MAX_SEED),
+        lr_per_decade=per_decade,
+        lr_bounds=bounds,
+        second_points=_int("tune.second_points", t["second_points"], low=1),
+        one_minus_momentum=_range("tune.one_minus_momentum", t["one_minus_momentum"], high=1.0),
+        alpha={v: _range(f"tune.alpha.{v}", alpha[v]) for v in VARIANTS},
     )
 
 
 def spec_from_dict(raw: Any) -> TrainSpec:
-    """Check a decoded spec and fill in defaults."""
-    if not isinstance(raw, dict):
-        raise SngradError(f"the training spec must be a JSON object, got {type(raw).__name__}")
-    _unknown("", raw, {**DEFAULTS, "tune": None})
-    s = {**DEFAULTS, **raw}
+    """Check a decoded spec (every key required, see the module docstring)."""
+    s = _keys("", raw, TRAIN_KEYS)
     hidden = s["hidden"]
-    if not isinstance(hidden, list):
-        raise SngradError(f"spec key 'hidden' must be a list of layer widths, got {hidden!r}")
-    hidden = tuple(_int(f"hidden[{i}]", h, low=1) for i, h in enumerate(hidden))
-    alpha = s["alpha"]
-    if alpha is not None:
-        alpha = _float("alpha", alpha, positive=True)
+    if not isinstance(hidden, list) or not hidden:
+        raise SngradError(f"spec key 'hidden' must be a non-empty list of layer widths, got "
+                          f"{hidden!r}")
     if s["backend"] not in BACKENDS:
         raise choice_error("backend", s["backend"], BACKENDS)
+    if s["schedule"] not in SCHEDULES:
+        raise choice_error("schedule", s["schedule"], SCHEDULES)
     return TrainSpec(
-        hidden=hidden,
-        epochs=_int("epochs", s["epochs"], low=1),
+        hidden=tuple(_int(f"hidden[{i}]", h, low=1) for i, h in enumerate(hidden)),
         init_seed=_int("init_seed", s["init_seed"], low=0, high=MAX_SEED),
+        epochs=_int("epochs", s["epochs"], low=1),
         seeds=_seeds("seeds", s["seeds"]),
-        alpha=alpha,
         backend=s["backend"],
+        schedule=s["schedule"],
         checkpoint_every=_int("checkpoint_every", s["checkpoint_every"], low=0),
         diverge_loss=_float("diverge_loss", s["diverge_loss"], positive=True),
-        tune=_tune(raw.get("tune", {})),
+        snapshot_every=_int("snapshot_every", s["snapshot_every"], low=1),
+        tune=_tune(s["tune"]),
     )
 
 
-def _read_json_arg(text: str, what: str) -> Any:
-    """JSON from a string, or from a file when the text is ``@path``."""
+def read_json_arg(text: str, what: str) -> Any:
+    """JSON from a command-line string, or from a file when the text is ``@path``.
+
+    Errors are one line naming ``what``, the source (command line or file) and the problem.
+    """
     source = "the command line"
     if text.startswith("@"):
         path = Path(text[1:])
@@ -192,7 +210,7 @@ def _read_json_arg(text: str, what: str) -> Any:
 
 def parse_spec(text: str | dict) -> TrainSpec:
     """A spec from a JSON string, ``@file``, or an already decoded dict."""
-    raw = text if isinstance(text, dict) else _read_json_arg(text, "training spec")
+    raw = text if isinstance(text, dict) else read_json_arg(text, "training spec")
     return spec_from_dict(raw)
 
 
@@ -201,7 +219,7 @@ def parse_spec(text: str | dict) -> TrainSpec:
 
 @dataclass(frozen=True)
 class Hparams:
-    """The chosen setting of a tuning run; all_diverged means there is none."""
+    """The chosen setting of a tuning run (raw units); all_diverged means there is none."""
 
     learning_rate: float | None
     momentum: float | None
@@ -209,8 +227,8 @@ class Hparams:
     all_diverged: bool
 
 
-def load_hparams(path: str | Path, optimizer: str, batch_size: int) -> Hparams:
-    """Read best.json written by ``tune`` and check it belongs to this optimizer / batch size."""
+def load_hparams(path: str | Path, run: str, batch_size: int) -> Hparams:
+    """Read best.json written by ``tune`` and check it belongs to this run / batch size."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -220,13 +238,12 @@ def load_hparams(path: str | Path, optimizer: str, batch_size: int) -> Hparams:
         raise SngradError(f"hparams file {path} is not valid JSON: {err}") from None
     if not isinstance(raw, dict):
         raise SngradError(f"hparams file {path} must hold a JSON object")
-    for key, expected in (("optimizer", optimizer), ("batch_size", batch_size)):
+    for key, expected in (("run", run), ("batch_size", batch_size)):
         if raw.get(key) != expected:
             raise SngradError(
                 f"hparams file {path} has {key}={raw.get(key)!r}; this run needs {expected!r}"
             )
-    all_diverged = bool(raw.get("all_diverged", False))
-    if all_diverged:
+    if bool(raw.get("all_diverged", False)):
         return Hparams(None, None, None, True)
     lr = _float(f"{path}: learning_rate", raw.get("learning_rate"), positive=True)
     momentum = raw.get("momentum")

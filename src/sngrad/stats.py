@@ -23,15 +23,29 @@ with ``mean`` and ``var`` shaped like ``params``. Three backends compute the sam
     examples inside a ``lax.scan``; the chunk moments are merged with the parallel update of
     Chan, Golub and LeVeque (1979). Memory O(c * P).
 
+Control variates. Given a second parameter set ``snap`` (an SVRG snapshot) and ``h_j`` example
+j's gradient there, on the same batch, ``gradient_stats(..., snapshot=snap)`` returns
+:class:`CVStats`: the moments above at both parameter sets and the population covariance
+
+    cov = (1/B) sum_j (g_j - mean)(h_j - snap_mean)          (elementwise)
+
+from the cores ``dense_cv_stats`` (``sum_j g_j h_j = (A * A_snap)^T (D * D_snap)`` for a dense
+layer, elementwise products of the two passes' layer inputs and cotangents), ``vmap_cv_stats``
+and ``chunked_cv_stats`` (co-moments merged like the second moments). Every backend returns
+``var, snap_var >= 0`` and ``|cov| <= sqrt(var * snap_var)`` (Cauchy-Schwarz, which rounding
+alone could break), so that ``cov / snap_var`` is a correlation-bounded coefficient.
+
 ``gradient_stats`` and ``loss_and_grad`` are the checked entry points: they validate their
 arguments (raising :class:`SngradError`) and then call a jitted core. The cores
-``dense_stats``, ``vmap_stats``, ``chunked_stats`` and ``loss_and_grad_core`` do no checks
+``dense_stats``, ``vmap_stats``, ``chunked_stats``, their ``*_cv_stats`` counterparts and
+``loss_and_grad_core`` do no checks
 and can be called inside a caller's own ``jit`` / ``scan`` / ``vmap``.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +105,38 @@ def _forward_with_taps(params: Params, x: jax.Array, y: jax.Array, taps):
     return jnp.sum(cross_entropy(a, y)), inputs
 
 
+def _dense_pass(params: Params, x: jax.Array, y: jax.Array):
+    """``(mean loss, layer inputs A_l, scaled cotangents D_l / B)`` from one forward and one
+    backward pass (see :func:`dense_stats` for the math)."""
+    batch = x.shape[0]
+    taps = [jnp.zeros((batch, w.shape[1]), x.dtype) for w, _ in params]
+    total, backward, inputs = jax.vjp(
+        lambda t: _forward_with_taps(params, x, y, t), taps, has_aux=True
+    )
+    # Seeding the backward pass with 1/B (the cotangent of the mean loss, as plain SGD does)
+    # yields D / B, so that A^T (D / B) is already the mean and needs no extra pass.
+    inv_b = 1.0 / batch
+    (scaled,) = backward(jnp.full_like(total, inv_b))
+    return total * inv_b, inputs, scaled
+
+
+def _dense_layer_moments(a: jax.Array, s: jax.Array):
+    """Mean and population variance of one layer's (W, b) gradients from A and D / B."""
+    batch = a.shape[0]
+    # Contracting the batch axes directly lets XLA pick a GEMM with a transposed
+    # operand instead of materialising A^T.
+    mean_w = lax.dot_general(a, s, _BATCH_CONTRACT)
+    # E[g^2] = (1/B) sum_j a_j^2 d_j^2 = sum_j a_j^2 (s_j * B s_j).
+    sq_w = lax.dot_general(jnp.square(a), s * (batch * s), _BATCH_CONTRACT)
+    var_w = jnp.maximum(sq_w - mean_w * mean_w, 0.0)
+    if batch == 1:
+        # a^2 d^2 and (a d)^2 round differently; one example has exactly no spread.
+        var_w = jnp.zeros_like(var_w)
+    mean_b = jnp.sum(s, axis=0)
+    var_b = jnp.mean(jnp.square(batch * s - mean_b), axis=0)
+    return (mean_w, mean_b), (var_w, var_b)
+
+
 @jax.jit
 def dense_stats(params: Params, x: jax.Array, y: jax.Array):
     """``(loss, mean, var)`` for an MLP from one forward and one backward pass.
@@ -120,31 +166,76 @@ def dense_stats(params: Params, x: jax.Array, y: jax.Array):
     two-pass formula would need per-example outer products, which is what this backend
     avoids; the ``vmap`` and ``chunked`` backends are two-pass and do not cancel.
     """
+    loss, inputs, scaled = _dense_pass(params, x, y)
+    pairs = [_dense_layer_moments(a, s) for a, s in zip(inputs, scaled, strict=True)]
+    return loss, [m for m, _ in pairs], [v for _, v in pairs]
+
+
+class CVStats(NamedTuple):
+    """Per-example gradient moments at ``params`` and at a snapshot, on the same batch.
+
+    ``loss`` is the mean loss at ``params``; every other field is shaped like ``params``:
+    ``mean``, ``var`` (at ``params``), ``snap_mean``, ``snap_var`` (at the snapshot) and
+    ``cov``, the population covariance of the two per-example gradients, coordinate by
+    coordinate. All variances and covariances divide by B.
+    """
+
+    loss: Any
+    mean: Any
+    var: Any
+    snap_mean: Any
+    snap_var: Any
+    cov: Any
+
+
+def _bounded_covariance(cov: jax.Array, var: jax.Array, snap_var: jax.Array) -> jax.Array:
+    """``cov`` clipped to ``[-c, c]``, c = sqrt(var snap_var), the Cauchy-Schwarz bound.
+
+    Only rounding can leave the bound (the dense backend subtracts two products of the size
+    of ``E[g h]``). ``sqrt(var) * sqrt(snap_var)`` cannot overflow or underflow where
+    ``sqrt(var * snap_var)`` would, but it may round a little low; ``min(var, snap_var)`` is
+    never above the true bound and keeps ``cov == var`` intact when the snapshot is the
+    current point (the two passes are then the same computation).
+    """
+    bound = jnp.maximum(jnp.sqrt(var) * jnp.sqrt(snap_var), jnp.minimum(var, snap_var))
+    return jnp.clip(cov, -bound, bound)
+
+
+@jax.jit
+def dense_cv_stats(params: Params, snap: Params, x: jax.Array, y: jax.Array) -> CVStats:
+    """:class:`CVStats` for an MLP from one forward and one backward pass at each parameter set.
+
+    Math. With ``A, D`` the layer input and output cotangents at ``params`` and ``A0, D0``
+    those at ``snap`` (same batch), example j's weight gradients are ``g_j = a_j d_j^T`` and
+    ``h_j = a0_j d0_j^T``, so elementwise ``g_j h_j = (a_j a0_j)(d_j d0_j)^T`` and
+
+        E[g h]_W = ((A * A0)^T (D * D0)) / B,      cov_W = E[g h]_W - mean_W snap_mean_W,
+        cov_b = mean_j (D[j] - mean_b)(D0[j] - snap_mean_b)      (two-pass, biases).
+
+    Cost: twice the passes of :func:`dense_stats` and one more GEMM per layer; no (B, P)
+    array. ``cov_W`` cancels like ``var_W`` (error about ``c(B) u sqrt(E[g^2] E[h^2])``, see
+    :func:`dense_stats`); the result is clipped to the Cauchy-Schwarz bound, and B = 1
+    gives exactly 0 as for the variance.
+    """
     batch = x.shape[0]
-    taps = [jnp.zeros((batch, w.shape[1]), x.dtype) for w, _ in params]
-    total, backward, inputs = jax.vjp(
-        lambda t: _forward_with_taps(params, x, y, t), taps, has_aux=True
-    )
-    # Seeding the backward pass with 1/B (the cotangent of the mean loss, as plain SGD does)
-    # yields D / B, so that A^T (D / B) is already the mean and needs no extra pass.
-    inv_b = 1.0 / batch
-    (scaled,) = backward(jnp.full_like(total, inv_b))
-    mean, var = [], []
-    for a, s in zip(inputs, scaled, strict=True):
-        # Contracting the batch axes directly lets XLA pick a GEMM with a transposed
-        # operand instead of materialising A^T.
-        mean_w = lax.dot_general(a, s, _BATCH_CONTRACT)
-        # E[g^2] = (1/B) sum_j a_j^2 d_j^2 = sum_j a_j^2 (s_j * B s_j).
-        sq_w = lax.dot_general(jnp.square(a), s * (batch * s), _BATCH_CONTRACT)
-        var_w = jnp.maximum(sq_w - mean_w * mean_w, 0.0)
+    loss, inputs, scaled = _dense_pass(params, x, y)
+    _, snap_inputs, snap_scaled = _dense_pass(snap, x, y)
+    mean, var, snap_mean, snap_var, cov = [], [], [], [], []
+    for a, s, a0, s0 in zip(inputs, scaled, snap_inputs, snap_scaled, strict=True):
+        (m_w, m_b), (v_w, v_b) = _dense_layer_moments(a, s)
+        (m0_w, m0_b), (v0_w, v0_b) = _dense_layer_moments(a0, s0)
+        # E[g h] = (1/B) sum_j (a_j a0_j)(d_j d0_j) = sum_j (a_j a0_j)(s_j * B s0_j).
+        cross_w = lax.dot_general(a * a0, s * (batch * s0), _BATCH_CONTRACT)
+        c_w = cross_w - m_w * m0_w
         if batch == 1:
-            # a^2 d^2 and (a d)^2 round differently; one example has exactly no spread.
-            var_w = jnp.zeros_like(var_w)
-        mean_b = jnp.sum(s, axis=0)
-        var_b = jnp.mean(jnp.square(batch * s - mean_b), axis=0)
-        mean.append((mean_w, mean_b))
-        var.append((var_w, var_b))
-    return total * inv_b, mean, var
+            c_w = jnp.zeros_like(c_w)  # as for var_w: one example has no spread
+        c_b = jnp.mean((batch * s - m_b) * (batch * s0 - m0_b), axis=0)
+        mean.append((m_w, m_b))
+        var.append((v_w, v_b))
+        snap_mean.append((m0_w, m0_b))
+        snap_var.append((v0_w, v0_b))
+        cov.append((_bounded_covariance(c_w, v_w, v0_w), _bounded_covariance(c_b, v_b, v0_b)))
+    return CVStats(loss, mean, var, snap_mean, snap_var, cov)
 
 
 # ----------------------------------------------------------------------------- vmap
@@ -185,6 +276,47 @@ def vmap_stats(params: Params, x: jax.Array, y: jax.Array):
     mean, m2 = _two_pass_moments(grads)
     var = jax.tree.map(lambda s: s / x.shape[0], m2)
     return jnp.mean(losses), mean, var
+
+
+def _two_pass_co_moments(grads, snap_grads):
+    """Per leaf: means, sums of squared deviations and the sum of cross deviations over axis
+    0 of two stacks of per-example gradients (GEMVs with a vector of ones, as above)."""
+
+    def moments(g, h):
+        n = g.shape[0]
+        fg, fh = g.reshape(n, -1), h.reshape(n, -1)
+        ones = jnp.ones((n,), g.dtype)
+        mg, mh = (ones @ fg) * (1.0 / n), (ones @ fh) * (1.0 / n)
+        dg, dh = fg - mg, fh - mh
+        shape = g.shape[1:]
+        return tuple(
+            t.reshape(shape) for t in (mg, ones @ (dg * dg), mh, ones @ (dh * dh), ones @ (dg * dh))
+        )
+
+    leaves = [moments(g, h) for g, h in zip(jax.tree.leaves(grads), jax.tree.leaves(snap_grads),
+                                            strict=True)]
+    treedef = jax.tree.structure(grads)
+    return tuple(jax.tree.unflatten(treedef, [m[i] for m in leaves]) for i in range(5))
+
+
+def _cv_from_sums(loss, batch, mean, m2, snap_mean, snap_m2, c2) -> CVStats:
+    """Divide the sums of (cross) deviations by B and bound the covariance."""
+    var = jax.tree.map(lambda q: q / batch, m2)
+    snap_var = jax.tree.map(lambda q: q / batch, snap_m2)
+    cov = jax.tree.map(lambda c, v, v0: _bounded_covariance(c / batch, v, v0), c2, var, snap_var)
+    return CVStats(loss, mean, var, snap_mean, snap_var, cov)
+
+
+@jax.jit
+def vmap_cv_stats(params: Params, snap: Params, x: jax.Array, y: jax.Array) -> CVStats:
+    """:class:`CVStats` from all B per-example gradients at both parameter sets, two-pass.
+
+    The reference for :func:`dense_cv_stats`: holds 2 B copies of the parameters.
+    """
+    losses, grads = _per_example_value_and_grad(params, x, y)
+    _, snap_grads = _per_example_value_and_grad(snap, x, y)
+    sums = _two_pass_co_moments(grads, snap_grads)
+    return _cv_from_sums(jnp.mean(losses), x.shape[0], *sums)
 
 
 # ----------------------------------------------------------------------------- chunked
@@ -244,6 +376,65 @@ def chunked_stats(params: Params, x: jax.Array, y: jax.Array, chunk_size: int = 
     return loss_sum / batch, mean, var
 
 
+def _chan_merge_cv(left, right):
+    """Merge ``(n, loss_sum, mean, m2, snap_mean, snap_m2, c2)`` of two disjoint groups.
+
+    Means and m2 merge as in :func:`_chan_merge`; the sum of cross deviations ``c2 =
+    sum_j (g_j - mean)(h_j - snap_mean)`` merges the same way with the product of the two
+    deltas: ``c2 = c2_L + c2_R + delta_g delta_h n_L n_R / n``.
+    """
+    n_l, loss_l, mean_l, m2_l, smean_l, sm2_l, c2_l = left
+    n_r, loss_r, mean_r, m2_r, smean_r, sm2_r, c2_r = right
+    n = n_l + n_r
+    w_r = n_r / n
+    w_cross = n_l * n_r / n
+
+    delta = jax.tree.map(jnp.subtract, mean_r, mean_l)
+    sdelta = jax.tree.map(jnp.subtract, smean_r, smean_l)
+    mean = jax.tree.map(lambda m, d: m + d * w_r, mean_l, delta)
+    smean = jax.tree.map(lambda m, d: m + d * w_r, smean_l, sdelta)
+    m2 = jax.tree.map(lambda a, b, d: a + b + jnp.square(d) * w_cross, m2_l, m2_r, delta)
+    sm2 = jax.tree.map(lambda a, b, d: a + b + jnp.square(d) * w_cross, sm2_l, sm2_r, sdelta)
+    c2 = jax.tree.map(lambda a, b, d, e: a + b + d * e * w_cross, c2_l, c2_r, delta, sdelta)
+    return n, loss_l + loss_r, mean, m2, smean, sm2, c2
+
+
+def _chunk_co_moments(params: Params, snap: Params, xc: jax.Array, yc: jax.Array):
+    losses, grads = _per_example_value_and_grad(params, xc, yc)
+    _, snap_grads = _per_example_value_and_grad(snap, xc, yc)
+    sums = _two_pass_co_moments(grads, snap_grads)
+    return jnp.asarray(xc.shape[0], jnp.float32), jnp.sum(losses), *sums
+
+
+@functools.partial(jax.jit, static_argnames="chunk_size")
+def chunked_cv_stats(
+    params: Params, snap: Params, x: jax.Array, y: jax.Array, chunk_size: int = 32
+) -> CVStats:
+    """:class:`CVStats` from per-example gradients of ``chunk_size`` examples at a time.
+
+    Same scan and last partial chunk as :func:`chunked_stats`, with the co-moments of the two
+    parameter sets merged in the same parallel update; memory O(c * P).
+    """
+    batch = x.shape[0]
+    c = min(chunk_size, batch)
+    n_full = batch // c
+    rest = batch - n_full * c
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    state = (jnp.float32(0.0), jnp.float32(0.0), zeros, zeros, zeros, zeros, zeros)
+
+    def step(carry, chunk):
+        return _chan_merge_cv(carry, _chunk_co_moments(params, snap, *chunk)), None
+
+    xs = x[: n_full * c].reshape(n_full, c, *x.shape[1:])
+    ys = y[: n_full * c].reshape(n_full, c)
+    state, _ = lax.scan(step, state, (xs, ys))
+    if rest:
+        tail = _chunk_co_moments(params, snap, x[n_full * c :], y[n_full * c :])
+        state = _chan_merge_cv(state, tail)
+    _, loss_sum, *sums = state
+    return _cv_from_sums(loss_sum / batch, batch, *sums)
+
+
 # ----------------------------------------------------------------------------- checked API
 
 
@@ -293,16 +484,42 @@ def loss_and_grad(params: Params, x: jax.Array, y: jax.Array):
     return loss_and_grad_core(params, x, y)
 
 
+def _validate_snapshot(params: Params, snapshot) -> None:
+    """The snapshot must be a parameter set of the same network: same pytree, same shapes."""
+    if jax.tree.structure(snapshot) != jax.tree.structure(params):
+        raise SngradError(
+            f"snapshot has pytree structure {jax.tree.structure(snapshot)}; allowed: the "
+            f"structure of params, {jax.tree.structure(params)}"
+        )
+    for i, (p, q) in enumerate(zip(jax.tree.leaves(params), jax.tree.leaves(snapshot),
+                                   strict=True)):
+        if jnp.shape(p) != jnp.shape(q):
+            raise SngradError(
+                f"snapshot leaf {i} has shape {jnp.shape(q)}; allowed: {jnp.shape(p)} as in params"
+            )
+
+
 def gradient_stats(
-    params: Params, x: jax.Array, y: jax.Array, backend: str = "dense", chunk_size: int = 32
+    params: Params,
+    x: jax.Array,
+    y: jax.Array,
+    backend: str = "dense",
+    chunk_size: int = 32,
+    snapshot: Params | None = None,
 ):
     """``(loss, mean, var)``: mean loss, and the mean and population variance (divide by B)
     of the per-example gradients, each shaped like ``params``.
 
+    With ``snapshot`` (a parameter set of the same network, e.g. SVRG's snapshot) the result
+    is :class:`CVStats` ``(loss, mean, var, snap_mean, snap_var, cov)``: the same moments at
+    the snapshot on the same batch, and the per-coordinate population covariance of the two
+    per-example gradients.
+
     ``backend`` is one of :data:`BACKENDS`; ``chunk_size`` (an integer >= 1) only affects
     ``chunked``. Raises :class:`SngradError` for an unknown backend, a bad chunk size, x and
-    y of different lengths, a feature width that does not match the first layer, or labels
-    outside ``[0, num_classes)`` (checked when ``y`` is a concrete array).
+    y of different lengths, a feature width that does not match the first layer, labels
+    outside ``[0, num_classes)`` (checked when ``y`` is a concrete array), or a snapshot whose
+    structure or shapes differ from ``params``.
     """
     if backend not in BACKENDS:
         raise choice_error("backend", backend, BACKENDS)
@@ -311,6 +528,13 @@ def gradient_stats(
     if chunk_size < 1:
         raise SngradError(f"chunk_size must be an integer >= 1, got {chunk_size}")
     _validate(params, x, y)
+    if snapshot is not None:
+        _validate_snapshot(params, snapshot)
+        if backend == "dense":
+            return dense_cv_stats(params, snapshot, x, y)
+        if backend == "vmap":
+            return vmap_cv_stats(params, snapshot, x, y)
+        return chunked_cv_stats(params, snapshot, x, y, chunk_size=int(chunk_size))
     if backend == "dense":
         return dense_stats(params, x, y)
     if backend == "vmap":

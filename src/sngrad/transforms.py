@@ -11,12 +11,17 @@ elementwise factor ``f`` in [0, 1] that shrinks coordinates whose gradient is no
 Because ``0 <= f <= 1``, ``|mu f| <= |mu|``: the transforms only ever shorten a coordinate of
 the gradient, never flip or lengthen it. They are meant to sit first in an ``optax.chain``, in
 front of whatever optimizer consumes the (adjusted) gradient.
+
+The second idea removes noise instead of shrinking it: ``control_variate`` subtracts a
+multiple of the batch mean's deviation at an SVRG snapshot, ``mu - lambda (nu - G_snap)``
+(see its docstring), with the per-coordinate optimal ``lambda = cov / snap_var`` from the
+same statistics (``sngrad.stats.CVStats``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -159,5 +164,183 @@ def noise_informed(variant: str, alpha: float) -> optax.GradientTransformationEx
             lambda mu, var: mu * scale_factor(variant, mu, var, alpha), updates, grad_var
         )
         return scaled, state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ----------------------------------------------------------------------------- control variates
+
+COEFFICIENTS = ("optimal", "optimal-lagged")
+
+# The coefficient range of "optimal" and "optimal-lagged". The corrected variance
+# Var g + lam^2 Var h - 2 lam Cov(g, h) is a parabola in lam that is at most Var g on
+# [0, 2 lam*] and smallest at lam*. Near the snapshot, where the correction is meant to work,
+# g and h are nearly the same and lam* is close to 1, so any lam in [0, 2] does no harm there
+# and the window is centred on SVRG's 1: clipping at 1 instead would bias the estimate
+# downwards wherever batch noise pushes it above 1. A negative estimate (snapshot gradients
+# that anti-correlate with the current ones) is taken for noise and becomes 0, the raw
+# gradient. The bounds also limit what a badly estimated lambda can do where snap_var is
+# tiny: the correction is never more than twice SVRG's.
+LAMBDA_RANGE = (0.0, 2.0)
+
+# "optimal-lagged" on its first step has no previous batch. Right after a snapshot the
+# parameters are the snapshot, g_j = h_j and lam* = 1 wherever there is noise, and lam = 1
+# turns the batch mean into the exact full-data gradient G_snap; so the first step uses 1.
+LAGGED_FIRST_LAMBDA = 1.0
+
+
+class ControlVariateState(NamedTuple):
+    """State of :func:`control_variate`, pytrees shaped like the parameters.
+
+    lam: the coefficient the last update applied (initially what the first update of
+      "optimal-lagged" applies, or the constant); what a training loop records.
+    lam_estimate: ``optimal_coefficient(cov, snap_var)`` of the last update's batch, clipped
+      to LAMBDA_RANGE: the coefficient "optimal-lagged" applies next.
+    """
+
+    lam: Any
+    lam_estimate: Any
+
+
+def optimal_coefficient(cov, snap_var, lower: float = LAMBDA_RANGE[0],
+                        upper: float = LAMBDA_RANGE[1]) -> jax.Array:
+    """``lam* = cov / snap_var`` per coordinate, clipped to ``[lower, upper]``.
+
+    Where ``snap_var <= 0`` (no spread of the snapshot gradients in the batch, so no
+    information on how they co-vary) the coefficient is 0: the raw gradient is kept. The
+    division is guarded (double where), so its value and derivatives are finite; a finite
+    ratio that overflows becomes +-inf and is clipped, so with finite bounds the result is
+    finite for every finite input. ``lower = -inf, upper = inf`` gives the unclipped ratio
+    (the theory simulations use it).
+    """
+    cov, snap_var = jnp.asarray(cov), jnp.asarray(snap_var)
+    positive = snap_var > 0
+    ratio = jnp.where(positive, cov, 0.0) / jnp.where(positive, snap_var, 1.0)
+    return jnp.clip(ratio, lower, upper)
+
+
+def corrected_variance(var, snap_var, cov, lam) -> jax.Array:
+    """Per-example variance of ``g - lam h`` (elementwise): ``var + lam^2 snap_var - 2 lam cov``.
+
+    Divided by B it is the variance of the corrected batch mean, so its ratio to ``var`` is
+    the variance reduction a coefficient achieves (1 - rho^2 at lam*). Clamped at 0 against
+    round-off.
+    """
+    return jnp.maximum(var + lam * (lam * snap_var - 2.0 * cov), 0.0)
+
+
+def _check_coefficient(coefficient: Any) -> str | float:
+    if isinstance(coefficient, str):
+        if coefficient not in COEFFICIENTS:
+            raise SngradError(
+                f"unknown control-variate coefficient {coefficient!r}; allowed: "
+                f"{', '.join(COEFFICIENTS)} or a finite number (1.0 is SVRG, 0.0 no correction)"
+            )
+        return coefficient
+    if isinstance(coefficient, bool):
+        raise SngradError(f"control-variate coefficient must be a number, got {coefficient!r}")
+    try:
+        value = float(coefficient)
+    except (TypeError, ValueError):
+        raise SngradError(
+            f"control-variate coefficient must be {' or '.join(repr(c) for c in COEFFICIENTS)} "
+            f"or a finite number, got {coefficient!r}"
+        ) from None
+    if not math.isfinite(value):
+        raise SngradError(f"control-variate coefficient must be finite, got {value}")
+    return value
+
+
+def _check_tree(name: str, tree, updates) -> None:
+    if tree is None:
+        raise SngradError(
+            f"control_variate needs {name}: call update(grad, state, params, snap_mean=..., "
+            "snap_var=..., cov=..., anchor=...)"
+        )
+    if jax.tree.structure(tree) != jax.tree.structure(updates):
+        raise SngradError(
+            f"{name} must have the same pytree structure as the gradient; got "
+            f"{jax.tree.structure(tree)} for {jax.tree.structure(updates)}"
+        )
+
+
+def _apply_correction(mean, lam, snap_mean, anchor):
+    """``mean - lam (snap_mean - anchor)``, saturated to the finite range of the dtype.
+
+    The exact value leaves the float range only when the inputs are within a few times of
+    the largest float, where no gradient means anything; saturating keeps the optimizer state
+    downstream free of inf and NaN. ``lam = 0`` contributes exactly nothing, even where
+    ``snap_mean - anchor`` overflows (0 * inf would be NaN).
+    """
+    correction = jnp.where(lam == 0, 0.0, lam * (snap_mean - anchor))
+    out = mean - correction
+    big = jnp.finfo(out.dtype).max
+    return jnp.clip(out, -big, big)
+
+
+def control_variate(coefficient: str | float = "optimal") -> optax.GradientTransformationExtraArgs:
+    """Control-variate (SVRG-style) correction of the batch mean gradient.
+
+    With ``g_j`` example j's gradient at the current parameters, ``h_j`` at a snapshot, ``mu``
+    and ``nu`` their batch means and ``G_snap`` the full-data gradient at the snapshot
+    (``anchor``), the estimate
+
+        mu - lam (nu - G_snap)
+
+    has the mean of ``mu`` for any lam fixed before the batch is drawn, and the per-example
+    variance ``Var g + lam^2 Var h - 2 lam Cov(g, h)``, smallest at ``lam* = Cov / Var h``
+    where it is ``(1 - rho^2) Var g``. ``coefficient`` picks lam per coordinate:
+
+    - ``"optimal"``: ``optimal_coefficient(cov, snap_var)`` from this batch, clipped to
+      :data:`LAMBDA_RANGE` (0 where ``snap_var`` is 0). It depends on the batch, so the
+      estimate is biased by O(1/B).
+    - ``"optimal-lagged"``: the previous update's clipped estimate, independent of this batch,
+      so the estimate stays unbiased given the past; :data:`LAGGED_FIRST_LAMBDA` on the first
+      update.
+    - a number: that lam everywhere; 1.0 is SVRG, 0.0 returns ``mu`` unchanged.
+
+    Put it first in a chain, in front of any optax optimizer::
+
+        opt = optax.chain(control_variate("optimal"), optax.sgd(0.1))
+        s = gradient_stats(params, x, y, snapshot=snap)
+        updates, state = opt.update(s.mean, state, params, snap_mean=s.snap_mean,
+                                    snap_var=s.snap_var, cov=s.cov, anchor=full_grad_at_snap)
+
+    ``snap_mean`` and ``anchor`` are always required; ``snap_var`` and ``cov`` for the optimal
+    coefficients (with a number they only update ``lam_estimate``, the diagnostic). Every
+    finite input gives a finite output (see ``_apply_correction``).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is
+      :class:`ControlVariateState`.
+    """
+    rule = _check_coefficient(coefficient)
+
+    def init_fn(params):
+        first = jax.tree.map(lambda p: jnp.full_like(p, LAGGED_FIRST_LAMBDA), params)
+        if isinstance(rule, float):
+            return ControlVariateState(jax.tree.map(lambda p: jnp.full_like(p, rule), params),
+                                       first)
+        return ControlVariateState(first, first)
+
+    def update_fn(updates, state, params=None, *, snap_mean=None, snap_var=None, cov=None,
+                  anchor=None, **extra_args):
+        del params, extra_args
+        _check_tree("snap_mean", snap_mean, updates)
+        _check_tree("anchor", anchor, updates)
+        if isinstance(rule, str) or snap_var is not None or cov is not None:
+            _check_tree("snap_var", snap_var, updates)
+            _check_tree("cov", cov, updates)
+            estimate = jax.tree.map(optimal_coefficient, cov, snap_var)
+        else:
+            estimate = state.lam_estimate
+        if rule == "optimal":
+            lam = estimate
+        elif rule == "optimal-lagged":
+            lam = state.lam_estimate
+        else:
+            lam = jax.tree.map(lambda u: jnp.full_like(u, rule), updates)
+        corrected = jax.tree.map(_apply_correction, updates, lam, snap_mean, anchor)
+        return corrected, ControlVariateState(lam, estimate)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

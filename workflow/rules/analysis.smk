@@ -1,142 +1,99 @@
-# Analysis notebooks (jupytext percent-format analysis/*.py), converted to .ipynb and executed
-# by papermill; the executed notebook is kept next to the tables it wrote.
-
-
-rule notebook:
-    input:
-        "analysis/{notebook}.py",
-    output:
-        "results/notebooks/{notebook}.ipynb",
-    conda:
-        CONDA_ENV
-    log:
-        "logs/notebook/{notebook}.log",
-    threads: 1
-    resources:
-        mem_mb=500,
-    shell:
-        python(
-            "-m jupytext --to ipynb --output {output} {input} > {log} 2>&1",
-            limit_threads=False,
-        )
+# The analysis notebooks (analysis/<name>.py, jupytext percent format), executed by papermill
+# with the parameters of notebook_parameters(); each writes the tables of
+# sngrad.layout.NOTEBOOK_TABLES and the figures of the manifest (sngrad.layout.FIGURES), and its
+# executed copy is kept under results/<profile>/notebooks/.
 
 
 rule summary:
-    """Per-dataset aggregate: depends only on that dataset's runs (single-dataset target)."""
+    """One dataset's aggregate: needs only that dataset's runs (a single-dataset target)."""
     input:
-        notebook="results/notebooks/summary.ipynb",
-        best=lambda wc: run_files(wc.dataset, "best.json"),
-        metrics=lambda wc: run_files(wc.dataset, "metrics.csv"),
+        source=notebook_source("summary"),
+        runs=lambda wc: run_files(wc.dataset, *TUNE_FILES, *TRAIN_FILES),
+        benchmark=L.benchmark(),
     output:
-        summary="results/{dataset}/summary.csv",
-        paired="results/{dataset}/paired.csv",
-        notebook="results/{dataset}/summary.ipynb",
+        *notebook_tables(L, "summary"),
+        notebook=L.notebook("summary_{dataset}"),
     params:
-        parameters=lambda wc: notebook_params(
-            dataset=wc.dataset,
-            results_dir="results",
-            optimizers=config["optimizers"],
-            batch_sizes=config["batch_sizes"],
-        ),
+        parameters=lambda wc: notebook_parameters([wc.dataset]),
     conda:
         CONDA_ENV
     log:
-        "logs/analysis/summary_{dataset}.log",
+        L.log("notebooks", "summary_{dataset}"),
     threads: threads_for("analysis")
     resources:
         mem_mb=mem_for("analysis"),
     shell:
-        PAPERMILL
+        NOTEBOOK
 
 
 rule performance:
-    """Learning curves, accuracy against batch size, learning-rate sensitivity."""
+    """The comparison of optimizers across datasets (learning curves, sensitivity, equal time)."""
     input:
-        notebook="results/notebooks/performance.ipynb",
-        summaries=all_datasets("results/{dataset}/summary.csv"),
-        metrics=[f for d in config["datasets"] for f in run_files(d, "metrics.csv")],
-        tuning=[f for d in config["datasets"] for f in run_files(d, "tuning.csv")],
+        source=notebook_source("performance"),
+        runs=[f for d in DATASETS for f in run_files(d, *TUNE_FILES, *TRAIN_FILES)],
+        summaries=[f for d in DATASETS for f in notebook_tables(L, "summary", d)],
+        benchmark=L.benchmark(),
     output:
-        notebook="results/analysis/performance.ipynb",
-        table="results/analysis/lr_sensitivity.csv",
-        curves="paper/figures/learning_curves.png",
-        batch="paper/figures/accuracy_vs_batch_size.png",
-        lr="paper/figures/lr_sensitivity.png",
+        *notebook_tables(L, "performance"),
+        *L.figures("performance"),
+        notebook=L.notebook("performance"),
     params:
-        parameters=notebook_params(
-            datasets=config["datasets"],
-            optimizers=config["optimizers"],
-            batch_sizes=config["batch_sizes"],
-            results_dir="results",
-            out_dir="results/analysis",
-            figures_dir="paper/figures",
-        ),
+        parameters=notebook_parameters(DATASETS),
     conda:
         CONDA_ENV
     log:
-        "logs/analysis/performance.log",
+        L.log("notebooks", "performance"),
     threads: threads_for("analysis")
     resources:
         mem_mb=mem_for("analysis"),
     shell:
-        PAPERMILL
+        NOTEBOOK
 
 
 rule gradient_noise:
-    """SNR per layer over training, noise scale against batch size, sngrad scale factors."""
+    """The noise study's tables and figures, every dataset."""
     input:
-        notebook="results/notebooks/gradient_noise.ipynb",
-        diagnostics=[f for d in config["datasets"] for f in run_files(d, "diagnostics.csv")],
+        source=notebook_source("gradient_noise"),
+        noise=[L.noise(d) for d in DATASETS],
     output:
-        notebook="results/analysis/gradient_noise.ipynb",
-        table="results/analysis/gradient_noise.csv",
-        snr="paper/figures/gradient_snr.png",
-        noise="paper/figures/noise_scale.png",
-        factors="paper/figures/sngrad_factors.png",
+        *notebook_tables(L, "gradient_noise"),
+        *L.figures("gradient_noise"),
+        notebook=L.notebook("gradient_noise"),
     params:
-        parameters=notebook_params(
-            datasets=config["datasets"],
-            optimizers=config["optimizers"],
-            batch_sizes=config["batch_sizes"],
-            results_dir="results",
-            out_dir="results/analysis",
-            figures_dir="paper/figures",
-        ),
+        parameters=notebook_parameters(DATASETS),
     conda:
         CONDA_ENV
     log:
-        "logs/analysis/gradient_noise.log",
+        L.log("notebooks", "gradient_noise"),
     threads: threads_for("analysis")
     resources:
         mem_mb=mem_for("analysis"),
     shell:
-        PAPERMILL
+        NOTEBOOK
 
 
-rule alpha_sensitivity:
-    """Validation and test accuracy of each sngrad variant against alpha."""
+rule theory:
+    """Theory checks and figures (SGD as an SDE, stationary densities); no training data."""
     input:
-        notebook="results/notebooks/alpha_sensitivity.ipynb",
-        sweeps=[f for d in config["datasets"] for f in alpha_files(d)],
+        source=notebook_source("theory"),
     output:
-        notebook="results/analysis/alpha_sensitivity.ipynb",
-        table="results/analysis/alpha_sensitivity.csv",
-        figure="paper/figures/alpha_sensitivity.png",
+        *notebook_tables(L, "theory"),
+        *L.figures("theory"),
+        notebook=L.notebook("theory"),
     params:
-        parameters=notebook_params(
-            datasets=config["datasets"],
-            optimizers=config["alpha_sweep"]["optimizers"],
-            batch_size=config["alpha_sweep"]["batch_size"],
-            results_dir="results",
-            out_dir="results/analysis",
-            figures_dir="paper/figures",
+        parameters=notebook_parameters(
+            DATASETS,
+            out_dir=str(Path(L.theory("x")).parent),
+            figures_dir=L.figures_dir(),
+            scale=config["theory"]["scale"],
+            seed=config["theory"]["seed"],
         ),
     conda:
         CONDA_ENV
     log:
-        "logs/analysis/alpha_sensitivity.log",
-    threads: threads_for("analysis")
+        L.log("notebooks", "theory"),
+    threads: threads_for("theory")
     resources:
-        mem_mb=mem_for("analysis"),
+        mem_mb=mem_for("theory"),
     shell:
-        PAPERMILL
+        NOTEBOOK

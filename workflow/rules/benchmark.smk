@@ -1,26 +1,27 @@
-# Measured cost of a sngrad step against a plain SGD step (the report's overhead numbers).
+# Measured cost of each step against the same-process SGD step (benchmarks/step_time.py). The
+# job asks for every core Snakemake has, so no other job shares the machine while it times.
 
 
 rule benchmark:
     input:
         script="benchmarks/step_time.py",
     output:
-        csv="results/benchmark/step_time.csv",
+        L.benchmark(),
     params:
-        sizes=comma_list(config["benchmark"]["sizes"]),
-        batch_sizes=comma_list(config["benchmark"]["batch_sizes"]),
-        backends=comma_list(config["benchmark"]["backends"]),
+        networks=",".join("-".join(map(str, n)) for n in config["benchmark"]["networks"]),
+        batch_sizes=",".join(map(str, config["benchmark"]["batch_sizes"])),
         repeats=config["benchmark"]["repeats"],
+        threads=threads_for("benchmark"),
     conda:
         CONDA_ENV
     log:
-        "logs/benchmark/step_time.log",
-    threads: threads_for("benchmark")
+        L.log("benchmark", "step_time"),
+    threads: workflow.cores
     resources:
         mem_mb=mem_for("benchmark"),
     shell:
         python(
-            "{input.script} --sizes {params.sizes} "
-            "--batch-sizes {params.batch_sizes} --repeats {params.repeats} "
-            "--backends {params.backends} --out {output.csv} > {log} 2>&1"
+            "{input.script:q} --networks {params.networks} --batch-sizes {params.batch_sizes} "
+            "--repeats {params.repeats} --out {output:q} > {log} 2>&1",
+            threads="{params.threads}",
         )

@@ -1,19 +1,93 @@
-# Shared helpers of the rules: config validation, paths, the training spec, thread limits.
+# Shared pieces of the rules: the profile (read and checked before any job), the result layout
+# of sngrad.layout, thread limits, and the one command line of each kind of job.
 
 import json
+import re
 import shlex
 import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
 from snakemake.settings.types import DeploymentMethod
-from snakemake.utils import validate
+from snakemake.utils import update_config
+
+from sngrad import config as profiles
+from sngrad import runlock
+from sngrad.errors import SngradError
+from sngrad.io import write_json
+from sngrad.layout import (
+    NOTEBOOKS,
+    PUBLISHING_PROFILE,
+    REPORT_TEMPLATE,
+    TEMPLATES,
+    Layout,
+    notebook_source,
+    notebook_tables,
+)
+
+# ----------------------------------------------------------------------------- the profile
+# Snakemake merges config files. A profile named with --configfile must replace the default
+# instead (a merged dict would keep the default's datasets), so config/default.yaml is read
+# only when no config file was given, and read here rather than by the `configfile:`
+# directive so that a YAML error names its file and line.
 
 
-SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
-validate(config, schema=str(SCHEMA))
-KNOWN_DATASETS = yaml.safe_load(SCHEMA.read_text())["$defs"]["dataset"]["enum"]
+def _shown(path):
+    path = Path(path)
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
+
+def _load_profile():
+    files = [_shown(p) for p in workflow.overwrite_configfiles]
+    overrides = workflow.config_settings.config
+    if files:
+        loaded, source = dict(config), ", ".join(files)
+    else:
+        loaded, source = profiles.read_yaml(profiles.DEFAULT_PROFILE), profiles.DEFAULT_PROFILE
+        update_config(loaded, dict(overrides))
+    if overrides:
+        source += " (with --config)"
+    schema = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
+    profiles.check_profile(loaded, source, schema)
+    problem = profiles.reserved_name_problem(
+        loaded, source, profiles.read_yaml(profiles.DEFAULT_PROFILE)
+    )
+    if problem:
+        raise SngradError(problem)
+    return loaded
+
+
+try:
+    _profile = _load_profile()
+except SngradError as err:
+    # one line per problem, no traceback, before any job
+    print(*(f"sngrad: error: {line}" for line in str(err).splitlines()), sep="\n", file=sys.stderr)
+    sys.exit(2)
+config.clear()
+config.update(_profile)
+
+L = Layout(config["profile"])
+DATASETS = config["datasets"]
+RUNS = config["optimizers"]
+BATCH_SIZES = config["batch_sizes"]
+PUBLISHES = config["profile"] == PUBLISHING_PROFILE
+TRAINING_SPEC = profiles.training_spec(config)
+CONFIG_JSON = json.dumps(config, sort_keys=True)
+# the profile's result tree for the report and publish commands
+PROFILE_ARGS = f"--profile {shlex.quote(L.profile)} --results-root {shlex.quote(L.root)}"
+NOTEBOOKS_RUN = [n for n in NOTEBOOKS if n != "theory" or config["theory"]["enabled"]]
+
+
+wildcard_constraints:
+    # exactly the profile's names, so that results/<p>/{dataset}/... never captures
+    # results/<p>/analysis/... and a run name's `+` and `@` need no escaping by the user
+    dataset="|".join(map(re.escape, DATASETS)),
+    optimizer="|".join(map(re.escape, RUNS)),
+    batch_size="|".join(map(str, BATCH_SIZES)),
+
+
+# ----------------------------------------------------------------------------- commands
 # The interpreter running snakemake (the project's venv) runs every command, so that no job
 # picks up another python from PATH; with --software-deployment-method conda each rule's
 # environment (environment.yml, the same pins) provides `python` instead.
@@ -23,26 +97,22 @@ if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
 else:
     PYTHON = shlex.quote(sys.executable)
 
-# Each job gets `threads` cores and no more: XLA's CPU backend and the BLAS libraries otherwise
-# start one thread per machine core in every job, and `--cores N` would oversubscribe.
-# Compiled XLA programs are kept on disk and shared between jobs: compilation, not training,
-# is most of a small job's time, and programs recur (the same network initialisation at every
-# batch size, everything on a rerun). A cache entry is a pure function of the program, so a
-# stale one cannot change a result.
-THREAD_LIMITS = (
-    'export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false '
-    'intra_op_parallelism_threads={threads}" '
-    "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
-    "JAX_COMPILATION_CACHE_DIR=.cache/jax JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.2; "
-)
 
+def python(args, threads="{threads}"):
+    """A shell command running `python ARGS` on `threads` cores; Snakemake fills {placeholders}.
 
-wildcard_constraints:
-    # Only known names, so that results/{dataset}/... never captures results/analysis/...
-    dataset="|".join(KNOWN_DATASETS),
-    optimizer=r"[a-z]+(\+sngrad[123])?",
-    batch_size="[0-9]+",
-    notebook="[a-z0-9_]+",
+    Each job gets its threads and no more: XLA's CPU backend and the BLAS libraries otherwise
+    start one thread per machine core in every job, and `--cores N` would oversubscribe.
+    Compiled XLA programs are kept on disk and shared between jobs (a cache entry is a pure
+    function of the program, so a stale one cannot change a result).
+    """
+    limits = (
+        f'export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false '
+        f'intra_op_parallelism_threads={threads}" '
+        f"OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
+        "JAX_COMPILATION_CACHE_DIR=.cache/jax JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.2; "
+    )
+    return f"{limits}{PYTHON} {args}"
 
 
 def threads_for(stage):
@@ -53,110 +123,97 @@ def mem_for(stage):
     return config["resources"]["mem_mb"][stage]
 
 
-def training_spec():
-    """The JSON spec of docs/CONTRACTS.md, passed to tune/train/alpha-sweep as a param."""
-    spec = {
-        "hidden": config["model"]["hidden"],
-        "init_seed": config["model"]["init_seed"],
-        "tune": config["tune"],
-        **{key: config["train"][key] for key in config["train"]},
-    }
-    return json.dumps(spec, sort_keys=True)
+def run_file(name, dataset="{dataset}", run="{optimizer}", batch_size="{batch_size}"):
+    return L.run_file(name, dataset, run, batch_size)
 
 
-def run_file(name, dataset="{dataset}", optimizer="{optimizer}", batch_size="{batch_size}"):
-    return f"results/{dataset}/{optimizer}/bs{batch_size}/{name}"
+def run_files(dataset, *names):
+    """Files ``names`` of every (run, batch size) of one dataset."""
+    return [run_file(n, dataset, r, b) for r in RUNS for b in BATCH_SIZES for n in names]
 
 
-def runs(dataset):
-    """(optimizer, batch size) pairs of the main comparison on one dataset."""
-    return [(opt, bs) for opt in config["optimizers"] for bs in config["batch_sizes"]]
+TUNE_FILES = ("tuning.csv", "best.json", "tuning_provenance.json")
+TRAIN_FILES = ("metrics.csv", "diagnostics.csv", "provenance.json")
 
 
-def run_files(dataset, name):
-    return [run_file(name, dataset, opt, bs) for opt, bs in runs(dataset)]
-
-
-def alpha_files(dataset):
-    bs = config["alpha_sweep"]["batch_size"]
-    return [run_file("alpha_sweep.csv", dataset, opt, bs) for opt in config["alpha_sweep"]["optimizers"]]
-
-
-def all_datasets(pattern):
-    return [pattern.format(dataset=d) for d in config["datasets"]]
-
-
-def comma_list(values):
-    return ",".join(str(v) for v in values)
+def noise_tuned(dataset):
+    """RUN=best.json of every tuned sngrad-on-sgd run of the profile."""
+    bs = profiles.reference_batch_size(config)
+    return {run: run_file("best.json", dataset, run, bs) for run in profiles.noise_runs(config)}
 
 
 def report_inputs():
-    """Everything the report reads; rules are referenced, so report.smk comes last."""
+    """Everything the report reads (rules are referenced, so report.smk comes after them)."""
     inputs = {
-        "template": "paper/templates/report.md.j2",
+        "template": REPORT_TEMPLATE,
         "partials": sorted(
-            str(p) for p in Path("paper/templates").glob("*.md.j2") if p.name != "report.md.j2"
+            str(p) for p in Path(TEMPLATES).glob("*.md.j2") if str(p) != REPORT_TEMPLATE
         ),
-        "summaries": all_datasets("results/{dataset}/summary.csv"),
-        "paired": all_datasets("results/{dataset}/paired.csv"),
-        "data": all_datasets("results/data/{dataset}.json"),
-        # the report sums the wall times of every tuning and training job
-        "provenance": [
-            f
-            for d in config["datasets"]
-            for name in ["tuning_provenance.json", "provenance.json"]
-            for f in run_files(d, name)
-        ],
-        "performance": rules.performance.output,
-        "gradient_noise": rules.gradient_noise.output,
-        "benchmark": rules.benchmark.output.csv,
+        "data": [L.data_meta(d) for d in DATASETS],
+        "runs": [f for d in DATASETS for f in run_files(d, *TUNE_FILES, *TRAIN_FILES)],
+        "reference": [L.reference_dir(d) for d in DATASETS],
+        "noise": [L.noise(d) for d in DATASETS],
+        "summaries": [f for d in DATASETS for f in notebook_tables(L, "summary", d)],
+        "benchmark": L.benchmark(),
     }
-    if config["alpha_sweep"]["optimizers"]:
-        inputs["alpha"] = rules.alpha_sensitivity.output
-        inputs["sweep_provenance"] = [
-            f.replace("alpha_sweep.csv", "alpha_sweep_provenance.json")
-            for d in config["datasets"]
-            for f in alpha_files(d)
-        ]
-    if config["theory"]["enabled"]:
-        inputs["theory"] = theory_outputs()
+    for name in NOTEBOOKS_RUN:
+        inputs[name] = getattr(rules, name).output
     return inputs
 
 
-def notebook_params(**values):
-    """Papermill parameters as one YAML (JSON) string for `papermill -y`."""
+def run_log(stage):
+    return L.log(stage, "{dataset}", "{optimizer}", "bs{batch_size}")
+
+
+def notebook_parameters(datasets, **extra):
+    """The papermill parameters every analysis notebook takes (JSON for `papermill -y`)."""
+    values = {
+        "profile": L.profile,
+        "results_root": L.root,
+        "datasets": list(datasets),
+        "runs": RUNS,
+        "batch_sizes": BATCH_SIZES,
+        "config_json": CONFIG_JSON,
+        **extra,
+    }
     return json.dumps(values, sort_keys=True)
 
 
-def theory_outputs():
-    from_notebook = [
-        "results/theory/checks.csv",
-        "results/theory/stationary_1d.csv",
-        "results/theory/summary.json",
-        "results/theory/theory.ipynb",
-    ]
-    figures = [
-        f"paper/figures/theory_{name}.png"
-        for name in [
-            "stationary_1d",
-            "batch_temperature",
-            "double_well",
-            "two_temperatures",
-            "sngrad_variants",
-            "lecture_quadratic",
-        ]
-    ]
-    return from_notebook + figures
-
-
-def python(args, limit_threads=True):
-    """A shell command running `python ARGS`; Snakemake fills the {placeholders} of ARGS."""
-    return f"{THREAD_LIMITS if limit_threads else ''}{PYTHON} {args}"
-
-
-# Papermill runs each analysis notebook: `-k python3` is the venv's kernel; the log keeps the
-# cell outputs so that a failing notebook explains itself.
-PAPERMILL = python(
-    "-m papermill {input.notebook} {output.notebook} -k python3 "
-    "--log-output -y {params.parameters:q} > {log} 2>&1"
+# Papermill executes each analysis notebook from its jupytext source (converted on the fly,
+# so no intermediate notebook file); `-k python3` is the venv's kernel and the log keeps the
+# cell outputs, so that a failing notebook explains itself.
+NOTEBOOK = python(
+    "-m jupytext --to ipynb --output - {input.source:q} 2> {log} | "
+    + PYTHON
+    + " -m papermill - {output.notebook:q} -k python3 --log-output "
+    "-y {params.parameters:q} >> {log} 2>&1"
 )
+
+
+# ----------------------------------------------------------------------------- run handlers
+# A run holds its profile's lock (sngrad.runlock: a killed run leaves no stale lock behind)
+# and records when it began: the report states the elapsed wall time since then. A run that
+# resumes an unfinished one (no report yet) keeps the original start.
+
+
+onstart:
+    runlock.acquire(L.run_lock())
+    started = Path(L.run_started())
+    if Path(L.report()).exists() or not started.exists():
+        now = time.time()
+        write_json(
+            started,
+            {
+                "started_unix": now,
+                "started_utc": datetime.fromtimestamp(now, timezone.utc).isoformat(),
+                "command": sys.argv,
+            },
+        )
+
+
+onsuccess:
+    runlock.release(L.run_lock())
+
+
+onerror:
+    runlock.release(L.run_lock())

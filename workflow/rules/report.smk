@@ -1,24 +1,25 @@
-# paper/report.md, rendered from the templates and everything under results/.
+# results/<profile>/report.md, rendered from the template and every result it reads; the list
+# of those exact files goes to the report command (its provenance section).
 
 
 rule report:
     input:
         **report_inputs(),
     output:
-        report="paper/report.md",
+        L.report(),
     params:
-        config=json.dumps(config, sort_keys=True),
+        config=CONFIG_JSON,
+        inputs=lambda wc, input: json.dumps(sorted(set(input))),
     conda:
         CONDA_ENV
     log:
-        "logs/report.log",
+        L.log("report", "report"),
     threads: 1
     resources:
         mem_mb=1000,
     shell:
         python(
-            "-m sngrad report --results results --template {input.template} "
-            "--out {output.report} --figures paper/figures --config {params.config:q} "
-            "> {log} 2>&1",
-            limit_threads=False,
+            f"-m sngrad report {PROFILE_ARGS} "
+            "--template {input.template:q} --out {output:q} --config {params.config:q} "
+            "--inputs {params.inputs:q} > {log} 2>&1"
         )

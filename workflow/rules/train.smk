@@ -1,53 +1,55 @@
-# The chosen setting retrained on fresh seeds, and the alpha sensitivity of sngrad variants.
+# The chosen setting retrained on the final seeds, and the sgd reference run whose checkpoints
+# the noise study measures at. Both write their files even when every setting diverged
+# (best.json "all_diverged"), so a diverged cell never stops the DAG.
 
 
 rule train:
     input:
-        data="results/data/{dataset}.npz",
-        hparams="results/{dataset}/{optimizer}/bs{batch_size}/best.json",
+        data=L.data("{dataset}"),
+        hparams=run_file("best.json"),
     output:
-        metrics="results/{dataset}/{optimizer}/bs{batch_size}/metrics.csv",
-        diagnostics="results/{dataset}/{optimizer}/bs{batch_size}/diagnostics.csv",
-        provenance="results/{dataset}/{optimizer}/bs{batch_size}/provenance.json",
+        **{Path(name).stem: run_file(name) for name in TRAIN_FILES},
     params:
-        spec=training_spec(),
+        spec=TRAINING_SPEC,
+        out_dir=lambda wc: L.run_dir(wc.dataset, wc.optimizer, wc.batch_size),
     conda:
         CONDA_ENV
     log:
-        "logs/train/{dataset}/{optimizer}/bs{batch_size}.log",
+        run_log("train"),
     threads: threads_for("train")
     resources:
         mem_mb=mem_for("train"),
     shell:
         python(
-            "-m sngrad train --data {input.data} "
-            "--optimizer {wildcards.optimizer:q} --batch-size {wildcards.batch_size} "
-            "--spec {params.spec:q} --hparams {input.hparams} "
-            '--out-dir "$(dirname {output.metrics:q})" > {log} 2>&1'
+            "-m sngrad train --data {input.data:q} --optimizer {wildcards.optimizer:q} "
+            "--batch-size {wildcards.batch_size} --spec {params.spec:q} "
+            "--hparams {input.hparams:q} --out-dir {params.out_dir:q} > {log} 2>&1"
         )
 
 
-rule alpha_sweep:
+rule reference:
     input:
-        data="results/data/{dataset}.npz",
-        hparams="results/{dataset}/{optimizer}/bs{batch_size}/best.json",
+        data=L.data("{dataset}"),
+        hparams=run_file(
+            "best.json",
+            run=profiles.REFERENCE_RUN,
+            batch_size=profiles.reference_batch_size(config),
+        ),
     output:
-        sweep="results/{dataset}/{optimizer}/bs{batch_size}/alpha_sweep.csv",
-        provenance="results/{dataset}/{optimizer}/bs{batch_size}/alpha_sweep_provenance.json",
+        directory(L.reference_dir("{dataset}")),
     params:
-        spec=training_spec(),
-        alphas=",".join(str(a) for a in config["alpha_sweep"]["alphas"]),
+        spec=TRAINING_SPEC,
+        batch_size=profiles.reference_batch_size(config),
     conda:
         CONDA_ENV
     log:
-        "logs/alpha_sweep/{dataset}/{optimizer}/bs{batch_size}.log",
-    threads: threads_for("train")
+        L.log("reference", "{dataset}"),
+    threads: threads_for("reference")
     resources:
-        mem_mb=mem_for("train"),
+        mem_mb=mem_for("reference"),
     shell:
         python(
-            "-m sngrad alpha-sweep --data {input.data} "
-            "--optimizer {wildcards.optimizer:q} --batch-size {wildcards.batch_size} "
-            "--spec {params.spec:q} --hparams {input.hparams} --alphas {params.alphas} "
-            '--out-dir "$(dirname {output.sweep:q})" > {log} 2>&1'
+            "-m sngrad reference --data {input.data:q} --batch-size {params.batch_size} "
+            "--spec {params.spec:q} --hparams {input.hparams:q} --out-dir {output:q} "
+            "> {log} 2>&1"
         )

@@ -1,25 +1,25 @@
-# Hyper-parameter search for one (dataset, optimizer, batch size) on the validation split.
+# The tuning protocol for one (dataset, run, batch size) on the validation split
+# (sngrad.train.protocol); a killed job resumes from its checkpoint in the run folder.
 
 
 rule tune:
     input:
-        data="results/data/{dataset}.npz",
+        data=L.data("{dataset}"),
     output:
-        tuning="results/{dataset}/{optimizer}/bs{batch_size}/tuning.csv",
-        best="results/{dataset}/{optimizer}/bs{batch_size}/best.json",
-        provenance="results/{dataset}/{optimizer}/bs{batch_size}/tuning_provenance.json",
+        **{Path(name).stem: run_file(name) for name in TUNE_FILES},
     params:
-        spec=training_spec(),
+        spec=TRAINING_SPEC,
+        out_dir=lambda wc: L.run_dir(wc.dataset, wc.optimizer, wc.batch_size),
     conda:
         CONDA_ENV
     log:
-        "logs/tune/{dataset}/{optimizer}/bs{batch_size}.log",
+        run_log("tune"),
     threads: threads_for("tune")
     resources:
         mem_mb=mem_for("tune"),
     shell:
         python(
-            "-m sngrad tune --data {input.data} "
-            "--optimizer {wildcards.optimizer:q} --batch-size {wildcards.batch_size} "
-            '--spec {params.spec:q} --out-dir "$(dirname {output.best:q})" > {log} 2>&1'
+            "-m sngrad tune --data {input.data:q} --optimizer {wildcards.optimizer:q} "
+            "--batch-size {wildcards.batch_size} --spec {params.spec:q} "
+            "--out-dir {params.out_dir:q} > {log} 2>&1"
         )

@@ -1,0 +1,971 @@
+"""The gradient-noise study at fixed parameters: noise against batch size, unbiased estimators.
+
+At each checkpoint of a reference run the parameters are held fixed and many random batches of
+every batch size B are drawn from the training split, **with replacement**, so that the B
+per-example gradients ``g_j`` of a batch are i.i.d. draws from the training set's empirical
+distribution with mean ``G`` (the full training-split gradient) and covariance ``Sigma``
+(population covariance over the N training examples). A batch gives, per coordinate i,
+
+    mu_i = (1/B) sum_j g_ji,          v_i = (1/B) sum_j (g_ji - mu_i)^2     (population variance)
+
+which is what the sngrad variants see (``sigma_i = sqrt(v_i)``, see :mod:`sngrad.transforms`).
+
+Estimators (per layer, and for the network from the network's sums; biases count as weights on
+a constant input 1):
+
+* ``E[v_i] = (B - 1)/B Sigma_ii``, so ``T = B/(B - 1) sum_i v_i`` is unbiased for ``tr Sigma``.
+* ``E|mu|^2 = |G|^2 + tr(Sigma)/B``, so ``S = |mu|^2 - T/B = |mu|^2 - sum_i v_i/(B - 1)`` is
+  unbiased for ``|G|^2`` (the within-batch estimator; McCandlish et al. 2018, appendix A, give
+  the equivalent one built from two batch sizes, which needs no variance but two batches).
+* ``B_simple = tr(Sigma)/|G|^2`` is estimated as ``mean(T)/mean(S)`` over the batches (a ratio
+  of unbiased means, consistent; it is not a mean of per-batch ratios, which would be dominated
+  by batches where S is near 0). Its standard error is the delta-method one,
+  ``se^2 = (var(T) - 2 r cov(T, S) + r^2 var(S)) / (n mean(S)^2)`` with ``r`` the ratio.
+* The old same-batch estimate ``sum_i v_i / |mu|^2`` (``noise_scale_biased``, as a ratio of
+  means) has expectation ``((B - 1)/B tr Sigma) / (|G|^2 + tr(Sigma)/B) = (B - 1) B_simple /
+  (B + B_simple)``: it can never exceed B - 1 and says nothing about B_simple >> B.
+
+Per-coordinate statistics (over the *informative* coordinates: those whose per-example gradient
+is non-zero for at least one training example; a weight on a pixel that is constant in the
+training split, or on a ReLU that is dead for every example, has no gradient to shrink):
+
+* ``sigma_median`` (and quartiles) of the per-example ``sigma_i``; ``mean_noise =
+  sigma_median / sqrt(B)``, the noise of the batch mean; ``mean_error``: the median over the
+  coordinates of the measured root-mean-square error ``sqrt(mean_batches (mu_i - G_i)^2)``
+  of the batch mean against the full gradient (its expectation is ``sqrt(Sigma_ii / B)``).
+* The batch signal-to-noise ratio ``sqrt(B) |mu_i| / sigma_i`` (median over the coordinates
+  with ``sigma_i > 0`` in the batch) and its pure-noise reference, measured on the same batch
+  with every example's gradient multiplied by an independent random sign (``mu'`` from one extra
+  matrix product; ``E[g^2]`` is unchanged by the flip, so ``v' = v + mu^2 - mu'^2``). The flip
+  removes the signal and keeps the sparsity pattern: a weight whose gradient is non-zero for a
+  single example has ``sqrt(B)|mu|/sigma = sqrt(B/(B - 1))`` with or without signal. For
+  Gaussian noise the reference would be ``sqrt(B/(B - 1)) t_{B-1}(0.75)`` (``snr_gaussian_null``,
+  about 0.674). ``snr_above_share`` is the share of coordinates above the flipped median (0.5
+  under pure noise).
+* ``sparse_share``: share of coordinates whose per-example gradient ``a_j d_j`` (layer input
+  times loss cotangent of the layer's output) is non-zero for at most one example of the batch,
+  counted exactly as ``(A != 0)^T (D != 0)``; ``single_share``: exactly one.
+* For each variant at its tuned alpha and at alpha = 1: the mean factor ``f`` and the share of
+  coordinates with ``f < 1``.
+
+Every per-batch scalar is averaged over the batches with its standard error
+``std / sqrt(n)``. The exact ``G``, ``tr Sigma`` and per-coordinate ``Sigma_ii`` over the whole
+training split are computed too (``*_exact``), in chunks, so the estimators can be checked.
+
+Command line (the workflow's noise rule)::
+
+    python -m sngrad noise --data D.npz --reference-dir DIR --tuned sgd+sngrad1=best.json ...
+        --batch-sizes 8,16,...,4096 --batches 32 --seed 0 --out results/<p>/noise/<dataset>.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sngrad.errors import SngradError
+from sngrad.io import write_csv
+from sngrad.models import Params, cross_entropy
+from sngrad.transforms import VARIANTS, scale_factor
+
+DEFAULT_BATCH_SIZES = tuple(2**k for k in range(3, 13))  # 8 ... 4096
+DEFAULT_BATCHES = 32
+# Batches of at most this many examples get the full --batches draws; above, the number of
+# batches shrinks in proportion to 1/B (never below MIN_BATCHES): the statistics of a large
+# batch fluctuate less, and the cost of a batch size stays at most that of 512 x --batches.
+FULL_DRAWS_UP_TO = 512
+MIN_BATCHES = 8
+EXACT_CHUNK = 2048
+ALL = "all"
+SUMMARY_BATCH_SIZE = 128
+
+_RUN_VARIANT = re.compile(r"^[a-z]+\+sngrad([123])$")
+_VARIANT_OF_DIGIT = {"1": "I", "2": "II", "3": "III"}
+
+# Per-batch scalars of one group of coordinates (a layer or the network), in CSV order.
+_COORDINATE_STATS = (
+    "sigma_median",
+    "sigma_q25",
+    "sigma_q75",
+    "mean_noise",
+    "snr_batch_median",
+    "snr_pure_noise",
+    "snr_above_share",
+    "sparse_share",
+    "single_share",
+)
+
+
+def factor_columns() -> list[str]:
+    """``factor_mean_<v>_<setting>`` and ``shrink_share_<v>_<setting>`` for every variant."""
+    return [
+        f"{kind}_{v}_{setting}"
+        for setting in ("tuned", "alpha1")
+        for v in VARIANTS
+        for kind in ("factor_mean", "shrink_share")
+    ]
+
+
+def csv_columns() -> list[str]:
+    """The columns of ``results/<profile>/noise/<dataset>.csv``."""
+    per_batch = [*_COORDINATE_STATS, *factor_columns()]
+    return [
+        "checkpoint",
+        "epoch",
+        "batch_size",
+        "layer",
+        "n_batches",
+        "n_coordinates",
+        "noise_scale",
+        "noise_scale_se",
+        "g2_unbiased",
+        "g2_unbiased_se",
+        "trace_sigma",
+        "trace_sigma_se",
+        "noise_scale_biased",
+        "noise_scale_biased_se",
+        "noise_scale_exact",
+        "g2_exact",
+        "trace_sigma_exact",
+        *[c for name in per_batch for c in (name, f"{name}_se")],
+        "sigma_median_exact",
+        "mean_error",
+        "snr_gaussian_null",
+        *[f"alpha_{v}_tuned" for v in VARIANTS],
+    ]
+
+
+# ----------------------------------------------------------------------------- estimators
+
+
+def mean_and_se(values) -> tuple[float, float]:
+    """Mean over the batches and its standard error ``std(ddof=1)/sqrt(n)`` (NaN if n < 2)."""
+    x = np.asarray(values, np.float64)
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        return math.nan, math.nan
+    se = float(np.std(x, ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
+    return float(np.mean(x)), se
+
+
+def ratio_of_means(numerator, denominator) -> tuple[float, float]:
+    """``mean(T)/mean(S)`` over paired per-batch values and its delta-method standard error."""
+    t = np.asarray(numerator, np.float64)
+    s = np.asarray(denominator, np.float64)
+    n = t.size
+    mt, ms = float(np.mean(t)), float(np.mean(s))
+    if ms == 0:
+        return math.nan, math.nan
+    r = mt / ms
+    if n < 2:
+        return r, math.nan
+    cov = np.cov(t, s, ddof=1)
+    var = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / (n * ms * ms)
+    return r, float(math.sqrt(max(var, 0.0)))
+
+
+def unbiased_norms(mean_sq, var_sum, batch_size: int):
+    """Per batch: ``(S, T)``, unbiased estimates of ``|G|^2`` and ``tr Sigma``.
+
+    ``mean_sq = |mu|^2`` and ``var_sum = sum_i v_i`` (population variances) of a batch of
+    ``batch_size >= 2`` i.i.d. examples: ``T = B/(B - 1) var_sum``, ``S = mean_sq - T/B``.
+    """
+    if batch_size < 2:
+        raise SngradError(f"batch size {batch_size} has no variance; allowed: >= 2")
+    trace = np.asarray(var_sum, np.float64) * (batch_size / (batch_size - 1))
+    return np.asarray(mean_sq, np.float64) - trace / batch_size, trace
+
+
+def noise_scale_estimates(mean_sq, var_sum, batch_size: int) -> dict[str, float]:
+    """B_simple and its parts from per-batch ``|mu|^2`` and ``sum v`` (arrays over batches).
+
+    Returns ``noise_scale`` (``mean T / mean S``), ``g2_unbiased``, ``trace_sigma`` (means
+    of S and T) and ``noise_scale_biased`` (``mean(sum v) / mean |mu|^2``), each with ``_se``.
+    """
+    g2, trace = unbiased_norms(mean_sq, var_sum, batch_size)
+    out = {}
+    out["noise_scale"], out["noise_scale_se"] = ratio_of_means(trace, g2)
+    out["g2_unbiased"], out["g2_unbiased_se"] = mean_and_se(g2)
+    out["trace_sigma"], out["trace_sigma_se"] = mean_and_se(trace)
+    out["noise_scale_biased"], out["noise_scale_biased_se"] = ratio_of_means(var_sum, mean_sq)
+    return out
+
+
+def biased_expectation(noise_scale: float, batch_size: int) -> float:
+    """What the same-batch estimate converges to: ``(B - 1) B_simple / (B + B_simple)``."""
+    return (batch_size - 1) * noise_scale / (batch_size + noise_scale)
+
+
+def gaussian_snr_null(batch_size: int) -> float:
+    """Median of ``sqrt(B)|mu|/sigma`` for i.i.d. Gaussian gradients with mean 0.
+
+    ``sqrt(B - 1) mu / sigma`` (population sigma) is Student-t with B - 1 degrees of freedom,
+    so the median of the absolute value is ``sqrt(B/(B - 1)) t_{B-1}(0.75)``.
+    """
+    from scipy.stats import t as student_t
+
+    return float(math.sqrt(batch_size / (batch_size - 1)) * student_t.ppf(0.75, batch_size - 1))
+
+
+def fit_loglog_slope(batch_sizes, values) -> tuple[float, float]:
+    """Least-squares slope of ``log y`` against ``log B`` and its standard error.
+
+    The standard error is the ordinary one from the residual scatter,
+    ``sqrt(RSS/(n - 2) / sum (log B - mean)^2)``; NaN for fewer than 3 finite positive points.
+    """
+    b = np.asarray(batch_sizes, np.float64)
+    y = np.asarray(values, np.float64)
+    ok = np.isfinite(y) & (y > 0) & (b > 0)
+    if ok.sum() < 3:
+        return math.nan, math.nan
+    lx, ly = np.log(b[ok]), np.log(y[ok])
+    dx = lx - lx.mean()
+    sxx = float(dx @ dx)
+    slope = float(dx @ (ly - ly.mean()) / sxx)
+    resid = ly - ly.mean() - slope * dx
+    return slope, float(math.sqrt(float(resid @ resid) / (ok.sum() - 2) / sxx))
+
+
+def coordinate_summary(mean, var, flip_mean, nonzero, informative, batch_size, factors):
+    """Per-batch scalars over the informative coordinates of one group (jit friendly).
+
+    Args:
+      mean, var: batch mean and population variance of each coordinate's per-example gradient.
+      flip_mean: the batch mean with every example's gradient multiplied by a random sign.
+      nonzero: number of examples of the batch whose gradient of the coordinate is non-zero.
+      informative: bool mask of the coordinates taken into account.
+      batch_size: B (static).
+      factors: ``((column_suffix, variant, alpha), ...)``; alpha a Python float.
+
+    Returns a dict of scalars named as in the CSV (see the module docstring).
+    """
+    var = jnp.maximum(var, 0.0)
+    sigma = jnp.sqrt(var)
+    n_inf = jnp.maximum(jnp.sum(informative), 1)
+    q25, med, q75 = jnp.nanquantile(
+        jnp.where(informative, sigma, jnp.nan), jnp.array([0.25, 0.5, 0.75])
+    )
+    root_b = math.sqrt(batch_size)
+    spread = informative & (sigma > 0)
+    snr = jnp.where(spread, root_b * jnp.abs(mean) / jnp.where(spread, sigma, 1.0), jnp.nan)
+    flip_var = jnp.maximum(var + mean * mean - flip_mean * flip_mean, 0.0)
+    flip_ok = informative & (flip_var > 0)
+    flip_snr = jnp.where(
+        flip_ok, root_b * jnp.abs(flip_mean) / jnp.sqrt(jnp.where(flip_ok, flip_var, 1.0)), jnp.nan
+    )
+    null = jnp.nanmedian(flip_snr)
+    out = {
+        "sigma_median": med,
+        "sigma_q25": q25,
+        "sigma_q75": q75,
+        "mean_noise": med / root_b,
+        "snr_batch_median": jnp.nanmedian(snr),
+        "snr_pure_noise": null,
+        "snr_above_share": jnp.sum(spread & (snr > null)) / jnp.maximum(jnp.sum(spread), 1),
+        "sparse_share": jnp.sum(informative & (nonzero <= 1)) / n_inf,
+        "single_share": jnp.sum(informative & (nonzero == 1)) / n_inf,
+    }
+    for suffix, variant, alpha in factors:
+        f = scale_factor(variant, mean, var, alpha)
+        out[f"factor_mean_{suffix}"] = jnp.sum(jnp.where(informative, f, 0.0)) / n_inf
+        out[f"shrink_share_{suffix}"] = jnp.sum(informative & (f < 1.0)) / n_inf
+    return out
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+def _layer_factors(params: Params, x: jax.Array, y: jax.Array):
+    """Per layer: the input ``A_l`` with a column of ones appended (the bias is a weight on a
+    constant input) and the per-example loss cotangent ``D_l = dl_j/dz_l[j]``.
+
+    A zero tap added to every pre-activation is differentiated instead of the weights, so that
+    the backward pass yields D directly; the per-example gradient of the layer's (W; b) is the
+    outer product ``a_j d_j^T``.
+    """
+    taps = [jnp.zeros((x.shape[0], w.shape[1]), x.dtype) for w, _ in params]
+
+    def total(taps):
+        inputs, a = [], x
+        for i, ((w, b), tap) in enumerate(zip(params, taps, strict=True)):
+            inputs.append(a)
+            z = a @ w + b + tap
+            a = z if i == len(params) - 1 else jax.nn.relu(z)
+        return jnp.sum(cross_entropy(a, y)), inputs
+
+    loss, backward, inputs = jax.vjp(total, taps, has_aux=True)
+    (cotangents,) = backward(jnp.ones_like(loss))
+    ones = jnp.ones((x.shape[0], 1), x.dtype)
+    return [jnp.concatenate([a, ones], axis=1) for a in inputs], cotangents
+
+
+def _contract(a, d):
+    """``a^T d`` over the batch axis, flattened to a vector of the layer's coordinates."""
+    return jax.lax.dot_general(a, d, (((0,), (0,)), ((), ()))).reshape(-1)
+
+
+def layer_moments(params: Params, x: jax.Array, y: jax.Array, signs: jax.Array):
+    """Per layer: flat ``(mean, var, flip_mean, nonzero)`` over the batch (see module doc)."""
+    inputs, cotangents = _layer_factors(params, x, y)
+    inv_b = 1.0 / x.shape[0]
+    out = []
+    for a, d in zip(inputs, cotangents, strict=True):
+        mean = _contract(a, d) * inv_b
+        second = _contract(a * a, d * d) * inv_b
+        flip = _contract(a, d * signs[:, None]) * inv_b
+        nonzero = _contract((a != 0).astype(a.dtype), (d != 0).astype(d.dtype))
+        out.append((mean, jnp.maximum(second - mean * mean, 0.0), flip, nonzero))
+    return out
+
+
+@jax.jit
+def _chunk_sums(params: Params, x, y, weight):
+    """Per layer ``(sum_j g_j, sum_j g_j^2, count_j[g_j != 0])`` with example weights 0 or 1."""
+    inputs, cotangents = _layer_factors(params, x, y)
+    out = []
+    for a, d in zip(inputs, cotangents, strict=True):
+        d = d * weight[:, None]
+        nonzero = _contract((a != 0).astype(a.dtype), (d != 0).astype(d.dtype))
+        out.append((_contract(a, d), _contract(a * a, d * d), nonzero))
+    return out
+
+
+def exact_moments(params: Params, x: np.ndarray, y: np.ndarray, chunk: int = EXACT_CHUNK):
+    """Per layer ``(G, Sigma_diag, count)`` over the whole of ``x``: full-data mean, population
+    variance and number of examples with a non-zero gradient, per coordinate (float64).
+
+    Chunks of a fixed size (the last one padded with zero-weight examples) keep it to one
+    compiled program; the sums are accumulated in float64.
+    """
+    n = len(x)
+    chunk = min(chunk, n)
+    sums = None
+    for start in range(0, n, chunk):
+        xs, ys = x[start : start + chunk], y[start : start + chunk]
+        weight = np.ones(chunk, np.float32)
+        if len(xs) < chunk:
+            pad = chunk - len(xs)
+            weight[len(xs) :] = 0.0
+            xs = np.concatenate([xs, np.zeros((pad, x.shape[1]), x.dtype)])
+            ys = np.concatenate([ys, np.zeros(pad, y.dtype)])
+        part = [
+            [np.asarray(t, np.float64) for t in layer]
+            for layer in _chunk_sums(params, xs, ys, weight)
+        ]
+        sums = (
+            part
+            if sums is None
+            else [
+                [s + p for s, p in zip(sl, pl, strict=True)]
+                for sl, pl in zip(sums, part, strict=True)
+            ]
+        )
+    out = []
+    for s1, s2, count in sums:
+        g = s1 / n
+        out.append((g, np.maximum(s2 / n - g * g, 0.0), count))
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("factors",))
+def _batch_program(params, x_all, y_all, index, signs, full_mean, informative, factors):
+    """Scan over the batches of one batch size: per-batch scalars of every group, and the
+    running sum of ``(mu - G)^2`` per coordinate. One compiled program per batch size."""
+    batch = index.shape[1]
+    groups = len(params) + 1
+
+    def step(sq_error, draw):
+        idx, sign = draw
+        moments = layer_moments(params, x_all[idx], y_all[idx], sign)
+        parts = [*moments, tuple(jnp.concatenate(c) for c in zip(*moments, strict=True))]
+        masks = [*informative, jnp.concatenate(informative)]
+        scalars = []
+        for (mean, var, flip, nonzero), mask in zip(parts, masks, strict=True):
+            s = coordinate_summary(mean, var, flip, nonzero, mask, batch, factors)
+            s["mean_sq"] = jnp.sum(mean * mean)
+            s["var_sum"] = jnp.sum(var)
+            scalars.append(s)
+        sq_error = [
+            e + jnp.square(m[0] - g) for e, m, g in zip(sq_error, moments, full_mean, strict=True)
+        ]
+        return sq_error, {k: jnp.stack([s[k] for s in scalars]) for k in scalars[0]}
+
+    del groups
+    init = [jnp.zeros_like(g) for g in full_mean]
+    return jax.lax.scan(step, init, (index, signs))
+
+
+def n_batches_for(batch_size: int, batches: int) -> int:
+    """``batches`` up to :data:`FULL_DRAWS_UP_TO` examples, then in proportion to 1/B."""
+    if batch_size <= FULL_DRAWS_UP_TO:
+        return batches
+    return max(min(batches, MIN_BATCHES), batches * FULL_DRAWS_UP_TO // batch_size)
+
+
+def _factor_settings(tuned: Mapping[str, float | None]):
+    """Static ``((suffix, variant, alpha), ...)`` for the program; untuned variants left out."""
+    settings = [(f"{v}_alpha1", v, 1.0) for v in VARIANTS]
+    settings += [(f"{v}_tuned", v, float(tuned[v])) for v in VARIANTS if tuned.get(v) is not None]
+    return tuple(settings)
+
+
+def study_checkpoint(
+    params: Params,
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_sizes: Sequence[int],
+    batches: int,
+    seed: int,
+    tuned: Mapping[str, float | None],
+) -> list[dict]:
+    """Rows (without checkpoint/epoch) for every batch size and group at fixed ``params``.
+
+    The batches of a batch size depend only on (seed, B): every checkpoint sees the same
+    examples, so differences over training are not sampling differences.
+    """
+    exact = exact_moments(params, x, y)
+    informative = [count > 0 for _, _, count in exact]
+    full_mean = [jnp.asarray(g, jnp.float32) for g, _, _ in exact]
+    factors = _factor_settings(tuned)
+    groups = [*(str(i) for i in range(len(params))), ALL]
+    exact_groups = [*exact, tuple(np.concatenate(c) for c in zip(*exact, strict=True))]
+    inf_groups = [*informative, np.concatenate(informative)]
+    x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
+    rows = []
+    for batch in batch_sizes:
+        n = n_batches_for(batch, batches)
+        rng = np.random.default_rng([seed, batch])
+        index = rng.integers(0, len(x), size=(n, batch), dtype=np.int32)
+        signs = rng.choice(np.array([-1.0, 1.0], np.float32), size=(n, batch))
+        sq_error, per_batch = _batch_program(
+            params,
+            x_dev,
+            y_dev,
+            index,
+            signs,
+            full_mean,
+            [jnp.asarray(m) for m in informative],
+            factors,
+        )
+        per_batch = {k: np.asarray(v, np.float64) for k, v in per_batch.items()}
+        sq_error = [np.asarray(e, np.float64) for e in sq_error]
+        err_groups = [*sq_error, np.concatenate(sq_error)]
+        null = gaussian_snr_null(batch)
+        for gi, name in enumerate(groups):
+            g, sigma2, _ = exact_groups[gi]
+            mask = inf_groups[gi]
+            g2_exact, trace_exact = float(g @ g), float(sigma2.sum())
+            row = {
+                "batch_size": batch,
+                "layer": name,
+                "n_batches": n,
+                "n_coordinates": int(mask.sum()),
+                **noise_scale_estimates(
+                    per_batch["mean_sq"][:, gi], per_batch["var_sum"][:, gi], batch
+                ),
+                "noise_scale_exact": trace_exact / g2_exact if g2_exact > 0 else math.nan,
+                "g2_exact": g2_exact,
+                "trace_sigma_exact": trace_exact,
+                "sigma_median_exact": float(np.median(np.sqrt(sigma2[mask])))
+                if mask.any()
+                else math.nan,
+                "mean_error": float(np.median(np.sqrt(err_groups[gi][mask] / n)))
+                if mask.any()
+                else math.nan,
+                "snr_gaussian_null": null,
+            }
+            for key in [*_COORDINATE_STATS, *factor_columns()]:
+                if key in per_batch:
+                    row[key], row[f"{key}_se"] = mean_and_se(per_batch[key][:, gi])
+                else:  # a variant without a tuned alpha
+                    row[key], row[f"{key}_se"] = math.nan, math.nan
+            for v in VARIANTS:
+                alpha = tuned.get(v)
+                row[f"alpha_{v}_tuned"] = math.nan if alpha is None else float(alpha)
+            rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def load_reference(directory: str | Path) -> list[tuple[str, int, Params]]:
+    """``[(checkpoint, epoch, params), ...]`` of a reference run directory, in epoch order.
+
+    ``reference.json`` maps checkpoint names to epochs; ``<name>.npz`` holds the leaves
+    ``w0, b0, w1, b1, ...`` with ``W`` of shape (fan_in, fan_out).
+    """
+    directory = Path(directory)
+    meta_path = directory / "reference.json"
+    if not meta_path.is_file():
+        raise SngradError(
+            f"{meta_path} not found; allowed: a reference directory written by "
+            "`python -m sngrad reference`"
+        )
+    try:
+        checkpoints = json.loads(meta_path.read_text())["checkpoints"]
+        order = sorted(((str(k), int(v)) for k, v in checkpoints.items()), key=lambda kv: kv[1])
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise SngradError(
+            f"{meta_path}: needs 'checkpoints': {{name: epoch}} ({type(err).__name__}: {err})"
+        ) from None
+    if not order:
+        raise SngradError(f"{meta_path}: 'checkpoints' is empty; allowed: at least one")
+    out = []
+    for name, epoch in order:
+        path = directory / f"{name}.npz"
+        if not path.is_file():
+            raise SngradError(f"checkpoint file {path} not found (listed in {meta_path})")
+        with np.load(path, allow_pickle=False) as archive:
+            layers = sum(1 for k in archive.files if re.fullmatch(r"w\d+", k))
+            try:
+                params = [
+                    (
+                        jnp.asarray(archive[f"w{i}"], jnp.float32),
+                        jnp.asarray(archive[f"b{i}"], jnp.float32),
+                    )
+                    for i in range(layers)
+                ]
+            except KeyError as err:
+                raise SngradError(
+                    f"{path}: missing leaf {err}; allowed: w0, b0, w1, b1, ... without gaps"
+                ) from None
+        _check_params(params, path)
+        out.append((name, epoch, params))
+    return out
+
+
+def _check_params(params: Params, where) -> None:
+    if not params:
+        raise SngradError(f"{where}: no layers (leaves w0, b0, ...)")
+    for i, (w, b) in enumerate(params):
+        if w.ndim != 2 or b.shape != (w.shape[1],):
+            raise SngradError(
+                f"{where}: layer {i} has W {w.shape} and b {b.shape}; allowed: W (fan_in, "
+                "fan_out) and b (fan_out,)"
+            )
+        if i and w.shape[0] != params[i - 1][0].shape[1]:
+            raise SngradError(
+                f"{where}: layer {i} takes {w.shape[0]} inputs but layer {i - 1} gives "
+                f"{params[i - 1][0].shape[1]}"
+            )
+
+
+def parse_tuned(items: Sequence[str]) -> dict[str, float | None]:
+    """``RUN=best.json`` pairs -> ``{variant: raw alpha or None}``.
+
+    RUN must be a sngrad run of the registry (``<base>+sngrad1|2|3``); its ``best.json`` key
+    ``alpha`` is the raw alpha (null when every setting diverged).
+    """
+    tuned: dict[str, float | None] = {}
+    for item in items:
+        run, sep, path = item.partition("=")
+        match = _RUN_VARIANT.match(run)
+        if not sep or not match or not path:
+            raise SngradError(
+                f"--tuned {item!r}; allowed: RUN=PATH with RUN like sgd+sngrad1, sgd+sngrad2, "
+                "sgd+sngrad3 and PATH its best.json"
+            )
+        variant = _VARIANT_OF_DIGIT[match.group(1)]
+        if variant in tuned:
+            raise SngradError(f"--tuned gives variant {variant} twice; allowed: once per variant")
+        try:
+            alpha = json.loads(Path(path).read_text())["alpha"]
+        except FileNotFoundError:
+            raise SngradError(f"--tuned {run}: {path} not found") from None
+        except (ValueError, KeyError, TypeError) as err:
+            raise SngradError(f"--tuned {run}: {path} has no 'alpha' ({err})") from None
+        if alpha is not None:
+            alpha = float(alpha)
+            if not math.isfinite(alpha) or alpha < 0 or (alpha == 0 and variant != "III"):
+                raise SngradError(f"--tuned {run}: alpha {alpha} in {path} is not allowed")
+        tuned[variant] = alpha
+    return tuned
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """``"8,16,32"`` -> ``[8, 16, 32]``: distinct integers >= 2, in increasing order."""
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise SngradError(f"--batch-sizes {text!r}; allowed: comma-separated integers") from None
+    if not sizes or min(sizes) < 2 or len(set(sizes)) != len(sizes):
+        raise SngradError(f"--batch-sizes {text!r}; allowed: distinct integers >= 2")
+    return sorted(sizes)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def run_study(data_path, reference_dir, tuned, batch_sizes, batches, seed, out) -> dict:
+    """Check every input, compute all checkpoints, write the CSV; returns timing facts."""
+    from sngrad.data import load_splits
+
+    if batches < 2:
+        raise SngradError(f"--batches {batches}; allowed: >= 2 (a standard error needs two)")
+    splits = load_splits(data_path)
+    reference = load_reference(reference_dir)
+    n_train = len(splits.x_train)
+    sizes = [b for b in batch_sizes if b <= n_train]
+    if not sizes:
+        raise SngradError(
+            f"every batch size exceeds the {n_train} training examples; allowed: <= {n_train}"
+        )
+    for name, _, params in reference:
+        if params[0][0].shape[0] != splits.x_train.shape[1]:
+            raise SngradError(
+                f"checkpoint {name} takes {params[0][0].shape[0]} features, the data has "
+                f"{splits.x_train.shape[1]}"
+            )
+        if params[-1][0].shape[1] != splits.num_classes:
+            raise SngradError(
+                f"checkpoint {name} has {params[-1][0].shape[1]} outputs, the data "
+                f"{splits.num_classes} classes"
+            )
+    start = time.perf_counter()
+    rows = []
+    for name, epoch, params in reference:
+        for row in study_checkpoint(
+            params, splits.x_train, splits.y_train, sizes, batches, seed, tuned
+        ):
+            rows.append({"checkpoint": name, "epoch": epoch, **row})
+    seconds = time.perf_counter() - start
+    write_csv(out, csv_columns(), rows)
+    return {
+        "seconds": seconds,
+        "rows": len(rows),
+        "checkpoints": len(reference),
+        "batch_sizes": sizes,
+        "n_train": n_train,
+    }
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sngrad noise",
+        description="Gradient noise against batch size at the reference run's checkpoints.",
+    )
+    parser.add_argument("--data", required=True, help="prepared splits (.npz)")
+    parser.add_argument("--reference-dir", required=True, help="reference run directory")
+    parser.add_argument("--tuned", nargs="*", default=[], metavar="RUN=best.json")
+    parser.add_argument(
+        "--batch-sizes",
+        default=",".join(map(str, DEFAULT_BATCH_SIZES)),
+        help="comma-separated; sizes above the training split are dropped",
+    )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=DEFAULT_BATCHES,
+        help=f"random batches per batch size up to {FULL_DRAWS_UP_TO}",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="results/<profile>/noise/<dataset>.csv")
+    args = parser.parse_args(argv)
+    tuned = parse_tuned(args.tuned)
+    sizes = parse_batch_sizes(args.batch_sizes)
+    facts = run_study(
+        args.data, args.reference_dir, tuned, sizes, args.batches, args.seed, args.out
+    )
+    print(
+        f"noise: {facts['rows']} rows, {facts['checkpoints']} checkpoints, batch sizes "
+        f"{facts['batch_sizes'][0]}..{facts['batch_sizes'][-1]}, {facts['n_train']} training "
+        f"examples, {facts['seconds']:.1f} s -> {args.out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _weighted_mean(values, errors, weights) -> tuple[float, float]:
+    """``sum w v / sum w`` of independent estimates and its standard error.
+
+    The weights must not depend on the estimates: inverse-variance weights would, for a ratio
+    whose standard error grows with the ratio, favour the estimates that came out low.
+    """
+    v = np.asarray(values, np.float64)
+    e = np.asarray(errors, np.float64)
+    w = np.asarray(weights, np.float64)
+    ok = np.isfinite(v) & np.isfinite(e) & (w > 0)
+    if not ok.any():
+        return math.nan, math.nan
+    w = w[ok] / w[ok].sum()
+    return float(w @ v[ok]), float(math.sqrt(float(w**2 @ e[ok] ** 2)))
+
+
+def _nearest_batch_size(sizes, target: int) -> int:
+    sizes = sorted(int(s) for s in sizes)
+    return min(sizes, key=lambda s: (abs(math.log(s / target)), s))
+
+
+def b_simple_by_checkpoint(frame):
+    """B_simple per (checkpoint, layer) from one dataset's noise CSV (a pandas DataFrame).
+
+    Every batch size gives an estimate of the same number from unbiased parts; they are
+    combined with weights proportional to the examples drawn, ``n_batches * B`` (fixed in
+    advance; the large batches, whose |G|^2 estimate is the most precise, count most), into
+    ``b_simple`` and ``b_simple_se``; ``b_simple_exact`` is the
+    full training split's value and ``b_simple_biased`` the same-batch estimate at
+    :data:`SUMMARY_BATCH_SIZE` (or the nearest measured batch size).
+    """
+    import pandas as pd
+
+    rows = []
+    keys = ["checkpoint", "epoch", "layer"]
+    for (checkpoint, epoch, layer), part in frame.groupby(keys, sort=False):
+        at = _nearest_batch_size(part["batch_size"], SUMMARY_BATCH_SIZE)
+        here = part[part["batch_size"] == at].iloc[0]
+        value, se = _weighted_mean(
+            part["noise_scale"], part["noise_scale_se"], part["n_batches"] * part["batch_size"]
+        )
+        rows.append(
+            {
+                "checkpoint": checkpoint,
+                "epoch": int(epoch),
+                "layer": str(layer),
+                "b_simple": value,
+                "b_simple_se": se,
+                "b_simple_exact": float(here["noise_scale_exact"]),
+                "b_simple_biased": float(here["noise_scale_biased"]),
+                "biased_batch_size": int(at),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def summarise(frame, dataset: str):
+    """One summary row per checkpoint of one dataset's noise CSV (a pandas DataFrame).
+
+    Columns: dataset, checkpoint, epoch, summary_batch_size (128 or the nearest measured),
+    b_simple (+ _se: combined over the batch sizes, network sums, see
+    :func:`b_simple_by_checkpoint`),
+    b_simple_exact (full training split), b_simple_biased (same-batch estimate at the summary
+    batch size), mean_noise_slope / mean_error_slope / sigma_slope (+ _se: log-log least
+    squares over the batch sizes), sigma_ratio (sigma_median at the largest over the smallest
+    batch size), sigma_changes (|sigma_slope| > 2 se), sigma_median_exact, and at the summary
+    batch size snr_batch_median, snr_pure_noise, snr_above_share, sparse_share, single_share,
+    the sparse share of every layer (sparse_share_layer<l>), and every factor column; plus
+    largest_batch_size and every factor column there (``<column>_bmax``), smallest_batch_size
+    and sparse_share / single_share there (``_bmin``).
+    """
+    import pandas as pd
+
+    rows = []
+    network = frame[frame["layer"].astype(str) == ALL]
+    for (checkpoint, epoch), part in network.groupby(["checkpoint", "epoch"], sort=False):
+        part = part.sort_values("batch_size")
+        sizes = part["batch_size"].to_numpy()
+        at = _nearest_batch_size(sizes, SUMMARY_BATCH_SIZE)
+        here = part[part["batch_size"] == at].iloc[0]
+        top = part.iloc[-1]
+        row = {"dataset": dataset, "checkpoint": checkpoint, "epoch": int(epoch)}
+        row["summary_batch_size"] = int(at)
+        b_simple = b_simple_by_checkpoint(part).iloc[0]
+        for column in ("b_simple", "b_simple_se", "b_simple_exact", "b_simple_biased"):
+            row[column] = float(b_simple[column])
+        for name, column in (
+            ("mean_noise", "mean_noise"),
+            ("mean_error", "mean_error"),
+            ("sigma", "sigma_median"),
+        ):
+            row[f"{name}_slope"], row[f"{name}_slope_se"] = fit_loglog_slope(sizes, part[column])
+        row["sigma_ratio"] = float(top["sigma_median"] / part.iloc[0]["sigma_median"])
+        row["sigma_changes"] = bool(abs(row["sigma_slope"]) > 2 * row["sigma_slope_se"])
+        row["sigma_median_exact"] = float(here["sigma_median_exact"])
+        for column in (
+            "snr_batch_median",
+            "snr_pure_noise",
+            "snr_above_share",
+            "sparse_share",
+            "single_share",
+            *factor_columns(),
+        ):
+            row[column] = float(here[column])
+        layers = frame[
+            (frame["checkpoint"] == checkpoint)
+            & (frame["batch_size"] == at)
+            & (frame["layer"].astype(str) != ALL)
+        ]
+        for _, layer in layers.iterrows():
+            row[f"sparse_share_layer{layer['layer']}"] = float(layer["sparse_share"])
+        row["largest_batch_size"] = int(top["batch_size"])
+        row["smallest_batch_size"] = int(part.iloc[0]["batch_size"])
+        row["sparse_share_bmin"] = float(part.iloc[0]["sparse_share"])
+        row["single_share_bmin"] = float(part.iloc[0]["single_share"])
+        for column in factor_columns():
+            row[f"{column}_bmax"] = float(top[column])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_table(layout, datasets: Sequence[str]):
+    """:func:`summarise` over the datasets whose noise CSV exists (a pandas DataFrame)."""
+    import pandas as pd
+
+    frames = [
+        summarise(pd.read_csv(layout.noise(d)), d)
+        for d in datasets
+        if Path(layout.noise(d)).exists()
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# ----------------------------------------------------------------------------- report
+
+SUMMARY_FILE = "noise_summary.csv"
+# The batch sizes of the seed's original study.
+SEED_STUDY_BATCH_SIZES = (128, 1024)
+
+
+def _num(x, digits: int = 3) -> str:
+    return "n/a" if x is None or not math.isfinite(float(x)) else f"{float(x):.{digits}g}"
+
+
+def _pm(x, se, digits: int = 3) -> str:
+    if x is None or not math.isfinite(float(x)):
+        return "n/a"
+    if se is None or not math.isfinite(float(se)):
+        return _num(x, digits)
+    return f"{_num(x, digits)} ± {_num(se, 2)}"
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or not math.isfinite(float(x)) else f"{100 * float(x):.1f} %"
+
+
+def _regime(b_simple: float) -> str:
+    """Where the seed's batch sizes 128-1024 stand relative to B_simple."""
+    lo, hi = SEED_STUDY_BATCH_SIZES
+    if not math.isfinite(b_simple) or b_simple <= 0:
+        return "not measurable (the unbiased |G|^2 is not positive)"
+    if b_simple > 2 * hi:
+        return (
+            f"well above {hi}: every batch size of the seed's study is noise-dominated, so a "
+            "larger batch buys almost proportionally fewer steps"
+        )
+    if b_simple < lo / 2:
+        return (
+            f"well below {lo}: every batch size of the seed's study is past the critical batch "
+            "size, where more examples per step buy little"
+        )
+    return (
+        f"inside the seed's range {lo}-{hi}: the smaller batch sizes there are noise-dominated, "
+        "the larger ones already past the point of diminishing returns"
+    )
+
+
+def _checkpoint_context(row: Mapping) -> dict:
+    out = {
+        "checkpoint": str(row["checkpoint"]),
+        "epoch": str(int(row["epoch"])),
+        "b_simple": _pm(row["b_simple"], row["b_simple_se"]),
+        "b_simple_exact": _num(row["b_simple_exact"]),
+        "b_simple_biased": _num(row["b_simple_biased"]),
+        "regime": _regime(float(row["b_simple_exact"])),
+        "snr": _num(row["snr_batch_median"]),
+        "snr_null": _num(row["snr_pure_noise"]),
+        "above": _pct(row["snr_above_share"]),
+        "sparse": _pct(row["sparse_share"]),
+        "single": _pct(row["single_share"]),
+        "sigma_exact": _num(row["sigma_median_exact"]),
+        "sparse_bmin": _pct(row["sparse_share_bmin"]),
+        "single_bmin": _pct(row["single_share_bmin"]),
+        "sparse_layers": ", ".join(
+            f"layer {k.removeprefix('sparse_share_layer')} {_pct(v)}"
+            for k, v in row.items()
+            if str(k).startswith("sparse_share_layer")
+        ),
+    }
+    for kind in ("factor_mean", "shrink_share"):
+        for setting in ("tuned", "alpha1"):
+            fmt = _num if kind == "factor_mean" else _pct
+            out[f"{kind}_{setting}"] = {v: fmt(row[f"{kind}_{v}_{setting}"]) for v in VARIANTS}
+            out[f"{kind}_{setting}_bmax"] = {
+                v: fmt(row[f"{kind}_{v}_{setting}_bmax"]) for v in VARIANTS
+            }
+    return out
+
+
+def report_context(layout, datasets: Sequence[str]) -> dict:
+    """The ``noise`` dict of the report's gradient-noise section, every number pre-formatted.
+
+    Reads ``layout.analysis(SUMMARY_FILE)`` (written by the gradient_noise notebook). Keys:
+    ``available`` (bool), ``missing`` (datasets without a summary), ``batch_size`` (the summary
+    batch size), ``seed_batch_sizes`` ("128-1024"), and ``datasets``: one dict per dataset with
+    ``name``, ``largest_batch_size``, ``checkpoints`` (list of dicts: checkpoint, epoch,
+    b_simple "x ± se", b_simple_exact, b_simple_biased, regime (a sentence fragment), snr,
+    snr_null, above, sparse, single, sparse_bmin, single_bmin (at the smallest batch size),
+    sparse_layers, sigma_exact, and factor_mean_<setting>,
+    shrink_share_<setting> (+ ``_bmax``), each ``{variant: text}`` for setting tuned/alpha1),
+    ``first`` and ``last`` (the first and last of those), ``mean_noise_slope``,
+    ``mean_error_slope``, ``sigma_slope`` ("x ± se"), ``sigma_ratio``, ``sigma_changes`` and
+    ``sigma_rises`` (bools), ``smallest_batch_size``, ``slopes`` (per checkpoint), and
+    ``b_simple_trend`` ("grows" / "falls" / "stays about the same").
+    """
+    path = Path(layout.analysis(SUMMARY_FILE))
+    lo, hi = SEED_STUDY_BATCH_SIZES
+    empty = {
+        "available": False,
+        "missing": list(datasets),
+        "datasets": [],
+        "batch_size": SUMMARY_BATCH_SIZE,
+        "seed_batch_sizes": f"{lo}-{hi}",
+    }
+    if not path.exists():
+        return empty
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    out = {**empty, "available": True, "missing": []}
+    for name in datasets:
+        part = table[table["dataset"] == name].sort_values("epoch")
+        if part.empty:
+            out["missing"].append(name)
+            continue
+        records = part.to_dict("records")
+        checkpoints = [_checkpoint_context(r) for r in records]
+        last = records[-1]
+        ratio = float(last["b_simple_exact"]) / float(records[0]["b_simple_exact"])
+        trend = "grows" if ratio > 1.25 else "falls" if ratio < 0.8 else "stays about the same"
+        out["datasets"].append(
+            {
+                "name": name,
+                "largest_batch_size": str(int(last["largest_batch_size"])),
+                "checkpoints": checkpoints,
+                "first": checkpoints[0],
+                "last": checkpoints[-1],
+                "b_simple_trend": trend,
+                "mean_noise_slope": _pm(last["mean_noise_slope"], last["mean_noise_slope_se"], 2),
+                "mean_error_slope": _pm(last["mean_error_slope"], last["mean_error_slope_se"], 2),
+                "sigma_slope": _pm(last["sigma_slope"], last["sigma_slope_se"], 2),
+                "sigma_ratio": _num(last["sigma_ratio"], 2),
+                "sigma_changes": bool(last["sigma_changes"]),
+                "sigma_rises": bool(float(last["sigma_ratio"]) > 1),
+                "smallest_batch_size": str(int(last["smallest_batch_size"])),
+                "slopes": [
+                    {
+                        "checkpoint": str(r["checkpoint"]),
+                        "mean_noise": _pm(r["mean_noise_slope"], r["mean_noise_slope_se"], 2),
+                        "mean_error": _pm(r["mean_error_slope"], r["mean_error_slope_se"], 2),
+                        "sigma": _pm(r["sigma_slope"], r["sigma_slope_se"], 2),
+                        "sigma_ratio": _num(r["sigma_ratio"], 2),
+                    }
+                    for r in records
+                ],
+            }
+        )
+    out["available"] = bool(out["datasets"])
+    return out

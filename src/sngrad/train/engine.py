@@ -1,0 +1,378 @@
+"""The training engine: K runs of one (dataset, optimizer, batch size) in one compiled program.
+
+One epoch of one run
+    The training split lives on the device. At epoch e a run permutes it with the key
+    ``fold_in(shuffle_key, e)`` and takes ``S = N // B`` batches of B examples; the last
+    ``N mod B`` examples of the permutation are dropped, so every step has the same shape and
+    each epoch leaves out a different random remainder. The S steps of
+    :func:`sngrad.train.step.make_step` are one ``lax.scan``.
+
+K runs side by side
+    The per-run inputs (initial parameters, shuffle key, learning rate, momentum, alpha) are
+    arrays with a leading axis K and every program is ``jit(vmap(...))``: a grid of settings
+    times the tuning seeds, or the final seeds, train as one program that is compiled once.
+
+Seeds
+    Final seed s gives ``init_key, shuffle_key = split(PRNGKey(s))`` for every optimizer, so
+    per seed every optimizer starts from the same weights and sees the same batches. In tuning
+    every setting starts from ``mlp_init(PRNGKey(init_seed))`` and tuning seed s only sets the
+    shuffle key (``split(PRNGKey(s))[1]``).
+
+Per-epoch record
+    ``train_loss``: the mean of the epoch's batch losses (no pass over the training split);
+    the per-layer diagnostics of :mod:`sngrad.diagnostics` averaged over the epoch's steps
+    (``lambda_median`` at its last step); with ``Mode.evaluate``, loss and accuracy on those
+    splits with the parameters after the epoch (a separate program, not timed); ``wall_time``:
+    seconds of training of the K-run program up to the end of the epoch (snapshots included;
+    compilation and evaluation excluded; a resumed job continues the interrupted one's clock).
+
+Control variates (``+cv``, ``+svrg``)
+    Before epochs 0, m, 2m, ... (m = ``snapshot_every``) the snapshot becomes the current
+    parameters and the anchor their mean gradient over the whole training split (chunks of
+    :data:`EVAL_CHUNK`). Both are part of the checkpointed state.
+
+Divergence
+    A run is diverged from the first epoch in which a batch loss is NaN or Inf, or the epoch's
+    training loss is not finite or exceeds ``diverge_loss``. The flag is sticky; the run keeps
+    going (under vmap it cannot stop) and its later numbers are whatever they are.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from sngrad import checkpoint as ckpt
+from sngrad import diagnostics
+from sngrad.errors import SngradError
+from sngrad.models import cross_entropy, mlp_apply, mlp_init
+from sngrad.optimizers import has_momentum, needs_snapshot, parse_optimizer
+from sngrad.spec import TrainSpec
+from sngrad.train.step import make_step
+
+EVAL_CHUNK = 1024  # examples per evaluation step: bounds activation memory at K x 1024 x width
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One of the K runs. ``init_seed=None``: initial weights from ``seed``."""
+
+    learning_rate: float
+    momentum: float | None
+    alpha: float | None
+    seed: int
+    init_seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What a sweep measures: splits evaluated per epoch / after training, diagnostics."""
+
+    evaluate: tuple[str, ...] = ()
+    final: tuple[str, ...] = ()
+    diagnostics: bool = False
+
+
+TRAIN_MODE = Mode(evaluate=("val", "test"), diagnostics=True)
+TUNE_MODE = Mode(final=("val",))
+REFERENCE_MODE = Mode()
+
+
+@dataclass
+class SweepResult:
+    records: dict[str, np.ndarray]  # name -> (epochs, K, ...)
+    final: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (K,)
+    compile_s: float = 0.0
+    train_s: float = 0.0
+    resumed_from: int = 0
+
+
+def run_keys(config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(init key, shuffle key) of a run, see "Seeds" in the module docstring."""
+    init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    if config.init_seed is not None:
+        init_key = jax.random.PRNGKey(config.init_seed)
+    return np.asarray(init_key), np.asarray(shuffle_key)
+
+
+def hparam_arrays(optimizer: str, configs: Sequence[RunConfig]) -> dict[str, jax.Array]:
+    """The traced hyper-parameters, (K,) float32 each; only those the optimizer takes."""
+    hp = {"learning_rate": [c.learning_rate for c in configs]}
+    if has_momentum(optimizer):
+        hp["momentum"] = [c.momentum for c in configs]
+    if parse_optimizer(optimizer).variant is not None:
+        hp["alpha"] = [c.alpha for c in configs]
+    for name, values in hp.items():
+        if any(v is None for v in values):
+            raise SngradError(f"{optimizer} needs a {name} for every run; got {values}")
+    return {k: jnp.asarray(v, jnp.float32) for k, v in hp.items()}
+
+
+def check_batch_size(batch_size: Any, splits) -> int:
+    n = len(splits.y_train)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise SngradError(f"batch size must be an integer, got {batch_size!r}")
+    if not 1 <= batch_size <= n:
+        raise SngradError(
+            f"batch size {batch_size} is not allowed; it must be in [1, {n}] (training split)"
+        )
+    return int(batch_size)
+
+
+# ============================================================================ device programs
+
+
+def _chunk_index(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices 0..n-1 in chunks of EVAL_CHUNK (last one padded with 0) and the valid mask."""
+    chunk = min(EVAL_CHUNK, n)
+    count = -(-n // chunk)
+    flat = np.zeros(count * chunk, np.int32)
+    flat[:n] = np.arange(n)
+    mask = np.arange(count * chunk) < n
+    return flat.reshape(count, chunk), mask.reshape(count, chunk)
+
+
+def _evaluate(params, x, y, idx, mask):
+    """Mean cross-entropy and accuracy over the rows ``idx[mask]`` of (x, y)."""
+
+    def body(acc, chunk):
+        rows, valid = chunk
+        logits = mlp_apply(params, x[rows])
+        labels = y[rows]
+        loss = jnp.sum(jnp.where(valid, cross_entropy(logits, labels), 0.0))
+        hits = jnp.sum(valid & (jnp.argmax(logits, axis=-1) == labels))
+        return (acc[0] + loss, acc[1] + hits), None
+
+    (loss_sum, hits), _ = lax.scan(body, (jnp.float32(0.0), jnp.int32(0)), (idx, mask))
+    n = jnp.sum(mask)
+    return loss_sum / n, hits / n
+
+
+def _full_gradient(params, x, y, idx, mask):
+    """Mean gradient of the cross-entropy over the rows ``idx[mask]`` (the SVRG anchor)."""
+
+    def chunk_sum(p, rows, valid):
+        losses = cross_entropy(mlp_apply(p, x[rows]), y[rows])
+        return jnp.sum(jnp.where(valid, losses, 0.0))
+
+    def body(acc, chunk):
+        g = jax.grad(chunk_sum)(params, *chunk)
+        return jax.tree.map(jnp.add, acc, g), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    total, _ = lax.scan(body, zeros, (idx, mask))
+    n = jnp.sum(mask).astype(jnp.float32)
+    return jax.tree.map(lambda g: g / n, total)
+
+
+def device_data(splits, mode: Mode, diverge_loss: float) -> dict[str, jax.Array]:
+    """The arrays the programs read: the splits and their chunk indices."""
+    data = {"x_train": splits.x_train, "y_train": splits.y_train,
+            "diverge_loss": np.float32(diverge_loss)}
+    data["idx_train"], data["mask_train"] = _chunk_index(len(splits.y_train))
+    for name in {*mode.evaluate, *mode.final}:
+        x, y = getattr(splits, f"x_{name}"), getattr(splits, f"y_{name}")
+        if len(y) == 0:
+            raise SngradError(f"the {name} split is empty; allowed: at least 1 example")
+        data[f"x_{name}"], data[f"y_{name}"] = x, y
+        data[f"idx_{name}"], data[f"mask_{name}"] = _chunk_index(len(y))
+    return {k: jnp.asarray(v) for k, v in data.items()}
+
+
+class Programs:
+    """The jitted init / snapshot / epoch / evaluation functions of one sweep shape.
+
+    Build them with :func:`programs` so that sweeps of the same shape in one process reuse
+    the compiled code.
+    """
+
+    def __init__(self, optimizer, backend, batch_size, n_train, sizes, schedule, epochs,
+                 diagnostics_on):
+        self.optimizer, self.sizes = optimizer, list(sizes)
+        self.batch_size, self.n_train = batch_size, n_train
+        self.steps = n_train // batch_size
+        self.snapshots = needs_snapshot(optimizer)
+        self.layers = len(sizes) - 1
+        self.diagnostics_on = diagnostics_on
+        self.step = make_step(optimizer, backend=backend, batch_size=batch_size,
+                              schedule=schedule, total_steps=self.steps * epochs,
+                              diagnostics_on=diagnostics_on)
+        self.init = jax.jit(jax.vmap(self._init_one))
+        self.snapshot = jax.jit(jax.vmap(self._snapshot_one, in_axes=(0, None)))
+        self.epoch = jax.jit(jax.vmap(self._epoch_one, in_axes=(0, 0, None, None)))
+        self.evaluate = jax.jit(jax.vmap(self._evaluate_one, in_axes=(0, None, None)),
+                                static_argnums=2)
+
+    def _init_one(self, init_key, shuffle_key, hp):
+        params = mlp_init(init_key, self.sizes)
+        state = {"params": params, "opt": self.step.init(params, hp), "key": shuffle_key,
+                 "diverged": jnp.zeros((), bool)}
+        if self.snapshots:
+            state["snap"] = params
+            state["anchor"] = jax.tree.map(jnp.zeros_like, params)
+        return state
+
+    def _snapshot_one(self, state, data):
+        params = state["params"]
+        anchor = _full_gradient(params, data["x_train"], data["y_train"], data["idx_train"],
+                                data["mask_train"])
+        return {**state, "snap": params, "anchor": anchor}
+
+    def _epoch_one(self, state, hp, epoch, data):
+        order = jax.random.permutation(jax.random.fold_in(state["key"], epoch), self.n_train)
+        order = order[: self.steps * self.batch_size].reshape(self.steps, self.batch_size)
+        snapshot = (state["snap"], state["anchor"]) if self.snapshots else None
+
+        def body(carry, rows):
+            params, opt_state = carry
+            batch = (data["x_train"][rows], data["y_train"][rows])
+            params, opt_state, record = self.step(params, opt_state, batch, hp, snapshot)
+            return (params, opt_state), record
+
+        (params, opt_state), records = lax.scan(body, (state["params"], state["opt"]), order)
+        losses = records.pop("loss")
+        out = {"train_loss": jnp.mean(losses)}
+        if self.diagnostics_on:
+            out.update({k: jnp.mean(v, axis=0) for k, v in records.items()})
+            out["lambda_median"] = (
+                diagnostics.lambda_median(diagnostics.cv_lambda(opt_state)) if self.snapshots
+                else jnp.full((self.layers,), jnp.nan, jnp.float32)
+            )
+        diverged = (
+            state["diverged"]
+            | ~jnp.all(jnp.isfinite(losses))
+            | ~jnp.isfinite(out["train_loss"])
+            | (out["train_loss"] > data["diverge_loss"])
+        )
+        out["diverged"] = diverged
+        return {**state, "params": params, "opt": opt_state, "diverged": diverged}, out
+
+    def _evaluate_one(self, state, data, splits: tuple[str, ...]):
+        out = {}
+        for name in splits:
+            out[f"{name}_loss"], out[f"{name}_accuracy"] = _evaluate(
+                state["params"], data[f"x_{name}"], data[f"y_{name}"], data[f"idx_{name}"],
+                data[f"mask_{name}"],
+            )
+        return out
+
+
+@functools.lru_cache(maxsize=16)
+def programs(optimizer, backend, batch_size, n_train, sizes: tuple, schedule, epochs,
+             diagnostics_on) -> Programs:
+    return Programs(optimizer, backend, batch_size, n_train, sizes, schedule, epochs,
+                    diagnostics_on)
+
+
+# ============================================================================ the sweep loop
+
+
+def _stack(records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if not records:
+        return {}
+    return {k: np.stack([r[k] for r in records]) for k in records[0]}
+
+
+def _unstack(stacked: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    count = len(next(iter(stacked.values()))) if stacked else 0
+    return [{k: v[i] for k, v in stacked.items()} for i in range(count)]
+
+
+def _progress(total: int, initial: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="epoch",
+                disable=not sys.stderr.isatty(), leave=False)
+
+
+def model_sizes(spec: TrainSpec, splits) -> tuple[int, ...]:
+    return (splits.x_train.shape[1], *spec.hidden, splits.num_classes)
+
+
+def run_sweep(
+    splits,
+    optimizer: str,
+    batch_size: int,
+    spec: TrainSpec,
+    configs: Sequence[RunConfig],
+    mode: Mode,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    fingerprint: str = "",
+    progress: str = "",
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> SweepResult:
+    """Train the K ``configs`` side by side for ``spec.epochs`` epochs.
+
+    With ``checkpoint_dir`` and ``spec.checkpoint_every > 0``, the state is saved every
+    ``checkpoint_every`` epochs (not after the last, when the caller writes results instead)
+    and a checkpoint there with the same ``fingerprint`` is resumed. Resuming is exact: the
+    per-epoch shuffle is a function of (key, epoch) and the saved arrays are the device
+    arrays, bit for bit. ``on_epoch(done, state)`` is called with the number of finished
+    epochs (0 before the first) and the state (K-stacked pytree) after it.
+    """
+    if not configs:
+        raise SngradError("a sweep needs at least one run")
+    check_batch_size(batch_size, splits)
+    progs = programs(optimizer, spec.backend, batch_size, len(splits.y_train),
+                     model_sizes(spec, splits), spec.schedule, spec.epochs, mode.diagnostics)
+    data = device_data(splits, mode, spec.diverge_loss)
+    hp = hparam_arrays(optimizer, configs)
+    keys = [run_keys(c) for c in configs]
+    state = progs.init(jnp.asarray(np.stack([k[0] for k in keys])),
+                       jnp.asarray(np.stack([k[1] for k in keys])), hp)
+
+    records: list[dict[str, np.ndarray]] = []
+    start, elapsed = 0, 0.0
+    saved = ckpt.load(checkpoint_dir, fingerprint) if checkpoint_dir is not None else None
+    if saved is not None:
+        leaves, treedef = jax.tree.flatten(state)
+        if [(a.shape, a.dtype) for a in saved.leaves] == [(a.shape, a.dtype) for a in leaves]:
+            state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in saved.leaves])
+            records, start, elapsed = _unstack(saved.records), saved.epoch, saved.elapsed_s
+        else:
+            print(f"sngrad: ignoring checkpoint {checkpoint_dir}: other shapes", file=sys.stderr)
+    if on_epoch is not None and start == 0:
+        on_epoch(0, state)
+
+    t0 = time.perf_counter()
+    epoch_fn = progs.epoch.lower(state, hp, jnp.int32(start), data).compile()
+    compile_s = time.perf_counter() - t0
+
+    train_s = elapsed
+    bar = _progress(spec.epochs, start, progress)
+    try:
+        for epoch in range(start, spec.epochs):
+            tick = time.perf_counter()
+            if progs.snapshots and epoch % spec.snapshot_every == 0:
+                state = progs.snapshot(state, data)
+            state, out = epoch_fn(state, hp, jnp.int32(epoch), data)
+            out = jax.device_get(out)  # waits for the epoch: the clock stops here
+            train_s += time.perf_counter() - tick
+            out["wall_time"] = np.float64(train_s)
+            if mode.evaluate:
+                out.update(jax.device_get(progs.evaluate(state, data, mode.evaluate)))
+            records.append(out)
+            bar.update(1)
+            done = epoch + 1
+            if on_epoch is not None:
+                on_epoch(done, state)
+            every = spec.checkpoint_every
+            if checkpoint_dir is not None and every and done % every == 0 and done < spec.epochs:
+                leaves = jax.device_get(jax.tree.leaves(state))
+                saved = ckpt.Checkpoint(done, train_s, leaves, _stack(records))
+                ckpt.save(checkpoint_dir, fingerprint, saved)
+    finally:
+        bar.close()
+    final = jax.device_get(progs.evaluate(state, data, mode.final)) if mode.final else {}
+    return SweepResult(_stack(records), final, compile_s, train_s, start)

@@ -1,0 +1,124 @@
+"""THE train step: one optimizer update on one batch, what the engine trains with and what the
+benchmark times.
+
+``step(params, opt_state, batch, hparams, snapshot=None) -> (params, opt_state, record)``
+
+- ``batch = (x, y)``; ``hparams`` maps ``learning_rate`` and, where the optimizer takes them,
+  ``momentum`` and ``alpha`` (raw) to scalars, which may be traced (a vmapped sweep);
+- ``snapshot = (snap_params, anchor)`` for control-variate optimizers (``+cv``, ``+svrg``):
+  the parameters at the last snapshot and the full-data mean gradient there;
+- ``record`` holds the batch's mean ``loss`` and, when built with ``diagnostics=True``, the
+  per-layer (weights only) arrays of :data:`sngrad.diagnostics.STEP_COLUMNS`: the mean factor
+  f and the share of coordinates with f < 1 of a shrinking optimizer (sngrad variants at their
+  alpha, svag), and the control variate's variance ratio; NaN where they do not apply.
+
+What a step computes, by optimizer (``stats`` cores, no input checks, jit-friendly):
+plain optimizers only the loss and its gradient (``loss_and_grad_core``); +sngrad and svag
+``(loss, mean, var)`` from the spec's backend; +cv / +svrg :class:`sngrad.stats.CVStats` at
+the parameters and the snapshot on the same batch.
+
+Learning-rate schedules, the same for every optimizer: ``constant`` (lr) and ``cosine``
+(lr * (1 + cos(pi t / T)) / 2 at step t of T, reaching 0 after the last step), applied through
+the optimizer's own step counter, so that a resumed run continues the schedule exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax.numpy as jnp
+import optax
+
+from sngrad import diagnostics, stats
+from sngrad.optimizers import (
+    build_optimizer,
+    has_momentum,
+    needs_snapshot,
+    needs_variance,
+    parse_optimizer,
+)
+
+CHUNKED_STATS_SIZE = 32  # examples per micro-batch of the chunked backend
+
+
+def learning_rate_schedule(learning_rate, schedule: str, total_steps: int):
+    """The learning rate (``constant``) or an optax schedule of the step count (``cosine``)."""
+    if schedule == "constant":
+        return learning_rate
+    total = max(int(total_steps), 1)
+
+    def cosine(count):
+        t = jnp.minimum(count, total).astype(jnp.float32)
+        return learning_rate * 0.5 * (1.0 + jnp.cos(math.pi * t / total))
+
+    return cosine
+
+
+def make_optimizer(optimizer: str, hparams: dict, *, batch_size: int, schedule: str,
+                   total_steps: int) -> optax.GradientTransformationExtraArgs:
+    """The registry optimizer with the (possibly traced) hyper-parameters of ``hparams``."""
+    return build_optimizer(
+        optimizer,
+        learning_rate_schedule(hparams["learning_rate"], schedule, total_steps),
+        momentum=hparams.get("momentum") if has_momentum(optimizer) else None,
+        alpha=hparams.get("alpha") if parse_optimizer(optimizer).variant else None,
+        batch_size=batch_size if parse_optimizer(optimizer).base == "svag" else None,
+    )
+
+
+def _variance_core(backend: str):
+    if backend == "chunked":
+        return functools.partial(stats.chunked_stats, chunk_size=CHUNKED_STATS_SIZE)
+    return {"dense": stats.dense_stats, "vmap": stats.vmap_stats}[backend]
+
+
+def _cv_core(backend: str):
+    # Looked up when the step is built, so that stats.py may gain these cores independently.
+    if backend == "chunked":
+        return functools.partial(stats.chunked_cv_stats, chunk_size=CHUNKED_STATS_SIZE)
+    return {"dense": stats.dense_cv_stats, "vmap": stats.vmap_cv_stats}[backend]
+
+
+def make_step(optimizer: str, *, backend: str, batch_size: int, schedule: str,
+              total_steps: int, diagnostics_on: bool = True):
+    """Build the step of the module docstring for one optimizer (not jitted: callers jit,
+    vmap or scan it)."""
+    spec = parse_optimizer(optimizer)
+    kind = "cv" if needs_snapshot(optimizer) else "var" if needs_variance(optimizer) else "plain"
+    core = _cv_core(backend) if kind == "cv" else _variance_core(backend) if kind == "var" else None
+
+    def opt_of(hparams):
+        return make_optimizer(optimizer, hparams, batch_size=batch_size, schedule=schedule,
+                              total_steps=total_steps)
+
+    def step(params, opt_state, batch, hparams, snapshot=None):
+        x, y = batch
+        opt = opt_of(hparams)
+        record = {}
+        if kind == "plain":
+            loss, grad = stats.loss_and_grad_core(params, x, y)
+            updates, opt_state = opt.update(grad, opt_state, params)
+        elif kind == "var":
+            loss, grad, var = core(params, x, y)
+            updates, opt_state = opt.update(grad, opt_state, params, grad_var=var)
+            if diagnostics_on:
+                record.update(diagnostics.shrink_record(
+                    spec, grad, var, hparams.get("alpha"), batch_size))
+        else:
+            snap, anchor = snapshot
+            cv = core(params, snap, x, y)
+            loss, grad = cv.loss, cv.mean
+            updates, opt_state = opt.update(
+                grad, opt_state, params, snap_mean=cv.snap_mean, snap_var=cv.snap_var,
+                cov=cv.cov, anchor=anchor)
+            if diagnostics_on:
+                record.update(diagnostics.cv_record(cv, diagnostics.cv_lambda(opt_state)))
+        if diagnostics_on:
+            record = diagnostics.complete_record(record, len(params))
+        record["loss"] = loss
+        return optax.apply_updates(params, updates), opt_state, record
+
+    step.init = lambda params, hparams: opt_of(hparams).init(params)
+    step.kind = kind
+    return step

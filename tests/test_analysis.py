@@ -1,0 +1,283 @@
+"""sngrad.analysis: paired statistics against scipy, Holm by hand, exact sign-flip p-values,
+selection on validation only, equal-time epochs, the training-length criterion."""
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from sngrad import analysis
+from sngrad.errors import SngradError
+
+SEEDS = list(range(1, 11))
+EPOCHS = 4
+
+
+def metrics_frame(final: dict, *, diverged: dict | None = None, dataset="mnist", bs=128):
+    """metrics.csv rows: test accuracy ramps linearly to ``final[run][i]`` at the last epoch.
+
+    ``diverged``: {run: {seed: epoch}}; from that epoch on the row is flagged and NaN.
+    """
+    diverged = diverged or {}
+    rows = []
+    for run, finals in final.items():
+        for seed, acc in zip(SEEDS, finals, strict=True):
+            stop = diverged.get(run, {}).get(seed)
+            for epoch in range(1, EPOCHS + 1):
+                bad = stop is not None and epoch >= stop
+                rows.append({
+                    "dataset": dataset, "optimizer": run, "batch_size": bs, "seed": seed,
+                    "epoch": epoch, "learning_rate": 0.1, "momentum": math.nan,
+                    "alpha": math.nan,
+                    "train_loss": math.nan if bad else 2.0 / epoch,
+                    "val_loss": math.nan if bad else 1.0,
+                    "val_accuracy": math.nan if bad else acc * epoch / EPOCHS,
+                    "test_loss": math.nan if bad else 1.0,
+                    "test_accuracy": math.nan if bad else acc * epoch / EPOCHS,
+                    "wall_time": float(epoch), "diverged": bad,
+                })  # fmt: skip
+                if bad:
+                    break  # a diverged run stops recording
+    return pd.DataFrame(rows)
+
+
+RNG = np.random.default_rng(0)
+BASE = 0.90 + 0.01 * RNG.standard_normal(10)
+WORSE = BASE - 0.02 + 0.003 * RNG.standard_normal(10)  # clearly below the base on every seed
+NOISY = BASE + 0.01 * RNG.standard_normal(10)
+
+
+def test_base_of_follows_the_contract():
+    cases = {
+        "sgd+sngrad1": "sgd",
+        "momentum+sngrad2": "momentum",
+        "adam+sngrad3": "adam",
+        "sgd+sngrad2@0.05": "sgd",
+        "svag": "sgd",
+        "msvag": "sgd",
+        "adabelief": "adam",
+        "sgd+cv": "sgd",
+        "sgd+svrg": "sgd",
+        "sgd": None,
+        "momentum": None,
+        "adam": None,
+    }
+    for run, base in cases.items():
+        assert analysis.BASE_OF(run) == base, run
+    assert analysis.fixed_alpha("sgd+sngrad1@0.1") == 0.1
+    assert analysis.variant_of("sgd+sngrad3@0.1") == "III"
+    assert analysis.comparisons(["sgd+sngrad1", "adam+sngrad1", "sgd"]) == [("sgd+sngrad1", "sgd")]
+
+
+def test_sign_flip_p_is_exact_for_small_n():
+    # +-1 +-2 +-3: sums 6, 4, 2, 0, 0, -2, -4, -6; |sum| >= 6 in 2 of 8 patterns
+    assert analysis.sign_flip_p([1.0, 2.0, 3.0]) == pytest.approx(2 / 8)
+    assert analysis.sign_flip_p([1.0, -1.0]) == 1.0
+    assert analysis.sign_flip_p([0.5]) == 1.0
+    assert math.isnan(analysis.sign_flip_p([]))
+    d = np.array([0.3, -0.1, 0.4, 0.2, 0.25, -0.05, 0.15])
+    brute = np.mean([
+        abs(np.dot(s, d)) >= abs(d.sum()) - 1e-12
+        for s in itertools.product([-1, 1], repeat=d.size)
+    ])  # fmt: skip
+    assert analysis.sign_flip_p(d) == pytest.approx(brute, abs=0)
+    # scipy's exact paired permutation test agrees
+    scipy_p = stats.permutation_test(
+        (d,), np.mean, permutation_type="samples", n_resamples=np.inf, alternative="two-sided"
+    ).pvalue
+    assert analysis.sign_flip_p(d) == pytest.approx(scipy_p)
+    with pytest.raises(SngradError):
+        analysis.sign_flip_p(np.ones(analysis.MAX_EXACT_PAIRS + 1))
+
+
+def test_holm_matches_a_hand_computation():
+    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> monotone 0.06
+    adjusted = analysis.holm([0.01, 0.04, 0.03, 0.005, math.nan])
+    np.testing.assert_allclose(adjusted[:4], [0.03, 0.06, 0.06, 0.02])
+    assert math.isnan(adjusted[4])
+    assert analysis.holm([0.5, 0.6]).tolist() == [1.0, 1.0]
+
+
+def test_paired_table_against_scipy_with_a_diverged_seed():
+    runs = ["sgd", "sgd+sngrad1", "sgd+sngrad2"]
+    metrics = metrics_frame(
+        {"sgd": BASE, "sgd+sngrad1": NOISY, "sgd+sngrad2": WORSE},
+        diverged={"sgd+sngrad1": {4: 3}},
+    )
+    table = analysis.paired_table(metrics, runs, [128], dataset="mnist")
+    row = table[(table["run"] == "sgd+sngrad1") & (table["family"] == "equal_epochs")].iloc[0]
+    keep = np.array([s != 4 for s in SEEDS])
+    res = stats.ttest_rel(NOISY[keep], BASE[keep])
+    ci = res.confidence_interval(0.95)
+    assert row["n_seeds"] == 10 and row["n_pairs"] == 9
+    assert row["n_diverged_run"] == 1 and row["n_diverged_base"] == 0
+    assert row["diff_mean"] == pytest.approx(np.mean(NOISY[keep] - BASE[keep]))
+    assert row["ci_low"] == pytest.approx(ci.low)
+    assert row["ci_high"] == pytest.approx(ci.high)
+    assert row["p_t"] == pytest.approx(res.pvalue)
+    assert row["p_signflip"] == pytest.approx(analysis.sign_flip_p(NOISY[keep] - BASE[keep]))
+    assert "diverged" in row["note"]
+
+    worse = table[(table["run"] == "sgd+sngrad2") & (table["family"] == "equal_epochs")].iloc[0]
+    assert worse["diff_mean"] < 0
+    # all ten differences negative: the exact p is 2 / 1024, Holm over the two tests doubles it
+    assert worse["p_signflip"] == pytest.approx(2 / 1024)
+    family = table[table["family"] == "equal_epochs"]
+    expected = analysis.holm(family["p_signflip"])
+    np.testing.assert_allclose(family["p_holm"], expected)
+    assert worse["verdict"] == "worse"
+    assert set(table["verdict"]) <= set(analysis.VERDICTS)
+
+
+def test_a_run_that_diverges_more_is_never_called_better():
+    better = BASE + 0.05
+    metrics = metrics_frame(
+        {"sgd": BASE, "sgd+sngrad1": better}, diverged={"sgd+sngrad1": {1: 2, 2: 2}}
+    )
+    table = analysis.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
+    row = table[table["family"] == "equal_epochs"].iloc[0]
+    assert row["diff_mean"] > 0 and row["p_holm"] < 0.05
+    assert row["verdict"] == "inconclusive"
+    assert "not called better" in row["note"]
+
+
+def test_equal_time_compares_the_run_at_the_epoch_it_reaches():
+    assert analysis.equal_time_epoch(20, 1.0, 1.5) == 13
+    assert analysis.equal_time_epoch(20, 1.0, 0.5) == 20
+    assert analysis.equal_time_epoch(4, 1.0, 2.0) == 2
+    with pytest.raises(SngradError):
+        analysis.equal_time_epoch(4, 0.0, 1.0)
+    bench = pd.DataFrame({
+        "network": ["64-16-10", "64-16-10", "784-1024-1024-1024-10"],
+        "batch_size": [128, 128, 128], "method": ["sgd", "sgd+sngrad1", "sgd+sngrad1"],
+        "median_ms": [1.0, 2.0, 9.0], "sgd_ms": [1.0, 1.0, 3.0], "ratio": [1.0, 2.0, 3.0],
+    })  # fmt: skip
+    costs = analysis.step_costs(bench, [16], 128)
+    assert costs == {"sgd": 1.0, "sgd+sngrad1": 2.0}
+    assert analysis.step_costs(bench, [32], 128) == {}
+    metrics = metrics_frame({"sgd": BASE, "sgd+sngrad1": NOISY})
+    table = analysis.paired_table(
+        metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist", costs={128: costs}
+    )
+    row = table[table["family"] == "equal_time"].iloc[0]
+    assert row["epoch_run"] == 2 and row["epoch_base"] == EPOCHS
+    # the run's accuracy at epoch 2 is half its final one (the ramp of metrics_frame)
+    assert row["diff_mean"] == pytest.approx(np.mean(NOISY * 2 / EPOCHS - BASE))
+    missing = analysis.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
+    gone = missing[missing["family"] == "equal_time"].iloc[0]
+    assert gone["n_pairs"] == 0 and "benchmark" in gone["note"]
+    assert gone["verdict"] == "inconclusive"
+
+
+def test_paired_table_copes_with_a_run_without_files():
+    metrics = metrics_frame({"sgd": BASE})
+    table = analysis.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
+    row = table[table["family"] == "equal_epochs"].iloc[0]
+    assert row["n_pairs"] == 0 and math.isnan(row["diff_mean"])
+    assert row["verdict"] == "inconclusive" and "missing" in row["note"]
+
+
+def tuning_frame(rows):
+    """tuning.csv rows from (setting, lr, alpha_scaled, seed, val_acc, val_loss, diverged)."""
+    return pd.DataFrame([
+        {"dataset": "mnist", "optimizer": "sgd+sngrad1", "batch_size": 128, "setting": s,
+         "learning_rate": lr, "momentum": math.nan, "alpha": a / 2, "alpha_scaled": a,
+         "seed": seed, "val_accuracy": acc, "val_loss": loss, "train_loss": loss,
+         "diverged": div, "chosen": False, "round": 0}
+        for s, lr, a, seed, acc, loss, div in rows
+    ])  # fmt: skip
+
+
+def test_selection_uses_the_mean_over_seeds_then_validation_loss():
+    tuning = tuning_frame([
+        # seeds disagree: seed 100 prefers setting 0, seed 101 setting 1; means tie at 0.8
+        (0, 0.1, 1.0, 100, 0.90, 0.50, False), (0, 0.1, 1.0, 101, 0.70, 0.70, False),
+        (1, 0.1, 3.0, 100, 0.75, 0.40, False), (1, 0.1, 3.0, 101, 0.85, 0.40, False),
+        # best mean accuracy but one seed diverged: excluded
+        (2, 0.3, 1.0, 100, 0.99, 0.10, False), (2, 0.3, 1.0, 101, math.nan, math.nan, True),
+        (3, 0.3, 3.0, 100, 0.50, 2.00, False), (3, 0.3, 3.0, 101, 0.50, 2.00, False),
+    ])  # fmt: skip
+    settings = analysis.tuning_settings(tuning)
+    best = settings.loc[analysis.select_best(settings)]
+    assert best["setting"] == 1  # equal mean accuracy, lower validation loss
+    assert settings.loc[analysis.select_worst(settings), "setting"] == 3
+    # a full tie falls to grid order
+    tie = analysis.tuning_settings(tuning_frame([
+        (0, 0.1, 1.0, 100, 0.8, 0.5, False), (1, 0.3, 1.0, 100, 0.8, 0.5, False),
+    ]))  # fmt: skip
+    assert tie.loc[analysis.select_best(tie), "setting"] == 0
+    # all diverged: nothing to choose
+    dead = analysis.tuning_settings(tuning_frame([(0, 0.1, 1.0, 100, math.nan, math.nan, True)]))
+    assert analysis.select_best(dead) is None
+
+    alpha = analysis.alpha_table(settings)
+    # the line at the chosen learning rate (0.1): alphas 1 and 3, best 3, worst 1
+    assert alpha["alpha_scaled"].tolist() == [1.0, 3.0]
+    assert alpha[alpha["best"]]["alpha_scaled"].item() == 3.0
+    assert alpha[alpha["worst"]]["alpha_scaled"].item() == 1.0
+    summary = analysis.alpha_summary(alpha).iloc[0]
+    assert summary["spread"] == pytest.approx(0.0)
+    lr = analysis.lr_summary(settings, pd.DataFrame()).iloc[0]
+    assert lr["settings"] == 4 and lr["diverged_settings"] == 1
+    assert lr["chosen_learning_rate"] == 0.1 and lr["chosen_position"] == "low end"
+    curve = analysis.lr_curve(settings)
+    assert curve["val_accuracy"].tolist() == pytest.approx([0.8, 0.5])
+
+
+def test_training_length_criterion():
+    # train loss 2 / epoch: L1 = 2, L4 = 0.5, the last quarter (1 epoch) falls 0.1667 of 1.5
+    metrics = metrics_frame({"sgd": BASE, "sgd+sngrad1": BASE})
+    table = analysis.training_length(metrics)
+    assert table["optimizer"].tolist() == ["sgd"]
+    row = table.iloc[0]
+    assert row["quarter"] == 1
+    assert row["share_last_quarter"] == pytest.approx((2 / 3 - 0.5) / 1.5)
+    assert not row["met"]
+    assert analysis.training_length(metrics, flat_share=0.2).iloc[0]["met"]
+
+
+def test_curves_drop_diverged_seeds_instead_of_zeros():
+    metrics = metrics_frame({"sgd": BASE}, diverged={"sgd": {1: 2}})
+    curve = analysis.curves(metrics, "val_accuracy")
+    last = curve[curve["epoch"] == EPOCHS].iloc[0]
+    assert last["n"] == 9 and last["n_diverged"] == 1
+    assert last["mean"] == pytest.approx(BASE[1:].mean())
+    assert analysis.divergence_epochs(metrics)["epoch"].tolist() == [2]
+
+
+def test_summary_table_counts_diverged_seeds_and_missing_runs():
+    metrics = metrics_frame({"sgd": BASE}, diverged={"sgd": {3: 1}})
+    best = pd.DataFrame([{"run": "sgd", "batch_size": 128, "learning_rate": 0.1,
+                          "all_diverged": False, "at_bound": True}])  # fmt: skip
+    table = analysis.summary_table(best, metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
+    sgd = table[table["run"] == "sgd"].iloc[0]
+    assert sgd["n_diverged"] == 1 and sgd["at_bound"]
+    keep = np.array([s != 3 for s in SEEDS])
+    assert sgd["test_accuracy_mean"] == pytest.approx(BASE[keep].mean())
+    assert sgd["test_accuracy_std"] == pytest.approx(BASE[keep].std(ddof=1))
+    missing = table[table["run"] == "sgd+sngrad1"].iloc[0]
+    assert missing["n_seeds"] == 0 and math.isnan(missing["test_accuracy_mean"])
+
+
+def test_shrink_and_control_variate_summaries():
+    rows = []
+    for layer, factor, share in [("0", 0.5, 0.8), ("1", 0.9, 0.2)]:
+        for epoch in (1, 2):
+            rows.append({"dataset": "mnist", "optimizer": "sgd+sngrad2", "batch_size": 128,
+                         "seed": 1, "epoch": epoch, "layer": layer, "factor_mean": factor,
+                         "shrink_share": share * epoch / 2})  # fmt: skip
+    diag = pd.DataFrame(rows)
+    table = analysis.shrink_summary(diag)
+    whole = table[table["layer"] == "all"].iloc[0]
+    assert whole["factor_mean"] == pytest.approx(0.7)
+    assert whole["shrink_last"] == pytest.approx(0.5)
+    assert whole["shrink_first"] == pytest.approx(0.25)
+    # files without the control-variate columns give no control-variate rows
+    assert analysis.control_variate_summary(diag).empty
+    cv = diag.assign(optimizer="sgd+cv", lambda_median=0.8, variance_ratio=[0.5, 0.3] * 2)
+    summary = analysis.control_variate_summary(cv).iloc[0]
+    assert summary["variance_ratio_first"] == pytest.approx(0.5)
+    assert summary["variance_ratio_last"] == pytest.approx(0.3)
