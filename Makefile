@@ -37,7 +37,6 @@ test-fast: lint
 
 # the default profile: results/default/, then the published copy paper/report.md + figures/
 report: install
-	$(BIN)/python -m sngrad config check config/default.yaml
 	$(BIN)/snakemake --cores $(CORES)
 
 # any profile (the check first: it names the line of a YAML error, which Snakemake does not)
@@ -58,6 +57,12 @@ data: install
 
 bench: install
 	$(BIN)/python benchmarks/step_time.py
+
+# the SLURM profile run for real: the smoke profile through a one-node SLURM of this machine
+# and plainly, results compared (root on Debian/Ubuntu; see workflow/cluster/local-slurm.sh)
+.PHONY: slurm-check
+slurm-check: install
+	workflow/cluster/local-slurm.sh
 
 clean:
 	rm -rf $(VENV) .snakemake .pytest_cache .ruff_cache

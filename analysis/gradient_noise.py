@@ -50,7 +50,7 @@ for frame in frames.values():
 
 summary = noise.summary_table(layout, datasets)
 write_frame(layout.analysis(noise.SUMMARY_FILE), summary)
-summary
+print(f"{len(summary)} summary rows -> {layout.analysis(noise.SUMMARY_FILE)}")
 
 # %%
 NETWORK = noise.ALL

@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt
 import matplotlib.transforms as mtransforms
 import pandas as pd
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from sngrad import analysis
 from sngrad.io import save_figure, write_frame
@@ -57,16 +58,23 @@ benchmark = analysis.read_benchmark(layout)
 print("runs without metrics:", missing_metrics or "none")
 
 # one colour per run, the same in every figure
-palette = plt.get_cmap("tab20").colors
+# (tab20 pairs a dark and a light shade of each hue: the dark ones first keep neighbours apart)
+tab20 = plt.get_cmap("tab20").colors
+palette = tab20[0::2] + tab20[1::2]
 COLOURS = {run: palette[i % len(palette)] for i, run in enumerate(runs)}
 EMPTY = "no data for this panel"
 
 
 def grid(n_rows, n_cols, *, sharey="row", height=2.8):
-    return plt.subplots(
+    fig, axes = plt.subplots(
         n_rows, n_cols, figsize=(3.6 * n_cols + 2.4, height * n_rows), squeeze=False,
         sharex="col", sharey=sharey,
     )  # fmt: skip
+    return fig, axes
+
+
+def whole_epochs(ax):
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def note(ax, text):
@@ -139,14 +147,17 @@ for j, (dataset, batch_size) in enumerate(cells):
                 drawn = True
                 shown.add(run)
             if table is not None:
-                mark_diverged(ax, cell_rows(died, dataset, batch_size, run)["epoch"],
-                              COLOURS[run])  # fmt: skip
+                crosses = cell_rows(died, dataset, batch_size, run)["epoch"]
+                mark_diverged(ax, crosses, COLOURS[run])
+                if len(crosses):
+                    shown.add(run)
         if not drawn:
             note(ax, EMPTY)
         if i == 1 and table is not None:
             log_if_positive(ax, cell_rows(loss, dataset, batch_size)["mean"])
         ax.set_title(f"{dataset}, $B = {batch_size}$", fontsize=9)
         ax.set_xlabel("epoch")
+        whole_epochs(ax)
         if j == 0:
             ax.set_ylabel(label)
 run_legend(fig, shown, [DIVERGED])
@@ -307,8 +318,10 @@ for j, (dataset, batch_size) in enumerate(cells):
                 shown.add(run)
         if not drawn:
             note(ax, "no run with a factor")
+        ax.set_ylim(-0.02, 1.02)  # both are fractions
         ax.set_title(f"{dataset}, $B = {batch_size}$", fontsize=9)
         ax.set_xlabel("epoch")
+        whole_epochs(ax)
         if j == 0:
             ax.set_ylabel(label)
 layer_styles = [Line2D([], [], color="0.3", ls=styles[k % len(styles)], label=f"layer {layer}")
@@ -346,6 +359,7 @@ for j, (dataset, batch_size) in enumerate(cells):
             note(ax, "no control-variate run in this profile")
         ax.set_title(f"{dataset}, $B = {batch_size}$", fontsize=9)
         ax.set_xlabel("epoch")
+        whole_epochs(ax)
         if j == 0:
             ax.set_ylabel(label)
 run_legend(fig, shown)
@@ -356,7 +370,7 @@ save_figure(fig, layout.figure("control_variates"))
 # ## Tables
 
 # %%
-tables = analysis.performance_tables(layout, datasets, runs, batch_sizes)
+tables = analysis.performance_tables(layout, datasets, runs, batch_sizes, hidden)
 for path in notebook_tables(layout, "performance"):
     write_frame(path, tables[Path(path).name])
 print(tables["training_length.csv"].to_string())

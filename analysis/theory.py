@@ -16,15 +16,23 @@
 # Every quantitative statement of the report's theory sections is turned into a prediction and
 # measured here by simulating many independent chains (`sngrad.sde.simulate`). Each claim
 # becomes one row of `{out_dir}/checks.csv` with its Monte Carlo standard error; the figures go
-# to `{figures_dir}/theory_*.png` under fixed names.
+# to `{figures_dir}/<name>.png` under the names of the manifest (`sngrad.layout.FIGURES`).
+#
+# Every check is labelled by `kind`: `exact` when the prediction is exact for the simulated
+# process (only Monte Carlo error separates it from the measurement; these are the checks that
+# pass or fail), or `leading-order` when the prediction drops terms on purpose (the SDE limit,
+# a small-noise expansion); those carry in `expected_error` the relative size of what was
+# dropped, computed from the exact theory where it is known.
 #
 # Sections: (a) 1-D quadratic, discrete recursion against its continuous-time limit;
 # (b) temperature and batch size; (c) a double well against the Gibbs density;
 # (d) two parameters: several temperatures, preconditioning, a coupled quadratic;
-# (e) the sngrad variants with per-example noise; (f) the lecture-note pictures.
+# (e) the sngrad variants with per-example noise; (f) the lecture-note pictures;
+# (g) control variates with an SVRG snapshot.
 
 # %%
 import json
+import math
 import time
 from pathlib import Path
 
@@ -34,35 +42,36 @@ import numpy as np
 import pandas as pd
 from scipy import linalg, optimize
 
-from sngrad import sde
+from sngrad import layout, sde
+from sngrad.io import save_figure, write_frame, write_json
+from sngrad.transforms import LAGGED_FIRST_LAMBDA, LAMBDA_RANGE
 
 plt.switch_backend("Agg")  # figures go to files only
 START = time.time()  # summary.json's wall time: everything after the imports
 
 # %% tags=["parameters"]
-out_dir = "results/theory"
-figures_dir = "paper/figures"
+out_dir = "results/default/theory"
+figures_dir = "results/default/figures"
 scale = "default"
 seed = 0
 
 # %%
 OUT = Path(out_dir)
 FIGS = Path(figures_dir)
-OUT.mkdir(parents=True, exist_ok=True)
-FIGS.mkdir(parents=True, exist_ok=True)
 KEY = jax.random.key(seed)
 TOLERANCE = 0.05  # the agreement every check is held to (relative error)
 DPI = 110
 
-# (chains per group, burn-in steps, measured steps) per section. "default" must stay under about
-# two minutes on two CPU cores; "smoke" only exercises the code; "paper" tightens the error bars.
+# (chains per group, burn-in steps, measured steps) per section; for (g) (chains, batches per
+# chain). "default" must stay under about 90 s on one CPU core; "smoke" only exercises the
+# code; "paper" tightens the error bars.
 SIZES = {
     "smoke": {"a": (150, 1000, 1500), "b": (100, 500, 1500), "c": (300, 5000, 8000),
-              "d": (300, 1500, 3000), "e": (300, 1000, 2000)},
+              "d": (300, 1500, 3000), "e": (300, 1000, 2000), "g": (50, 40)},
     "default": {"a": (500, 1000, 4000), "b": (250, 500, 3000), "c": (1000, 6000, 20000),
-                "d": (1000, 2000, 6000), "e": (1000, 1000, 4000)},
+                "d": (1000, 2000, 6000), "e": (1000, 1000, 4000), "g": (200, 100)},
     "paper": {"a": (2000, 1000, 8000), "b": (1000, 500, 6000), "c": (4000, 6000, 40000),
-              "d": (4000, 2000, 12000), "e": (3000, 1000, 8000)},
+              "d": (4000, 2000, 12000), "e": (3000, 1000, 8000), "g": (500, 200)},
 }
 if scale not in SIZES:
     raise ValueError(f"scale must be one of {sorted(SIZES)}, got {scale!r}")
@@ -81,21 +90,44 @@ def tag(x: float) -> str:
     return f"{x:g}".replace(".", "p").replace("-", "m")
 
 
-def check(name, section, claim, predicted, measured, mc_se, *, eta=None, k=None, noise_var=None,
-          batch_size=None):
-    """Record one quantitative claim; the relative error is against the prediction."""
+KINDS = ("exact", "leading-order")
+
+
+def check(name, section, claim, predicted, measured, mc_se, *, kind="exact",
+          expected_error=None, scale=None, eta=None, k=None, noise_var=None, batch_size=None):
+    """Record one quantitative claim.
+
+    The relative error is |measured - predicted| / |predicted|, or / ``scale`` for a claim
+    whose prediction is 0 (the scale then names the effect that should be absent). ``kind``
+    "exact" claims pass when the relative error is within TOLERANCE; "leading-order" claims
+    state ``expected_error``, the relative size of the terms the prediction drops, and are
+    not counted as passes or failures.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if (kind == "leading-order") != (expected_error is not None):
+        raise ValueError(f"{name}: a leading-order check needs expected_error, an exact one none")
     predicted, measured = float(predicted), float(measured)
-    rel = abs(measured - predicted) / abs(predicted)
+    rel = abs(measured - predicted) / (abs(predicted) if scale is None else float(scale))
     CHECKS.append({
-        "name": name, "section": section, "claim": claim, "predicted": predicted,
+        "name": name, "section": section, "kind": kind, "claim": claim, "predicted": predicted,
         "measured": measured, "rel_error": rel, "mc_se": float(mc_se),
+        "expected_error": math.nan if expected_error is None else abs(float(expected_error)),
         "within_5pct": bool(rel <= TOLERANCE), "eta": eta, "k": k, "noise_var": noise_var,
         "batch_size": batch_size,
     })
 
 
+THEORY_FIGURES = {f.name for f in layout.figures_of("theory")}
+SAVED: list[str] = []
+
+
 def save(fig, name):
-    fig.savefig(FIGS / name, dpi=DPI, bbox_inches="tight")
+    """Write a figure of the manifest (``sngrad.layout``) atomically under figures_dir."""
+    if name not in THEORY_FIGURES:
+        raise ValueError(f"{name!r} is not a theory figure of sngrad.layout: {THEORY_FIGURES}")
+    save_figure(fig, FIGS / f"{name}.png", dpi=DPI)
+    SAVED.append(name)
     plt.close(fig)
 
 
@@ -134,8 +166,9 @@ stationary_1d["sde_rel_error"] = (stationary_1d.predicted_sde / stationary_1d.me
 small = rows_1d[0]
 check(f"a_sde_etak_{tag(ETA_K[0])}", "a",
       f"continuous-time limit eta s^2 / (2k) holds at eta k = {ETA_K[0]:g}",
-      small["predicted_sde"], small["measured"], small["mc_se"], eta=small["eta"], k=K_1D,
-      noise_var=S2_1D)
+      small["predicted_sde"], small["measured"], small["mc_se"], kind="leading-order",
+      expected_error=ETA_K[0] / (2 - ETA_K[0]),  # exact/SDE - 1 = eta k / (2 - eta k)
+      eta=small["eta"], k=K_1D, noise_var=S2_1D)
 for ek in (1.0, 1.9):
     row = rows_1d[int(np.argmin(abs(ETA_K - ek)))]
     check(f"a_sde_ratio_etak_{tag(ek)}", "a",
@@ -143,7 +176,9 @@ for ek in (1.0, 1.9):
           2 / (2 - ek), row["measured"] / row["predicted_sde"], row["mc_se"] / row["predicted_sde"],
           eta=row["eta"], k=K_1D, noise_var=S2_1D)
 PARAMS["a"] = {"k": K_1D, "noise_var": S2_1D, "eta_k_min": float(ETA_K[0]),
-               "eta_k_max": float(ETA_K[-1]), "n_eta": len(ETA_K)}
+               "eta_k_max": float(ETA_K[-1]), "n_eta": len(ETA_K), "ratio_eta_k": [1.0, 1.9],
+               "n_discrete_within": int(sum(c["within_5pct"] for c in CHECKS
+                                            if c["name"].startswith("a_discrete")))}
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -164,7 +199,7 @@ ax2.set(xscale="log", yscale="log", xlabel=r"$\eta k$", ylabel="relative error o
         title="The SDE error grows with $\\eta k$")
 ax2.legend(fontsize=8)
 fig.tight_layout()
-save(fig, "theory_stationary_1d.png")
+save(fig, "theory_stationary_1d")
 
 # %% [markdown]
 # ## (b) Temperature and batch size
@@ -197,7 +232,10 @@ for B in BATCHES:
               eta=float(eta), k=K_B, noise_var=C_B / B, batch_size=B)
 table_b = pd.DataFrame(rows_b)
 PARAMS["b"] = {"per_example_var": C_B, "k": K_B, "batches": BATCHES,
-               "etas": [float(e) for e in ETAS_B], "eta_fixed": ETA_FIXED}
+               "etas": [float(e) for e in ETAS_B], "eta_fixed": ETA_FIXED,
+               "fixed_checks": [f"b_eta_{tag(ETA_FIXED)}_B_{B}" for B in BATCHES],
+               "n_checks": len(BATCHES) * len(ETAS_B),
+               "n_within": int(sum(c["within_5pct"] for c in CHECKS if c["section"] == "b"))}
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -219,7 +257,7 @@ ax2.set(xscale="log", yscale="log", xlabel=r"$\eta / B$", ylabel="temperature",
         title=r"Collapse on $\eta/B$ (exact up to the factor $2/(2-\eta k)$)")
 ax2.legend(fontsize=8)
 fig.tight_layout()
-save(fig, "theory_batch_temperature.png")
+save(fig, "theory_batch_temperature")
 
 # %% [markdown]
 # ## (c) A double well and the Gibbs density
@@ -252,6 +290,7 @@ def gibbs_bin_probs(temperature, edges=edges, fine=20):
 
 
 def gibbs_moment(fn, temperature):
+    """E[fn(x)] under the normalised density exp(-L / T) on the histogram range."""
     xs = np.linspace(edges[0], edges[-1], 20001)
     w = np.exp(-(WELL.value(xs) - WELL.value(xs).min()) / temperature)
     return float(np.trapezoid(fn(xs) * w, xs) / np.trapezoid(w, xs))
@@ -264,11 +303,18 @@ def fit_constant(counts):
     return optimize.minimize_scalar(nll, bounds=(0.05, 2.0), method="bounded").x
 
 
+# The Gibbs law is the SDE limit: its checks are leading-order. The discrete chain is hotter by
+# the factor 2 c = 1 + eta E[L''] / 2 to leading order, which sets each check's expected error.
+T_DISCRETE = T_WELL * (1 + ETA_WELL / 2 * gibbs_moment(
+    lambda x: 12 * WELL.height * x * x - 4 * WELL.height, T_WELL))
+C_EXPECTED = T_DISCRETE / T_WELL - 1
+
 # Equipartition: T = E[x L'(x)], per chain, so the chains give the standard error.
 c_per_chain = run_c.mean_x_grad[:, 0] / (ETA_WELL * S2_WELL)
 c_equi, c_equi_se = sde.mean_and_se(c_per_chain)
 check("c_constant_equipartition", "c", "T = c eta s^2 with c = 1/2 (from E[x L'(x)] = T)",
-      0.5, c_equi, c_equi_se, eta=ETA_WELL, noise_var=S2_WELL)
+      0.5, c_equi, c_equi_se, kind="leading-order", expected_error=C_EXPECTED, eta=ETA_WELL,
+      noise_var=S2_WELL)
 # Histogram fit; its error bar comes from refitting on disjoint groups of chains.
 n_groups = 10
 group_counts = run_c.hist[:, 0, :].reshape(n_groups, -1, len(edges) - 1).sum(axis=1)
@@ -276,17 +322,22 @@ c_groups = np.array([fit_constant(cnt) for cnt in group_counts])
 c_fit = fit_constant(group_counts.sum(axis=0))
 c_fit_se = c_groups.std(ddof=1) / np.sqrt(n_groups)
 check("c_constant_histogram_fit", "c", "T = c eta s^2 with c = 1/2 (maximum-likelihood fit)",
-      0.5, c_fit, c_fit_se, eta=ETA_WELL, noise_var=S2_WELL)
+      0.5, c_fit, c_fit_se, kind="leading-order", expected_error=C_EXPECTED, eta=ETA_WELL,
+      noise_var=S2_WELL)
 # Occupancy of the deeper (left) well and E[x^2] under the Gibbs law with c = 1/2.
 left = edges[1:] <= 0
 left_per_chain = run_c.hist[:, 0, left].sum(axis=1) / run_c.hist[:, 0, :].sum(axis=1)
 left_meas, left_se = sde.mean_and_se(left_per_chain)
 left_pred = gibbs_bin_probs(T_WELL)[left].sum()
 check("c_left_well", "c", "fraction of time in the deeper well, Gibbs law with T = eta s^2 / 2",
-      left_pred, left_meas, left_se, eta=ETA_WELL, noise_var=S2_WELL)
+      left_pred, left_meas, left_se, kind="leading-order",
+      expected_error=gibbs_bin_probs(T_DISCRETE)[left].sum() / left_pred - 1, eta=ETA_WELL,
+      noise_var=S2_WELL)
 x2_meas, x2_se = sde.mean_and_se(run_c.mean_xx[:, 0, 0])
 check("c_second_moment", "c", "E[x^2] under the Gibbs law with T = eta s^2 / 2",
-      gibbs_moment(lambda x: x * x, T_WELL), x2_meas, x2_se, eta=ETA_WELL, noise_var=S2_WELL)
+      gibbs_moment(lambda x: x * x, T_WELL), x2_meas, x2_se, kind="leading-order",
+      expected_error=gibbs_moment(lambda x: x * x, T_DISCRETE)
+      / gibbs_moment(lambda x: x * x, T_WELL) - 1, eta=ETA_WELL, noise_var=S2_WELL)
 density = run_c.density()[0]
 gibbs_density = gibbs_bin_probs(T_WELL) / np.diff(edges)
 tv_distance = 0.5 * np.sum(np.abs(density - gibbs_density) * np.diff(edges))
@@ -316,7 +367,7 @@ ax2.set(xlabel="x", ylabel="stationary density",
         title=f"fitted c = {c_fit:.3f} ± {c_fit_se:.3f} (Gibbs: 0.5)")
 ax2.legend(fontsize=8)
 fig.tight_layout()
-save(fig, "theory_double_well.png")
+save(fig, "theory_double_well")
 
 # %% [markdown]
 # ## (d) Two parameters: several temperatures and preconditioning
@@ -386,7 +437,8 @@ for c_i, (case, (h, S)) in enumerate(COUPLED.items()):
         for (i, j), label in zip([(0, 0), (1, 1), (0, 1)], ["11", "22", "12"], strict=True):
             check(f"d_coupled_gibbs_sde_sigma{label}", "d",
                   f"eta_i = eta'/s_i^2 on a coupled quadratic: Sigma_{label} = (eta'/2) A^-1 (SDE)",
-                  gibbs[i, j], cov[i, j], cov_se[i, j])
+                  gibbs[i, j], cov[i, j], cov_se[i, j], kind="leading-order",
+                  expected_error=sigma_disc[i, j] / gibbs[i, j] - 1)
 PARAMS["d"] = {"noise_std": S_D.tolist(), "k": K_D.tolist(), "eta": ETA_D, "eta_prime": ETA_PRIME,
                "A": A_C.tolist(), "coupled_equal_eta": COUPLED["coupled_equal"][0].tolist(),
                "coupled_equal_S": COUPLED["coupled_equal"][1].tolist(),
@@ -430,7 +482,7 @@ for ax, case, title in [(axes[1], "coupled_equal", "coupled, equal steps"),
     ax.set_aspect("equal", "datalim")
     ax.legend(fontsize=7, loc="upper right")
 fig.tight_layout()
-save(fig, "theory_two_temperatures.png")
+save(fig, "theory_two_temperatures")
 
 # %% [markdown]
 # ## (e) The sngrad variants with per-example noise
@@ -472,8 +524,12 @@ for m_i, (method, alpha) in enumerate(ALPHA_E.items()):
             m1, m2 = sde.sngrad_gain_moments(method, SIGMA_E[i], B_E, alpha, ETA_E)
             pred[i] = sde.random_gain_variance(K_E[i], s2_e[i], m1, m2)
             claim = f"variant {method}: exact random-gain variance"
+        # II's prediction is a small-noise expansion: dropped terms of relative order
+        # k^2 V / s^2 (sde.variant_ii_variance); the others are exact for Gaussian noise.
+        order = dict(kind="leading-order", expected_error=K_E[i] ** 2 * pred[i] / s2_e[i]) \
+            if method == "II" else {}
         check(f"e_{method}_x{i + 1}", "e", claim, pred[i], v[i], se[i], eta=ETA_E,
-              k=float(K_E[i]), noise_var=float(s2_e[i]), batch_size=B_E)
+              k=float(K_E[i]), noise_var=float(s2_e[i]), batch_size=B_E, **order)
         tu, tu_se = sde.mean_and_se(run.mean_theta_u[:, i])
         check(f"e_identity_{method}_x{i + 1}", "e", f"E[theta u] = E[u^2]/2, {method}",
               run.mean_u2[:, i].mean() / 2, tu, tu_se, eta=ETA_E, k=float(K_E[i]),
@@ -487,8 +543,9 @@ clip_i = int(np.argmax(ALPHA_E["I"] * SIGMA_E))
 rms_T = ETA_E * SIGMA_E[clip_i] / (2 * ALPHA_E["I"] * B_E)
 check(f"e_I_rmsprop_x{clip_i + 1}", "e",
       "variant I, clip active: RMSProp-like T = eta sigma / (2 alpha B) (leading order)",
-      rms_T, results_e["I"]["T"][clip_i], results_e["I"]["T_se"][clip_i], eta=ETA_E,
-      k=float(K_E[clip_i]), noise_var=float(s2_e[clip_i]), batch_size=B_E)
+      rms_T, results_e["I"]["T"][clip_i], results_e["I"]["T_se"][clip_i], kind="leading-order",
+      expected_error=results_e["I"]["T_pred"][clip_i] / rms_T - 1,  # exact / leading order - 1
+      eta=ETA_E, k=float(K_E[clip_i]), noise_var=float(s2_e[clip_i]), batch_size=B_E)
 # Split the gap between the plug-in and the exact prediction into its two causes: sigma_hat is
 # random (SDE limit with the random gain) and the steps are finite (the rest).
 m1, m2 = sde.sngrad_gain_moments("I", SIGMA_E[clip_i], B_E, ALPHA_E["I"], ETA_E)
@@ -499,7 +556,9 @@ PARAMS["e"] = {"sigma": SIGMA_E.tolist(), "k": K_E.tolist(), "batch_size": B_E, 
                "I_batch_sigma_factor": float(random_gain_sde_T / rms_T),
                "I_discrete_factor": float(results_e["I"]["T_pred"][clip_i] / random_gain_sde_T),
                "II_over_sgd": (results_e["II"]["T"] / results_e["sgd"]["T"]).tolist(),
-               "II_leading_ratio": 5 / (ALPHA_E["II"] * B_E)}
+               "II_leading_ratio": 5 / (ALPHA_E["II"] * B_E),
+               # T_2 / T_1 per method: how far each is from a single temperature
+               "temperature_ratio": {m: float(r["T"][1] / r["T"][0]) for m, r in results_e.items()}}
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -528,7 +587,7 @@ ax2.set(xscale="log", yscale="log", xlabel=r"$E[u_i^2]/2$", ylabel=r"$E[\theta_i
         title="A model-free identity (both coordinates)")
 ax2.legend(fontsize=8)
 fig.tight_layout()
-save(fig, "theory_sngrad_variants.png")
+save(fig, "theory_sngrad_variants")
 
 # %% [markdown]
 # ## (f) The lecture-note pictures
@@ -603,25 +662,208 @@ ax.set(yscale="log", ylim=(1e-8, 1e4), xlabel="step", ylabel="loss", title="loss
 ax.legend(fontsize=7)
 fig.suptitle(f"Ill-conditioned quadratic, eigenvalues {LAMBDAS[0]:g} and {LAMBDAS[1]:g}", y=1.0)
 fig.tight_layout()
-save(fig, "theory_lecture_quadratic.png")
+save(fig, "theory_lecture_quadratic")
+
+# %% [markdown]
+# ## (g) Control variates with an SVRG snapshot
+#
+# $g_j$ is example $j$'s gradient at the current parameters, $h_j$ at a snapshot, and the
+# full-data mean $G_\text{snap} = E[h]$ is known. With batch means $\mu, \nu$ the estimate
+# $\mu - \lambda(\nu - G_\text{snap})$ is unbiased for any $\lambda$ fixed before the batch, with
+# variance $(\operatorname{Var}g + \lambda^2\operatorname{Var}h - 2\lambda\operatorname{Cov})/B$,
+# smallest at $\lambda^* = \operatorname{Cov}/\operatorname{Var}h$ where it is
+# $(1-\rho^2)\operatorname{Var}g/B$.
+#
+# *Distance from the snapshot.* Per-example losses $a_j\theta^2/2 - b_j\theta$ with Gaussian
+# curvature and target noise give jointly Gaussian pairs whose covariance is known in closed
+# form at every distance $\delta = \theta - \theta_\text{snap}$ (`sde.NoisyQuadratic`). Checked:
+# the variance at $\lambda^*$, at SVRG's $\lambda = 1$, and with $\lambda$ estimated on the same
+# batch, which for Gaussian pairs costs exactly the factor $(B-2)/(B-3)$.
+#
+# *Bias of the estimated coefficient.* With $h = z$, $g = z + c(z^2-1) + $ noise
+# (`sde.SkewedPairs`) the residual of $g$ given $h$ is uncorrelated with $h$ but not independent
+# of it, and $\lambda$ estimated on the same batch biases the estimate by exactly $-2c/B$
+# (`sde.cv_same_batch_bias`); a $\lambda$ from the previous batch does not bias it at all.
+# Biases are measured paired against the $\lambda^*$ estimate on the same batches, which is
+# unbiased and shares most of the noise.
+
+# %%
+N_CHAINS_G, N_BATCHES_G = SIZE["g"]
+B_G = 16
+THETA_SNAP_G, SA_G, SB_G = 1.0, 1.0, 1.0
+DELTAS_G = np.array([-2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 1.0, 2.0])
+
+
+def noisy_quadratic(deltas):
+    return sde.NoisyQuadratic(theta=tuple(float(THETA_SNAP_G + d) for d in deltas),
+                              theta_snap=THETA_SNAP_G, curvature=1.0, target=0.0,
+                              curvature_std=SA_G, target_std=SB_G)
+
+
+quad_g = noisy_quadratic(DELTAS_G)
+run_g = sde.simulate_control_variates(section_key("g"), quad_g, batch_sizes=(B_G,),
+                                      n_chains=N_CHAINS_G, n_batches=N_BATCHES_G)[B_G]
+moments_g = quad_g.moments()
+lam_star_g = moments_g["cov"] / moments_g["var_h"]
+rho2_g = sde.cv_correlation_squared(quad_g)
+predicted_g = {
+    "raw": sde.cv_variance(quad_g, B_G, 0.0),
+    "optimal": sde.cv_variance(quad_g, B_G, lam_star_g),
+    "svrg": sde.cv_variance(quad_g, B_G, 1.0),
+    "same_batch": sde.cv_same_batch_variance(quad_g, B_G),
+    "lagged": sde.cv_same_batch_variance(quad_g, B_G),
+}
+CLAIMS_G = {
+    "optimal": "variance at lambda* = (1 - rho^2) Var g / B",
+    "svrg": "variance at lambda = 1 (SVRG) = (Var g + Var h - 2 Cov) / B",
+    "same_batch": "lambda from the same batch, Gaussian pairs: (B-2)/(B-3) (1 - rho^2) Var g / B",
+    "lagged": "lambda from the previous batch, Gaussian pairs: the same (B-2)/(B-3) factor",
+}
+rows_g = []
+for i, delta in enumerate(DELTAS_G):
+    row = {"delta": delta, "theta": THETA_SNAP_G + delta, "rho2": rho2_g[i],
+           "lambda_star": lam_star_g[i]}
+    for name in ("raw", "optimal", "svrg", "same_batch", "lagged", "clipped"):
+        v, se = run_g.mse(name)
+        row[f"var_{name}"], row[f"se_{name}"] = v[i], se[i]
+    rows_g.append(row)
+    if delta == 0:
+        continue  # g_j = h_j: the corrected estimates are exactly G, nothing to compare
+    for name, claim in CLAIMS_G.items():
+        check(f"g_{name}_delta_{tag(delta)}", "g", f"delta = {delta:g}: {claim}",
+              predicted_g[name][i], row[f"var_{name}"], row[f"se_{name}"], batch_size=B_G)
+distance_g = pd.DataFrame(rows_g)
+
+# %%
+BATCHES_G = (16, 32, 64, 128, 256)
+SKEW_G = 0.5
+pairs_g = sde.SkewedPairs(snap_std=(1.0,), slope=(1.0,), skew=(SKEW_G,), noise=(0.5,))
+runs_bias = sde.simulate_control_variates(jax.random.fold_in(section_key("g"), 1), pairs_g,
+                                          batch_sizes=BATCHES_G, n_chains=N_CHAINS_G,
+                                          n_batches=N_BATCHES_G)
+rows_bias = []
+for B, run in runs_bias.items():
+    predicted = float(sde.cv_same_batch_bias(pairs_g, B)[0])
+    row = {"B": B, "predicted": predicted}
+    for name in ("same_batch", "clipped", "lagged"):
+        b, se = run.bias(name)
+        row[name], row[f"{name}_se"] = b[0], se[0]
+    rows_bias.append(row)
+    check(f"g_bias_same_batch_B_{B}", "g",
+          f"B = {B}: lambda from the same batch biases the estimate by -E[r h^2] / (B Var h)",
+          predicted, row["same_batch"], row["same_batch_se"], batch_size=B)
+    check(f"g_bias_lagged_B_{B}", "g",
+          f"B = {B}: lambda from the previous batch leaves no bias (error in units of the "
+          "same-batch bias)", 0.0, row["lagged"], row["lagged_se"], scale=abs(predicted),
+          batch_size=B)
+bias_g = pd.DataFrame(rows_bias)
+# O(1/B): slope of log |bias| against log B, weighted by the relative standard errors.
+weights = np.abs(bias_g.same_batch) / bias_g.same_batch_se
+(slope_g, _), slope_cov = np.polyfit(np.log(bias_g.B), np.log(np.abs(bias_g.same_batch)), 1,
+                                     w=weights, cov="unscaled")
+check("g_bias_slope", "g", "the same-batch bias is O(1/B): slope of log |bias| against log B",
+      -1.0, slope_g, math.sqrt(slope_cov[0, 0]))
+SVRG_WORSE = [float(d) for d, r in zip(DELTAS_G, predicted_g["svrg"] / predicted_g["raw"],
+                                       strict=True) if r > 1]
+PARAMS["g"] = {
+    "batch_size": B_G, "theta_snap": THETA_SNAP_G, "curvature_std": SA_G, "target_std": SB_G,
+    "deltas": DELTAS_G.tolist(), "rho2": rho2_g.tolist(), "lambda_star": lam_star_g.tolist(),
+    "same_batch_factor": (B_G - 2) / (B_G - 3), "svrg_worse_than_sgd_at": SVRG_WORSE,
+    "skew": SKEW_G, "noise": 0.5, "bias_batches": list(BATCHES_G),
+    "bias_times_B": (bias_g.same_batch * bias_g.B).tolist(),
+    "clipped_bias_times_B": (bias_g.clipped * bias_g.B).tolist(),
+    "lambda_range": list(LAMBDA_RANGE), "lagged_first_lambda": LAGGED_FIRST_LAMBDA,
+    "n_batches": N_CHAINS_G * N_BATCHES_G,
+    # the tables of the report, as ratios to the raw mean's predicted variance
+    "distance_table": [
+        {"delta": r["delta"], "rho2": r["rho2"], "lambda_star": r["lambda_star"],
+         **{f"{n}_pred": float(predicted_g[n][i] / predicted_g["raw"][i])
+            for n in ("optimal", "same_batch", "svrg", "lagged")},
+         **{f"{n}_meas": float(r[f"var_{n}"] / predicted_g["raw"][i])
+            for n in ("raw", "optimal", "same_batch", "svrg", "lagged")},
+         **{f"{n}_se": float(r[f"se_{n}"] / predicted_g["raw"][i])
+            for n in ("raw", "optimal", "same_batch", "svrg", "lagged")}}
+        for i, r in enumerate(rows_g)],
+    "bias_table": [{k: float(v) for k, v in r.items()} for r in rows_bias],
+    "lagged_max_rel_bias": max(c["rel_error"] for c in CHECKS
+                               if c["name"].startswith("g_bias_lagged")),
+    "lagged_max_z": float((bias_g.lagged.abs() / bias_g.lagged_se).max()),
+    # the same-batch bias against the noise the optimal correction leaves in the batch mean
+    "bias_over_remaining_std": (bias_g.predicted.abs() / np.sqrt(
+        [sde.cv_variance(pairs_g, B, 1.0)[0] for B in BATCHES_G])).tolist(),
+}
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5.0))
+fine = np.linspace(DELTAS_G.min(), DELTAS_G.max(), 201)
+quad_fine = noisy_quadratic(fine)
+raw_fine = sde.cv_variance(quad_fine, B_G, 0.0)
+m_fine = quad_fine.moments()
+curves = {
+    "optimal": (sde.cv_variance(quad_fine, B_G, m_fine["cov"] / m_fine["var_h"]),
+                r"$\lambda^*$: $1-\rho^2$", "C0"),
+    "same_batch": (sde.cv_same_batch_variance(quad_fine, B_G),
+                   r"$\hat\lambda$ same batch: $\frac{B-2}{B-3}(1-\rho^2)$", "C2"),
+    "svrg": (sde.cv_variance(quad_fine, B_G, 1.0), r"SVRG $\lambda=1$", "C3"),
+}
+for name, (curve, label, color) in curves.items():
+    ax1.plot(fine, curve / raw_fine, color=color, label=label)
+    ax1.errorbar(distance_g.delta, distance_g[f"var_{name}"] / predicted_g["raw"],
+                 2 * distance_g[f"se_{name}"] / predicted_g["raw"], fmt="o", ms=4, color=color)
+ax1.axhline(1.0, color="gray", lw=1, ls=":", label="raw batch mean (SGD)")
+ax1.set(xlabel=r"distance from the snapshot $\delta = \theta - \theta_{snap}$",
+        ylabel="variance / variance of the raw mean", ylim=(0, 2.5),
+        title=f"Noisy quadratic, B = {B_G} (points: simulation ±2 SE)")
+ax1.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+bb = np.array(BATCHES_G)
+ax2.axhline(-2 * SKEW_G, color="C1", lw=1, label=r"predicted $B\cdot$bias $= -2c$")
+ax2.axhline(0.0, color="gray", lw=1)
+for name, label, color in [("same_batch", r"$\hat\lambda$ same batch", "C1"),
+                           ("clipped", r"same batch, clipped to [0, 2]", "C4"),
+                           ("lagged", r"$\hat\lambda$ of the previous batch", "C0")]:
+    ax2.errorbar(bb, bias_g[name] * bb, 2 * bias_g[f"{name}_se"] * bb, fmt="o-", ms=4,
+                 color=color, label=label)
+ax2.set(xscale="log", xlabel="batch size B", ylabel=r"$B\times$ bias of the estimate",
+        title=f"Bias of the estimated coefficient (c = {SKEW_G:g})")
+ax2.set_xticks(bb, [str(b) for b in bb])
+ax2.minorticks_off()
+ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+fig.tight_layout()
+save(fig, "theory_control_variate")
 
 # %% [markdown]
 # ## Outputs
 
 # %%
+missing = THEORY_FIGURES - set(SAVED)
+if missing:
+    raise RuntimeError(f"theory figures of the manifest not drawn: {sorted(missing)}")
 checks = pd.DataFrame(CHECKS)
-checks.to_csv(OUT / "checks.csv", index=False)
-stationary_1d[["eta", "k", "noise_var", "predicted_discrete", "predicted_sde", "measured",
-               "mc_se"]].to_csv(OUT / "stationary_1d.csv", index=False)
+exact = checks[checks.kind == "exact"]
+leading = checks[checks.kind == "leading-order"]
+write_frame(OUT / "checks.csv", checks)
+write_frame(OUT / "stationary_1d.csv", stationary_1d[[
+    "eta", "k", "noise_var", "predicted_discrete", "predicted_sde", "measured", "mc_se",
+    "sde_rel_error"]])
+identity = checks[checks.name.str.startswith("e_identity")]
 summary = {
     "scale": scale, "seed": seed, "sizes": {k: list(v) for k, v in SIZE.items()},
     "wall_time_s": time.time() - START, "n_checks": len(checks),
+    # passes are counted over the exact checks only; leading-order ones are reported with
+    # their expected error and are not a pass or a failure
+    "n_exact": len(exact), "n_exact_passed": int(exact.within_5pct.sum()),
+    "failed": exact.loc[~exact.within_5pct, "name"].tolist(),
+    "n_leading_order": len(leading),
+    "leading_order_within_5pct": int(leading.within_5pct.sum()),
     "n_within_5pct": int(checks.within_5pct.sum()),
-    "failed": checks.loc[~checks.within_5pct, "name"].tolist(),
     "max_sde_rel_error": float(stationary_1d.sde_rel_error.max()),
+    "identity": {"n": len(identity), "n_within": int(identity.within_5pct.sum()),
+                 "max_rel_error": float(identity.rel_error.max())},
     "jax_version": jax.__version__, "params": PARAMS,
 }
-(OUT / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-print(f"{len(checks)} checks, {summary['n_within_5pct']} within 5 %, "
-      f"{summary['wall_time_s']:.1f} s ({scale})")
-checks.loc[:, ["name", "predicted", "measured", "rel_error", "mc_se", "within_5pct"]]
+# numpy scalars -> plain JSON numbers (NaN becomes null in write_json)
+write_json(OUT / "summary.json", json.loads(json.dumps(summary, default=float)))
+print(f"{len(checks)} checks: {summary['n_exact_passed']} of {len(exact)} exact ones within "
+      f"5 %, {len(leading)} leading-order; {summary['wall_time_s']:.1f} s ({scale})")
+checks.loc[:, ["name", "kind", "predicted", "measured", "rel_error", "expected_error", "mc_se",
+               "within_5pct"]]

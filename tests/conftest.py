@@ -9,3 +9,10 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+def pytest_configure(config):
+    # `make test` runs them too; `make test-fast` (-m "not slow") leaves them out while editing
+    config.addinivalue_line(
+        "markers", "slow: runs the real workflow (about a minute or more); never skipped"
+    )

@@ -158,6 +158,11 @@ def test_equal_time_compares_the_run_at_the_epoch_it_reaches():
     costs = analysis.step_costs(bench, [16], 128)
     assert costs == {"sgd": 1.0, "sgd+sngrad1": 2.0}
     assert analysis.step_costs(bench, [32], 128) == {}
+    # optimizers the benchmark does not time take the cost of their sgd counterpart
+    assert analysis.run_cost(costs, "momentum+sngrad1") == (2.0, "sgd+sngrad1")
+    assert analysis.run_cost(costs, "sgd+sngrad1@0.1") == (2.0, "")
+    assert analysis.run_cost(costs, "adam") == (1.0, "sgd")
+    assert analysis.run_cost(costs, "msvag") == (None, "")
     metrics = metrics_frame({"sgd": BASE, "sgd+sngrad1": NOISY})
     table = analysis.paired_table(
         metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist", costs={128: costs}
@@ -275,6 +280,11 @@ def test_shrink_and_control_variate_summaries():
     assert whole["factor_mean"] == pytest.approx(0.7)
     assert whole["shrink_last"] == pytest.approx(0.5)
     assert whole["shrink_first"] == pytest.approx(0.25)
+    weighted = analysis.shrink_summary(diag, {"mnist": analysis.layer_weights(4, [3], 2)})
+    # layer 0 has 4 x 3 = 12 weights, layer 1 has 3 x 2 = 6
+    whole = weighted[weighted["layer"] == "all"].iloc[0]
+    assert whole["factor_mean"] == pytest.approx((0.5 * 12 + 0.9 * 6) / 18)
+    assert whole["shrink_last"] == pytest.approx((0.8 * 12 + 0.2 * 6) / 18)
     # files without the control-variate columns give no control-variate rows
     assert analysis.control_variate_summary(diag).empty
     cv = diag.assign(optimizer="sgd+cv", lambda_median=0.8, variance_ratio=[0.5, 0.3] * 2)

@@ -164,11 +164,15 @@ _F32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 _VEC = hnp.arrays(np.float32, 5, elements=_F32)
 _COEF = st.one_of(st.sampled_from(["optimal", "optimal-lagged", 0.0, 1.0]),
                   _F32)
-_UPDATES = {
-    name: jax.jit(lambda m, st_, sm, sv, c, a, _opt=control_variate(name): _opt.update(
-        m, st_, None, snap_mean=sm, snap_var=sv, cov=c, anchor=a))
-    for name in ("optimal", "optimal-lagged")
-}
+
+
+def _jitted_update(name):
+    opt = control_variate(name)
+    return jax.jit(lambda m, state, sm, sv, c, a: opt.update(
+        m, state, None, snap_mean=sm, snap_var=sv, cov=c, anchor=a))
+
+
+_UPDATES = {name: _jitted_update(name) for name in ("optimal", "optimal-lagged")}
 
 
 @settings(max_examples=80, deadline=None)

@@ -96,14 +96,11 @@ def test_noise_of_the_mean_falls_as_inverse_root_batch():
         errors.append(float(np.median(np.sqrt(sq_error / len(mean)))))
         signs = np.random.default_rng(batch_size).choice([-1.0, 1.0], size=grads.shape[:2])
         flip = (grads * signs[..., None]).mean(1)
-        per_batch = [
-            noise.coordinate_summary(
-                jnp.asarray(m), jnp.asarray(v), jnp.asarray(f), jnp.full(DIM, batch_size),
-                jnp.ones(DIM, bool), batch_size, (),
-            )["mean_noise"]
-            for m, v, f in zip(mean, var, flip, strict=True)
-        ]  # fmt: skip
-        noise_of_mean.append(noise.mean_and_se(per_batch)[0])
+        nonzero = np.full(mean.shape, batch_size)
+        summary = noise.coordinate_summary(
+            mean, var, flip, nonzero, np.ones(DIM, bool), batch_size, ()
+        )
+        noise_of_mean.append(noise.mean_and_se(summary["mean_noise"])[0])
         # E (mu_i - G_i)^2 = Sigma_ii / B
         expected = float(np.median(np.sqrt(truth["sigma_diag"] / batch_size)))
         assert errors[-1] == pytest.approx(expected, rel=0.15)
@@ -126,16 +123,13 @@ def test_pure_noise_reference_tells_signal_from_noise():
         mean, var = _moments(grads)
         signs = np.random.default_rng(3).choice([-1.0, 1.0], size=grads.shape[:2])
         flip = (grads * signs[..., None]).mean(1)
-        rows = [
-            noise.coordinate_summary(
-                jnp.asarray(m), jnp.asarray(v), jnp.asarray(f), jnp.full(DIM, batch_size),
-                jnp.ones(DIM, bool), batch_size, (("II_alpha1", "II", 1.0),),
-            )
-            for m, v, f in zip(mean, var, flip, strict=True)
-        ]  # fmt: skip
-        shares[scale] = noise.mean_and_se([r["snr_above_share"] for r in rows])
+        summary = noise.coordinate_summary(
+            mean, var, flip, np.full(mean.shape, batch_size), np.ones(DIM, bool), batch_size,
+            (("II_alpha1", "II", 1.0),),
+        )  # fmt: skip
+        shares[scale] = noise.mean_and_se(summary["snr_above_share"])
         if scale == 0.0:
-            null = noise.mean_and_se([r["snr_pure_noise"] for r in rows])[0]
+            null = noise.mean_and_se(summary["snr_pure_noise"])[0]
             assert null == pytest.approx(noise.gaussian_snr_null(batch_size), rel=0.1)
     share, se = shares[0.0]
     assert abs(share - 0.5) < 3 * se
@@ -239,7 +233,7 @@ def test_network_estimates_agree_with_the_full_training_split():
 
 
 def _write_inputs(tmp_path, n_train=200, sizes=(12, 16, 4)):
-    params, x, y = _mlp_problem(n=n_train, sizes=sizes)
+    _, x, y = _mlp_problem(n=n_train, sizes=sizes)
     rng = np.random.default_rng(5)
     splits = Splits(
         x_train=x, y_train=y,
@@ -255,7 +249,9 @@ def _write_inputs(tmp_path, n_train=200, sizes=(12, 16, 4)):
     checkpoints = {"init": 0, "p100": 3}
     for i, name in enumerate(checkpoints):
         p = mlp_init(jax.random.PRNGKey(i), list(sizes))
-        leaves = {f"{k}{l}": np.asarray(a) for l, (w, b) in enumerate(p) for k, a in (("w", w), ("b", b))}
+        leaves = {}
+        for layer, (w, b) in enumerate(p):
+            leaves[f"w{layer}"], leaves[f"b{layer}"] = np.asarray(w), np.asarray(b)
         np.savez(ref / f"{name}.npz", **leaves)
     (ref / "reference.json").write_text(
         json.dumps({"checkpoints": checkpoints, "seed": 1, "learning_rate": 0.1, "batch_size": 8})
@@ -327,3 +323,43 @@ def test_cli_rejects_bad_input_before_writing(tmp_path, change, message):
 def test_report_context_without_summary(tmp_path):
     context = noise.report_context(Layout("none", root=str(tmp_path)), ["mnist"])
     assert context["available"] is False and context["missing"] == ["mnist"]
+
+
+def _render_section(context: dict) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader("paper/templates"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    figures = {
+        name: {"markdown": f"![{name}](figures/{name}.png)"}
+        for name in ("noise_vs_batch", "snr_vs_batch", "noise_scale_over_training",
+                     "shrink_vs_batch")
+    }  # fmt: skip
+    return env.get_template("noise.md.j2").render(noise=context, figures=figures)
+
+
+def test_template_renders_the_numbers_of_the_summary(tmp_path):
+    data, ref, best = _write_inputs(tmp_path)
+    layout = Layout("toy", root=str(tmp_path / "results"))
+    argv = [
+        "--data", str(data), "--reference-dir", str(ref), "--tuned", f"sgd+sngrad1={best}",
+        "--batch-sizes", "8,16,32", "--batches", "4", "--out", layout.noise("toy"),
+    ]  # fmt: skip
+    assert noise.cli(argv) == 0
+    from sngrad.io import write_frame
+
+    write_frame(layout.analysis(noise.SUMMARY_FILE), noise.summary_table(layout, ["toy"]))
+    context = noise.report_context(layout, ["toy"])
+    text = _render_section(context)
+    toy = context["datasets"][0]
+    assert "### toy" in text
+    assert toy["last"]["b_simple"] in text and toy["mean_error_slope"] in text
+    assert "figures/shrink_vs_batch.png" in text
+    assert "nan" not in text.lower().replace("nanmedian", "")
+
+    missing = _render_section(noise.report_context(Layout("none", root=str(tmp_path)), ["x"]))
+    assert "has not run" in missing and "x" in missing

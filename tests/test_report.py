@@ -85,7 +85,7 @@ def write_tree(root, profile="fixture", *, all_diverged=False, datasets=("mnist"
         summary_path, paired_path = notebook_tables(layout, "summary", dataset)
         write_frame(summary_path, summary)
         write_frame(paired_path, paired)
-    tables = analysis.performance_tables(layout, list(datasets), RUNS, [B])
+    tables = analysis.performance_tables(layout, list(datasets), RUNS, [B], [16])
     for path in notebook_tables(layout, "performance"):
         write_frame(path, tables[Path(path).name])
     Path(layout.figures_dir()).mkdir(parents=True, exist_ok=True)
@@ -183,8 +183,10 @@ def markdown_table(text, header_start):
     return rows
 
 
-@pytest.fixture
-def study(tmp_path):
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """One rendered fixture study, shared by the tests that only read it."""
+    tmp_path = tmp_path_factory.mktemp("study")
     layout, config = write_tree(tmp_path / "results")
     return layout, config, render(tmp_path, layout, config)
 
@@ -223,7 +225,8 @@ def test_seed_tables_fill_the_seed_readme(study):
     acc = {r["dataset"]: r for r in markdown_table("\n".join(lines[second:]), "| dataset |")}
     s = summary.loc["sgd+sngrad1"]
     cell = acc["MNIST"]["`sgd+sngrad1`"]
-    assert cell.startswith(f"{100 * s['test_accuracy_mean']:.2f} ± {100 * s['test_accuracy_std']:.2f}")
+    mean, std = 100 * s["test_accuracy_mean"], 100 * s["test_accuracy_std"]
+    assert cell.startswith(f"{mean:.2f} ± {std:.2f}")
     assert "(better," in cell
     assert acc["MNIST"]["`sgd`"].startswith(f"{100 * summary.loc['sgd', 'test_accuracy_mean']:.2f}")
 
@@ -246,13 +249,15 @@ def test_summary_names_the_run_chosen_on_validation(study):
 
 
 def test_report_sections_come_from_the_tables(study):
-    layout, _, text = study
+    _, _, text = study
     assert "nan" not in text.lower().replace("nano", "")
     assert "THEORY PARTIAL" not in text  # no theory tables in this tree
     assert "NOISE PARTIAL" in text
     shrink = markdown_table(text, "| dataset | B | run | share shrunk")
     assert {r["run"] for r in shrink} == {"`sgd+sngrad1`", "`sgd+sngrad2@0.05`"}
-    assert all(r["share shrunk, mean %"] == "50.0" for r in shrink)  # layers 25 % and 75 %
+    # layers of 64 x 16 and 16 x 10 weights shrink 25 % and 75 %: the network shrinks
+    share = (0.25 * 64 * 16 + 0.75 * 16 * 10) / (64 * 16 + 16 * 10)
+    assert all(r["share shrunk, mean %"] == f"{100 * share:.1f}" for r in shrink)
     cv = markdown_table(text, "| dataset | B | run | variance ratio")
     assert [r["run"] for r in cv] == ["`sgd+cv`"] and cv[0]["variance ratio (mean)"] == "0.4"
     bench = markdown_table(text, "| network |")
@@ -269,6 +274,10 @@ def test_report_sections_come_from_the_tables(study):
         else:
             assert f"Figure `{name}` was not produced" in text
     assert "ab" * 32 in text  # the data sidecar's hash
+    prototype = {r["variant"]: r for r in markdown_table(text, "| variant | prototype alpha")}
+    assert prototype["I"]["same alpha on our cross-entropy"] == "0.1"
+    assert prototype["II"]["run of this profile"] == "`sgd+sngrad2@0.05`"
+    assert prototype["III"]["run of this profile"] == "not run in this profile"
     assert "sgd+sngrad1` on mnist, B = 64: 2 of 6 settings" in text
     assert "`sgd` on mnist, B = 64" in text.split("stopped at a hard bound")[1][:80]
 
@@ -282,6 +291,36 @@ def test_all_diverged_study_renders(tmp_path):
     assert "**Cells with no valid setting**" in text
     assert "**0 better, 0 worse, 4 inconclusive**" in text
     assert "nan" not in text.lower()
+
+
+def run_notebook(name, layout, config, monkeypatch):
+    """Execute analysis/<name>.py as a script with its parameter cell replaced (what papermill
+    does, without a kernel)."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    source = (ROOT / "analysis" / f"{name}.py").read_text()
+    start = source.index('# %% tags=["parameters"]')
+    end = source.index("# %%", start + 5)
+    parameters = {"profile": layout.profile, "results_root": layout.root,
+                  "datasets": config["datasets"], "runs": config["optimizers"],
+                  "batch_sizes": config["batch_sizes"], "config_json": json.dumps(config)}
+    cell = "".join(f"{k} = {v!r}\n" for k, v in parameters.items())
+    exec(compile(source[:start] + cell + source[end:], f"analysis/{name}.py", "exec"), {})
+
+
+def test_notebooks_cope_with_an_all_diverged_study(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    layout, config = write_tree(tmp_path / "results", "dead", all_diverged=True)
+    for name in ("summary", "performance"):
+        run_notebook(name, layout, config, monkeypatch)
+    plt.close("all")
+    for path in notebook_tables(layout, "performance") + layout.figures("performance"):
+        assert Path(path).stat().st_size > 0, path
+    paired = pd.read_csv(layout.paired("mnist"))
+    assert (paired["verdict"] == "inconclusive").all() and (paired["n_pairs"] == 0).all()
+    text = render(tmp_path, layout, config)
+    for name in ("learning_curves", "lr_sensitivity", "equal_time"):
+        assert f"](figures/{name}.png)" in text
 
 
 def test_missing_runs_and_no_results_still_render(tmp_path):

@@ -145,3 +145,46 @@ def test_bad_arguments_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sde.simulate(jax.random.key(0), sde.Quadratic.diagonal([1.0]), n_chains=2, burn_in=0,
                      n_steps=1, eta=0.1, **kwargs)
+
+
+def test_control_variate_simulation_matches_variances_and_bias():
+    """Gaussian pairs (skew 0): the variance at lambda*, at lambda = 1 and with lambda from the
+    same batch ((B-2)/(B-3) factor) match the closed forms. Skewed pairs: the same-batch bias
+    is -2 skew / B, the lagged one 0."""
+    pairs = sde.SkewedPairs(snap_std=(1.0, 2.0), slope=(0.6, 1.0), skew=(0.0, 0.5),
+                            noise=(0.8, 0.5))
+    runs = sde.simulate_control_variates(jax.random.key(9), pairs, batch_sizes=(8, 32),
+                                         n_chains=100, n_batches=100)
+    for B, run in runs.items():
+        lam_star = pairs.moments()["cov"] / pairs.moments()["var_h"]
+        for name, predicted in [("raw", sde.cv_variance(pairs, B, 0.0)),
+                                ("optimal", sde.cv_variance(pairs, B, lam_star)),
+                                ("svrg", sde.cv_variance(pairs, B, 1.0))]:
+            v, se = run.mse(name)
+            assert_agrees(v, se, predicted, rel=0.06)
+        v, se = run.mse("same_batch")
+        assert_agrees(v[0], se[0], sde.cv_same_batch_variance(pairs, B)[0], rel=0.06)
+        # (1 - rho^2) of the raw variance at lambda*
+        np.testing.assert_allclose(sde.cv_variance(pairs, B, lam_star),
+                                   (1 - sde.cv_correlation_squared(pairs)) * pairs.moments()[
+                                       "var_g"] / B)
+        bias, se = run.bias("same_batch")
+        predicted = sde.cv_same_batch_bias(pairs, B)
+        assert predicted[1] == pytest.approx(-2 * 0.5 / B) and predicted[0] == 0
+        assert np.all(np.abs(bias - predicted) <= 4 * se + 0.05 * np.abs(predicted))
+        assert bias[1] < -8 * se[1]
+        lag, lag_se = run.bias("lagged")
+        assert np.all(np.abs(lag) <= 4 * lag_se)
+
+
+def test_noisy_quadratic_moments_match_its_draws():
+    quad = sde.NoisyQuadratic(theta=(0.0, 2.0), theta_snap=1.0, curvature=1.5, target=0.5,
+                              curvature_std=0.7, target_std=0.3)
+    g, h = (np.asarray(a, float) for a in quad.draw(jax.random.key(3), (200_000,)))
+    m = quad.moments()
+    np.testing.assert_allclose(g.mean(0), m["mean_g"], atol=0.01)
+    np.testing.assert_allclose(h.mean(0), m["mean_h"], atol=0.01)
+    np.testing.assert_allclose(g.var(0), m["var_g"], rtol=0.02)
+    np.testing.assert_allclose(h.var(0), m["var_h"], rtol=0.02)
+    cov = ((g - g.mean(0)) * (h - h.mean(0))).mean(0)
+    np.testing.assert_allclose(cov, m["cov"], rtol=0.02)

@@ -342,7 +342,8 @@ def assert_cov_close(got, ref, batch, what):
         scale = np.maximum(bound, TINY * bound.max())
         e, e0 = (4 * U32 * np.sqrt(batch) * (a * a + b) for a, b in ((m, v), (m0, v0)))
         cancellation = np.sqrt(e * e0)
-        clamp = np.sqrt((v + e) * (v0 + e0)) - np.sqrt(np.maximum(v - e, 0) * np.maximum(v0 - e0, 0))
+        low = np.maximum(v - e, 0) * np.maximum(v0 - e0, 0)
+        clamp = np.sqrt((v + e) * (v0 + e0)) - np.sqrt(low)
         err = np.abs(np.asarray(g, np.float64) - r) - cancellation - clamp
         assert (err <= RTOL * scale).all(), f"{what}: worst error {(err / scale).max():.2e}"
 

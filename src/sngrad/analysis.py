@@ -53,6 +53,7 @@ to the last epoch: (L_{E-q} - L_E) <= 0.10 (L_1 - L_E).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -392,6 +393,29 @@ def step_costs(benchmark: pd.DataFrame | None, hidden: Sequence[int], batch_size
     return costs
 
 
+# Optimizers the benchmark does not time, and the timed one whose cost stands in for theirs:
+# the per-coordinate update of momentum, Adam or AdaBelief is elementwise work that is small
+# against the matrix products, so X+sngradN costs about what sgd+sngradN costs.
+_COST_PROXY = {"momentum": "sgd", "adam": "sgd", "adabelief": "sgd", "msvag": "svag"}
+
+
+def run_cost(costs: dict, run: str) -> tuple[float | None, str]:
+    """(step cost relative to SGD, proxy name or "") of a run; None where nothing applies.
+
+    The run's own optimizer if the benchmark timed it, else its stand-in: ``X+sngradN`` and
+    ``X+cv`` by ``sgd+...``, ``momentum``, ``adam``, ``adabelief`` by ``sgd``, ``msvag`` by
+    ``svag``; the stand-in is returned so that the report can say the cost was estimated.
+    """
+    optimizer = optimizer_of(run)
+    if optimizer in costs:
+        return costs[optimizer], ""
+    _, plus, tail = optimizer.partition("+")
+    proxy = f"sgd{plus}{tail}" if plus else _COST_PROXY.get(optimizer)
+    if proxy is not None and proxy in costs:
+        return costs[proxy], proxy
+    return None, ""
+
+
 def equal_time_epoch(epochs_base: int, cost_base: float, cost_run: float) -> int:
     """Epochs the run completes in the base's time: floor(E c_b / c_R), at most E."""
     if not (cost_base > 0 and cost_run > 0):
@@ -436,7 +460,12 @@ def paired_table(
                 }
             )
             cost = costs.get(int(batch_size), {})
-            c_run, c_base = cost.get(optimizer_of(run)), cost.get(optimizer_of(base))
+            (c_run, proxy_run), (c_base, proxy_base) = run_cost(cost, run), run_cost(cost, base)
+            proxies = [
+                f"{optimizer_of(r)} timed as {p}"
+                for r, p in [(run, proxy_run), (base, proxy_base)]
+                if p
+            ]
             if c_run is None or c_base is None:
                 row = _family_row(
                     "equal_time",
@@ -464,6 +493,10 @@ def paired_table(
                 else:
                     early = _select(seed_values(metrics, e_run, column), run, batch_size)
                     row = _family_row("equal_time", early, base_vals, e_run, epochs, c_run, c_base)
+            if proxies:
+                row["note"] = "; ".join(
+                    filter(None, [row["note"], "step cost estimated: " + ", ".join(proxies)])
+                )
             rows.append({**key, **row})
     table = pd.DataFrame(rows, columns=[c for c in PAIRED_COLUMNS if c != "p_holm"])
     if table.empty:
@@ -952,12 +985,20 @@ SHRINK_COLUMNS = [
 ALL_LAYERS = "all"
 
 
-def shrink_summary(diagnostics: pd.DataFrame) -> pd.DataFrame:
+def layer_weights(feature_dim: int, hidden, num_classes: int) -> dict[str, int]:
+    """Number of weights of each dense layer, keyed like ``diagnostics.csv``'s ``layer``."""
+    sizes = [int(feature_dim), *map(int, hidden), int(num_classes)]
+    return {str(i): n_in * n_out for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes))}
+
+
+def shrink_summary(diagnostics: pd.DataFrame, weights: dict | None = None) -> pd.DataFrame:
     """Per (run, B, layer): mean factor f and share of coordinates with f < 1.
 
     Averaged over seeds and epochs (``*_first`` / ``*_last``: first and last epoch only).
-    Where the file has no network-wide ``all`` layer, one is added as the unweighted mean over
-    layers (each layer counts once, whatever its size). Runs without a factor (NaN
+    Where the file has no network-wide ``all`` layer, one is added: the mean over layers
+    weighted by each layer's number of weights, ``weights[dataset][layer]``
+    (:func:`layer_weights`), so that it is the share of all the network's weights; without
+    ``weights`` for a dataset each layer counts once. Runs without a factor (NaN
     ``factor_mean``, e.g. sgd) are left out.
     """
     keys = ["dataset", "optimizer", "batch_size"]
@@ -970,15 +1011,22 @@ def shrink_summary(diagnostics: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=SHRINK_COLUMNS)
     frame["layer"] = frame["layer"].astype(str)
+    weights = weights or {}
+    frame["_w"] = [
+        float(weights.get(d, {}).get(layer, 1.0)) if weights.get(d) else 1.0
+        for d, layer in zip(frame["dataset"], frame["layer"], strict=True)
+    ]
     has_all = frame.groupby(keys)["layer"].transform(lambda s: (s == ALL_LAYERS).any())
-    extra = (
-        frame[~has_all]
-        .groupby([*keys, "seed", "epoch"])[["factor_mean", "shrink_share"]]
-        .mean()
-        .reset_index()
-        .assign(layer=ALL_LAYERS)
+    parts = frame[~has_all].assign(
+        _fw=lambda f: f["factor_mean"] * f["_w"], _sw=lambda f: f["shrink_share"] * f["_w"]
     )
-    frame = pd.concat([frame, extra], ignore_index=True)
+    sums = parts.groupby([*keys, "seed", "epoch"])[["_fw", "_sw", "_w"]].sum().reset_index()
+    extra = sums.assign(
+        factor_mean=sums["_fw"] / sums["_w"],
+        shrink_share=sums["_sw"] / sums["_w"],
+        layer=ALL_LAYERS,
+    )[[*keys, "seed", "epoch", "factor_mean", "shrink_share", "layer"]]
+    frame = pd.concat([frame.drop(columns="_w"), extra], ignore_index=True)
     per_epoch = frame.groupby([*keys, "layer", "epoch"])[["factor_mean", "shrink_share"]].mean()
     per_epoch = per_epoch.reset_index().sort_values("epoch")
     rows = []
@@ -1117,8 +1165,20 @@ def dataset_tables(layout, dataset: str, runs, batch_sizes, config: dict):
     return summary, paired
 
 
-def performance_tables(layout, datasets, runs, batch_sizes) -> dict[str, pd.DataFrame]:
-    """The performance notebook's tables, keyed by file name (``layout.NOTEBOOK_TABLES``)."""
+def network_weights(layout, datasets, hidden) -> dict[str, dict[str, int]]:
+    """{dataset: :func:`layer_weights`} from the data sidecars (datasets without one: none)."""
+    out = {}
+    for dataset in datasets:
+        path = Path(layout.data_meta(dataset))
+        if path.exists():
+            meta = json.loads(path.read_text())
+            out[dataset] = layer_weights(meta["feature_dim"], hidden, meta["num_classes"])
+    return out
+
+
+def performance_tables(layout, datasets, runs, batch_sizes, hidden=()) -> dict[str, pd.DataFrame]:
+    """The performance notebook's tables, keyed by file name (``layout.NOTEBOOK_TABLES``);
+    ``hidden``: the study network's hidden widths (weights the network-wide shrink share)."""
     metrics, _ = read_run_tables(layout, datasets, runs, batch_sizes, "metrics.csv")
     tuning, _ = read_run_tables(layout, datasets, runs, batch_sizes, "tuning.csv")
     diagnostics, _ = read_run_tables(layout, datasets, runs, batch_sizes, "diagnostics.csv")
@@ -1134,6 +1194,6 @@ def performance_tables(layout, datasets, runs, batch_sizes) -> dict[str, pd.Data
         "training_length.csv": training_length(metrics)
         if len(metrics)
         else pd.DataFrame(columns=TRAINING_LENGTH_COLUMNS),
-        "shrink.csv": shrink_summary(diagnostics),
+        "shrink.csv": shrink_summary(diagnostics, network_weights(layout, datasets, hidden)),
         "control_variates.csv": control_variate_summary(diagnostics),
     }

@@ -61,7 +61,6 @@ Command line (the workflow's noise rule)::
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import re
@@ -87,6 +86,9 @@ DEFAULT_BATCHES = 32
 FULL_DRAWS_UP_TO = 512
 MIN_BATCHES = 8
 EXACT_CHUNK = 2048
+# Batches per call of the compiled program: at most this many coordinates x batches (4 float32
+# arrays of it come back to the host), so that a wide network does not exhaust the memory.
+CHUNK_ELEMENTS = 1 << 23
 ALL = "all"
 SUMMARY_BATCH_SIZE = 128
 
@@ -237,49 +239,71 @@ def fit_loglog_slope(batch_sizes, values) -> tuple[float, float]:
     return slope, float(math.sqrt(float(resid @ resid) / (ok.sum() - 2) / sxx))
 
 
+def _nanmedian_rows(a: np.ndarray) -> np.ndarray:
+    """Median of every row over its non-NaN entries (NaN for a row without any)."""
+    out = np.full(a.shape[0], np.nan)
+    for i, row in enumerate(a):
+        row = row[~np.isnan(row)]
+        if row.size:
+            out[i] = np.median(row)
+    return out
+
+
 def coordinate_summary(mean, var, flip_mean, nonzero, informative, batch_size, factors):
-    """Per-batch scalars over the informative coordinates of one group (jit friendly).
+    """Per-batch scalars over the informative coordinates of one group of coordinates.
 
     Args:
-      mean, var: batch mean and population variance of each coordinate's per-example gradient.
-      flip_mean: the batch mean with every example's gradient multiplied by a random sign.
-      nonzero: number of examples of the batch whose gradient of the coordinate is non-zero.
-      informative: bool mask of the coordinates taken into account.
-      batch_size: B (static).
-      factors: ``((column_suffix, variant, alpha), ...)``; alpha a Python float.
+      mean, var: (n_batches, P) batch mean and population variance of each coordinate's
+        per-example gradient.
+      flip_mean: (n_batches, P) the batch mean with every example's gradient multiplied by a
+        random sign.
+      nonzero: (n_batches, P) number of examples of the batch whose gradient of the
+        coordinate is non-zero.
+      informative: (P,) bool, the coordinates taken into account.
+      batch_size: B.
+      factors: ``((column_suffix, variant, alpha), ...)``.
 
-    Returns a dict of scalars named as in the CSV (see the module docstring).
+    Returns a dict of (n_batches,) float64 arrays named as in the CSV (module docstring).
+    Medians and quartiles are taken here with numpy's selection algorithm: an XLA sort of the
+    coordinates on the CPU costs tens of milliseconds per batch, more than the whole forward
+    and backward pass.
     """
-    var = jnp.maximum(var, 0.0)
-    sigma = jnp.sqrt(var)
-    n_inf = jnp.maximum(jnp.sum(informative), 1)
-    q25, med, q75 = jnp.nanquantile(
-        jnp.where(informative, sigma, jnp.nan), jnp.array([0.25, 0.5, 0.75])
+    informative = np.asarray(informative, bool)
+    mean, var, flip, nonzero = (
+        np.asarray(a, np.float64)[:, informative] for a in (mean, var, flip_mean, nonzero)
     )
+    n = mean.shape[0]
+    names = [*_COORDINATE_STATS] + [
+        f"{kind}_{suffix}" for suffix, _, _ in factors for kind in ("factor_mean", "shrink_share")
+    ]
+    if mean.shape[1] == 0:
+        return {name: np.full(n, np.nan) for name in names}
+    var = np.maximum(var, 0.0)
+    sigma = np.sqrt(var)
+    q25, med, q75 = np.quantile(sigma, [0.25, 0.5, 0.75], axis=1)
     root_b = math.sqrt(batch_size)
-    spread = informative & (sigma > 0)
-    snr = jnp.where(spread, root_b * jnp.abs(mean) / jnp.where(spread, sigma, 1.0), jnp.nan)
-    flip_var = jnp.maximum(var + mean * mean - flip_mean * flip_mean, 0.0)
-    flip_ok = informative & (flip_var > 0)
-    flip_snr = jnp.where(
-        flip_ok, root_b * jnp.abs(flip_mean) / jnp.sqrt(jnp.where(flip_ok, flip_var, 1.0)), jnp.nan
-    )
-    null = jnp.nanmedian(flip_snr)
+    spread = sigma > 0
+    flip_var = np.maximum(var + mean * mean - flip * flip, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(spread, root_b * np.abs(mean) / sigma, np.nan)
+        flip_snr = np.where(flip_var > 0, root_b * np.abs(flip) / np.sqrt(flip_var), np.nan)
+    null = _nanmedian_rows(flip_snr)
     out = {
         "sigma_median": med,
         "sigma_q25": q25,
         "sigma_q75": q75,
         "mean_noise": med / root_b,
-        "snr_batch_median": jnp.nanmedian(snr),
+        "snr_batch_median": _nanmedian_rows(snr),
         "snr_pure_noise": null,
-        "snr_above_share": jnp.sum(spread & (snr > null)) / jnp.maximum(jnp.sum(spread), 1),
-        "sparse_share": jnp.sum(informative & (nonzero <= 1)) / n_inf,
-        "single_share": jnp.sum(informative & (nonzero == 1)) / n_inf,
+        "snr_above_share": np.sum(spread & (snr > null[:, None]), axis=1)
+        / np.maximum(np.sum(spread, axis=1), 1),
+        "sparse_share": np.mean(nonzero <= 1, axis=1),
+        "single_share": np.mean(nonzero == 1, axis=1),
     }
     for suffix, variant, alpha in factors:
-        f = scale_factor(variant, mean, var, alpha)
-        out[f"factor_mean_{suffix}"] = jnp.sum(jnp.where(informative, f, 0.0)) / n_inf
-        out[f"shrink_share_{suffix}"] = jnp.sum(informative & (f < 1.0)) / n_inf
+        f = np.asarray(scale_factor(variant, mean, var, alpha))
+        out[f"factor_mean_{suffix}"] = f.mean(axis=1)
+        out[f"shrink_share_{suffix}"] = np.mean(f < 1.0, axis=1)
     return out
 
 
@@ -378,32 +402,21 @@ def exact_moments(params: Params, x: np.ndarray, y: np.ndarray, chunk: int = EXA
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("factors",))
-def _batch_program(params, x_all, y_all, index, signs, full_mean, informative, factors):
-    """Scan over the batches of one batch size: per-batch scalars of every group, and the
-    running sum of ``(mu - G)^2`` per coordinate. One compiled program per batch size."""
-    batch = index.shape[1]
-    groups = len(params) + 1
+@jax.jit
+def _batch_program(params, x_all, y_all, index, signs, full_mean):
+    """Scan over a chunk of batches of one batch size (one compiled program per batch size).
+
+    Returns the running sum of ``(mu - G)^2`` per coordinate and, per batch, the flat
+    ``(mean, var, flip_mean, nonzero)`` of all coordinates (layers concatenated in order).
+    """
 
     def step(sq_error, draw):
         idx, sign = draw
         moments = layer_moments(params, x_all[idx], y_all[idx], sign)
-        parts = [*moments, tuple(jnp.concatenate(c) for c in zip(*moments, strict=True))]
-        masks = [*informative, jnp.concatenate(informative)]
-        scalars = []
-        for (mean, var, flip, nonzero), mask in zip(parts, masks, strict=True):
-            s = coordinate_summary(mean, var, flip, nonzero, mask, batch, factors)
-            s["mean_sq"] = jnp.sum(mean * mean)
-            s["var_sum"] = jnp.sum(var)
-            scalars.append(s)
-        sq_error = [
-            e + jnp.square(m[0] - g) for e, m, g in zip(sq_error, moments, full_mean, strict=True)
-        ]
-        return sq_error, {k: jnp.stack([s[k] for s in scalars]) for k in scalars[0]}
+        flat = tuple(jnp.concatenate(c) for c in zip(*moments, strict=True))
+        return sq_error + jnp.square(flat[0] - full_mean), flat
 
-    del groups
-    init = [jnp.zeros_like(g) for g in full_mean]
-    return jax.lax.scan(step, init, (index, signs))
+    return jax.lax.scan(step, jnp.zeros_like(full_mean), (index, signs))
 
 
 def n_batches_for(batch_size: int, batches: int) -> int:
@@ -435,12 +448,16 @@ def study_checkpoint(
     examples, so differences over training are not sampling differences.
     """
     exact = exact_moments(params, x, y)
-    informative = [count > 0 for _, _, count in exact]
-    full_mean = [jnp.asarray(g, jnp.float32) for g, _, _ in exact]
-    factors = _factor_settings(tuned)
+    sizes = [len(g) for g, _, _ in exact]
+    ends = np.cumsum(sizes)
+    slices = [slice(e - s, e) for s, e in zip(sizes, ends, strict=True)]
+    slices.append(slice(0, int(ends[-1])))
     groups = [*(str(i) for i in range(len(params))), ALL]
-    exact_groups = [*exact, tuple(np.concatenate(c) for c in zip(*exact, strict=True))]
-    inf_groups = [*informative, np.concatenate(informative)]
+    g_all, sigma2_all, count_all = (np.concatenate(c) for c in zip(*exact, strict=True))
+    informative = count_all > 0
+    full_mean = jnp.asarray(g_all, jnp.float32)
+    factors = _factor_settings(tuned)
+    chunk = max(1, CHUNK_ELEMENTS // len(g_all))
     x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
     rows = []
     for batch in batch_sizes:
@@ -448,46 +465,50 @@ def study_checkpoint(
         rng = np.random.default_rng([seed, batch])
         index = rng.integers(0, len(x), size=(n, batch), dtype=np.int32)
         signs = rng.choice(np.array([-1.0, 1.0], np.float32), size=(n, batch))
-        sq_error, per_batch = _batch_program(
-            params,
-            x_dev,
-            y_dev,
-            index,
-            signs,
-            full_mean,
-            [jnp.asarray(m) for m in informative],
-            factors,
-        )
-        per_batch = {k: np.asarray(v, np.float64) for k, v in per_batch.items()}
-        sq_error = [np.asarray(e, np.float64) for e in sq_error]
-        err_groups = [*sq_error, np.concatenate(sq_error)]
+        sq_error = np.zeros(len(g_all))
+        per_batch: list[list[dict]] = [[] for _ in groups]
+        for start in range(0, n, chunk):
+            part = slice(start, start + chunk)
+            sq, (mean, var, flip, nonzero) = _batch_program(
+                params, x_dev, y_dev, index[part], signs[part], full_mean
+            )
+            sq_error += np.asarray(sq, np.float64)
+            mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
+            flip, nonzero = np.asarray(flip), np.asarray(nonzero)
+            for gi, cut in enumerate(slices):
+                stats = coordinate_summary(
+                    mean[:, cut],
+                    var[:, cut],
+                    flip[:, cut],
+                    nonzero[:, cut],
+                    informative[cut],
+                    batch,
+                    factors,
+                )
+                stats["mean_sq"] = np.sum(mean[:, cut] ** 2, axis=1)
+                stats["var_sum"] = np.sum(var[:, cut], axis=1)
+                per_batch[gi].append(stats)
         null = gaussian_snr_null(batch)
-        for gi, name in enumerate(groups):
-            g, sigma2, _ = exact_groups[gi]
-            mask = inf_groups[gi]
+        for gi, (name, cut) in enumerate(zip(groups, slices, strict=True)):
+            values = {k: np.concatenate([s[k] for s in per_batch[gi]]) for k in per_batch[gi][0]}
+            g, sigma2, mask = g_all[cut], sigma2_all[cut], informative[cut]
             g2_exact, trace_exact = float(g @ g), float(sigma2.sum())
             row = {
                 "batch_size": batch,
                 "layer": name,
                 "n_batches": n,
                 "n_coordinates": int(mask.sum()),
-                **noise_scale_estimates(
-                    per_batch["mean_sq"][:, gi], per_batch["var_sum"][:, gi], batch
-                ),
+                **noise_scale_estimates(values["mean_sq"], values["var_sum"], batch),
                 "noise_scale_exact": trace_exact / g2_exact if g2_exact > 0 else math.nan,
                 "g2_exact": g2_exact,
                 "trace_sigma_exact": trace_exact,
-                "sigma_median_exact": float(np.median(np.sqrt(sigma2[mask])))
-                if mask.any()
-                else math.nan,
-                "mean_error": float(np.median(np.sqrt(err_groups[gi][mask] / n)))
-                if mask.any()
-                else math.nan,
+                "sigma_median_exact": _masked_median(np.sqrt(sigma2), mask),
+                "mean_error": _masked_median(np.sqrt(sq_error[cut] / n), mask),
                 "snr_gaussian_null": null,
             }
             for key in [*_COORDINATE_STATS, *factor_columns()]:
-                if key in per_batch:
-                    row[key], row[f"{key}_se"] = mean_and_se(per_batch[key][:, gi])
+                if key in values:
+                    row[key], row[f"{key}_se"] = mean_and_se(values[key])
                 else:  # a variant without a tuned alpha
                     row[key], row[f"{key}_se"] = math.nan, math.nan
             for v in VARIANTS:
@@ -495,6 +516,10 @@ def study_checkpoint(
                 row[f"alpha_{v}_tuned"] = math.nan if alpha is None else float(alpha)
             rows.append(row)
     return rows
+
+
+def _masked_median(values: np.ndarray, mask: np.ndarray) -> float:
+    return float(np.median(values[mask])) if mask.any() else math.nan
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sngrad.errors import SngradError
@@ -66,7 +66,7 @@ def publish(profile: str, results_root: str = RESULTS, destination: str | Path =
 
     marker = {
         "profile": profile,
-        "published_utc": datetime.now(timezone.utc).isoformat(),
+        "published_utc": datetime.now(UTC).isoformat(),
         "commit": git_commit(),
         "report": {str(paper_report): sha256_file(paper_report)},
         "figures": {str(paper_figures / f.name): sha256_file(f) for f in figures},

@@ -41,8 +41,13 @@ SEED_DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion MNIST", "cifar10": 
 PAPER_ONLY = {"cifar10": "not run: needs the paper profile (download, GPU)"}
 NOT_IN_PROFILE = "not run in this profile"
 
-# The prototype's alphas on its loss (cross-entropy / 10) and on ours (shared/PROTOTYPE.md).
-PROTOTYPE_ALPHA = {"I": ("1", "0.1"), "II": ("0.05", "0.05"), "III": ("1", "0.1")}
+# Facts about the prototype's code (shared/PROTOTYPE.md): its default alphas, and its loss,
+# the mean over the 10 one-hot entries, i.e. our cross-entropy divided by 10. Its gradients
+# and sigma are a tenth of ours, so alpha (which multiplies sigma) converts to alpha / 10 for
+# I and III; II compares mu^2 with alpha sigma^2 and is scale-free.
+PROTOTYPE_ALPHA = {"I": 1.0, "II": 0.05, "III": 1.0}
+PROTOTYPE_LOSS_DIVISOR = 10
+SCALE_FREE = ("II",)
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -444,11 +449,27 @@ def _protocol(config: dict) -> dict:
         "train_size": str(_get(config, "data.train_size", "all") or "all"),
         "val_fraction": fmt(_get(config, "data.val_fraction")),
         "batch_sizes": ", ".join(str(b) for b in config.get("batch_sizes", [])),
-        "prototype": [
-            {"variant": v, "theirs": t, "ours": o} for v, (t, o) in PROTOTYPE_ALPHA.items()
-        ],
+        "prototype": _prototype_rows(config),
         "prototype_runs": [r for r in config.get("optimizers", []) if "@" in r],
     }
+
+
+def _prototype_rows(config: dict) -> list[dict]:
+    """The prototype's alphas, their value on our loss, and the fixed-alpha run of each."""
+    fixed = {analysis.variant_of(r): r for r in config.get("optimizers", []) if "@" in r}
+    rows = []
+    for variant, theirs in PROTOTYPE_ALPHA.items():
+        ours = theirs if variant in SCALE_FREE else theirs / PROTOTYPE_LOSS_DIVISOR
+        run = fixed.get(variant)
+        rows.append(
+            {
+                "variant": variant,
+                "theirs": fmt(theirs),
+                "ours": fmt(ours),
+                "run": f"`{run}`" if run else "not run in this profile",
+            }
+        )
+    return rows
 
 
 def _shrink_rows(layout: Layout) -> list[dict]:
@@ -566,8 +587,12 @@ def _benchmark(layout: Layout, devices: list[str]) -> dict | None:
     table = _read_csv(layout.benchmark())
     if table is None:
         return None
-    side = Path(layout.benchmark()).with_name("provenance.json")
-    record = _read_json(side) or {}
+    record = {}
+    for side in (
+        Path(layout.benchmark()).with_suffix(".json"),
+        Path(layout.benchmark()).with_name("provenance.json"),
+    ):
+        record = record or _read_json(side) or {}
     machine = record.get("machine") or record.get("device")
     if isinstance(machine, list):
         machine = ", ".join(map(str, machine))
@@ -576,12 +601,23 @@ def _benchmark(layout: Layout, devices: list[str]) -> dict | None:
             machine = ", ".join(sorted(set(map(str, table[column].dropna()))))
     if not machine:
         machine = (
-            f"the machine that rendered this report ({platform.machine()}, "
+            f"the machine that rendered this report ({_cpu_model()}, "
             f"{os.cpu_count()} CPU cores; devices {', '.join(devices) or NA})"
         )
     columns = list(table.columns)
     rows = [[_cell(v) for v in row] for row in table.itertuples(index=False)]
     return {"columns": columns, "rows": rows, "machine": str(machine)}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else the platform's machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine() or "unknown CPU"
 
 
 def _cell(value) -> str:
@@ -637,12 +673,8 @@ def expected_inputs(layout: Layout, config: dict) -> list[str]:
     for notebook in ("performance", "gradient_noise", "theory"):
         files += notebook_tables(layout, notebook)
     files += [layout.figure(name) for name in FIGURES]
-    files += [layout.benchmark(), run_started_path(layout)]
+    files += [layout.benchmark(), layout.run_started()]
     return files
-
-
-def run_started_path(layout: Layout) -> str:
-    return f"{layout.base}/run_started.json"
 
 
 def _started(record: dict | None) -> float | None:
@@ -666,7 +698,7 @@ def _started(record: dict | None) -> float | None:
 
 def elapsed(layout: Layout, now: float | None = None) -> dict:
     """Wall time from the workflow's start (run_started.json) to this rendering."""
-    started = _started(_read_json(run_started_path(layout)))
+    started = _started(_read_json(layout.run_started()))
     now = time.time() if now is None else now
     if started is None:
         return {"available": False, "text": NA, "started": NA}
@@ -685,7 +717,16 @@ def input_provenance(paths: list[str]) -> dict:
     ``digest``: sha256 over the lines "<sha256 of file>  <path>" of the existing inputs in
     sorted order; ``commits``/``dirty``: what the run provenance files recorded.
     """
-    present = sorted({p for p in paths if Path(p).is_file()})
+    files, absent = set(), 0
+    for p in dict.fromkeys(paths):
+        path = Path(p)
+        if path.is_dir():  # e.g. a reference run's folder of checkpoints: every file in it
+            files.update(str(f) for f in path.rglob("*") if f.is_file())
+        elif path.is_file():
+            files.add(str(path))
+        else:
+            absent += 1
+    present = sorted(files)
     lines = [f"{provenance.sha256_file(p)}  {p}" for p in present]
     digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
     commits, devices, dirty = set(), set(), False
@@ -702,7 +743,7 @@ def input_provenance(paths: list[str]) -> dict:
                 devices.add(str(d))
     return {
         "n_inputs": len(present),
-        "n_missing": len(set(paths)) - len(present),
+        "n_missing": absent,
         "digest": digest,
         "run_commits": sorted(commits),
         "runs_dirty": dirty,
@@ -794,7 +835,11 @@ def _concat(paths) -> pd.DataFrame:
 
 def _commands(profile: str) -> list[str]:
     configfile = "" if profile == "default" else f" --configfile config/{profile}.yaml"
-    return [f"snakemake --cores 4{configfile}", f"snakemake --cores 4{configfile} --dry-run"]
+    layout = Layout(profile)
+    return [
+        f"snakemake --cores 4{configfile}",
+        f"snakemake --cores 4 {layout.report()}{configfile}",
+    ]
 
 
 def render_report(

@@ -576,7 +576,9 @@ def simulate_control_variates(key, pairs, *, batch_sizes, n_chains: int,
     compiled scan serves every batch size (estimates for different B share draws, each is
     exact on its own). The coefficients come from ``sngrad.transforms.optimal_coefficient``
     (the one definition of the zero-variance rule and of the clip), unclipped for
-    ``same_batch`` and ``lagged``. Returns ``{B: CVEstimates}``.
+    ``same_batch`` and ``lagged``. One extra batch per chain runs first and is not counted,
+    so that every counted ``lagged`` estimate uses a coefficient from a previous batch (not
+    the first-step rule). Returns ``{B: CVEstimates}``.
     """
     batch_sizes = tuple(int(b) for b in np.atleast_1d(batch_sizes))
     if min(batch_sizes) < 2 or min(n_chains, n_batches) < 1:
@@ -608,21 +610,23 @@ def _simulate_cv(key, *, pairs, batch_sizes, n_chains, n_batches):
     def step(carry, t):
         lam_prev, sums = carry
         g, h = pairs.draw(jax.random.fold_in(key, t), (max(batch_sizes), n_chains))
+        count = jnp.where(t > 0, 1.0, 0.0)  # batch 0 only provides the first lagged lambda
         new_lam, new_sums = [], []
         for b, lam_b, acc in zip(batch_sizes, lam_prev, sums, strict=True):
             est, lam_hat = estimates(g[:b], h[:b], lam_b)
             new_lam.append(lam_hat)
             new_sums.append({
-                "sq": {n: acc["sq"][n] + jnp.square(e - mean_g) for n, e in est.items()},
-                "err": {n: acc["err"][n] + (e - mean_g) for n, e in est.items()},
-                "paired": {n: acc["paired"][n] + (e - est["optimal"]) for n, e in est.items()},
+                "sq": {n: acc["sq"][n] + count * jnp.square(e - mean_g) for n, e in est.items()},
+                "err": {n: acc["err"][n] + count * (e - mean_g) for n, e in est.items()},
+                "paired": {n: acc["paired"][n] + count * (e - est["optimal"])
+                           for n, e in est.items()},
             })
         return (tuple(new_lam), tuple(new_sums)), None
 
     zeros = {n: jnp.zeros(shape) for n in CV_ESTIMATORS}
     sums0 = tuple({"sq": zeros, "err": zeros, "paired": zeros} for _ in batch_sizes)
     lam0 = tuple(jnp.full(shape, LAGGED_FIRST_LAMBDA) for _ in batch_sizes)
-    (_, sums), _ = jax.lax.scan(step, (lam0, sums0), jnp.arange(n_batches))
+    (_, sums), _ = jax.lax.scan(step, (lam0, sums0), jnp.arange(n_batches + 1))
     return sums
 
 

@@ -22,6 +22,7 @@ rule benchmark:
     shell:
         python(
             "{input.script:q} --networks {params.networks} --batch-sizes {params.batch_sizes} "
-            "--repeats {params.repeats} --out {output:q} > {log} 2>&1",
+            "--repeats {params.repeats} --threads {params.threads} --out {output:q} "
+            "> {log} 2>&1",
             threads="{params.threads}",
         )

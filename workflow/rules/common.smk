@@ -6,7 +6,7 @@ import re
 import shlex
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from snakemake.settings.types import DeploymentMethod
@@ -205,7 +205,7 @@ onstart:
             started,
             {
                 "started_unix": now,
-                "started_utc": datetime.fromtimestamp(now, timezone.utc).isoformat(),
+                "started_utc": datetime.fromtimestamp(now, UTC).isoformat(),
                 "command": sys.argv,
             },
         )

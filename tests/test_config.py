@@ -1,0 +1,212 @@
+"""Profiles: complete files that pass their checks, and bad ones that fail one line per problem."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sngrad import config as profiles
+from sngrad.cli import main
+from sngrad.errors import SngradError
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ("default", "quick", "smoke", "paper")
+SCHEMA = yaml.safe_load(profiles.SCHEMA.read_text())
+COMPARISON = {
+    "sgd", "momentum", "adam",
+    *(f"{base}+sngrad{v}" for base in ("sgd", "momentum", "adam") for v in (1, 2, 3)),
+    "sgd+sngrad1@0.1", "sgd+sngrad2@0.05", "sgd+sngrad3@0.1",
+    "svag", "msvag", "adabelief", "sgd+cv", "sgd+svrg",
+}  # fmt: skip
+
+
+def profile(name: str) -> dict:
+    return yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())
+
+
+def problems(config: dict) -> list[str]:
+    """The lines of the ProfileError raised for ``config`` (source "P.yaml")."""
+    with pytest.raises(profiles.ProfileError) as caught:
+        profiles.check_profile(config, "P.yaml")
+    lines = str(caught.value).splitlines()
+    assert lines == caught.value.problems
+    assert all(line.startswith("P.yaml: ") for line in lines)
+    return lines
+
+
+def smoke(**changes) -> dict:
+    """The smoke profile with ``section.key`` (dotted) or top-level keys replaced."""
+    config = copy.deepcopy(profile("smoke"))
+    for key, value in changes.items():
+        *parents, last = key.split("__")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return config
+
+
+# ----------------------------------------------------------------------------- the profiles
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_profile_is_complete_and_passes(name):
+    config = profiles.load_profile(ROOT / "config" / f"{name}.yaml")
+    assert set(config) == set(SCHEMA["required"])
+    assert config["profile"] == name
+    assert profiles.reserved_name_problem(config, name, profile("default")) is None
+
+
+def test_default_profile_is_the_study_on_real_data():
+    config = profile("default")
+    assert config["datasets"] == ["mnist", "fashion_mnist"]
+    assert config["batch_sizes"] == [128]
+    assert set(config["optimizers"]) == COMPARISON
+    assert len(config["train"]["seeds"]) >= 10 and len(config["tune"]["seeds"]) == 2
+
+
+def test_quick_and_smoke_use_embedded_data_only():
+    from sngrad.data import EMBEDDED
+
+    for name in ("quick", "smoke"):
+        assert set(profile(name)["datasets"]) <= set(EMBEDDED), name
+    assert set(profile("quick")["optimizers"]) == COMPARISON
+
+
+def test_paper_profile_is_the_seed_study():
+    config = profile("paper")
+    assert config["datasets"] == ["mnist", "fashion_mnist", "cifar10"]
+    assert config["model"]["hidden"] == [1024, 1024, 1024]
+    assert config["batch_sizes"] == [128, 256, 512, 1024]
+    assert config["train"]["epochs"] == 200
+    assert set(config["optimizers"]) == COMPARISON
+
+
+def test_schema_enums_match_the_package_registries():
+    from sngrad.data import DATASETS
+    from sngrad.stats import BACKENDS
+
+    assert set(SCHEMA["$defs"]["dataset"]["enum"]) == set(DATASETS)
+    assert set(SCHEMA["$defs"]["backend"]["enum"]) == set(BACKENDS)
+
+
+def test_split_sizes_match_the_prepared_data():
+    from sngrad.data import load_dataset
+
+    splits = load_dataset("digits", seed=0, val_fraction=0.25)
+    train, val = profiles.split_sizes(
+        {"data": {"val_fraction": 0.25, "train_size": None}}, "digits"
+    )
+    assert (train, val) == (len(splits.y_train), len(splits.y_val))
+
+
+# ----------------------------------------------------------------------------- bad profiles
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"tune__lr_min": 0.5}, ["tune.lr_min (0.5) must be < tune.lr_max (0.3)"]),
+        ({"tune__lr_bounds": [0.1, 10.0]}, ["tune.lr_bounds", "must contain"]),
+        ({"tune__alpha": {"I": [10.0, 0.1], "II": [0.3, 30.0], "III": [0.03, 1.0]}},
+         ["tune.alpha.I", "ordered"]),
+        ({"tune__alpha": {"I": [0.0, 1.0], "II": [0.3, 30.0], "III": [0.03, 1.0]}},
+         ["tune.alpha.I[0] = 0.0", "must be > 0"]),
+        ({"tune__one_minus_momentum": [0.1, 1.5]}, ["tune.one_minus_momentum[1] = 1.5", "<= 1"]),
+        ({"tune__seeds": [100]}, ["tune.seeds = [100]", "at least 2"]),
+        ({"batch_sizes": [64, 4096]},
+         ["batch_sizes = [64, 4096]", "4096 exceeds the 1294 examples of digits's training"]),
+        ({"data__val_fraction": 0.999}, ["data.val_fraction = 0.999", "training split"]),
+        ({"data__val_fraction": 1.0}, ["data.val_fraction = 1.0", "must be < 1"]),
+        ({"data__train_size": 5000}, ["data.train_size = 5000", "at most that many"]),
+        ({"data__train_size": 32}, ["batch_sizes = [64]", "data.train_size = 32"]),
+        ({"optimizers": ["sgd", "adamw"]}, ["optimizers[1] = \"adamw\"", "unknown optimizer"]),
+        ({"optimizers": ["sgd", "adam@0.1"]}, ["adam@0.1", "needs a +sngrad optimizer"]),
+        ({"optimizers": ["sgd", "sgd+sngrad1@-1"]}, ["sgd+sngrad1@-1", "> 0"]),
+        ({"optimizers": ["adam", "sgd+sngrad1"]}, ["must include 'sgd'"]),
+        ({"train__checkpoint_every": -1}, ["train.checkpoint_every = -1", ">= 0"]),
+        ({"train__epochs": 0}, ["train.epochs = 0", ">= 1"]),
+        ({"train__schedule": "step"}, ["train.schedule = \"step\"", "constant, cosine"]),
+        ({"datasets": ["imagenet"]}, ["datasets[0] = \"imagenet\"", "mnist1d"]),
+        ({"optimiser": ["sgd"]}, ["unknown key optimiser; allowed:", "optimizers"]),
+        ({"noise__max": 3}, ["unknown key noise.max; allowed: batches, max_batch_size"]),
+    ],
+)  # fmt: skip
+def test_bad_profile_is_one_line_naming_key_value_and_what_is_allowed(changes, expected):
+    (line,) = problems(smoke(**changes))
+    for text in expected:
+        assert text in line
+    assert len(line) < 400  # never a dump of the config
+
+
+def test_missing_key_is_named():
+    config = smoke()
+    del config["noise"]
+    assert problems(config) == ["P.yaml: missing key noise (every key is required)"]
+
+
+def test_checkpoint_every_zero_is_allowed():
+    profiles.check_profile(smoke(train__checkpoint_every=0), "P.yaml")
+
+
+def test_several_problems_give_one_line_each():
+    lines = problems(smoke(train__epochs=0, batch_sizes=[0], extra=1))
+    assert len(lines) == 3
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("profile: smoke\ndatasets: [digits\noptimizers: [sgd]\n")
+    with pytest.raises(SngradError) as caught:
+        profiles.load_profile(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:3:") and "YAML syntax error" in message
+    assert "line 2" in message and "\n" not in message
+
+
+def test_config_check_command_prints_one_line_per_problem(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(smoke(train__epochs=0, extra=1)))
+    assert main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith(f"sngrad: error: {path}: ") for line in err)
+    assert main(["config", "check", str(ROOT / "config" / "smoke.yaml")]) == 0
+
+
+def test_default_name_is_reserved_for_the_default_file():
+    default = profile("default")
+    assert profiles.reserved_name_problem(default, "x", default) is None
+    changed = copy.deepcopy(default)
+    changed["resources"]["threads"]["train"] = 8  # resources change no result
+    assert profiles.reserved_name_problem(changed, "x", default) is None
+    changed["datasets"] = ["mnist"]
+    assert "reserved" in profiles.reserved_name_problem(changed, "x.yaml", default)
+    assert profiles.reserved_name_problem(smoke(), "x", default) is None
+
+
+# ----------------------------------------------------------------------------- job arguments
+
+
+def test_training_spec_is_what_the_engine_checks():
+    from sngrad.spec import TRAIN_KEYS, parse_spec
+
+    config = profile("default")
+    text = profiles.training_spec(config)
+    spec = parse_spec(text)
+    assert set(yaml.safe_load(text)) == set(TRAIN_KEYS)
+    assert spec.epochs == config["train"]["epochs"]
+    assert list(spec.hidden) == config["model"]["hidden"]
+
+
+def test_noise_batch_sizes_are_powers_of_two_within_the_training_split():
+    assert profiles.noise_batch_sizes(smoke(), "digits") == [8, 16, 32, 64]
+    big = smoke(noise__max_batch_size=100000)
+    assert profiles.noise_batch_sizes(big, "digits") == [8, 16, 32, 64, 128, 256, 512, 1024]
+    small = smoke(data__train_size=100)
+    assert profiles.noise_batch_sizes(small, "digits") == [8, 16, 32, 64]
+
+
+def test_noise_runs_are_the_tuned_sngrad_runs_on_sgd():
+    assert profiles.noise_runs(profile("default")) == list(profiles.NOISE_VARIANTS)
+    assert profiles.noise_runs(profile("smoke")) == ["sgd+sngrad1"]

@@ -1,0 +1,146 @@
+"""Helpers of local-slurm.sh: the GPU override of the SLURM profile and the result comparison.
+
+    python workflow/cluster/slurmcheck.py overrides workflow/profiles/slurm/config.yaml --gpu 0
+    python workflow/cluster/slurmcheck.py compare /tmp/slurmcheck/local /tmp/slurmcheck/slurm
+
+`overrides` prints, one argument a line, the profile's whole `set-resources` mapping as
+`rule:key=value` words with every `gpu` count replaced (and optionally its `default-resources`
+with a partition added). The whole mapping, because `--set-resources` on the command line
+replaces the profile's mapping instead of merging into it: naming only `train:gpu=0` would drop
+the runtime the profile asks for every other rule and key.
+
+`compare` checks that two finished runs of the workflow produced the same tables: the same set
+of `results/**/*.csv` files, the same header in each, and, for every column that is not a
+measurement of the machine (timings and the memory peak, matched by name), the same text in
+every cell. Exact text equality is the right test here: both runs execute the same programs
+with the same seeds and thread counts on the same machine, only the launcher differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+# Columns that measure the machine instead of the computation: wall/step times, ratios of
+# times, the memory peak. A run through SLURM cannot reproduce them and need not.
+MEASURED_COLUMNS = re.compile(r"time|wall|seconds|_ms$|_s$|ratio_to_sgd|peak_mem")
+
+
+class CheckError(Exception):
+    """Bad input to a helper: one line naming what was wrong."""
+
+
+def profile_overrides(profile: Path, gpu: int, partition: str | None = None) -> list[str]:
+    """Command-line arguments restating the profile's resources, with every `gpu` set to `gpu`.
+
+    Returns `--set-resources rule:key=value ...` (and, with a partition,
+    `--default-resources key=value ... slurm_partition='<partition>'`), one argument per item.
+    """
+    if gpu < 0:
+        raise CheckError(f"--gpu must be a count >= 0, got {gpu}")
+    try:
+        settings = yaml.safe_load(profile.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise CheckError(f"cannot read the profile {profile}: {error}") from None
+    per_rule = settings.get("set-resources") or {}
+    defaults = settings.get("default-resources") or {}
+    if not isinstance(per_rule, dict) or not isinstance(defaults, dict):
+        raise CheckError(f"{profile}: set-resources and default-resources must be mappings")
+    words = []
+    for rule, resources in per_rule.items():
+        if not isinstance(resources, dict):
+            raise CheckError(f"{profile}: set-resources.{rule} must map resource names to values")
+        for key, value in resources.items():
+            words.append(f"{rule}:{key}={gpu if key == 'gpu' else value}")
+    arguments = ["--set-resources", *words] if words else []
+    if partition is not None:
+        if not partition.replace("_", "").replace("-", "").isalnum():
+            raise CheckError(f"--partition must be a SLURM partition name, got {partition!r}")
+        defaults = {**defaults, "slurm_partition": f"'{partition}'"}
+        arguments += ["--default-resources", *(f"{k}={v}" for k, v in defaults.items())]
+    return arguments
+
+
+def read_table(path: Path) -> tuple[list[str], list[list[str]]]:
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    return (rows[0], rows[1:]) if rows else ([], [])
+
+
+def compare_table(expected: Path, actual: Path) -> tuple[list[str], list[str]]:
+    """(differences, measured columns set aside) between two CSV files."""
+    header, rows = read_table(expected)
+    other_header, other_rows = read_table(actual)
+    if header != other_header:
+        return [f"header differs: {header} vs {other_header}"], []
+    if len(rows) != len(other_rows):
+        return [f"{len(rows)} rows vs {len(other_rows)}"], []
+    measured = [name for name in header if MEASURED_COLUMNS.search(name)]
+    compared = [i for i, name in enumerate(header) if name not in measured]
+    differences = []
+    for line, (row, other) in enumerate(zip(rows, other_rows, strict=True), start=2):
+        for i in compared:
+            if row[i] != other[i]:
+                differences.append(f"line {line}, {header[i]}: {row[i]!r} vs {other[i]!r}")
+    return differences, measured
+
+
+def compare_runs(expected_root: Path, actual_root: Path) -> tuple[int, list[str], dict]:
+    """(files compared, problems, {file: measured columns set aside}) for two run directories."""
+
+    def tables(root: Path) -> set[Path]:
+        if not (root / "results").is_dir():
+            raise CheckError(f"{root} has no results/ directory: did the run finish?")
+        return {p.relative_to(root) for p in (root / "results").rglob("*.csv")}
+
+    expected, actual = tables(expected_root), tables(actual_root)
+    problems = [f"only in {expected_root}: {p}" for p in sorted(expected - actual)]
+    problems += [f"only in {actual_root}: {p}" for p in sorted(actual - expected)]
+    set_aside = {}
+    for relative in sorted(expected & actual):
+        differences, measured = compare_table(expected_root / relative, actual_root / relative)
+        if measured:
+            set_aside[str(relative)] = measured
+        problems += [f"{relative}: {d}" for d in differences[:5]]
+        if len(differences) > 5:
+            problems.append(f"{relative}: ... {len(differences) - 5} more differing cells")
+    return len(expected & actual), problems, set_aside
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    overrides = commands.add_parser("overrides", help="resource arguments, GPUs replaced")
+    overrides.add_argument("profile", type=Path)
+    overrides.add_argument("--gpu", type=int, required=True)
+    overrides.add_argument("--partition", help="also name this partition for every job")
+    compare = commands.add_parser("compare", help="compare results/**/*.csv of two runs")
+    compare.add_argument("expected", type=Path)
+    compare.add_argument("actual", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "overrides":
+            print("\n".join(profile_overrides(args.profile, args.gpu, args.partition)))
+            return 0
+        count, problems, set_aside = compare_runs(args.expected, args.actual)
+    except CheckError as error:
+        print(f"slurmcheck: {error}", file=sys.stderr)
+        return 2
+    for relative, columns in set_aside.items():
+        print(f"  {relative}: measured columns set aside: {', '.join(columns)}")
+    for problem in problems:
+        print(f"  DIFFERENT {problem}")
+    if not count:
+        print("  no result CSV file in common: nothing was compared")
+    verdict = "identical" if not problems and count else "DIFFERENT"
+    print(f"compared {count} result CSV files: {verdict}")
+    return 0 if verdict == "identical" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
