@@ -818,11 +818,12 @@ ax1.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
 bb = np.array(BATCHES_G)
 ax2.axhline(-2 * SKEW_G, color="C1", lw=1, label=r"predicted $B\cdot$bias $= -2c$")
 ax2.axhline(0.0, color="gray", lw=1)
-for name, label, color in [("same_batch", r"$\hat\lambda$ same batch", "C1"),
-                           ("clipped", r"same batch, clipped to [0, 2]", "C4"),
-                           ("lagged", r"$\hat\lambda$ of the previous batch", "C0")]:
-    ax2.errorbar(bb, bias_g[name] * bb, 2 * bias_g[f"{name}_se"] * bb, fmt="o-", ms=4,
-                 color=color, label=label)
+for name, label, color, style in [
+        ("same_batch", r"$\hat\lambda$ same batch", "C1", dict(fmt="o-", ms=6)),
+        ("clipped", r"same batch, clipped to [0, 2]", "C4", dict(fmt="s--", ms=4, mfc="none")),
+        ("lagged", r"$\hat\lambda$ of the previous batch", "C0", dict(fmt="o-", ms=4))]:
+    ax2.errorbar(bb, bias_g[name] * bb, 2 * bias_g[f"{name}_se"] * bb, color=color,
+                 label=label, **style)
 ax2.set(xscale="log", xlabel="batch size B", ylabel=r"$B\times$ bias of the estimate",
         title=f"Bias of the estimated coefficient (c = {SKEW_G:g})")
 ax2.set_xticks(bb, [str(b) for b in bb])

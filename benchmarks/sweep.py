@@ -1,8 +1,10 @@
-"""Wall time of a vmapped K-run sweep against K sequential single runs, and steps per second.
+"""Wall time of a vmapped K-run sweep against K sequential single runs.
 
-    python benchmarks/sweep.py                      # sweep benchmark, small default problem
-    python benchmarks/sweep.py --what throughput    # steps/s, SGD vs SGD+sngrad, 784-1024x3-10
+    python benchmarks/sweep.py                      # small default problem
     python benchmarks/sweep.py --k 16 --epochs 3 --hidden 256,256 --n-train 8192
+
+The engine's throughput (examples per second per core, K runs in one program) is measured by
+``benchmarks/step_time.py --throughput``.
 
 ``sweep`` measures three ways of training K learning rates for the same epochs:
 
@@ -13,8 +15,7 @@
 3. K single-config runs one after another inside one process (compiled once): isolates the
    gain of batching the K runs from the start-up and compilation savings.
 
-Each wall time is the whole thing (process start to exit for 1 and 2). ``throughput`` reports
-optimizer steps per second inside the scan-based epoch (compilation excluded) on random data.
+Each wall time is the whole thing (process start to exit for 1 and 2).
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ def _splits(n_train: int, dim: int, classes: int, seed: int = 0):
 def _spec(hidden, epochs):
     from sngrad.spec import parse_spec
 
-    return parse_spec({"hidden": list(hidden), "epochs": epochs, "checkpoint_every": 0})
+    tune = {"seeds": [0, 1], "lr_min": 1e-3, "lr_max": 0.1, "lr_per_decade": 2,
+            "lr_bounds": [1e-5, 100.0], "second_points": 1, "one_minus_momentum": [0.1, 0.1],
+            "alpha": {"I": [1.0, 1.0], "II": [1.0, 1.0], "III": [0.1, 0.1]}}
+    return parse_spec({"hidden": list(hidden), "init_seed": 0, "epochs": epochs, "seeds": [1],
+                       "backend": "dense", "schedule": "constant", "checkpoint_every": 0,
+                       "diverge_loss": 1e3, "snapshot_every": 1, "tune": tune})
 
 
 def _learning_rates(k: int) -> list[float]:
@@ -53,7 +59,7 @@ def _learning_rates(k: int) -> list[float]:
 
 def _sweep(args, lrs: list[float]) -> float:
     """Train one config per learning rate side by side; return the training seconds."""
-    from sngrad.train import TUNE_MODE, RunConfig, run_sweep
+    from sngrad.train.engine import TUNE_MODE, RunConfig, run_sweep
 
     splits = _splits(args.n_train, args.dim, args.classes)
     alpha = 1.0 if "+sngrad" in args.optimizer else None
@@ -100,26 +106,8 @@ def bench_sweep(args) -> None:
           f"(ratio {in_process / together:.2f}x, includes one compile)")
 
 
-def bench_throughput(args) -> None:
-    from sngrad.train import TUNE_MODE, RunConfig, run_sweep
-
-    sizes = [784, 1024, 1024, 1024, 10]
-    steps = args.steps
-    splits = _splits(steps * args.batch_size, sizes[0], sizes[-1])
-    spec = _spec(sizes[1:-1], args.epochs)
-    print(f"MLP {'-'.join(map(str, sizes))}, B={args.batch_size}, {steps} steps x "
-          f"{args.epochs} epochs, one run, compile excluded")
-    for name, alpha in (("sgd", None), ("sgd+sngrad1", 1.0)):
-        result = run_sweep(splits, name, args.batch_size, spec,
-                           [RunConfig(0.01, None, alpha, 1)], TUNE_MODE)
-        rate = steps * args.epochs / result.train_s
-        print(f"{name:<14} {rate:8.1f} steps/s   ({result.train_s:.2f} s, "
-              f"compile {result.compile_s:.1f} s)")
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--what", choices=("sweep", "throughput"), default="sweep")
     p.add_argument("--optimizer", default="sgd+sngrad1")
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=128)
@@ -128,15 +116,12 @@ def main(argv=None) -> None:
     p.add_argument("--n-train", type=int, default=4096)
     p.add_argument("--dim", type=int, default=784)
     p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--steps", type=int, default=40, help="throughput: steps per epoch")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         _worker(args)
-    elif args.what == "sweep":
-        bench_sweep(args)
     else:
-        bench_throughput(args)
+        bench_sweep(args)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from scipy import stats
 
 from sngrad import analysis
 from sngrad.errors import SngradError
+from sngrad.io import write_frame
+from sngrad.layout import Layout
 
 SEEDS = list(range(1, 11))
 EPOCHS = 4
@@ -101,13 +103,19 @@ def test_holm_matches_a_hand_computation():
     assert analysis.holm([0.5, 0.6]).tolist() == [1.0, 1.0]
 
 
-def test_paired_table_against_scipy_with_a_diverged_seed():
+def test_paired_table_against_scipy_with_a_diverged_seed(tmp_path):
     runs = ["sgd", "sgd+sngrad1", "sgd+sngrad2"]
     metrics = metrics_frame(
         {"sgd": BASE, "sgd+sngrad1": NOISY, "sgd+sngrad2": WORSE},
         diverged={"sgd+sngrad1": {4: 3}},
     )
-    table = analysis.paired_table(metrics, runs, [128], dataset="mnist")
+    # through the files, as the summary notebook reads them
+    layout = Layout("t", str(tmp_path))
+    for run, rows in metrics.groupby("optimizer"):
+        write_frame(layout.run_file("metrics.csv", "mnist", run, 128), rows)
+    config = {"train": {"epochs": EPOCHS}, "model": {"hidden": [16]}}
+    summary, table = analysis.dataset_tables(layout, "mnist", runs, [128], config)
+    assert summary.set_index("run").loc["sgd+sngrad1", "n_diverged"] == 1
     row = table[(table["run"] == "sgd+sngrad1") & (table["family"] == "equal_epochs")].iloc[0]
     keep = np.array([s != 4 for s in SEEDS])
     res = stats.ttest_rel(NOISY[keep], BASE[keep])
@@ -158,6 +166,8 @@ def test_equal_time_compares_the_run_at_the_epoch_it_reaches():
     costs = analysis.step_costs(bench, [16], 128)
     assert costs == {"sgd": 1.0, "sgd+sngrad1": 2.0}
     assert analysis.step_costs(bench, [32], 128) == {}
+    flagged = bench.assign(flag=["", "faster than sgd", ""])
+    assert analysis.step_costs(flagged, [16], 128) == {"sgd": 1.0}
     # optimizers the benchmark does not time take the cost of their sgd counterpart
     assert analysis.run_cost(costs, "momentum+sngrad1") == (2.0, "sgd+sngrad1")
     assert analysis.run_cost(costs, "sgd+sngrad1@0.1") == (2.0, "")

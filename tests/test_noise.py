@@ -363,3 +363,21 @@ def test_template_renders_the_numbers_of_the_summary(tmp_path):
 
     missing = _render_section(noise.report_context(Layout("none", root=str(tmp_path)), ["x"]))
     assert "has not run" in missing and "x" in missing
+
+
+def test_pooling_the_parts_over_batch_sizes_stays_unbiased():
+    delta = _delta(1.0)
+    truth = _closed_form(delta)
+    rows = []
+    for batch_size in BATCH_SIZES:
+        mean, var = _moments(_batches(delta, batch_size, 100, seed=4))
+        rows.append(noise.noise_scale_estimates((mean**2).sum(1), var.sum(1), batch_size))
+    value, se = noise.pooled_noise_scale(
+        [r["g2_unbiased"] for r in rows], [r["g2_unbiased_se"] for r in rows],
+        [r["trace_sigma"] for r in rows], [r["trace_sigma_se"] for r in rows],
+        [r["g2_trace_cov"] for r in rows], [100 * b for b in BATCH_SIZES],
+    )  # fmt: skip
+    assert se < 0.1 * truth["noise_scale"]
+    assert abs(value - truth["noise_scale"]) < 3 * se
+    # pooling is at least as precise as the best single batch size
+    assert se <= min(r["noise_scale_se"] for r in rows) * 1.05

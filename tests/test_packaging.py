@@ -71,3 +71,10 @@ def test_python_dash_m_entry_point_prints_usage():
         [sys.executable, "-m", "sngrad", "--help"], capture_output=True, text=True, check=True
     )
     assert "usage: python -m sngrad" in out.stdout
+
+
+def test_no_command_prints_usage_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "usage: python -m sngrad" in capsys.readouterr().err
+    out = subprocess.run([sys.executable, "-m", "sngrad"], capture_output=True, text=True)
+    assert out.returncode == 2 and "usage: python -m sngrad" in out.stderr

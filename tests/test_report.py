@@ -259,7 +259,8 @@ def test_report_sections_come_from_the_tables(study):
     share = (0.25 * 64 * 16 + 0.75 * 16 * 10) / (64 * 16 + 16 * 10)
     assert all(r["share shrunk, mean %"] == f"{100 * share:.1f}" for r in shrink)
     cv = markdown_table(text, "| dataset | B | run | variance ratio")
-    assert [r["run"] for r in cv] == ["`sgd+cv`"] and cv[0]["variance ratio (mean)"] == "0.4"
+    assert [r["run"] for r in cv] == ["`sgd+cv`"]
+    assert cv[0]["variance ratio (mean over layers and epochs)"] == "0.4"
     bench = markdown_table(text, "| network |")
     assert len(bench) == 4
     length = markdown_table(text, "| dataset | B | base | epochs")
@@ -323,9 +324,15 @@ def test_notebooks_cope_with_an_all_diverged_study(tmp_path, monkeypatch):
         assert f"](figures/{name}.png)" in text
 
 
-def test_missing_runs_and_no_results_still_render(tmp_path):
+def test_missing_runs_and_no_results_still_render(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
     layout = Layout("empty", str(tmp_path / "results"))
     config = config_for("empty", runs=["sgd", "sgd+sngrad1", "svag"])
+    for name in ("summary", "performance"):
+        run_notebook(name, layout, config, monkeypatch)
+    plt.close("all")
+    assert pd.read_csv(layout.summary("mnist"))["n_seeds"].eq(0).all()
     text = render(tmp_path, layout, config)
     assert "No run of this profile was compared" in text
     assert "has not run for this profile" in text

@@ -18,8 +18,12 @@ import pytest
 from sngrad.data import Splits, save_splits
 
 EPOCHS = 100  # long enough (about a second of training) to be killed between checkpoints
-SPEC = {"hidden": [32, 32], "epochs": EPOCHS, "seeds": [1, 2], "checkpoint_every": 5,
-        "tune": {"budget": 2, "lr_min": 0.01, "lr_max": 0.1, "seeds": [0]}}
+SPEC = {"hidden": [32, 32], "init_seed": 0, "epochs": EPOCHS, "seeds": [1, 2],
+        "backend": "dense", "schedule": "cosine", "checkpoint_every": 5, "diverge_loss": 1e3,
+        "snapshot_every": 1,
+        "tune": {"seeds": [0, 1], "lr_min": 0.01, "lr_max": 0.1, "lr_per_decade": 2,
+                 "lr_bounds": [0.01, 0.1], "second_points": 1, "one_minus_momentum": [0.1, 0.1],
+                 "alpha": {"I": [1.0, 1.0], "II": [1.0, 1.0], "III": [0.1, 0.1]}}}
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +84,8 @@ def _rows(path, drop=("wall_time",)):
 
 def test_train_killed_with_sigkill_resumes_to_identical_results(data_file, tmp_path):
     best = tmp_path / "best.json"
-    chosen = {"optimizer": "sgd+sngrad1", "batch_size": 8, "learning_rate": 0.05,
-              "momentum": None, "alpha": 1.0}
+    chosen = {"optimizer": "sgd+sngrad1", "run": "sgd+sngrad1", "batch_size": 8,
+              "learning_rate": 0.05, "momentum": None, "alpha": 1.0}
     best.write_text(json.dumps(chosen))
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     env = _env(tmp_path / "jax-cache")
@@ -103,27 +107,58 @@ def test_train_killed_with_sigkill_resumes_to_identical_results(data_file, tmp_p
     assert wall[:EPOCHS] == sorted(wall[:EPOCHS])  # the clock continues across the restart
 
 
+def _interrupt_after_epoch(monkeypatch, epoch):
+    """Make the next checkpoint save at ``epoch`` stop the job right after writing it."""
+    from sngrad import checkpoint as ckpt
+
+    real_save = ckpt.save
+
+    def save_then_stop(directory, fp, state):
+        real_save(directory, fp, state)
+        if state.epoch == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save", save_then_stop)
+    return lambda: monkeypatch.setattr(ckpt, "save", real_save)
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_stateful_optimizers_resume_byte_identical_in_process(data_file, tmp_path, monkeypatch,
+                                                               optimizer):
+    """Momentum buffers, Adam moments and the schedule's step count survive the restart."""
+    from sngrad.spec import parse_spec
+    from sngrad.train import train
+
+    spec = parse_spec({**SPEC, "epochs": 6, "checkpoint_every": 2})
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"run": optimizer, "batch_size": 8, "learning_rate": 0.01,
+                                "momentum": 0.9 if optimizer == "momentum" else None}))
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    train(data_file, optimizer, 8, spec, best, reference)
+    restore = _interrupt_after_epoch(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        train(data_file, optimizer, 8, spec, best, resumed)
+    assert not (resumed / "metrics.csv").exists()
+    restore()
+    train(data_file, optimizer, 8, spec, best, resumed)
+    assert json.loads((resumed / "provenance.json").read_text())["resumed_from_epoch"] == 4
+    for name in ("metrics.csv", "diagnostics.csv"):
+        assert _rows(resumed / name) == _rows(reference / name), name
+
+
 def test_tune_interrupted_in_process_resumes_to_identical_results(data_file, tmp_path, monkeypatch):
     """The same for tune, interrupted right after its second checkpoint (no subprocess)."""
-    from sngrad import checkpoint as ckpt
     from sngrad.spec import parse_spec
     from sngrad.train import tune
 
     spec = parse_spec({**SPEC, "epochs": 12, "checkpoint_every": 4})
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     tune(data_file, "sgd+sngrad1", 8, spec, reference)
-    real_save = ckpt.save
-
-    def save_then_stop(directory, fp, state):
-        real_save(directory, fp, state)
-        if state.epoch == 8:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(ckpt, "save", save_then_stop)
+    restore = _interrupt_after_epoch(monkeypatch, 8)
     with pytest.raises(KeyboardInterrupt):
         tune(data_file, "sgd+sngrad1", 8, spec, resumed)
     assert not (resumed / "best.json").exists()
-    monkeypatch.setattr(ckpt, "save", real_save)
+    restore()
     tune(data_file, "sgd+sngrad1", 8, spec, resumed)
     assert json.loads((resumed / "tuning_provenance.json").read_text())["resumed_from_epoch"] == 8
     assert _rows(resumed / "tuning.csv") == _rows(reference / "tuning.csv")

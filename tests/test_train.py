@@ -19,13 +19,13 @@ from sngrad.train import (
     TUNE_MODE,
     TUNING_COLUMNS,
     RunConfig,
+    engine,
     programs,
     reference,
     run_sweep,
     train,
     tune,
 )
-from sngrad.train import engine
 from sngrad.train.commands import BEST_KEYS, reference_epochs
 
 SPEC = {
@@ -75,8 +75,7 @@ def _read_csv(path):
 # ----------------------------------------------------------------------------- seeds
 
 
-def test_per_seed_every_optimizer_starts_from_the_same_weights_and_batches(splits):
-    spec = _spec(epochs=1)
+def test_per_seed_every_optimizer_starts_from_the_same_weights_and_batches():
     keys = [engine.run_keys(RunConfig(0.1, None, None, s)) for s in (1, 2)]
     states = []
     for name, extra in (("sgd", {}), ("adam+sngrad2", {"alpha": [0.01, 0.02]})):
@@ -95,7 +94,6 @@ def test_per_seed_every_optimizer_starts_from_the_same_weights_and_batches(split
     np.testing.assert_array_equal(t1[0], t2[0])
     assert not np.array_equal(t1[1], t2[1])
     assert programs("sgd", "dense", 32, 200, (6, 8, 3), "constant", 1, False).steps == 6
-    del spec
 
 
 # ----------------------------------------------------------------------------- the engine

@@ -273,3 +273,34 @@ def test_single_target_rebuild_redoes_only_that_file(smoke_run):
     assert out.returncode == 0, out.stderr[-4000:]
     assert {p: p.stat().st_mtime_ns for p in kept} == before
     assert result_tables(smoke_run) == metrics  # the same numbers again
+
+
+# ----------------------------------------------------------------------------- run lock
+
+
+def test_run_lock_is_exclusive_and_a_dead_holder_is_stale(tmp_path):
+    from sngrad import runlock
+    from sngrad.errors import SngradError
+
+    lock = tmp_path / "results" / "p" / ".run.lock"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    lock.parent.mkdir(parents=True)
+    lock.write_text(dead.stdout)  # a killed run's lock
+    runlock.acquire(lock)
+    assert lock.read_text().split() == [str(os.getpid())]
+    runlock.release(lock)
+    assert not lock.exists()
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "snakemake"])
+    try:
+        while not Path(f"/proc/{live.pid}/cmdline").read_bytes():
+            time.sleep(0.01)  # until the child has its command line
+        lock.write_text(f"{live.pid}\n")
+        with pytest.raises(SngradError, match=f"active \\(pid {live.pid}\\)"):
+            runlock.acquire(lock)
+        runlock.release(lock)  # not ours: left alone
+        assert lock.exists()
+    finally:
+        live.kill()
+        live.wait()

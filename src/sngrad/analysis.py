@@ -298,7 +298,15 @@ def seed_values(metrics: pd.DataFrame, epoch: int, column: str = "test_accuracy"
     """
     keys = ["optimizer", "batch_size", "seed"]
     if metrics.empty:
-        return pd.DataFrame(columns=[*keys, "value", "diverged"])
+        empty = {k: pd.Series(dtype="int64") for k in ("batch_size", "seed")}
+        return pd.DataFrame(
+            {
+                "optimizer": pd.Series(dtype=object),
+                **empty,
+                "value": pd.Series(dtype=float),
+                "diverged": pd.Series(dtype=bool),
+            }
+        )
     frame = metrics.assign(_diverged=_flag(metrics["diverged"]))
     upto = frame[frame["epoch"] <= epoch]
     seeds = frame[keys].drop_duplicates()
@@ -376,7 +384,8 @@ def step_costs(benchmark: pd.DataFrame | None, hidden: Sequence[int], batch_size
     """{optimizer: step time relative to SGD} for the study network (hidden widths) at B.
 
     Rows of ``step_time.csv`` whose ``network`` has these hidden widths and whose batch size
-    is ``batch_size``; SGD costs 1 by definition when it has no row of its own.
+    is ``batch_size``; rows the benchmark ``flag``-ged as inconsistent are not used. SGD costs
+    1 by definition when it has no row of its own.
     """
     if benchmark is None or benchmark.empty:
         return {}
@@ -385,7 +394,10 @@ def step_costs(benchmark: pd.DataFrame | None, hidden: Sequence[int], batch_size
         [_layers(n)[1:-1] == hidden for n in benchmark["network"]], index=benchmark.index
     )
     same_batch = pd.to_numeric(benchmark["batch_size"], errors="coerce") == int(batch_size)
-    match = benchmark[same_network & same_batch]
+    usable = same_network & same_batch
+    if "flag" in benchmark:
+        usable &= benchmark["flag"].fillna("").astype(str).str.strip() == ""
+    match = benchmark[usable]
     if match.empty:
         return {}
     costs = {str(m): float(r) for m, r in zip(match["method"], match["ratio"], strict=True)}

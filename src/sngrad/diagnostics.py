@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from sngrad.transforms import DEFAULT_ALPHA, VARIANTS, scale_factor
+from sngrad.transforms import DEFAULT_ALPHA, VARIANTS, corrected_variance, scale_factor
 
 STEP_COLUMNS = ("factor_mean", "shrink_share", "lambda_median", "variance_ratio")
 
@@ -119,7 +119,7 @@ def cv_record(cv, lam) -> dict[str, jnp.ndarray]:
     ratios = []
     for v, sv, c, la in zip(_weights(cv.var), _weights(cv.snap_var), _weights(cv.cov),
                             _weights(lam), strict=True):
-        corrected = jnp.sum(jnp.maximum(v + la * la * sv - 2.0 * la * c, 0.0))
+        corrected = jnp.sum(corrected_variance(v, sv, c, la))
         raw = jnp.sum(v)
         ratios.append(jnp.where(raw > 0, corrected / jnp.where(raw > 0, raw, 1.0), jnp.nan))
     return {"variance_ratio": jnp.stack(ratios)}

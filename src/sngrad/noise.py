@@ -48,9 +48,12 @@ training split, or on a ReLU that is dead for every example, has no gradient to 
 * For each variant at its tuned alpha and at alpha = 1: the mean factor ``f`` and the share of
   coordinates with ``f < 1``.
 
-Every per-batch scalar is averaged over the batches with its standard error
-``std / sqrt(n)``. The exact ``G``, ``tr Sigma`` and per-coordinate ``Sigma_ii`` over the whole
-training split are computed too (``*_exact``), in chunks, so the estimators can be checked.
+The batches (and signs) of a batch size depend only on the seed and B, so every checkpoint is
+measured on the same examples. Every per-batch scalar is averaged over the batches with its
+standard error ``std / sqrt(n)``. For the summary, the unbiased parts of all batch sizes are
+pooled before the ratio is taken (:func:`pooled_noise_scale`). The exact ``G``, ``tr Sigma``
+and per-coordinate ``Sigma_ii`` over the whole training split are computed too (``*_exact``),
+in chunks, so the estimators can be checked.
 
 Command line (the workflow's noise rule)::
 
@@ -137,6 +140,7 @@ def csv_columns() -> list[str]:
         "trace_sigma_se",
         "noise_scale_biased",
         "noise_scale_biased_se",
+        "g2_trace_cov",
         "noise_scale_exact",
         "g2_exact",
         "trace_sigma_exact",
@@ -193,10 +197,13 @@ def noise_scale_estimates(mean_sq, var_sum, batch_size: int) -> dict[str, float]
     """B_simple and its parts from per-batch ``|mu|^2`` and ``sum v`` (arrays over batches).
 
     Returns ``noise_scale`` (``mean T / mean S``), ``g2_unbiased``, ``trace_sigma`` (means
-    of S and T) and ``noise_scale_biased`` (``mean(sum v) / mean |mu|^2``), each with ``_se``.
+    of S and T) and ``noise_scale_biased`` (``mean(sum v) / mean |mu|^2``), each with ``_se``,
+    and ``g2_trace_cov``, the covariance of the two means (``cov(S, T) / n``), so that the
+    parts of several batch sizes can be pooled (:func:`pooled_noise_scale`).
     """
     g2, trace = unbiased_norms(mean_sq, var_sum, batch_size)
     out = {}
+    out["g2_trace_cov"] = float(np.cov(g2, trace)[0, 1] / g2.size) if g2.size > 1 else math.nan
     out["noise_scale"], out["noise_scale_se"] = ratio_of_means(trace, g2)
     out["g2_unbiased"], out["g2_unbiased_se"] = mean_and_se(g2)
     out["trace_sigma"], out["trace_sigma_se"] = mean_and_se(trace)
@@ -715,20 +722,31 @@ def cli(argv: list[str] | None = None) -> int:
 # ----------------------------------------------------------------------------- summary
 
 
-def _weighted_mean(values, errors, weights) -> tuple[float, float]:
-    """``sum w v / sum w`` of independent estimates and its standard error.
+def pooled_noise_scale(g2, g2_se, trace, trace_se, cov, weights) -> tuple[float, float]:
+    """B_simple from the unbiased parts of several batch sizes, and its standard error.
 
-    The weights must not depend on the estimates: inverse-variance weights would, for a ratio
-    whose standard error grows with the ratio, favour the estimates that came out low.
+    ``S = sum w S_B / sum w`` and ``T = sum w T_B / sum w`` stay unbiased for |G|^2 and
+    tr Sigma whatever the weights, as long as they are fixed in advance (weights chosen from
+    the estimates, such as inverse variances of the per-B ratios, would favour the ratios that
+    came out low). The ratio ``T / S`` gets the delta-method error
+    ``sqrt(var T - 2 r cov(T, S) + r^2 var S) / S`` from the independent batch sizes'
+    variances and covariances.
     """
-    v = np.asarray(values, np.float64)
-    e = np.asarray(errors, np.float64)
-    w = np.asarray(weights, np.float64)
-    ok = np.isfinite(v) & np.isfinite(e) & (w > 0)
+    g2, g2_se, trace, trace_se, cov, w = (
+        np.asarray(a, np.float64) for a in (g2, g2_se, trace, trace_se, cov, weights)
+    )
+    ok = np.isfinite(g2) & np.isfinite(trace) & np.isfinite(g2_se) & np.isfinite(trace_se)
+    ok &= np.isfinite(cov) & (w > 0)
     if not ok.any():
         return math.nan, math.nan
     w = w[ok] / w[ok].sum()
-    return float(w @ v[ok]), float(math.sqrt(float(w**2 @ e[ok] ** 2)))
+    s, t = float(w @ g2[ok]), float(w @ trace[ok])
+    if s <= 0:
+        return math.nan, math.nan
+    var_s, var_t = float(w**2 @ g2_se[ok] ** 2), float(w**2 @ trace_se[ok] ** 2)
+    cov_st = float(w**2 @ cov[ok])
+    r = t / s
+    return r, math.sqrt(max(var_t - 2 * r * cov_st + r * r * var_s, 0.0)) / s
 
 
 def _nearest_batch_size(sizes, target: int) -> int:
@@ -739,10 +757,10 @@ def _nearest_batch_size(sizes, target: int) -> int:
 def b_simple_by_checkpoint(frame):
     """B_simple per (checkpoint, layer) from one dataset's noise CSV (a pandas DataFrame).
 
-    Every batch size gives an estimate of the same number from unbiased parts; they are
-    combined with weights proportional to the examples drawn, ``n_batches * B`` (fixed in
-    advance; the large batches, whose |G|^2 estimate is the most precise, count most), into
-    ``b_simple`` and ``b_simple_se``; ``b_simple_exact`` is the
+    Every batch size gives unbiased estimates of |G|^2 and tr Sigma; they are pooled with
+    weights proportional to the examples drawn, ``n_batches * B`` (the large batches, whose
+    |G|^2 estimate is the most precise, count most), into ``b_simple`` and ``b_simple_se``
+    (:func:`pooled_noise_scale`); ``b_simple_exact`` is the
     full training split's value and ``b_simple_biased`` the same-batch estimate at
     :data:`SUMMARY_BATCH_SIZE` (or the nearest measured batch size).
     """
@@ -753,8 +771,13 @@ def b_simple_by_checkpoint(frame):
     for (checkpoint, epoch, layer), part in frame.groupby(keys, sort=False):
         at = _nearest_batch_size(part["batch_size"], SUMMARY_BATCH_SIZE)
         here = part[part["batch_size"] == at].iloc[0]
-        value, se = _weighted_mean(
-            part["noise_scale"], part["noise_scale_se"], part["n_batches"] * part["batch_size"]
+        value, se = pooled_noise_scale(
+            part["g2_unbiased"],
+            part["g2_unbiased_se"],
+            part["trace_sigma"],
+            part["trace_sigma_se"],
+            part["g2_trace_cov"],
+            part["n_batches"] * part["batch_size"],
         )
         rows.append(
             {
@@ -856,7 +879,13 @@ SEED_STUDY_BATCH_SIZES = (128, 1024)
 
 
 def _num(x, digits: int = 3) -> str:
-    return "n/a" if x is None or not math.isfinite(float(x)) else f"{float(x):.{digits}g}"
+    """``digits`` significant digits; plain integers from 1000 to 10^7 (7590, not 7.59e+03)."""
+    if x is None or not math.isfinite(float(x)):
+        return "n/a"
+    x = float(x)
+    if 1e3 <= abs(x) < 1e7:
+        return f"{round(x, digits - 1 - math.floor(math.log10(abs(x)))):.0f}"
+    return f"{x:.{digits}g}"
 
 
 def _pm(x, se, digits: int = 3) -> str:
@@ -868,7 +897,11 @@ def _pm(x, se, digits: int = 3) -> str:
 
 
 def _pct(x) -> str:
-    return "n/a" if x is None or not math.isfinite(float(x)) else f"{100 * float(x):.1f} %"
+    """A share as a percentage: one decimal, or two significant digits below 1 %."""
+    if x is None or not math.isfinite(float(x)):
+        return "n/a"
+    value = 100 * float(x)
+    return f"{value:.2g} %" if 0 < value < 1 else f"{value:.1f} %"
 
 
 def _regime(b_simple: float) -> str:

@@ -605,7 +605,10 @@ def _benchmark(layout: Layout, devices: list[str]) -> dict | None:
             f"{os.cpu_count()} CPU cores; devices {', '.join(devices) or NA})"
         )
     columns = list(table.columns)
-    rows = [[_cell(v) for v in row] for row in table.itertuples(index=False)]
+    # the file's own text, numbers shortened to 4 significant digits; an empty cell (e.g. no
+    # `flag`) stays empty
+    text = pd.read_csv(layout.benchmark(), dtype=str, keep_default_na=False)
+    rows = [[_cell(v) for v in row] for row in text.itertuples(index=False)]
     return {"columns": columns, "rows": rows, "machine": str(machine)}
 
 
@@ -620,23 +623,35 @@ def _cpu_model() -> str:
     return platform.machine() or "unknown CPU"
 
 
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return fmt(value, 4)
-    return NA if missing(value) else str(value).replace("|", "\\|")
+def _cell(text: str) -> str:
+    if text == "":
+        return ""
+    try:
+        value = float(text)
+    except ValueError:
+        return text.replace("|", "\\|")
+    return fmt(value, 4)
 
 
 def _theory(layout: Layout) -> dict | None:
+    """The theory tables as the theory partial reads them (missing cells are None)."""
     checks, summary = Path(layout.theory("checks.csv")), Path(layout.theory("summary.json"))
     if not (checks.exists() and summary.exists()):
         return None
-    read = pd.read_csv
     stationary = Path(layout.theory("stationary_1d.csv"))
     return {
-        "checks": {r["name"]: r for r in read(checks).to_dict("records")},
-        "stationary_1d": read(stationary).to_dict("records") if stationary.exists() else [],
+        "checks": {r["name"]: r for r in _plain_records(pd.read_csv(checks))},
+        "stationary_1d": _plain_records(pd.read_csv(stationary)) if stationary.exists() else [],
         "summary": json.loads(summary.read_text()),
     }
+
+
+def _plain_records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as dicts with NaN turned into None, so that a template's ``if`` sees no value."""
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for row in frame.to_dict("records")
+    ]
 
 
 def _noise(layout: Layout, datasets) -> dict | None:
@@ -793,6 +808,9 @@ def collect(
         versions=provenance.package_versions(),
     )
     dataset_rows = _datasets(layout, config)
+    for row in dataset_rows:  # one sigma_ref per dataset (the tuning records it in best.json)
+        values = summary[summary["dataset"] == row["name"]]["sigma_ref"].dropna()
+        row["sigma_ref"] = fmt(values.iloc[0]) if len(values) else NA
     dirty = prov["dirty"]
     prov["dirty_text"] = "unknown" if dirty is None else ("yes" if dirty else "no")
     return {

@@ -31,13 +31,14 @@ def _running_snakemake(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.parent.exists():
-        try:
-            return b"snakemake" in cmdline.read_bytes()
-        except OSError:
-            return False
-    return True
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # no /proc (not Linux): alive is all we know
+    except OSError:
+        return True
+    # empty while a process is being set up: not known to be something else
+    return not cmdline or b"snakemake" in cmdline
 
 
 def acquire(path: str | os.PathLike) -> None:
@@ -52,7 +53,7 @@ def acquire(path: str | os.PathLike) -> None:
             if holder is not None and holder != os.getpid() and _running_snakemake(holder):
                 raise SngradError(
                     f"{path}: another snakemake run of this profile is active (pid {holder}); "
-                    "wait for it to finish (the file is removed then)"
+                    "wait for it to finish, or remove the file if that process is not snakemake"
                 ) from None
             path.unlink(missing_ok=True)  # its run was killed
             continue

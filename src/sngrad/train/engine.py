@@ -324,8 +324,11 @@ def run_sweep(
     if not configs:
         raise SngradError("a sweep needs at least one run")
     check_batch_size(batch_size, splits)
+    # the epoch count shapes only the cosine schedule: constant-rate sweeps of any length
+    # share one compiled program
+    epochs = spec.epochs if spec.schedule != "constant" else 0
     progs = programs(optimizer, spec.backend, batch_size, len(splits.y_train),
-                     model_sizes(spec, splits), spec.schedule, spec.epochs, mode.diagnostics)
+                     model_sizes(spec, splits), spec.schedule, epochs, mode.diagnostics)
     data = device_data(splits, mode, spec.diverge_loss)
     hp = hparam_arrays(optimizer, configs)
     keys = [run_keys(c) for c in configs]
@@ -347,6 +350,7 @@ def run_sweep(
 
     t0 = time.perf_counter()
     epoch_fn = progs.epoch.lower(state, hp, jnp.int32(start), data).compile()
+    snapshot_fn = progs.snapshot.lower(state, data).compile() if progs.snapshots else None
     compile_s = time.perf_counter() - t0
 
     train_s = elapsed
@@ -355,7 +359,7 @@ def run_sweep(
         for epoch in range(start, spec.epochs):
             tick = time.perf_counter()
             if progs.snapshots and epoch % spec.snapshot_every == 0:
-                state = progs.snapshot(state, data)
+                state = snapshot_fn(state, data)
             state, out = epoch_fn(state, hp, jnp.int32(epoch), data)
             out = jax.device_get(out)  # waits for the epoch: the clock stops here
             train_s += time.perf_counter() - tick
