@@ -11,7 +11,7 @@ CORES ?= 4
 PROFILE ?= default
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all install test test-fast lint report run quick smoke bench clean data
+.PHONY: all install test test-fast lint report run quick smoke bench clean data mutate
 
 all: report
 
@@ -63,6 +63,13 @@ bench: install
 .PHONY: slurm-check
 slurm-check: install
 	workflow/cluster/local-slurm.sh
+
+# mutation testing of the modules that decide results (pyproject's [tool.mutmut]); slow, and not
+# part of `make test`. MUTATE_SAMPLE=N checks a seeded sample of N mutants per module (0: all).
+MUTATE_SAMPLE ?= 0
+MUTATE_JOBS ?= 1
+mutate: install
+	nice -n 19 $(BIN)/python tools/mutation_scores.py run --sample $(MUTATE_SAMPLE) --jobs $(MUTATE_JOBS)
 
 clean:
 	rm -rf $(VENV) .snakemake .pytest_cache .ruff_cache

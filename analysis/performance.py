@@ -118,47 +118,52 @@ def cell_rows(frame, dataset, batch_size, run=None):
 # %% [markdown]
 # ## Learning curves: validation accuracy and training loss
 #
-# Top row validation accuracy, bottom row mean training loss of the epoch (log scale); the
-# same y-axis within a row. Lines are means over the final seeds that had not diverged, bands
-# one standard deviation.
+# One pair of rows per group of runs (a base optimizer with its variants or relatives, so that
+# a panel stays readable): validation accuracy above, mean training loss of the epoch (log
+# scale) below, the same y-axis within a row. Lines are means over the final seeds that had
+# not diverged, bands one standard deviation.
 
 # %%
-fig, axes = grid(2, len(cells))
+groups = analysis.run_groups(runs)
+fig, axes = grid(2 * len(groups), len(cells), height=2.4)
 shown = set()
 if not metrics.empty:
     accuracy = analysis.curves(metrics, "val_accuracy")
     loss = analysis.curves(metrics, "train_loss")
     died = analysis.divergence_epochs(metrics)
-for j, (dataset, batch_size) in enumerate(cells):
-    for i, label in enumerate([r"validation accuracy", r"training loss $L$"]):
-        ax = axes[i, j]
-        table = None if metrics.empty else (accuracy if i == 0 else loss)
-        drawn = False
-        for run in runs:
-            curve = pd.DataFrame() if table is None else cell_rows(table, dataset, batch_size, run)
-            curve = curve.sort_values("epoch") if len(curve) else curve
-            if len(curve) and curve["mean"].notna().any():
-                colour = COLOURS[run]
-                ax.plot(curve["epoch"], curve["mean"], color=colour, lw=1.3)
-                std = curve["std"].fillna(0.0)
-                ax.fill_between(curve["epoch"], curve["mean"] - std, curve["mean"] + std,
-                                color=colour, alpha=0.15, lw=0)  # fmt: skip
-                drawn = True
-                shown.add(run)
-            if table is not None:
-                crosses = cell_rows(died, dataset, batch_size, run)["epoch"]
-                mark_diverged(ax, crosses, COLOURS[run])
-                if len(crosses):
+for g, (group, members) in enumerate(groups.items()):
+    for j, (dataset, batch_size) in enumerate(cells):
+        for i, label in enumerate([r"validation accuracy", r"training loss $L$"]):
+            ax = axes[2 * g + i, j]
+            table = None if metrics.empty else (accuracy if i == 0 else loss)
+            drawn = False
+            for run in members:
+                curve = (pd.DataFrame() if table is None
+                         else cell_rows(table, dataset, batch_size, run))  # fmt: skip
+                curve = curve.sort_values("epoch") if len(curve) else curve
+                if len(curve) and curve["mean"].notna().any():
+                    colour = COLOURS[run]
+                    ax.plot(curve["epoch"], curve["mean"], color=colour, lw=1.3)
+                    std = curve["std"].fillna(0.0)
+                    ax.fill_between(curve["epoch"], curve["mean"] - std, curve["mean"] + std,
+                                    color=colour, alpha=0.15, lw=0)  # fmt: skip
+                    drawn = True
                     shown.add(run)
-        if not drawn:
-            note(ax, EMPTY)
-        if i == 1 and table is not None:
-            log_if_positive(ax, cell_rows(loss, dataset, batch_size)["mean"])
-        ax.set_title(f"{dataset}, $B = {batch_size}$", fontsize=9)
-        ax.set_xlabel("epoch")
-        whole_epochs(ax)
-        if j == 0:
-            ax.set_ylabel(label)
+                if table is not None:
+                    crosses = cell_rows(died, dataset, batch_size, run)["epoch"]
+                    mark_diverged(ax, crosses, COLOURS[run])
+                    if len(crosses):
+                        shown.add(run)
+            if not drawn:
+                note(ax, EMPTY)
+            if i == 1 and table is not None:
+                values = cell_rows(loss, dataset, batch_size)
+                log_if_positive(ax, values[values["optimizer"].isin(members)]["mean"])
+            ax.set_title(f"{group}: {dataset}, $B = {batch_size}$", fontsize=8)
+            ax.set_xlabel("epoch")
+            whole_epochs(ax)
+            if j == 0:
+                ax.set_ylabel(label)
 run_legend(fig, shown, [DIVERGED])
 fig.tight_layout()
 save_figure(fig, layout.figure("learning_curves"))
@@ -237,7 +242,8 @@ for j, (dataset, batch_size) in enumerate(cells):
     if j == 0:
         ax.set_ylabel("mean validation accuracy")
 chosen_ring = Line2D([], [], color="0.3", marker="o", mfc="none", ls="", label="chosen")
-run_legend(fig, shown, [chosen_ring, DIVERGED])
+setting_diverged = Line2D([], [], color="0.3", marker="x", ls="", label="setting diverged")
+run_legend(fig, shown, [chosen_ring, setting_diverged])
 fig.tight_layout()
 save_figure(fig, layout.figure("alpha_sensitivity"))
 

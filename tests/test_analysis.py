@@ -301,3 +301,17 @@ def test_shrink_and_control_variate_summaries():
     summary = analysis.control_variate_summary(cv).iloc[0]
     assert summary["variance_ratio_first"] == pytest.approx(0.5)
     assert summary["variance_ratio_last"] == pytest.approx(0.3)
+
+
+def test_run_groups_keep_each_base_with_its_variants():
+    groups = analysis.run_groups(
+        ["sgd", "sgd+sngrad1", "svag", "sgd+cv", "momentum", "momentum+sngrad1", "adam",
+         "adabelief", "sgd+sngrad2@0.05"]
+    )  # fmt: skip
+    assert groups == {
+        "sgd and its noise-informed variants": ["sgd", "sgd+sngrad1", "sgd+sngrad2@0.05"],
+        "sgd and its relatives": ["sgd", "svag", "sgd+cv"],
+        "momentum and its variants": ["momentum", "momentum+sngrad1"],
+        "adam and its relatives": ["adam", "adabelief"],
+    }
+    assert analysis.run_groups(["sgd", "adam"]) == {"all runs": ["sgd", "adam"]}

@@ -243,7 +243,8 @@ def test_same_batch_lambda_is_biased_by_order_one_over_b_and_lagged_is_not():
 @pytest.mark.parametrize(
     ("coefficient", "match"),
     [("svrg", "unknown control-variate coefficient 'svrg'; allowed: optimal, optimal-lagged"),
-     (float("nan"), "must be finite"), (True, "must be a number"), ([1.0], "finite number")],
+     (float("nan"), "must be finite"), (1e300, "must be finite"), (True, "must be a number"),
+     ([1.0], "finite number")],
 )
 def test_bad_coefficient_is_rejected(coefficient, match):
     with pytest.raises(SngradError, match=match):

@@ -184,16 +184,49 @@ def test_cosine_schedule_reaches_zero_and_differs_from_constant(splits):
     assert float(sched(5)) == pytest.approx(0.1)
 
 
+def test_control_variates_refresh_the_snapshot_and_record_lambda_and_variance(splits):
+    from sngrad.stats import loss_and_grad_core
+
+    spec = _spec(epochs=2, snapshot_every=1)
+    seen = {}
+
+    def keep(done, state):
+        seen[done] = jax.device_get(state)
+
+    rec = {}
+    for name in ("sgd+cv", "sgd+svrg"):
+        rec[name] = run_sweep(splits, name, B, spec, [RunConfig(0.1, None, None, 1)],
+                              TRAIN_MODE, on_epoch=keep).records
+    svrg, cv = rec["sgd+svrg"], rec["sgd+cv"]
+    assert (svrg["lambda_median"] == 1.0).all()
+    assert np.all((cv["lambda_median"] >= 0) & (cv["lambda_median"] <= 2))
+    assert np.isfinite(cv["variance_ratio"]).all() and (cv["variance_ratio"] > 0).all()
+    assert np.isnan(cv["factor_mean"]).all()
+    # the optimal coefficient never does worse than the raw batch mean on average
+    assert (cv["variance_ratio"] <= 1.0 + 1e-6).all()
+    # the snapshot taken before epoch 2 is the parameters after epoch 1, and the anchor their
+    # full training-split gradient
+    after_first = jax.tree.map(lambda a: a[0], seen[1]["params"])
+    snap = jax.tree.map(lambda a: a[0], seen[2]["snap"])
+    anchor = jax.tree.map(lambda a: a[0], seen[2]["anchor"])
+    for a, b in zip(jax.tree.leaves(after_first), jax.tree.leaves(snap), strict=True):
+        np.testing.assert_array_equal(a, b)
+    _, full = loss_and_grad_core(after_first, splits.x_train, splits.y_train)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(anchor), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- commands
 
 
 def test_tune_train_reference_write_the_contract_files(data_file, tmp_path):
-    spec = _spec()
+    # bounds equal to the range: one round (extension is covered by test_protocol)
+    spec = _spec(tune={**SPEC["tune"], "lr_bounds": [0.03, 0.3]})
     out = tmp_path / "run"
     best = tune(data_file, "momentum", B, spec, out)
     rows = _read_csv(out / "tuning.csv")
     assert tuple(rows[0]) == TUNING_COLUMNS
-    assert len(rows) == best["trials"] * 2 and best["trials"] >= 3 * 2
+    assert len(rows) == best["trials"] * 2 == 3 * 2 * 2 and best["rounds"] == 1
     assert tuple(json.loads((out / "best.json").read_text())) == tuple(sorted(BEST_KEYS))
     chosen = [r for r in rows if r["chosen"] == "True"]
     assert len(chosen) == 2 and {r["seed"] for r in chosen} == {"100", "101"}

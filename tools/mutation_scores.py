@@ -159,8 +159,9 @@ def table(args=None) -> int:
         checked = detected + c["survived"] + c["no tests"]
         lo, hi = wilson(detected, checked)
         score = f"{detected / checked:.0%}" if checked else "-"
-        print(f"| {module} | {info['totals'][module]} | {checked}/{len(names)} | {c['killed']} | {c['timeout']} | "
-              f"{c['survived']} | {c['no tests']} | {score} | {lo:.0%}-{hi:.0%} |")
+        cells = (module, info["totals"][module], f"{checked}/{len(names)}", c["killed"],
+                 c["timeout"], c["survived"], c["no tests"], score, f"{lo:.0%}-{hi:.0%}")
+        print("| " + " | ".join(map(str, cells)) + " |")
     return 0
 
 

@@ -1209,3 +1209,31 @@ def performance_tables(layout, datasets, runs, batch_sizes, hidden=()) -> dict[s
         "shrink.csv": shrink_summary(diagnostics, network_weights(layout, datasets, hidden)),
         "control_variates.csv": control_variate_summary(diagnostics),
     }
+
+
+def run_groups(runs: Sequence[str]) -> dict[str, list[str]]:
+    """The runs split into groups small enough to read in one panel, each with its base.
+
+    ``sgd`` with its noise-informed variants (tuned and prototype alpha); ``sgd`` with the
+    established relatives (svag, msvag, control variates); ``momentum`` and ``adam`` with
+    theirs (adabelief joins adam); anything else under "other runs". Groups without any run
+    besides the base are left out; a profile of bases only is one group, "all runs".
+    """
+    groups: dict[str, list[str]] = {
+        "sgd and its noise-informed variants": [],
+        "sgd and its relatives": [],
+        "momentum and its variants": [],
+        "adam and its relatives": [],
+    }
+    names = list(groups)
+    for run in runs:
+        base = base_of(run) or run
+        if base == "sgd":
+            key = names[0] if variant_of(run) or run == "sgd" else names[1]
+        else:
+            key = names[2] if base == "momentum" else names[3] if base == "adam" else None
+        groups.setdefault(key or "other runs", []).append(run)
+    if "sgd" in runs:
+        groups[names[1]].insert(0, "sgd")
+    kept = {k: v for k, v in groups.items() if any(base_of(r) for r in v) or k == "other runs"}
+    return kept or {"all runs": list(runs)}

@@ -803,8 +803,9 @@ def collect(
     inputs = expected_inputs(layout, config) if inputs is None else inputs
     prov = input_provenance(inputs)
     prov.update(
-        commit=provenance.git_commit(),
-        dirty=provenance.git_dirty(),
+        # the checkout the workflow runs in (its working directory), not where sngrad is installed
+        commit=provenance.git_commit(Path.cwd()),
+        dirty=provenance.git_dirty(Path.cwd()),
         versions=provenance.package_versions(),
     )
     dataset_rows = _datasets(layout, config)
@@ -812,7 +813,9 @@ def collect(
         values = summary[summary["dataset"] == row["name"]]["sigma_ref"].dropna()
         row["sigma_ref"] = fmt(values.iloc[0]) if len(values) else NA
     dirty = prov["dirty"]
-    prov["dirty_text"] = "unknown" if dirty is None else ("yes" if dirty else "no")
+    prov["dirty_text"] = (
+        "unknown (not a git checkout)" if dirty is None else ("yes" if dirty else "no")
+    )
     return {
         "profile": layout.profile,
         "config": config,

@@ -246,8 +246,10 @@ def _check_coefficient(coefficient: Any) -> str | float:
             f"control-variate coefficient must be {' or '.join(repr(c) for c in COEFFICIENTS)} "
             f"or a finite number, got {coefficient!r}"
         ) from None
-    if not math.isfinite(value):
-        raise SngradError(f"control-variate coefficient must be finite, got {value}")
+    if not math.isfinite(value) or abs(value) > float(jnp.finfo(jnp.float32).max):
+        raise SngradError(
+            f"control-variate coefficient must be finite (in float32), got {value}"
+        )
     return value
 
 

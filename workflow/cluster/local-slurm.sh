@@ -33,6 +33,10 @@
 set -euo pipefail
 umask 022
 
+# All of it in one function called on the last line, so that bash reads the whole file before
+# running any of it: editing the file during a (long) run cannot change what that run does.
+main() {
+
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 WORK=${SLURMCHECK_DIR:-/tmp/slurmcheck}
 JOBS=${SLURMCHECK_JOBS:-2}
@@ -324,3 +328,6 @@ if ((slurm_status || local_status)); then
 fi
 say "comparing result CSVs (local run = expected)"
 "$VENV/bin/python" "$REPO/workflow/cluster/slurmcheck.py" compare "$WORK/local" "$WORK/slurm"
+}
+
+main "$@"

@@ -50,11 +50,11 @@ def _load_profile():
         source += " (with --config)"
     schema = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
     profiles.check_profile(loaded, source, schema)
-    problem = profiles.reserved_name_problem(
-        loaded, source, profiles.read_yaml(profiles.DEFAULT_PROFILE)
-    )
-    if problem:
-        raise SngradError(problem)
+    if loaded["profile"] == PUBLISHING_PROFILE:
+        published = profiles.read_yaml(profiles.DEFAULT_PROFILE)
+        problem = profiles.reserved_name_problem(loaded, source, published)
+        if problem:
+            raise SngradError(problem)
     return loaded
 
 

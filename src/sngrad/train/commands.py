@@ -168,6 +168,7 @@ def tune(data_path, run_name: str, batch_size: int, spec: TrainSpec, out_dir, ar
                                    data_sha))
         trials += pending
         _save_rounds(ckpt_dir, fp, rounds)
+        ckpt.remove(ckpt_dir / "sweep")  # only after the round is saved: kill-safe
 
     acc, loss, diverged, train_loss = _stacked(
         rounds, ("val_accuracy", "val_loss", "diverged", "train_loss"))
