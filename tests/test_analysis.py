@@ -315,3 +315,8 @@ def test_run_groups_keep_each_base_with_its_variants():
         "adam and its relatives": ["adam", "adabelief"],
     }
     assert analysis.run_groups(["sgd", "adam"]) == {"all runs": ["sgd", "adam"]}
+    # a base without variants keeps a group of its own; sgd is drawn once
+    assert analysis.run_groups(["sgd", "sgd+sngrad1", "momentum"]) == {
+        "sgd and its noise-informed variants": ["sgd", "sgd+sngrad1"],
+        "momentum and its variants": ["momentum"],
+    }

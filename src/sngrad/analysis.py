@@ -1216,8 +1216,8 @@ def run_groups(runs: Sequence[str]) -> dict[str, list[str]]:
 
     ``sgd`` with its noise-informed variants (tuned and prototype alpha); ``sgd`` with the
     established relatives (svag, msvag, control variates); ``momentum`` and ``adam`` with
-    theirs (adabelief joins adam); anything else under "other runs". Groups without any run
-    besides the base are left out; a profile of bases only is one group, "all runs".
+    theirs (adabelief joins adam); anything else under "other runs". A base alone keeps its own
+    group (sgd only once); a profile of bases only is one group, "all runs".
     """
     groups: dict[str, list[str]] = {
         "sgd and its noise-informed variants": [],
@@ -1235,5 +1235,11 @@ def run_groups(runs: Sequence[str]) -> dict[str, list[str]]:
         groups.setdefault(key or "other runs", []).append(run)
     if "sgd" in runs:
         groups[names[1]].insert(0, "sgd")
-    kept = {k: v for k, v in groups.items() if any(base_of(r) for r in v) or k == "other runs"}
-    return kept or {"all runs": list(runs)}
+    kept = {k: v for k, v in groups.items() if v}
+    # sgd alone in one of its two groups is already drawn in the other
+    for mine, other in ((names[0], names[1]), (names[1], names[0])):
+        if kept.get(mine) == ["sgd"] and len(kept.get(other, [])) > 1:
+            del kept[mine]
+    if all(len(v) == 1 for v in kept.values()):
+        return {"all runs": list(runs)}
+    return kept
