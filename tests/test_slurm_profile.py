@@ -157,6 +157,18 @@ def test_compare_sets_aside_only_measured_columns(tmp_path):
     assert slurmcheck.main(["compare", str(local), str(slurm)]) == 0
 
 
+def test_compare_keeps_only_what_a_benchmark_measured(tmp_path):
+    table = "network,batch_size,method,median_ms,flag\n64-10,32,{m},{t},{f}\n"
+    local = write_run(tmp_path / "a", {"p/benchmark/step.csv": table.format(m="sgd", t=0.5, f="")})
+    slurm = write_run(tmp_path / "b", {"p/benchmark/step.csv": table.format(m="sgd", t=2, f="x")})
+    count, problems, set_aside = slurmcheck.compare_runs(local, slurm)
+    assert (count, problems) == (1, [])
+    assert set_aside == {"results/p/benchmark/step.csv": ["median_ms", "flag"]}
+    other = write_run(tmp_path / "c", {"p/benchmark/step.csv": table.format(m="adam", t=0.5, f="")})
+    _, problems, _ = slurmcheck.compare_runs(local, other)
+    assert problems == ["results/p/benchmark/step.csv: line 2, method: 'sgd' vs 'adam'"]
+
+
 def test_compare_finds_a_changed_cell_and_a_missing_file(tmp_path):
     local = write_run(tmp_path / "a", {"x.csv": "k,v\n1,0.5\n", "y.csv": "k\n1\n"})
     slurm = write_run(tmp_path / "b", {"x.csv": "k,v\n1,0.50000001\n"})

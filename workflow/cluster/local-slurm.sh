@@ -321,6 +321,9 @@ say "sacct: jobs per rule (rule, state, count)"
 sacct -X -n -P -S "$start" -o Comment%200,State |
     sed 's/^rule_\([A-Za-z0-9_]*\)_wildcards_[^|]*|/\1|/; s/^rule_\([A-Za-z0-9_]*\)|/\1|/' |
     sort | uniq -c | sed 's/^/    /'
+say "sacct: every job as SLURM saw it"
+sacct -X -S "$start" -o JobID,Comment%50,State,Elapsed,AllocCPUS,ReqMem,TimelimitRaw |
+    sed 's/^/    /'
 if ((slurm_status || local_status)); then
     say "a run failed (SLURM $slurm_status, local $local_status): see the logs above"
     tail -n 25 "$WORK/slurm.log" "$WORK/local.log"
