@@ -98,3 +98,35 @@ def test_tune_chooses_by_mean_over_seeds_excludes_diverged_and_breaks_ties_by_lo
     assert best["val_accuracy"] == 0.75 and best["val_loss"] == 0.375
     assert not best["all_diverged"] and not best["at_bound"]
     assert json.loads((out / "best.json").read_text()) == best
+
+
+def _tune_with_bounds(lo, hi):
+    tune_spec = {**SPEC["tune"], "lr_min": 0.1, "lr_max": 1.0, "lr_bounds": [lo, hi]}
+    return parse_spec({**SPEC, "tune": tune_spec}).tune
+
+
+@pytest.mark.parametrize(("end", "bound", "tried_past_it"), [
+    ("top", 2.0, False),                            # next lr 3.16 is outside [., 2]
+    ("top", 10**0.5 * (1 - 1e-12), True),           # next lr equals the bound up to rounding
+    ("bottom", 0.05, False),                        # next lr 0.0316 is outside [0.05, .]
+    ("bottom", 10**-1.5 * (1 + 1e-12), True),       # equal up to rounding
+])
+def test_extension_stops_exactly_at_the_learning_rate_bounds(end, bound, tried_past_it):
+    """Catches a loosened or tightened bound check in ``protocol.extension`` (e.g. the upper
+    bound doubled, a strict comparison, or the rounding tolerance applied with the wrong
+    sign), which tests/test_protocol.py's bounds, a whole grid step away, let through."""
+    from sngrad.train import protocol
+    from sngrad.train.protocol import parse_run
+
+    tune_spec = _tune_with_bounds(0.1, bound) if end == "top" else _tune_with_bounds(bound, 1.0)
+    run = parse_run("sgd")
+    tried = protocol.initial_trials(run, tune_spec, 8, 1.0)
+    assert [t.learning_rate for t in tried] == pytest.approx([0.1, 10**-0.5, 1.0])
+    pick = max if end == "top" else min
+    best = pick(range(len(tried)), key=lambda i: tried[i].learning_rate)
+    new, at_bound = protocol.extension(run, tune_spec, 8, 1.0, tried, best)
+    if tried_past_it:
+        expected = 10**0.5 if end == "top" else 10**-1.5
+        assert [t.learning_rate for t in new] == pytest.approx([expected]) and not at_bound
+    else:
+        assert new == [] and at_bound

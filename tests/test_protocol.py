@@ -76,7 +76,8 @@ def test_run_names_split_into_optimizer_and_fixed_alpha():
     assert parse_run("momentum+sngrad2").second_axis == "alpha"
     assert parse_run("sgd+sngrad2@0.05").second_axis is None
     for bad, needle in [("sgd@0.1", r"needs a \+sngrad"), ("sgd+sngrad1@x", "must be a number"),
-                        ("sgd+sngrad1@-1", "finite and > 0"), ("sgdd", "unknown optimizer")]:
+                        ("sgd+sngrad1@-1", "finite and > 0"), ("sgdd", "unknown optimizer"),
+                        ("sgd+sngrad1@0.10", "write the alpha as '0.1'")]:
         with pytest.raises(SngradError, match=needle):
             parse_run(bad)
 

@@ -21,6 +21,7 @@ Wilson interval); ``--without GLOB`` leaves test files out of the selection, e.g
 a baseline before new tests.
 
     python tools/mutation_scores.py run [--sample N] [--seed S] [--jobs J] [--without GLOB]
+                                        [--deselect TEST_ID]
     python tools/mutation_scores.py table          # per-module scores of the last run
     python tools/mutation_scores.py survivors      # each surviving mutant's diff
 """
@@ -31,6 +32,7 @@ import argparse
 import fnmatch
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -78,7 +80,7 @@ def draw_sample(modules: list[str], n: int, seed: int) -> tuple[dict, dict]:
     return chosen, totals
 
 
-def prepare_workspace(without: list[str]) -> None:
+def prepare_workspace(without: list[str], deselect: list[str]) -> None:
     """A fresh copy of src/, tests/ and the test inputs; earlier mutants/ results are kept."""
     WORK.mkdir(parents=True, exist_ok=True)
     for name in ("src", "tests", *EXTRA_PATHS):
@@ -97,21 +99,31 @@ def prepare_workspace(without: list[str]) -> None:
         text = re.sub(r"pytest_add_cli_args_test_selection\s*=\s*\[.*?\]", new, text,
                       count=1, flags=re.S)
         (WORK / "pyproject.toml").write_text(text)
+    if deselect:
+        text = (WORK / "pyproject.toml").read_text()
+        extra = "".join(f'"--deselect", {json.dumps(node)}, ' for node in deselect)
+        text = re.sub(r"pytest_add_cli_args\s*=\s*\[", "pytest_add_cli_args = [" + extra, text,
+                      count=1)
+        (WORK / "pyproject.toml").write_text(text)
 
 
 def run(args) -> int:
     modules = mutmut_config()["only_mutate"]
     sample, totals = draw_sample(modules, args.sample, args.seed)
-    prepare_workspace(args.without)
+    prepare_workspace(args.without, args.deselect)
     SAMPLE_FILE.write_text(json.dumps({"sample": args.sample, "seed": args.seed,
-                                       "without": args.without, "totals": totals,
+                                       "without": args.without, "deselect": args.deselect,
+                                       "totals": totals,
                                        "mutants": sample}, indent=1))
     names = [name for group in sample.values() for name in group]
     print(f"mutmut: {len(names)} mutants of {len(modules)} modules in {WORK}", flush=True)
     mutmut = Path(sys.executable).with_name("mutmut")
+    # CI=1: tests/conftest.py's derandomised hypothesis profile, so that a mutant's verdict
+    # does not depend on the examples drawn
+    env = {**os.environ, "CI": "1"}
     with open(WORK / "run.log", "w") as log:
         rc = subprocess.call([str(mutmut), "run", "--max-children", str(args.jobs), *names],
-                             cwd=WORK, stdout=log, stderr=subprocess.STDOUT)
+                             cwd=WORK, stdout=log, stderr=subprocess.STDOUT, env=env)
     table(args)
     if rc:
         print(f"mutmut exited with {rc}; its output: {WORK / 'run.log'}")
@@ -148,7 +160,8 @@ def status_counts(module: str, names: list[str]) -> Counter:
 def table(args=None) -> int:
     info = json.loads(SAMPLE_FILE.read_text())
     print(f"sample per module: {info['sample'] or 'all'} (seed {info['seed']}); "
-          f"tests left out: {info['without'] or 'none'}")
+          f"tests left out: {info['without'] or 'none'}; "
+          f"deselected: {info.get('deselect') or 'none'}")
     head = ("module", "mutants", "checked", "killed", "timeout", "survived", "no tests", "score",
             "95% CI")
     print("| " + " | ".join(head) + " |")
@@ -188,6 +201,9 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="parallel mutant workers")
     p.add_argument("--without", action="append", default=[],
                    help="glob of test files to leave out of the selection (repeatable)")
+    p.add_argument("--deselect", action="append", default=[],
+                   help="a test id to leave out (repeatable), e.g. one that fails on the "
+                        "unmutated code")
     p.set_defaults(fn=run)
     sub.add_parser("table", help="per-module scores of the last run").set_defaults(fn=table)
     p = sub.add_parser("survivors", help="surviving and untested mutants of the last run")

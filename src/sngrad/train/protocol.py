@@ -107,7 +107,8 @@ class Run(NamedTuple):
 def parse_run(name: str) -> Run:
     """``"sgd+sngrad1@0.1"`` -> ``Run("sgd+sngrad1", 0.1)``; ``"adam"`` -> ``Run("adam", None)``.
 
-    The alpha is raw (on our cross-entropy), finite and > 0, and only for +sngrad optimizers.
+    The alpha is raw (on our cross-entropy), finite and > 0, only for +sngrad optimizers, and
+    written in its shortest form (``format(alpha, "g")``: 0.1, not 0.10 or 1e-1).
     """
     if not isinstance(name, str):
         raise SngradError(f"run name must be a string, got {name!r}")
@@ -123,7 +124,11 @@ def parse_run(name: str) -> Run:
         raise SngradError(f"run {name!r}: the alpha after '@' must be a number") from None
     if not (math.isfinite(alpha) and alpha > 0):
         raise SngradError(f"run {name!r}: the alpha after '@' must be finite and > 0")
-    return Run(optimizer, alpha)
+    run = Run(optimizer, alpha)
+    if run.name != name:  # one spelling per run, so paths and CSV cells agree
+        raise SngradError(f"run {name!r}: write the alpha as {run.alpha_text!r} "
+                          f"({run.name!r})")
+    return run
 
 
 # ============================================================================ trials
