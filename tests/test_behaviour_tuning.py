@@ -130,3 +130,46 @@ def test_extension_stops_exactly_at_the_learning_rate_bounds(end, bound, tried_p
         assert [t.learning_rate for t in new] == pytest.approx([expected]) and not at_bound
     else:
         assert new == [] and at_bound
+
+
+def test_sigma_ref_is_the_median_weight_sigma_on_the_contract_rows():
+    """sigma_ref against an independent computation of its definition (module docstring of
+    sngrad.train.protocol): per-example gradients by vmap(grad) at mlp_init(PRNGKey(init_seed)),
+    population standard deviation over SIGMA_REF_EXAMPLES rows drawn by
+    default_rng(SIGMA_REF_SEED) without replacement, weights only, zeros left out, median.
+    Catches biases counted, a sample (n - 1) deviation, other rows (e.g. the first 1024),
+    another network or seed, a mean instead of the median, and zero sigmas kept (feature 0 is
+    constant, so the weights leaving it have sigma 0)."""
+    import jax
+    import jax.numpy as jnp
+
+    from sngrad.models import cross_entropy, mlp_apply, mlp_init
+    from sngrad.train import protocol
+
+    rng = np.random.default_rng(1)
+    n, sizes, init_seed = 1500, (5, 6, 3), 4
+    x = rng.normal(size=(n, 5)).astype(np.float32) * np.linspace(0.2, 3.0, n)[:, None]
+    x[:, 0] = 0.0
+    y = rng.integers(0, 3, n).astype(np.int32)
+    splits = Splits(x, y, x[:10], y[:10], x[:10], y[:10], num_classes=3, name="toy")
+
+    rows = np.sort(np.random.default_rng(protocol.SIGMA_REF_SEED).choice(
+        n, protocol.SIGMA_REF_EXAMPLES, replace=False))
+    params = mlp_init(jax.random.PRNGKey(init_seed), list(sizes))
+
+    def loss(p, xi, yi):
+        return cross_entropy(mlp_apply(p, xi), yi)
+
+    grads = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(params, jnp.asarray(x[rows]),
+                                                            jnp.asarray(y[rows]))
+    sigma = np.concatenate([np.asarray(w, np.float64).std(axis=0).ravel() for w, _ in grads])
+    assert (sigma == 0).sum() == sizes[1]  # the weights out of the constant feature
+    expected = float(np.median(sigma[sigma > 0]))
+    got = protocol.sigma_ref(splits, sizes, init_seed)
+    assert got == pytest.approx(expected, rel=1e-4)
+    # the definition is not degenerate here: each wrong reading gives another number
+    first = np.concatenate([np.asarray(w, np.float64).std(axis=0).ravel() for w, _ in
+                            jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(
+                                params, jnp.asarray(x[:1024]), jnp.asarray(y[:1024]))])
+    for wrong in (np.median(sigma), np.mean(sigma[sigma > 0]), np.median(first[first > 0])):
+        assert abs(wrong - expected) > 1e-3 * expected

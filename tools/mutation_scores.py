@@ -21,7 +21,7 @@ Wilson interval); ``--without GLOB`` leaves test files out of the selection, e.g
 a baseline before new tests.
 
     python tools/mutation_scores.py run [--sample N] [--seed S] [--jobs J] [--without GLOB]
-                                        [--deselect TEST_ID]
+                                        [--deselect TEST_ID] [--keep-source [--survivors-only]]
     python tools/mutation_scores.py table          # per-module scores of the last run
     python tools/mutation_scores.py survivors      # each surviving mutant's diff
 """
@@ -80,10 +80,12 @@ def draw_sample(modules: list[str], n: int, seed: int) -> tuple[dict, dict]:
     return chosen, totals
 
 
-def prepare_workspace(without: list[str], deselect: list[str]) -> None:
-    """A fresh copy of src/, tests/ and the test inputs; earlier mutants/ results are kept."""
+def prepare_workspace(without: list[str], deselect: list[str], keep_source: bool) -> None:
+    """A fresh copy of src/, tests/ and the test inputs; earlier mutants/ results are kept.
+    With ``keep_source`` the copied src/ of the last run stays: new tests, same mutants."""
     WORK.mkdir(parents=True, exist_ok=True)
-    for name in ("src", "tests", *EXTRA_PATHS):
+    names = ("tests", *EXTRA_PATHS) if keep_source else ("src", "tests", *EXTRA_PATHS)
+    for name in names:
         source, target = ROOT / name, WORK / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -109,13 +111,23 @@ def prepare_workspace(without: list[str], deselect: list[str]) -> None:
 
 def run(args) -> int:
     modules = mutmut_config()["only_mutate"]
-    sample, totals = draw_sample(modules, args.sample, args.seed)
-    prepare_workspace(args.without, args.deselect)
+    if args.keep_source:  # the same mutants as the last run, with the tests as they are now
+        last = json.loads(SAMPLE_FILE.read_text())
+        sample, totals = last["mutants"], last["totals"]
+        args.sample, args.seed = last["sample"], last["seed"]
+    else:
+        sample, totals = draw_sample(modules, args.sample, args.seed)
+    prepare_workspace(args.without, args.deselect, args.keep_source)
     SAMPLE_FILE.write_text(json.dumps({"sample": args.sample, "seed": args.seed,
                                        "without": args.without, "deselect": args.deselect,
                                        "totals": totals,
                                        "mutants": sample}, indent=1))
     names = [name for group in sample.values() for name in group]
+    if args.keep_source and args.survivors_only:
+        # adding tests cannot revive a killed mutant of unchanged code: recheck only the rest
+        names = [name for module, group in sample.items()
+                 for name, code in zip(group, map(_results(module).get, group), strict=True)
+                 if code not in DETECTED]
     print(f"mutmut: {len(names)} mutants of {len(modules)} modules in {WORK}", flush=True)
     mutmut = Path(sys.executable).with_name("mutmut")
     # CI=1: tests/conftest.py's derandomised hypothesis profile, so that a mutant's verdict
@@ -204,6 +216,10 @@ def main(argv=None) -> int:
     p.add_argument("--deselect", action="append", default=[],
                    help="a test id to leave out (repeatable), e.g. one that fails on the "
                         "unmutated code")
+    p.add_argument("--keep-source", action="store_true",
+                   help="keep the last run's source copy and sample; refresh only the tests")
+    p.add_argument("--survivors-only", action="store_true",
+                   help="with --keep-source: recheck only the mutants not yet detected")
     p.set_defaults(fn=run)
     sub.add_parser("table", help="per-module scores of the last run").set_defaults(fn=table)
     p = sub.add_parser("survivors", help="surviving and untested mutants of the last run")

@@ -1,0 +1,59 @@
+"""Every column of the training-length table, from a hand-made metrics table.
+
+The criterion (module docstring of sngrad.analysis): a base optimizer's cell has trained long
+enough when its mean training loss over the final seeds fell, over the last quarter of the
+epochs (ceil(E / 4) of them), by at most FLAT_SHARE of its total decrease from the first to
+the last epoch. tests/test_analysis.py checks the share and the verdict; here each number the
+table publishes (training_length.csv) is checked against the hand computation.
+"""
+
+import math
+
+import pandas as pd
+import pytest
+
+from sngrad import analysis
+
+EPOCHS = 7  # quarter = ceil(7 / 4) = 2 epochs
+LOSS = {1: [2.0, 2.4, 9.0], 5: [1.0, 1.2, 9.0], 7: [0.9, 1.1, 9.0]}  # three seeds
+
+
+def _metrics():
+    rows = []
+    for seed in (1, 2, 3):
+        for epoch in range(1, EPOCHS + 1):
+            loss = LOSS.get(epoch, [1.5, 1.5, 9.0])[seed - 1]
+            diverged = seed == 3  # diverged from epoch 1: never averaged in
+            rows.append({
+                "dataset": "mnist", "optimizer": "sgd", "batch_size": 64, "seed": seed,
+                "epoch": epoch, "train_loss": loss, "diverged": diverged,
+            })
+    # a non-base run: no row of its own
+    rows += [{**r, "optimizer": "sgd+sngrad1"} for r in rows]
+    return pd.DataFrame(rows)
+
+
+def test_training_length_table_holds_the_hand_computed_numbers():
+    """Catches a column filled from the wrong quantity or left empty (e.g. a misspelt key
+    that pandas turns into NaN), a quarter rounded down instead of up, a diverged seed
+    averaged in, a first epoch taken as 0, and the verdict compared the wrong way."""
+    table = analysis.training_length(_metrics())
+    assert list(table.columns) == analysis.TRAINING_LENGTH_COLUMNS
+    assert len(table) == 1
+    row = table.iloc[0].to_dict()
+    first, mid, last = 2.2, 1.1, 1.0  # means over seeds 1 and 2 at epochs 1, 5 and 7
+    expected = {
+        "dataset": "mnist", "optimizer": "sgd", "batch_size": 64, "epochs": EPOCHS,
+        "quarter": 2, "loss_first": first, "loss_quarter": mid, "loss_last": last,
+        "decrease_total": first - last, "decrease_last_quarter": mid - last,
+        "share_last_quarter": (mid - last) / (first - last),
+        "criterion": analysis.FLAT_SHARE, "met": True,
+    }
+    for name, value in expected.items():
+        if isinstance(value, float):
+            assert row[name] == pytest.approx(value), name
+        else:
+            assert row[name] == value, name
+    assert (mid - last) / (first - last) <= analysis.FLAT_SHARE  # 0.083: met
+    stricter = analysis.training_length(_metrics(), flat_share=0.08).iloc[0]
+    assert not stricter["met"] and math.isclose(stricter["criterion"], 0.08)
