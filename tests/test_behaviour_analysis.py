@@ -57,3 +57,34 @@ def test_training_length_table_holds_the_hand_computed_numbers():
     assert (mid - last) / (first - last) <= analysis.FLAT_SHARE  # 0.083: met
     stricter = analysis.training_length(_metrics(), flat_share=0.08).iloc[0]
     assert not stricter["met"] and math.isclose(stricter["criterion"], 0.08)
+
+
+def test_summary_table_copies_the_chosen_setting_of_its_own_cell():
+    """Each summary row carries the best.json values of its own (run, batch size): catches a
+    field dropped or misspelt (NaN in summary.csv, e.g. the alpha of a tuned sngrad run), and
+    values taken from another run's or batch size's best.json."""
+    best = pd.DataFrame([
+        {"run": run, "batch_size": bs, "learning_rate": lr, "momentum": math.nan,
+         "alpha": alpha, "alpha_scaled": scaled, "sigma_ref": 0.02, "val_accuracy": acc,
+         "all_diverged": False, "at_bound": bs == 128}
+        for run, bs, lr, alpha, scaled, acc in [
+            ("sgd", 64, 0.1, math.nan, math.nan, 0.91),
+            ("sgd+sngrad1", 64, 0.3, 25.0, 0.5, 0.93),
+            ("sgd+sngrad1", 128, 0.03, 50.0, 1.0, 0.92),
+        ]
+    ])
+    metrics = pd.concat([_metrics().assign(optimizer=run, batch_size=bs,
+                                           test_accuracy=0.5, val_accuracy=0.5)
+                         for run, bs in [("sgd", 64), ("sgd+sngrad1", 64), ("sgd+sngrad1", 128)]])
+    table = analysis.summary_table(best, metrics, ["sgd", "sgd+sngrad1"], [64, 128],
+                                   dataset="mnist")
+    for _, want in best.iterrows():
+        got = table[(table["run"] == want["run"]) & (table["batch_size"] == want["batch_size"])]
+        assert len(got) == 1
+        got = got.iloc[0]
+        for name in ("learning_rate", "alpha", "alpha_scaled", "sigma_ref", "val_accuracy"):
+            assert got[name] == pytest.approx(want[name], nan_ok=True), (want["run"], name)
+        assert got["at_bound"] == want["at_bound"] and got["base"] == (
+            "sgd" if want["run"] == "sgd+sngrad1" else "")
+    missing = table[(table["run"] == "sgd") & (table["batch_size"] == 128)].iloc[0]
+    assert math.isnan(missing["learning_rate"]) and missing["n_seeds"] == 0

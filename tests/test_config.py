@@ -71,7 +71,10 @@ def test_quick_and_smoke_use_embedded_data_only():
 
     for name in ("quick", "smoke"):
         assert set(profile(name)["datasets"]) <= set(EMBEDDED), name
-    assert set(profile("quick")["optimizers"]) == COMPARISON
+    quick = set(profile("quick")["optimizers"])
+    # quick may cut combinations on momentum/adam to fit its 5 minutes, never a variant on sgd
+    assert quick <= COMPARISON
+    assert {r for r in COMPARISON if r.startswith("sgd")} <= quick
 
 
 def test_paper_profile_is_the_seed_study():
