@@ -62,7 +62,9 @@ def test_default_profile_is_the_study_on_real_data():
     config = profile("default")
     assert config["datasets"] == ["mnist", "fashion_mnist"]
     assert config["batch_sizes"] == [128]
-    assert set(config["optimizers"]) == COMPARISON
+    # the 60-minute budget may cut combinations on momentum/adam, never a variant on sgd
+    assert set(config["optimizers"]) <= COMPARISON
+    assert {r for r in COMPARISON if r.startswith("sgd")} <= set(config["optimizers"])
     assert len(config["train"]["seeds"]) >= 10 and len(config["tune"]["seeds"]) == 2
 
 

@@ -65,7 +65,10 @@ def test_registry_names_match_the_contract():
     for name in data.DOWNLOADABLE:
         spec = data.get_spec(name)
         assert spec.files and spec.base_urls
-        assert all(len(sha) == 64 and int(sha, 16) >= 0 for _, sha in spec.files)
+        pins = [sha for _, sha in spec.files] + [sha for _, sha in spec.content_sha256]
+        # lowercase hex SHA-256, a different one per file: a copy-pasted pin verifies nothing
+        assert all(len(sha) == 64 and set(sha) <= set("0123456789abcdef") for sha in pins)
+        assert len(set(pins)) == len(pins), name
 
 
 def test_unknown_dataset_lists_valid_names():

@@ -169,6 +169,18 @@ def test_compare_keeps_only_what_a_benchmark_measured(tmp_path):
     assert problems == ["results/p/benchmark/step.csv: line 2, method: 'sgd' vs 'adam'"]
 
 
+def test_compare_sets_aside_the_timed_rows_of_a_paired_table_only(tmp_path):
+    table = "family,run,epoch_run,diff_mean\nequal_epochs,a,{e},0.25\nequal_time,a,{t},{d}\n"
+    local = write_run(tmp_path / "a", {"d/paired.csv": table.format(e="2.0", t=1, d=0.5)})
+    slurm = write_run(tmp_path / "b", {"d/paired.csv": table.format(e="2", t=2, d=0.75)})
+    count, problems, set_aside = slurmcheck.compare_runs(local, slurm)
+    assert (count, problems) == (1, [])  # 2.0 and 2 are one number; equal-time rows set aside
+    assert set_aside == {"results/d/paired.csv": ["1 rows family=equal_time"]}
+    other = write_run(tmp_path / "c", {"d/paired.csv": table.format(e="3", t=1, d=0.5)})
+    _, problems, _ = slurmcheck.compare_runs(local, other)
+    assert problems == ["results/d/paired.csv: line 2, epoch_run: '2.0' vs '3'"]
+
+
 def test_compare_finds_a_changed_cell_and_a_missing_file(tmp_path):
     local = write_run(tmp_path / "a", {"x.csv": "k,v\n1,0.5\n", "y.csv": "k\n1\n"})
     slurm = write_run(tmp_path / "b", {"x.csv": "k,v\n1,0.50000001\n"})

@@ -257,6 +257,47 @@ def test_smoke_dag_renders_the_report_under_results(smoke_run):
 
 
 @pytest.mark.slow
+def test_smoke_theory_table_holds_and_the_report_quotes_each_row(smoke_run):
+    """Every exact check of the smoke run's theory table agrees within its tolerance (or, at
+    this small scale, within 4 Monte Carlo standard errors), the summary counts what the table
+    says, and the rendered report's table of checks holds each check's own numbers in its own
+    row. Catches a simulator or a closed form that drifted from the other, a summary that
+    miscounts, and a template that shows one check's numbers in another's row."""
+    import json
+
+    from sngrad.report import fmt, pct
+
+    base = smoke_run / "results" / "smoke"
+    with (base / "theory" / "checks.csv").open() as handle:
+        checks = list(csv.DictReader(handle))
+    summary = json.loads((base / "theory" / "summary.json").read_text())
+    tolerance = summary["params"]["tolerance"]
+    exact = [c for c in checks if c["kind"] == "exact"]
+    assert exact and summary["scale"] == "smoke"
+    for c in exact:
+        predicted, measured, se = (float(c[k]) for k in ("predicted", "measured", "mc_se"))
+        error = abs(measured - predicted)
+        if predicted:
+            assert float(c["rel_error"]) == pytest.approx(error / abs(predicted)), c["name"]
+        assert float(c["rel_error"]) <= tolerance or error <= 4 * se, c
+    within = {c["name"] for c in exact if c["within_5pct"] == "True"}
+    assert summary["n_exact"] == len(exact) and summary["n_exact_passed"] == len(within)
+    assert set(summary["failed"]) == {c["name"] for c in exact} - within
+
+    text = (base / "report.md").read_text()
+    counts = rf"{summary['n_exact_passed']} of the\s+{summary['n_exact']} exact checks"
+    assert re.search(counts, text)
+    for c in checks:
+        rows = [line for line in text.splitlines() if line.startswith(f"| `{c['name']}` |")]
+        assert len(rows) == 1, c["name"]
+        cells = [cell.strip() for cell in rows[0].strip("|").split(" | ")]
+        assert cells[1] == c["kind"], c["name"]
+        assert cells[3:6] == [fmt(float(c["predicted"]), 4), fmt(float(c["measured"]), 4),
+                              fmt(float(c["mc_se"]), 2)], c["name"]
+        assert cells[6] == f"{pct(float(c['rel_error']), 2)} %", c["name"]
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_results_of_an_uninterrupted_one(smoke_run, tmp_path):
     work, output = smoke_run
     for error in ("IncompleteFilesException", "LockException"):

@@ -118,23 +118,23 @@ def prepare_workspace(without: list[str], deselect: list[str], keep_source: bool
 
 def run(args) -> int:
     modules = mutmut_config()["only_mutate"]
+    verdicts: dict[str, int | None] = {}
     if args.keep_source:  # the same mutants as the last run, with the tests as they are now
         last = json.loads(SAMPLE_FILE.read_text())
         sample, totals = last["mutants"], last["totals"]
         args.sample, args.seed = last["sample"], last["seed"]
+        verdicts = last.get("verdicts", {})
     else:
         sample, totals = draw_sample(modules, args.sample, args.seed)
     prepare_workspace(args.without, args.deselect, args.keep_source)
-    SAMPLE_FILE.write_text(json.dumps({"sample": args.sample, "seed": args.seed,
-                                       "without": args.without, "deselect": args.deselect,
-                                       "totals": totals,
-                                       "mutants": sample}, indent=1))
+    info = {"sample": args.sample, "seed": args.seed, "without": args.without,
+            "deselect": args.deselect, "totals": totals, "mutants": sample,
+            "verdicts": verdicts}
+    SAMPLE_FILE.write_text(json.dumps(info, indent=1))
     names = [name for group in sample.values() for name in group]
     if args.keep_source and args.survivors_only:
         # adding tests cannot revive a killed mutant of unchanged code: recheck only the rest
-        names = [name for module, group in sample.items()
-                 for name, code in zip(group, map(_results(module).get, group), strict=True)
-                 if code not in DETECTED]
+        names = [name for name in names if verdicts.get(name) not in DETECTED]
     print(f"mutmut: {len(names)} mutants of {len(modules)} modules in {WORK}", flush=True)
     mutmut = Path(sys.executable).with_name("mutmut")
     # CI=1: tests/conftest.py's derandomised hypothesis profile, so that a mutant's verdict
@@ -143,6 +143,14 @@ def run(args) -> int:
     with open(WORK / "run.log", "w") as log:
         rc = subprocess.call([str(mutmut), "run", "--max-children", str(args.jobs), *names],
                              cwd=WORK, stdout=log, stderr=subprocess.STDOUT, env=env)
+    # mutmut forgets its verdicts when the test selection changes; keep each mutant's last
+    # verdict here, and a detection for good (more tests of the same code cannot undo it)
+    for module, group in sample.items():
+        results = _results(module)
+        for name in group:
+            if verdicts.get(name) not in DETECTED and results.get(name) is not None:
+                verdicts[name] = results[name]
+    SAMPLE_FILE.write_text(json.dumps(info, indent=1))
     table(args)
     if rc:
         print(f"mutmut exited with {rc}; its output: {WORK / 'run.log'}")
@@ -166,8 +174,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def status_counts(module: str, names: list[str]) -> Counter:
-    results = _results(module)
+def status_counts(module: str, names: list[str], verdicts: dict | None = None) -> Counter:
+    results = verdicts if verdicts is not None else _results(module)
     counts = Counter()
     for name in names:
         code = results.get(name)
@@ -186,7 +194,7 @@ def table(args=None) -> int:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for module, names in info["mutants"].items():
-        c = status_counts(module, names)
+        c = status_counts(module, names, info.get("verdicts"))
         detected = c["killed"] + c["timeout"] + c["crashed"]
         checked = detected + c["survived"] + c["no tests"]
         lo, hi = wilson(detected, checked)
@@ -201,7 +209,7 @@ def survivors(args) -> int:
     info = json.loads(SAMPLE_FILE.read_text())
     mutmut = Path(sys.executable).with_name("mutmut")
     for module, names in info["mutants"].items():
-        results = _results(module)
+        results = info.get("verdicts") or _results(module)
         for name in names:
             if UNDETECTED.get(results.get(name)):
                 if args.diff:
