@@ -88,3 +88,78 @@ def test_summary_table_copies_the_chosen_setting_of_its_own_cell():
             "sgd" if want["run"] == "sgd+sngrad1" else "")
     missing = table[(table["run"] == "sgd") & (table["batch_size"] == 128)].iloc[0]
     assert math.isnan(missing["learning_rate"]) and missing["n_seeds"] == 0
+
+
+def test_alpha_table_carries_each_settings_validation_loss():
+    """alpha_sensitivity.csv has a val_loss column holding each alpha's own mean validation
+    loss: catches the value stored under a misspelt key (pandas then fills the published
+    column with NaN) or taken from another row."""
+    rows = [  # (setting, learning rate, alpha, scale-free alpha, val acc, val loss, diverged)
+        (0, 0.1, 25.0, 0.5, 0.90, 0.31, False),
+        (1, 0.1, 50.0, 1.0, 0.93, 0.22, False),
+        (2, 0.1, 100.0, 2.0, 0.80, 0.64, False),
+        (3, 0.1, 200.0, 4.0, math.nan, math.nan, True),
+        (4, 0.01, 50.0, 1.0, 0.85, 0.45, False),  # another learning rate: not in the table
+    ]
+    settings = pd.DataFrame([
+        {"dataset": "mnist", "optimizer": "sgd+sngrad1", "batch_size": 64, "setting": s,
+         "learning_rate": lr, "alpha": a, "alpha_scaled": sa, "val_accuracy": acc,
+         "val_loss": loss, "diverged": div, "order": s}
+        for s, lr, a, sa, acc, loss, div in rows
+    ])
+    table = analysis.alpha_table(settings)
+    assert list(table.columns) == analysis.ALPHA_COLUMNS
+    assert list(table["alpha_scaled"]) == [0.5, 1.0, 2.0, 4.0]
+    assert table["val_loss"].tolist()[:3] == pytest.approx([0.31, 0.22, 0.64])
+    assert math.isnan(table["val_loss"].iloc[3])  # the diverged alpha has no loss
+    assert table["chosen"].tolist() == [False, True, False, False]
+    assert table["best"].tolist() == [False, True, False, False]
+    assert table["worst"].tolist() == [False, False, True, False]
+
+
+def test_control_variate_summary_averages_the_variance_ratio_per_epoch():
+    """The mean variance ratio is the mean over epochs of each epoch's mean (over seeds and
+    layers), next to the first and last epoch's: catches the ratio stored under a misspelt
+    key (NaN in control_variates.csv and a report that says "reduces: no" for every run),
+    and the mean taken over all rows at once (0.38 here, not 0.4)."""
+    ratio = {1: [0.4, 0.6], 2: [0.2, 0.2, 0.5]}  # epoch means 0.5 and 0.3
+    lam = {1: [1.0, 3.0], 2: [0.5, 0.5, 2.0]}  # epoch means 2.0 and 1.0
+    diagnostics = pd.DataFrame(
+        [{"dataset": "mnist", "optimizer": "sgd+cv", "batch_size": 64, "seed": i,
+          "layer": "0", "epoch": epoch, "variance_ratio": r, "lambda_median": lam[epoch][i]}
+         for epoch, values in ratio.items() for i, r in enumerate(values)]
+        # a run without a control variate: NaN in both columns, no row
+        + [{"dataset": "mnist", "optimizer": "sgd", "batch_size": 64, "seed": 0, "layer": "0",
+            "epoch": 1, "variance_ratio": math.nan, "lambda_median": math.nan}]
+    )
+    table = analysis.control_variate_summary(diagnostics)
+    assert list(table.columns) == analysis.CV_COLUMNS
+    assert table["optimizer"].tolist() == ["sgd+cv"]
+    row = table.iloc[0]
+    assert row["variance_ratio"] == pytest.approx(0.4)
+    assert row["variance_ratio_first"] == pytest.approx(0.5)
+    assert row["variance_ratio_last"] == pytest.approx(0.3)
+    assert row["lambda_median"] == pytest.approx(1.5)
+    assert (row["lambda_first"], row["lambda_last"]) == pytest.approx((2.0, 1.0))
+
+
+@pytest.mark.parametrize("empty", [
+    pd.DataFrame(),  # no diagnostics at all
+    pd.DataFrame([{"dataset": "mnist", "optimizer": "sgd", "batch_size": 64, "seed": 1,
+                   "layer": "0", "epoch": 1}]),  # a file without the factor columns
+])
+def test_shrink_curves_without_factors_keeps_the_columns(empty):
+    """With no factor to show, shrink_curves still returns its full schema, the same column
+    names as with factors: catches a misspelt column of the empty table, which breaks any
+    reader that selects ``factor_mean`` from it (KeyError instead of no line)."""
+    full = analysis.shrink_curves(pd.DataFrame([
+        {"dataset": "mnist", "optimizer": "sgd+sngrad1", "batch_size": 64, "seed": s,
+         "layer": "0", "epoch": 1, "factor_mean": f, "shrink_share": 0.5}
+        for s, f in [(1, 0.8), (2, 0.6)]
+    ]))
+    assert full["factor_mean"].tolist() == pytest.approx([0.7])
+    got = analysis.shrink_curves(empty)
+    assert got.empty
+    assert list(got.columns) == list(full.columns) == [
+        "dataset", "optimizer", "batch_size", "layer", "epoch", "factor_mean", "shrink_share"]
+    assert got[["factor_mean", "shrink_share"]].empty
