@@ -267,7 +267,8 @@ def test_smoke_theory_table_holds_and_the_report_quotes_each_row(smoke_run):
 
     from sngrad.report import fmt, pct
 
-    base = smoke_run / "results" / "smoke"
+    work, _ = smoke_run
+    base = work / "results" / "smoke"
     with (base / "theory" / "checks.csv").open() as handle:
         checks = list(csv.DictReader(handle))
     summary = json.loads((base / "theory" / "summary.json").read_text())
