@@ -355,9 +355,11 @@ def test_provenance_digest_follows_the_inputs(tmp_path):
     b.write_text("x\n3\n")
     assert report.input_provenance([str(a), str(b)])["digest"] != first["digest"]
     assert report._inputs_arg(json.dumps([str(a)])) == [str(a)]
-    listing = tmp_path / "inputs.txt"
-    listing.write_text(f"{a}\n{b}\n")
+    listing = tmp_path / "inputs.json"
+    listing.write_text(json.dumps([str(a), str(b)]))
     assert report._inputs_arg(f"@{listing}") == [str(a), str(b)]
+    with pytest.raises(SngradError, match="JSON list"):
+        report._inputs_arg('{"a": 1}')
 
 
 def test_formatting_never_prints_nan():

@@ -23,6 +23,7 @@ import pooch
 
 from sngrad.errors import SngradError
 from sngrad.formats import idx_content, tar_member_problem
+from sngrad.provenance import sha256_file
 
 DATA_DIR_ENV = "SNGRAD_DATA_DIR"
 DEFAULT_DATA_DIR = Path("~/.cache/sngrad")
@@ -35,15 +36,6 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     """The cache root: ``explicit`` if given, else ``$SNGRAD_DATA_DIR``, else ~/.cache/sngrad."""
     chosen = explicit if explicit not in (None, "") else os.environ.get(DATA_DIR_ENV) or None
     return Path(chosen or DEFAULT_DATA_DIR).expanduser()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_bytes(raw: bytes) -> str:

@@ -8,9 +8,9 @@ becomes a sentence saying so, never a blank cell or "nan".
 
     python -m sngrad report --profile P --results-root results \
         --template paper/templates/report.md.j2 --out results/P/report.md \
-        --config @config.json [--inputs @inputs.txt]
+        --config @config.json [--inputs @inputs.json]
 
-``--inputs`` lists the report rule's input files (JSON list or one path a line); their
+``--inputs`` lists the report rule's input files (a JSON list); their
 digests make the report's provenance. Without it the inputs are enumerated from the config.
 """
 
@@ -767,20 +767,13 @@ def input_provenance(paths: list[str]) -> dict:
 
 
 def _inputs_arg(value: str | None) -> list[str] | None:
+    """The report rule's input files: a JSON list, given inline or as ``@file``."""
     if value is None:
         return None
-    if value.startswith("@"):
-        path = Path(value[1:])
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise SngradError(f"cannot read --inputs file {path}: {err.strerror}") from None
-    else:
-        text = value
-    text = text.strip()
-    if text.startswith("["):
-        return [str(p) for p in read_json_arg(text, "--inputs")]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    listed = read_json_arg(value, "--inputs")
+    if not isinstance(listed, list):
+        raise SngradError(f"--inputs must be a JSON list of paths, got {type(listed).__name__}")
+    return [str(p) for p in listed]
 
 
 # ----------------------------------------------------------------------------- context

@@ -44,13 +44,13 @@ from sngrad.download import (
     DATA_DIR_ENV,
     http_download,
     join_url,
-    sha256_file,
     show_progress,
     verify_file,
 )
 from sngrad.errors import SngradError
 from sngrad.formats import idx_bytes, load_array_pickle, read_ar, tar_member_problem
 from sngrad.io import write_json
+from sngrad.provenance import sha256_file
 
 if TYPE_CHECKING:
     from sngrad.data import DatasetSpec
