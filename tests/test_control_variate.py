@@ -193,7 +193,11 @@ def test_output_is_finite_for_every_finite_input(coef, mean, snap_mean, snap_var
     est = np.asarray(new.lam_estimate)
     assert ((est >= LAMBDA_RANGE[0]) & (est <= LAMBDA_RANGE[1])).all()
     if coef == 0.0:
-        np.testing.assert_array_equal(np.asarray(out), mean)
+        # XLA on the CPU flushes subnormal float32 values to zero (FTZ/DAZ): a subnormal mean
+        # comes out as 0. The strategy keeps subnormals (finiteness on them is worth checking),
+        # so the exact comparison is against the mean as the compiled program represents it.
+        flushed = np.where(np.abs(mean) < np.finfo(np.float32).tiny, np.float32(0), mean)
+        np.testing.assert_array_equal(np.asarray(out), flushed)
 
 
 # ----------------------------------------------------------------------------- bias
