@@ -13,11 +13,12 @@
 # %% [markdown]
 # # Gradient noise at fixed parameters
 #
-# The noise study (`python -m sngrad noise`, module `sngrad.noise`) holds the parameters of
+# The noise study (`python -m sngrad noise`, package `sngrad.noise`) holds the parameters of
 # one reference run fixed at five checkpoints (initialisation, after the first epoch, 25 %,
 # 50 % and 100 % of training) and draws many random batches of every batch size B from the
 # training split. This notebook only reads `results/<profile>/noise/<dataset>.csv`, calls
-# `sngrad.noise` for the summary (B_simple per checkpoint, fitted log-log slopes) and draws:
+# `sngrad.analysis.noise_summary` for the summary (B_simple per checkpoint, fitted log-log
+# slopes) and draws:
 #
 # - the per-example sigma and the noise of the batch mean against B (slope -1/2 drawn);
 # - the batch signal-to-noise ratio against B per layer, with its pure-noise reference
@@ -32,9 +33,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from sngrad import noise
+from sngrad.analysis import noise_summary
+from sngrad.config import SEED_STUDY_BATCH_SIZES
 from sngrad.io import save_figure, write_frame
-from sngrad.layout import Layout
+from sngrad.layout import NOISE_SUMMARY, Layout
+from sngrad.noise.measure import ALL
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -48,15 +51,15 @@ print("datasets without a noise table:", [d for d in datasets if d not in frames
 for frame in frames.values():
     frame["layer"] = frame["layer"].astype(str)
 
-summary = noise.summary_table(layout, datasets)
-write_frame(layout.analysis(noise.SUMMARY_FILE), summary)
-print(f"{len(summary)} summary rows -> {layout.analysis(noise.SUMMARY_FILE)}")
+summary = noise_summary.summary_table(layout, datasets)
+write_frame(layout.analysis(NOISE_SUMMARY), summary)
+print(f"{len(summary)} summary rows -> {layout.analysis(NOISE_SUMMARY)}")
 
 # %%
-NETWORK = noise.ALL
+NETWORK = ALL
 CHECKPOINT_COLOURS = plt.get_cmap("viridis")
 VARIANT_STYLE = {"I": "tab:blue", "II": "tab:orange", "III": "tab:green"}
-SEED_STUDY = noise.SEED_STUDY_BATCH_SIZES
+SEED_STUDY = SEED_STUDY_BATCH_SIZES
 
 
 def checkpoints_of(frame):
@@ -186,7 +189,7 @@ for j, dataset in enumerate(datasets):
     if dataset not in frames:
         empty(ax)
         continue
-    table = noise.b_simple_by_checkpoint(frames[dataset])
+    table = noise_summary.b_simple_by_checkpoint(frames[dataset])
     groups = sorted(table["layer"].unique(), key=lambda g: (g == NETWORK, g))
     for k, group in enumerate(groups):
         part = table[table["layer"] == group].sort_values("epoch")

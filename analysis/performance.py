@@ -30,7 +30,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from sngrad import analysis
+from sngrad.analysis import loaders, outputs, paired, shrink, training_length, tuning
 from sngrad.io import save_figure, write_frame
 from sngrad.layout import Layout, notebook_tables
 
@@ -48,12 +48,12 @@ config = json.loads(config_json)
 hidden = config.get("model", {}).get("hidden", [])
 cells = [(d, int(b)) for d in datasets for b in batch_sizes]
 
-metrics, missing_metrics = analysis.read_run_tables(
+metrics, missing_metrics = loaders.read_run_tables(
     layout, datasets, runs, batch_sizes, "metrics.csv"
 )
-tuning, _ = analysis.read_run_tables(layout, datasets, runs, batch_sizes, "tuning.csv")
-diagnostics, _ = analysis.read_run_tables(layout, datasets, runs, batch_sizes, "diagnostics.csv")
-benchmark = analysis.read_benchmark(layout)
+tuning_rows, _ = loaders.read_run_tables(layout, datasets, runs, batch_sizes, "tuning.csv")
+diagnostics, _ = loaders.read_run_tables(layout, datasets, runs, batch_sizes, "diagnostics.csv")
+benchmark = loaders.read_benchmark(layout)
 print("runs without metrics:", missing_metrics or "none")
 
 # one colour per run, the same in every figure
@@ -124,13 +124,13 @@ def cell_rows(frame, dataset, batch_size, run=None):
 # not diverged, bands one standard deviation.
 
 # %%
-groups = analysis.run_groups(runs)
+groups = outputs.run_groups(runs)
 fig, axes = grid(2 * len(groups), len(cells), height=2.4)
 shown = set()
 if not metrics.empty:
-    accuracy = analysis.curves(metrics, "val_accuracy")
-    loss = analysis.curves(metrics, "train_loss")
-    died = analysis.divergence_epochs(metrics)
+    accuracy = training_length.curves(metrics, "val_accuracy")
+    loss = training_length.curves(metrics, "train_loss")
+    died = training_length.divergence_epochs(metrics)
 for g, (group, members) in enumerate(groups.items()):
     for j, (dataset, batch_size) in enumerate(cells):
         for i, label in enumerate([r"validation accuracy", r"training loss $L$"]):
@@ -176,8 +176,8 @@ save_figure(fig, layout.figure("learning_curves"))
 # learning rate at which every setting diverged.
 
 # %%
-settings = analysis.tuning_settings(tuning)
-lr_points = analysis.lr_curve(settings) if len(settings) else pd.DataFrame()
+settings = tuning.tuning_settings(tuning_rows)
+lr_points = tuning.lr_curve(settings) if len(settings) else pd.DataFrame()
 fig, axes = grid(1, len(cells))
 shown = set()
 for j, (dataset, batch_size) in enumerate(cells):
@@ -215,8 +215,8 @@ save_figure(fig, layout.figure("lr_sensitivity"))
 # (the tuning's units). Only runs whose alpha was tuned; best and worst by validation.
 
 # %%
-alpha_points = analysis.alpha_table(settings) if len(settings) else pd.DataFrame(
-    columns=analysis.ALPHA_COLUMNS)  # fmt: skip
+alpha_points = tuning.alpha_table(settings) if len(settings) else pd.DataFrame(
+    columns=tuning.ALPHA_COLUMNS)  # fmt: skip
 fig, axes = grid(1, len(cells))
 shown = set()
 for j, (dataset, batch_size) in enumerate(cells):
@@ -253,7 +253,7 @@ save_figure(fig, layout.figure("alpha_sensitivity"))
 #
 # Time in SGD-step equivalents: epoch x steps per epoch x the run's step cost relative to
 # SGD (benchmark, study network; optimizers the benchmark does not time take the cost of their
-# sgd counterpart, `analysis.run_cost`). Runs without any cost are not drawn.
+# sgd counterpart, `paired.run_cost`). Runs without any cost are not drawn.
 
 
 # %%
@@ -267,13 +267,15 @@ def steps_per_epoch(dataset, batch_size):
 
 fig, axes = grid(1, len(cells))
 shown = set()
-test_curves = analysis.curves(metrics, "test_accuracy") if not metrics.empty else pd.DataFrame()
+test_curves = (
+    training_length.curves(metrics, "test_accuracy") if not metrics.empty else pd.DataFrame()
+)
 for j, (dataset, batch_size) in enumerate(cells):
     ax = axes[0, j]
-    costs = analysis.step_costs(benchmark, hidden, batch_size)
+    costs = paired.step_costs(benchmark, hidden, batch_size)
     steps = steps_per_epoch(dataset, batch_size)
     for run in runs:
-        cost, _ = analysis.run_cost(costs, run)
+        cost, _ = paired.run_cost(costs, run)
         curve = cell_rows(test_curves, dataset, batch_size, run)
         if cost is None or curve.empty or steps is None:
             continue
@@ -301,7 +303,7 @@ save_figure(fig, layout.figure("equal_time"))
 # line style per layer.
 
 # %%
-shrink_lines = analysis.shrink_curves(diagnostics)
+shrink_lines = shrink.shrink_curves(diagnostics)
 layers = sorted(shrink_lines["layer"].unique()) if len(shrink_lines) else []
 styles = ["-", "--", ":", "-."]
 fig, axes = grid(2, len(cells))
@@ -343,7 +345,7 @@ save_figure(fig, layout.figure("shrink_over_training"))
 # mean; below 1 is a reduction) and the median coefficient lambda, per epoch.
 
 # %%
-cv_lines = analysis.cv_curves(diagnostics)
+cv_lines = shrink.cv_curves(diagnostics)
 fig, axes = grid(2, len(cells))
 shown = set()
 for j, (dataset, batch_size) in enumerate(cells):
@@ -376,7 +378,7 @@ save_figure(fig, layout.figure("control_variates"))
 # ## Tables
 
 # %%
-tables = analysis.performance_tables(layout, datasets, runs, batch_sizes, hidden)
+tables = outputs.performance_tables(layout, datasets, runs, batch_sizes, hidden)
 for path in notebook_tables(layout, "performance"):
     write_frame(path, tables[Path(path).name])
 print(tables["training_length.csv"].to_string())

@@ -23,7 +23,7 @@
 # %%
 import json
 
-from sngrad import analysis
+from sngrad.analysis import outputs
 from sngrad.io import write_frame
 from sngrad.layout import Layout, notebook_tables
 
@@ -39,7 +39,7 @@ config_json = "{}"
 layout = Layout(profile, results_root)
 config = json.loads(config_json)
 (dataset,) = datasets
-summary, paired = analysis.dataset_tables(layout, dataset, runs, batch_sizes, config)
+summary, paired, winners = outputs.dataset_tables(layout, dataset, runs, batch_sizes, config)
 
 # %% [markdown]
 # ## Chosen settings and final test accuracy
@@ -56,6 +56,7 @@ shown = ["family", "batch_size", "run", "base", "n_pairs", "diff_mean", "ci_low"
 print(paired[shown].to_string())
 
 # %%
-summary_path, paired_path = notebook_tables(layout, "summary", dataset)
+summary_path, paired_path, winners_path = notebook_tables(layout, "summary", dataset)
 write_frame(summary_path, summary)
 write_frame(paired_path, paired)
+write_frame(winners_path, winners)

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from sngrad import analysis
+from sngrad import tables
+from sngrad.analysis import outputs, paired, shrink, training_length, tuning
 from sngrad.errors import SngradError
 from sngrad.io import write_frame
 from sngrad.layout import Layout
@@ -52,55 +53,37 @@ WORSE = BASE - 0.02 + 0.003 * RNG.standard_normal(10)  # clearly below the base 
 NOISY = BASE + 0.01 * RNG.standard_normal(10)
 
 
-def test_base_of_follows_the_contract():
-    cases = {
-        "sgd+sngrad1": "sgd",
-        "momentum+sngrad2": "momentum",
-        "adam+sngrad3": "adam",
-        "sgd+sngrad2@0.05": "sgd",
-        "svag": "sgd",
-        "msvag": "sgd",
-        "adabelief": "adam",
-        "sgd+cv": "sgd",
-        "sgd+svrg": "sgd",
-        "sgd": None,
-        "momentum": None,
-        "adam": None,
-    }
-    for run, base in cases.items():
-        assert analysis.BASE_OF(run) == base, run
-    assert analysis.fixed_alpha("sgd+sngrad1@0.1") == 0.1
-    assert analysis.variant_of("sgd+sngrad3@0.1") == "III"
-    assert analysis.comparisons(["sgd+sngrad1", "adam+sngrad1", "sgd"]) == [("sgd+sngrad1", "sgd")]
+def test_comparisons_pair_runs_with_their_base_when_present():
+    assert paired.comparisons(["sgd+sngrad1", "adam+sngrad1", "sgd"]) == [("sgd+sngrad1", "sgd")]
 
 
 def test_sign_flip_p_is_exact_for_small_n():
     # +-1 +-2 +-3: sums 6, 4, 2, 0, 0, -2, -4, -6; |sum| >= 6 in 2 of 8 patterns
-    assert analysis.sign_flip_p([1.0, 2.0, 3.0]) == pytest.approx(2 / 8)
-    assert analysis.sign_flip_p([1.0, -1.0]) == 1.0
-    assert analysis.sign_flip_p([0.5]) == 1.0
-    assert math.isnan(analysis.sign_flip_p([]))
+    assert paired.sign_flip_p([1.0, 2.0, 3.0]) == pytest.approx(2 / 8)
+    assert paired.sign_flip_p([1.0, -1.0]) == 1.0
+    assert paired.sign_flip_p([0.5]) == 1.0
+    assert math.isnan(paired.sign_flip_p([]))
     d = np.array([0.3, -0.1, 0.4, 0.2, 0.25, -0.05, 0.15])
     brute = np.mean([
         abs(np.dot(s, d)) >= abs(d.sum()) - 1e-12
         for s in itertools.product([-1, 1], repeat=d.size)
     ])  # fmt: skip
-    assert analysis.sign_flip_p(d) == pytest.approx(brute, abs=0)
+    assert paired.sign_flip_p(d) == pytest.approx(brute, abs=0)
     # scipy's exact paired permutation test agrees
     scipy_p = stats.permutation_test(
         (d,), np.mean, permutation_type="samples", n_resamples=np.inf, alternative="two-sided"
     ).pvalue
-    assert analysis.sign_flip_p(d) == pytest.approx(scipy_p)
+    assert paired.sign_flip_p(d) == pytest.approx(scipy_p)
     with pytest.raises(SngradError):
-        analysis.sign_flip_p(np.ones(analysis.MAX_EXACT_PAIRS + 1))
+        paired.sign_flip_p(np.ones(paired.MAX_EXACT_PAIRS + 1))
 
 
 def test_holm_matches_a_hand_computation():
     # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> monotone 0.06
-    adjusted = analysis.holm([0.01, 0.04, 0.03, 0.005, math.nan])
+    adjusted = paired.holm([0.01, 0.04, 0.03, 0.005, math.nan])
     np.testing.assert_allclose(adjusted[:4], [0.03, 0.06, 0.06, 0.02])
     assert math.isnan(adjusted[4])
-    assert analysis.holm([0.5, 0.6]).tolist() == [1.0, 1.0]
+    assert paired.holm([0.5, 0.6]).tolist() == [1.0, 1.0]
 
 
 def test_paired_table_against_scipy_with_a_diverged_seed(tmp_path):
@@ -114,8 +97,9 @@ def test_paired_table_against_scipy_with_a_diverged_seed(tmp_path):
     for run, rows in metrics.groupby("optimizer"):
         write_frame(layout.run_file("metrics.csv", "mnist", run, 128), rows)
     config = {"train": {"epochs": EPOCHS}, "model": {"hidden": [16]}}
-    summary, table = analysis.dataset_tables(layout, "mnist", runs, [128], config)
+    summary, table, best = outputs.dataset_tables(layout, "mnist", runs, [128], config)
     assert summary.set_index("run").loc["sgd+sngrad1", "n_diverged"] == 1
+    pd.testing.assert_frame_equal(best, paired.winners(summary))
     row = table[(table["run"] == "sgd+sngrad1") & (table["family"] == "equal_epochs")].iloc[0]
     keep = np.array([s != 4 for s in SEEDS])
     res = stats.ttest_rel(NOISY[keep], BASE[keep])
@@ -126,7 +110,7 @@ def test_paired_table_against_scipy_with_a_diverged_seed(tmp_path):
     assert row["ci_low"] == pytest.approx(ci.low)
     assert row["ci_high"] == pytest.approx(ci.high)
     assert row["p_t"] == pytest.approx(res.pvalue)
-    assert row["p_signflip"] == pytest.approx(analysis.sign_flip_p(NOISY[keep] - BASE[keep]))
+    assert row["p_signflip"] == pytest.approx(paired.sign_flip_p(NOISY[keep] - BASE[keep]))
     assert "diverged" in row["note"]
 
     worse = table[(table["run"] == "sgd+sngrad2") & (table["family"] == "equal_epochs")].iloc[0]
@@ -134,10 +118,10 @@ def test_paired_table_against_scipy_with_a_diverged_seed(tmp_path):
     # all ten differences negative: the exact p is 2 / 1024, Holm over the two tests doubles it
     assert worse["p_signflip"] == pytest.approx(2 / 1024)
     family = table[table["family"] == "equal_epochs"]
-    expected = analysis.holm(family["p_signflip"])
+    expected = paired.holm(family["p_signflip"])
     np.testing.assert_allclose(family["p_holm"], expected)
     assert worse["verdict"] == "worse"
-    assert set(table["verdict"]) <= set(analysis.VERDICTS)
+    assert set(table["verdict"]) <= set(tables.VERDICTS)
 
 
 def test_a_run_that_diverges_more_is_never_called_better():
@@ -145,7 +129,7 @@ def test_a_run_that_diverges_more_is_never_called_better():
     metrics = metrics_frame(
         {"sgd": BASE, "sgd+sngrad1": better}, diverged={"sgd+sngrad1": {1: 2, 2: 2}}
     )
-    table = analysis.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
+    table = paired.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
     row = table[table["family"] == "equal_epochs"].iloc[0]
     assert row["diff_mean"] > 0 and row["p_holm"] < 0.05
     assert row["verdict"] == "inconclusive"
@@ -153,35 +137,35 @@ def test_a_run_that_diverges_more_is_never_called_better():
 
 
 def test_equal_time_compares_the_run_at_the_epoch_it_reaches():
-    assert analysis.equal_time_epoch(20, 1.0, 1.5) == 13
-    assert analysis.equal_time_epoch(20, 1.0, 0.5) == 20
-    assert analysis.equal_time_epoch(4, 1.0, 2.0) == 2
+    assert paired.equal_time_epoch(20, 1.0, 1.5) == 13
+    assert paired.equal_time_epoch(20, 1.0, 0.5) == 20
+    assert paired.equal_time_epoch(4, 1.0, 2.0) == 2
     with pytest.raises(SngradError):
-        analysis.equal_time_epoch(4, 0.0, 1.0)
+        paired.equal_time_epoch(4, 0.0, 1.0)
     bench = pd.DataFrame({
         "network": ["64-16-10", "64-16-10", "784-1024-1024-1024-10"],
         "batch_size": [128, 128, 128], "method": ["sgd", "sgd+sngrad1", "sgd+sngrad1"],
         "median_ms": [1.0, 2.0, 9.0], "sgd_ms": [1.0, 1.0, 3.0], "ratio": [1.0, 2.0, 3.0],
     })  # fmt: skip
-    costs = analysis.step_costs(bench, [16], 128)
+    costs = paired.step_costs(bench, [16], 128)
     assert costs == {"sgd": 1.0, "sgd+sngrad1": 2.0}
-    assert analysis.step_costs(bench, [32], 128) == {}
+    assert paired.step_costs(bench, [32], 128) == {}
     flagged = bench.assign(flag=["", "faster than sgd", ""])
-    assert analysis.step_costs(flagged, [16], 128) == {"sgd": 1.0}
+    assert paired.step_costs(flagged, [16], 128) == {"sgd": 1.0}
     # optimizers the benchmark does not time take the cost of their sgd counterpart
-    assert analysis.run_cost(costs, "momentum+sngrad1") == (2.0, "sgd+sngrad1")
-    assert analysis.run_cost(costs, "sgd+sngrad1@0.1") == (2.0, "")
-    assert analysis.run_cost(costs, "adam") == (1.0, "sgd")
-    assert analysis.run_cost(costs, "msvag") == (None, "")
+    assert paired.run_cost(costs, "momentum+sngrad1") == (2.0, "sgd+sngrad1")
+    assert paired.run_cost(costs, "sgd+sngrad1@0.1") == (2.0, "")
+    assert paired.run_cost(costs, "adam") == (1.0, "sgd")
+    assert paired.run_cost(costs, "msvag") == (None, "")
     metrics = metrics_frame({"sgd": BASE, "sgd+sngrad1": NOISY})
-    table = analysis.paired_table(
+    table = paired.paired_table(
         metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist", costs={128: costs}
     )
     row = table[table["family"] == "equal_time"].iloc[0]
     assert row["epoch_run"] == 2 and row["epoch_base"] == EPOCHS
     # the run's accuracy at epoch 2 is half its final one (the ramp of metrics_frame)
     assert row["diff_mean"] == pytest.approx(np.mean(NOISY * 2 / EPOCHS - BASE))
-    missing = analysis.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
+    missing = paired.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
     gone = missing[missing["family"] == "equal_time"].iloc[0]
     assert gone["n_pairs"] == 0 and "benchmark" in gone["note"]
     assert gone["verdict"] == "inconclusive"
@@ -189,7 +173,7 @@ def test_equal_time_compares_the_run_at_the_epoch_it_reaches():
 
 def test_paired_table_copes_with_a_run_without_files():
     metrics = metrics_frame({"sgd": BASE})
-    table = analysis.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
+    table = paired.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
     row = table[table["family"] == "equal_epochs"].iloc[0]
     assert row["n_pairs"] == 0 and math.isnan(row["diff_mean"])
     assert row["verdict"] == "inconclusive" and "missing" in row["note"]
@@ -207,7 +191,7 @@ def tuning_frame(rows):
 
 
 def test_selection_uses_the_mean_over_seeds_then_validation_loss():
-    tuning = tuning_frame([
+    trials = tuning_frame([
         # seeds disagree: seed 100 prefers setting 0, seed 101 setting 1; means tie at 0.8
         (0, 0.1, 1.0, 100, 0.90, 0.50, False), (0, 0.1, 1.0, 101, 0.70, 0.70, False),
         (1, 0.1, 3.0, 100, 0.75, 0.40, False), (1, 0.1, 3.0, 101, 0.85, 0.40, False),
@@ -215,59 +199,59 @@ def test_selection_uses_the_mean_over_seeds_then_validation_loss():
         (2, 0.3, 1.0, 100, 0.99, 0.10, False), (2, 0.3, 1.0, 101, math.nan, math.nan, True),
         (3, 0.3, 3.0, 100, 0.50, 2.00, False), (3, 0.3, 3.0, 101, 0.50, 2.00, False),
     ])  # fmt: skip
-    settings = analysis.tuning_settings(tuning)
-    best = settings.loc[analysis.select_best(settings)]
+    settings = tuning.tuning_settings(trials)
+    best = settings.loc[tuning.select_best(settings)]
     assert best["setting"] == 1  # equal mean accuracy, lower validation loss
-    assert settings.loc[analysis.select_worst(settings), "setting"] == 3
+    assert settings.loc[tuning.select_worst(settings), "setting"] == 3
     # a full tie falls to grid order
-    tie = analysis.tuning_settings(tuning_frame([
+    tie = tuning.tuning_settings(tuning_frame([
         (0, 0.1, 1.0, 100, 0.8, 0.5, False), (1, 0.3, 1.0, 100, 0.8, 0.5, False),
     ]))  # fmt: skip
-    assert tie.loc[analysis.select_best(tie), "setting"] == 0
+    assert tie.loc[tuning.select_best(tie), "setting"] == 0
     # all diverged: nothing to choose
-    dead = analysis.tuning_settings(tuning_frame([(0, 0.1, 1.0, 100, math.nan, math.nan, True)]))
-    assert analysis.select_best(dead) is None
+    dead = tuning.tuning_settings(tuning_frame([(0, 0.1, 1.0, 100, math.nan, math.nan, True)]))
+    assert tuning.select_best(dead) is None
 
-    alpha = analysis.alpha_table(settings)
+    alpha = tuning.alpha_table(settings)
     # the line at the chosen learning rate (0.1): alphas 1 and 3, best 3, worst 1
     assert alpha["alpha_scaled"].tolist() == [1.0, 3.0]
     assert alpha[alpha["best"]]["alpha_scaled"].item() == 3.0
     assert alpha[alpha["worst"]]["alpha_scaled"].item() == 1.0
-    summary = analysis.alpha_summary(alpha).iloc[0]
+    summary = tuning.alpha_summary(alpha).iloc[0]
     assert summary["spread"] == pytest.approx(0.0)
-    lr = analysis.lr_summary(settings, pd.DataFrame()).iloc[0]
+    lr = tuning.lr_summary(settings, pd.DataFrame()).iloc[0]
     assert lr["settings"] == 4 and lr["diverged_settings"] == 1
     assert lr["chosen_learning_rate"] == 0.1 and lr["chosen_position"] == "low end"
-    curve = analysis.lr_curve(settings)
+    curve = tuning.lr_curve(settings)
     assert curve["val_accuracy"].tolist() == pytest.approx([0.8, 0.5])
 
 
 def test_training_length_criterion():
     # train loss 2 / epoch: L1 = 2, L4 = 0.5, the last quarter (1 epoch) falls 0.1667 of 1.5
     metrics = metrics_frame({"sgd": BASE, "sgd+sngrad1": BASE})
-    table = analysis.training_length(metrics)
+    table = training_length.training_length(metrics)
     assert table["optimizer"].tolist() == ["sgd"]
     row = table.iloc[0]
     assert row["quarter"] == 1
     assert row["share_last_quarter"] == pytest.approx((2 / 3 - 0.5) / 1.5)
     assert not row["met"]
-    assert analysis.training_length(metrics, flat_share=0.2).iloc[0]["met"]
+    assert training_length.training_length(metrics, flat_share=0.2).iloc[0]["met"]
 
 
 def test_curves_drop_diverged_seeds_instead_of_zeros():
     metrics = metrics_frame({"sgd": BASE}, diverged={"sgd": {1: 2}})
-    curve = analysis.curves(metrics, "val_accuracy")
+    curve = training_length.curves(metrics, "val_accuracy")
     last = curve[curve["epoch"] == EPOCHS].iloc[0]
     assert last["n"] == 9 and last["n_diverged"] == 1
     assert last["mean"] == pytest.approx(BASE[1:].mean())
-    assert analysis.divergence_epochs(metrics)["epoch"].tolist() == [2]
+    assert training_length.divergence_epochs(metrics)["epoch"].tolist() == [2]
 
 
 def test_summary_table_counts_diverged_seeds_and_missing_runs():
     metrics = metrics_frame({"sgd": BASE}, diverged={"sgd": {3: 1}})
     best = pd.DataFrame([{"run": "sgd", "batch_size": 128, "learning_rate": 0.1,
                           "all_diverged": False, "at_bound": True}])  # fmt: skip
-    table = analysis.summary_table(best, metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
+    table = paired.summary_table(best, metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
     sgd = table[table["run"] == "sgd"].iloc[0]
     assert sgd["n_diverged"] == 1 and sgd["at_bound"]
     keep = np.array([s != 3 for s in SEEDS])
@@ -285,26 +269,26 @@ def test_shrink_and_control_variate_summaries():
                          "seed": 1, "epoch": epoch, "layer": layer, "factor_mean": factor,
                          "shrink_share": share * epoch / 2})  # fmt: skip
     diag = pd.DataFrame(rows)
-    table = analysis.shrink_summary(diag)
+    table = shrink.shrink_summary(diag)
     whole = table[table["layer"] == "all"].iloc[0]
     assert whole["factor_mean"] == pytest.approx(0.7)
     assert whole["shrink_last"] == pytest.approx(0.5)
     assert whole["shrink_first"] == pytest.approx(0.25)
-    weighted = analysis.shrink_summary(diag, {"mnist": analysis.layer_weights(4, [3], 2)})
+    weighted = shrink.shrink_summary(diag, {"mnist": shrink.layer_weights(4, [3], 2)})
     # layer 0 has 4 x 3 = 12 weights, layer 1 has 3 x 2 = 6
     whole = weighted[weighted["layer"] == "all"].iloc[0]
     assert whole["factor_mean"] == pytest.approx((0.5 * 12 + 0.9 * 6) / 18)
     assert whole["shrink_last"] == pytest.approx((0.8 * 12 + 0.2 * 6) / 18)
     # files without the control-variate columns give no control-variate rows
-    assert analysis.control_variate_summary(diag).empty
+    assert shrink.control_variate_summary(diag).empty
     cv = diag.assign(optimizer="sgd+cv", lambda_median=0.8, variance_ratio=[0.5, 0.3] * 2)
-    summary = analysis.control_variate_summary(cv).iloc[0]
+    summary = shrink.control_variate_summary(cv).iloc[0]
     assert summary["variance_ratio_first"] == pytest.approx(0.5)
     assert summary["variance_ratio_last"] == pytest.approx(0.3)
 
 
 def test_run_groups_keep_each_base_with_its_variants():
-    groups = analysis.run_groups(
+    groups = outputs.run_groups(
         ["sgd", "sgd+sngrad1", "svag", "sgd+cv", "momentum", "momentum+sngrad1", "adam",
          "adabelief", "sgd+sngrad2@0.05"]
     )  # fmt: skip
@@ -314,9 +298,9 @@ def test_run_groups_keep_each_base_with_its_variants():
         "momentum and its variants": ["momentum", "momentum+sngrad1"],
         "adam and its relatives": ["adam", "adabelief"],
     }
-    assert analysis.run_groups(["sgd", "adam"]) == {"all runs": ["sgd", "adam"]}
+    assert outputs.run_groups(["sgd", "adam"]) == {"all runs": ["sgd", "adam"]}
     # a base without variants keeps a group of its own; sgd is drawn once
-    assert analysis.run_groups(["sgd", "sgd+sngrad1", "momentum"]) == {
+    assert outputs.run_groups(["sgd", "sgd+sngrad1", "momentum"]) == {
         "sgd and its noise-informed variants": ["sgd", "sgd+sngrad1"],
         "momentum and its variants": ["momentum"],
     }

@@ -12,7 +12,8 @@ import math
 import pandas as pd
 import pytest
 
-from sngrad import analysis
+from sngrad import tables
+from sngrad.analysis import paired, shrink, training_length, tuning
 
 EPOCHS = 7  # quarter = ceil(7 / 4) = 2 epochs
 LOSS = {1: [2.0, 2.4, 9.0], 5: [1.0, 1.2, 9.0], 7: [0.9, 1.1, 9.0]}  # three seeds
@@ -37,8 +38,8 @@ def test_training_length_table_holds_the_hand_computed_numbers():
     """Catches a column filled from the wrong quantity or left empty (e.g. a misspelt key
     that pandas turns into NaN), a quarter rounded down instead of up, a diverged seed
     averaged in, a first epoch taken as 0, and the verdict compared the wrong way."""
-    table = analysis.training_length(_metrics())
-    assert list(table.columns) == analysis.TRAINING_LENGTH_COLUMNS
+    table = training_length.training_length(_metrics())
+    assert list(table.columns) == training_length.TRAINING_LENGTH_COLUMNS
     assert len(table) == 1
     row = table.iloc[0].to_dict()
     first, mid, last = 2.2, 1.1, 1.0  # means over seeds 1 and 2 at epochs 1, 5 and 7
@@ -47,15 +48,15 @@ def test_training_length_table_holds_the_hand_computed_numbers():
         "quarter": 2, "loss_first": first, "loss_quarter": mid, "loss_last": last,
         "decrease_total": first - last, "decrease_last_quarter": mid - last,
         "share_last_quarter": (mid - last) / (first - last),
-        "criterion": analysis.FLAT_SHARE, "met": True,
+        "criterion": tables.FLAT_SHARE, "met": True,
     }
     for name, value in expected.items():
         if isinstance(value, float):
             assert row[name] == pytest.approx(value), name
         else:
             assert row[name] == value, name
-    assert (mid - last) / (first - last) <= analysis.FLAT_SHARE  # 0.083: met
-    stricter = analysis.training_length(_metrics(), flat_share=0.08).iloc[0]
+    assert (mid - last) / (first - last) <= tables.FLAT_SHARE  # 0.083: met
+    stricter = training_length.training_length(_metrics(), flat_share=0.08).iloc[0]
     assert not stricter["met"] and math.isclose(stricter["criterion"], 0.08)
 
 
@@ -76,7 +77,7 @@ def test_summary_table_copies_the_chosen_setting_of_its_own_cell():
     metrics = pd.concat([_metrics().assign(optimizer=run, batch_size=bs,
                                            test_accuracy=0.5, val_accuracy=0.5)
                          for run, bs in [("sgd", 64), ("sgd+sngrad1", 64), ("sgd+sngrad1", 128)]])
-    table = analysis.summary_table(best, metrics, ["sgd", "sgd+sngrad1"], [64, 128],
+    table = paired.summary_table(best, metrics, ["sgd", "sgd+sngrad1"], [64, 128],
                                    dataset="mnist")
     for _, want in best.iterrows():
         got = table[(table["run"] == want["run"]) & (table["batch_size"] == want["batch_size"])]
@@ -107,8 +108,8 @@ def test_alpha_table_carries_each_settings_validation_loss():
          "val_loss": loss, "diverged": div, "order": s}
         for s, lr, a, sa, acc, loss, div in rows
     ])
-    table = analysis.alpha_table(settings)
-    assert list(table.columns) == analysis.ALPHA_COLUMNS
+    table = tuning.alpha_table(settings)
+    assert list(table.columns) == tuning.ALPHA_COLUMNS
     assert list(table["alpha_scaled"]) == [0.5, 1.0, 2.0, 4.0]
     assert table["val_loss"].tolist()[:3] == pytest.approx([0.31, 0.22, 0.64])
     assert math.isnan(table["val_loss"].iloc[3])  # the diverged alpha has no loss
@@ -132,8 +133,8 @@ def test_control_variate_summary_averages_the_variance_ratio_per_epoch():
         + [{"dataset": "mnist", "optimizer": "sgd", "batch_size": 64, "seed": 0, "layer": "0",
             "epoch": 1, "variance_ratio": math.nan, "lambda_median": math.nan}]
     )
-    table = analysis.control_variate_summary(diagnostics)
-    assert list(table.columns) == analysis.CV_COLUMNS
+    table = shrink.control_variate_summary(diagnostics)
+    assert list(table.columns) == shrink.CV_COLUMNS
     assert table["optimizer"].tolist() == ["sgd+cv"]
     row = table.iloc[0]
     assert row["variance_ratio"] == pytest.approx(0.4)
@@ -152,13 +153,13 @@ def test_shrink_curves_without_factors_keeps_the_columns(empty):
     """With no factor to show, shrink_curves still returns its full schema, the same column
     names as with factors: catches a misspelt column of the empty table, which breaks any
     reader that selects ``factor_mean`` from it (KeyError instead of no line)."""
-    full = analysis.shrink_curves(pd.DataFrame([
+    full = shrink.shrink_curves(pd.DataFrame([
         {"dataset": "mnist", "optimizer": "sgd+sngrad1", "batch_size": 64, "seed": s,
          "layer": "0", "epoch": 1, "factor_mean": f, "shrink_share": 0.5}
         for s, f in [(1, 0.8), (2, 0.6)]
     ]))
     assert full["factor_mean"].tolist() == pytest.approx([0.7])
-    got = analysis.shrink_curves(empty)
+    got = shrink.shrink_curves(empty)
     assert got.empty
     assert list(got.columns) == list(full.columns) == [
         "dataset", "optimizer", "batch_size", "layer", "epoch", "factor_mean", "shrink_share"]

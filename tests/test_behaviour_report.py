@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sngrad import report
 from sngrad.layout import Layout
-from sngrad.report import elapsed
+from sngrad.report import experiment, implementation, results
+from sngrad.report.reproducibility import elapsed
 
 START = datetime(2026, 11, 23, 19, 0, 0, tzinfo=UTC).timestamp()
 
@@ -63,7 +63,7 @@ def test_seed_learning_rate_cells_name_the_chosen_alpha():
     ])
     config = {"optimizers": ["sgd", "sgd+sngrad1", "sgd+sngrad2@0.05"],
               "datasets": ["mnist"], "batch_sizes": [64]}
-    (table,) = report._seed_tables(config, summary, pd.DataFrame())
+    (table,) = results.seed_tables(config, summary, pd.DataFrame())
     assert table["columns"] == ["sgd", "sgd+sngrad1", "sgd+sngrad2@0.05"]
     mnist = next(r for r in table["lr_rows"] if r["dataset"] == "MNIST")
     assert mnist["cells"] == [
@@ -88,7 +88,7 @@ def test_shrink_rows_give_the_last_epochs_factor(tmp_path):
          "shrink_first": 0.1, "shrink_last": 0.4}
         for layer, mean, last in [("0", 0.5, 0.11), ("all", 0.75, 0.625)]
     ]).to_csv(layout.analysis("shrink.csv"), index=False)
-    (row,) = report._shrink_rows(layout)
+    (row,) = results.shrink_rows(layout)
     assert (row["run"], row["batch_size"]) == ("sgd+sngrad1", 64)
     assert (row["factor"], row["factor_last"]) == ("0.75", "0.625")
     assert (row["share"], row["share_first"], row["share_last"]) == ("25.0", "10.0", "40.0")
@@ -107,7 +107,7 @@ def test_benchmark_names_the_machine_of_its_record(tmp_path, machine, expected):
     pd.DataFrame([{"optimizer": "sgd", "batch_size": 64, "step_ms": 1.23456}]).to_csv(
         layout.benchmark(), index=False)
     Path(layout.benchmark()).with_suffix(".json").write_text(json.dumps({"machine": machine}))
-    got = report._benchmark(layout, ["cpu"])
+    got = implementation.benchmark(layout, ["cpu"])
     assert got["machine"] == expected
     assert got["columns"] == ["optimizer", "batch_size", "step_ms"]
 
@@ -116,4 +116,4 @@ def test_benchmark_names_the_machine_of_its_record(tmp_path, machine, expected):
 def test_protocol_gives_the_divergence_threshold_in_full(loss, text):
     """The experiment section's divergence threshold is printed with 6 significant digits,
     as configured: catches it shortened to 3 (1000 would read "1e+03")."""
-    assert report._protocol({"train": {"diverge_loss": loss}})["diverge_loss"] == text
+    assert experiment.protocol({"train": {"diverge_loss": loss}})["diverge_loss"] == text

@@ -135,7 +135,9 @@ def test_split_sizes_match_the_prepared_data():
         ({"train__schedule": "step"}, ["train.schedule = \"step\"", "constant, cosine"]),
         ({"datasets": ["imagenet"]}, ["datasets[0] = \"imagenet\"", "mnist1d"]),
         ({"optimiser": ["sgd"]}, ["unknown key optimiser; allowed:", "optimizers"]),
-        ({"noise__max": 3}, ["unknown key noise.max; allowed: batches, max_batch_size"]),
+        ({"noise__max": 3},
+         ["unknown key noise.max; allowed: batches, max_batch_size, min_batch_size, seed"]),
+        ({"noise__min_batch_size": 1}, ["noise.min_batch_size = 1", ">= 2"]),
     ],
 )  # fmt: skip
 def test_bad_profile_is_one_line_naming_key_value_and_what_is_allowed(changes, expected):
@@ -215,3 +217,32 @@ def test_noise_batch_sizes_are_powers_of_two_within_the_training_split():
 def test_noise_runs_are_the_tuned_sngrad_runs_on_sgd():
     assert profiles.noise_runs(profile("default")) == list(profiles.NOISE_VARIANTS)
     assert profiles.noise_runs(profile("smoke")) == ["sgd+sngrad1"]
+
+
+def _same_facts(documented, actual, where="profile"):
+    """Every value the document states equals the file's; ``...`` elides (skipped)."""
+    if documented == "..." or (isinstance(documented, dict) and set(documented) == {"..."}):
+        return
+    if isinstance(documented, dict):
+        for key, value in documented.items():
+            assert key in actual, f"{where}.{key} is documented but not in config/default.yaml"
+            _same_facts(value, actual[key], f"{where}.{key}")
+    elif isinstance(documented, list) and "..." in documented:
+        # the stated items in order; the ends are the file's ends unless elided
+        shown = [item for item in documented if item != "..."]
+        rest = iter(actual)
+        assert all(item in rest for item in shown), f"{where}: {documented} vs {actual}"
+        assert documented[0] == "..." or documented[0] == actual[0], where
+        assert documented[-1] == "..." or documented[-1] == actual[-1], where
+    else:
+        assert documented == actual, f"{where}: docs say {documented!r}, the file {actual!r}"
+
+
+def test_contracts_document_the_default_profile():
+    text = (ROOT / "docs" / "CONTRACTS.md").read_text()
+    section = text.split("## Profile (config/*.yaml)", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    documented = yaml.safe_load(block)
+    default = profile("default")
+    assert set(documented) == set(default)
+    _same_facts(documented, default)

@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sngrad import diagnostics
 from sngrad.optimizers import parse_optimizer
 from sngrad.stats import CVStats
+from sngrad.train import diagnostics
 
 
 def _layer(w, b=None):

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sngrad import data, download, formats
+from sngrad import data
+from sngrad.data import download, formats
 from sngrad.errors import SngradError
 
 IDX_NAMES = (

@@ -26,11 +26,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sngrad import noise, stats
+from sngrad import stats
+from sngrad.analysis import noise_summary
 from sngrad.data import Splits, save_splits
 from sngrad.errors import SngradError
-from sngrad.layout import Layout
+from sngrad.layout import NOISE_SUMMARY, Layout
 from sngrad.models import cross_entropy, mlp_apply, mlp_init
+from sngrad.noise import command, measure
+from sngrad.report import noise as noise_section
 
 DIM = 20
 LABEL_NOISE = 1.0
@@ -71,7 +74,7 @@ def test_unbiased_estimators_match_closed_forms(batch_size):
     delta = _delta(1.0)
     truth = _closed_form(delta)
     mean, var = _moments(_batches(delta, batch_size, 400, seed=1))
-    est = noise.noise_scale_estimates((mean**2).sum(1), var.sum(1), batch_size)
+    est = measure.noise_scale_estimates((mean**2).sum(1), var.sum(1), batch_size)
     # the standard errors are small against the quantities, so agreement is informative
     assert est["trace_sigma_se"] < 0.1 * truth["trace"]
     assert abs(est["trace_sigma"] - truth["trace"]) < 3 * est["trace_sigma_se"]
@@ -79,7 +82,7 @@ def test_unbiased_estimators_match_closed_forms(batch_size):
     assert abs(est["noise_scale"] - truth["noise_scale"]) < 3 * est["noise_scale_se"]
     # the same-batch estimate is biased towards (B - 1) B_simple / (B + B_simple) < B
     biased = est["noise_scale_biased"]
-    expected = noise.biased_expectation(truth["noise_scale"], batch_size)
+    expected = measure.biased_expectation(truth["noise_scale"], batch_size)
     assert abs(biased - expected) < 3 * est["noise_scale_biased_se"]
     assert biased < batch_size
     assert truth["noise_scale"] - biased > 5 * est["noise_scale_biased_se"]
@@ -97,18 +100,18 @@ def test_noise_of_the_mean_falls_as_inverse_root_batch():
         signs = np.random.default_rng(batch_size).choice([-1.0, 1.0], size=grads.shape[:2])
         flip = (grads * signs[..., None]).mean(1)
         nonzero = np.full(mean.shape, batch_size)
-        summary = noise.coordinate_summary(
+        summary = measure.coordinate_summary(
             mean, var, flip, nonzero, np.ones(DIM, bool), batch_size, ()
         )
-        noise_of_mean.append(noise.mean_and_se(summary["mean_noise"])[0])
+        noise_of_mean.append(measure.mean_and_se(summary["mean_noise"])[0])
         # E (mu_i - G_i)^2 = Sigma_ii / B
         expected = float(np.median(np.sqrt(truth["sigma_diag"] / batch_size)))
         assert errors[-1] == pytest.approx(expected, rel=0.15)
-    slope, se = noise.fit_loglog_slope(BATCH_SIZES, errors)
+    slope, se = measure.fit_loglog_slope(BATCH_SIZES, errors)
     assert se < 0.05
     assert abs(slope + 0.5) < 3 * se + 1e-3
     # median sigma / sqrt(B): sigma is biased low by sqrt((B - 1)/B) at small B only
-    slope, se = noise.fit_loglog_slope(BATCH_SIZES[1:], noise_of_mean[1:])
+    slope, se = measure.fit_loglog_slope(BATCH_SIZES[1:], noise_of_mean[1:])
     assert se < 0.05
     assert abs(slope + 0.5) < 3 * se + 0.01
 
@@ -123,14 +126,14 @@ def test_pure_noise_reference_tells_signal_from_noise():
         mean, var = _moments(grads)
         signs = np.random.default_rng(3).choice([-1.0, 1.0], size=grads.shape[:2])
         flip = (grads * signs[..., None]).mean(1)
-        summary = noise.coordinate_summary(
+        summary = measure.coordinate_summary(
             mean, var, flip, np.full(mean.shape, batch_size), np.ones(DIM, bool), batch_size,
             (("II_alpha1", "II", 1.0),),
         )  # fmt: skip
-        shares[scale] = noise.mean_and_se(summary["snr_above_share"])
+        shares[scale] = measure.mean_and_se(summary["snr_above_share"])
         if scale == 0.0:
-            null = noise.mean_and_se(summary["snr_pure_noise"])[0]
-            assert null == pytest.approx(noise.gaussian_snr_null(batch_size), rel=0.1)
+            null = measure.mean_and_se(summary["snr_pure_noise"])[0]
+            assert null == pytest.approx(measure.gaussian_snr_null(batch_size), rel=0.1)
     share, se = shares[0.0]
     assert abs(share - 0.5) < 3 * se
     share, se = shares[4.0]
@@ -139,18 +142,18 @@ def test_pure_noise_reference_tells_signal_from_noise():
 
 def test_unbiased_norms_rejects_batch_of_one():
     with pytest.raises(SngradError, match=">= 2"):
-        noise.unbiased_norms([1.0], [0.0], 1)
+        measure.unbiased_norms([1.0], [0.0], 1)
 
 
 def test_fit_loglog_slope_recovers_power_law():
     b = np.array([8, 16, 32, 64, 128])
-    slope, se = noise.fit_loglog_slope(b, 3.0 * b**-0.5)
+    slope, se = measure.fit_loglog_slope(b, 3.0 * b**-0.5)
     assert slope == pytest.approx(-0.5, abs=1e-12)
     assert se < 1e-10
     rng = np.random.default_rng(0)
-    slope, se = noise.fit_loglog_slope(b, 3.0 * b**0.25 * np.exp(0.05 * rng.normal(size=5)))
+    slope, se = measure.fit_loglog_slope(b, 3.0 * b**0.25 * np.exp(0.05 * rng.normal(size=5)))
     assert abs(slope - 0.25) < 4 * se
-    assert math.isnan(noise.fit_loglog_slope([8, 16], [1.0, 2.0])[0])
+    assert math.isnan(measure.fit_loglog_slope([8, 16], [1.0, 2.0])[0])
 
 
 # ----------------------------------------------------------------------------- the network
@@ -174,7 +177,7 @@ def test_layer_moments_match_per_example_gradients():
     params, x, y = _mlp_problem()
     xb, yb = x[:24], y[:24]
     signs = np.random.default_rng(0).choice([-1.0, 1.0], size=24).astype(np.float32)
-    moments = noise.layer_moments(params, jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(signs))
+    moments = measure.layer_moments(params, jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(signs))
     _, mean_ref, var_ref = stats.dense_stats(params, xb, yb)
 
     def example_loss(p, x1, y1):
@@ -195,7 +198,7 @@ def test_layer_moments_match_per_example_gradients():
 
 def test_exact_moments_over_padded_chunks():
     params, x, y = _mlp_problem(n=250)
-    exact = noise.exact_moments(params, x, y, chunk=64)  # 250 = 3 * 64 + 58: one padded chunk
+    exact = measure.exact_moments(params, x, y, chunk=64)  # 250 = 3 * 64 + 58: one padded chunk
     _, mean_ref, var_ref = stats.dense_stats(params, x, y)
     for layer, (g, sigma2, count) in enumerate(exact):
         np.testing.assert_allclose(g, _with_bias(*mean_ref[layer]), atol=1e-6)
@@ -205,7 +208,7 @@ def test_exact_moments_over_padded_chunks():
 
 def test_network_estimates_agree_with_the_full_training_split():
     params, x, y = _mlp_problem(n=400)
-    rows = noise.study_checkpoint(params, x, y, [8, 64], 48, 0, {"I": 0.5, "III": None})
+    rows = measure.study_checkpoint(params, x, y, [8, 64], 48, 0, {"I": 0.5, "III": None})
     assert [r["layer"] for r in rows] == ["0", "1", "all"] * 2
     for r in rows:
         assert abs(r["noise_scale"] - r["noise_scale_exact"]) < 3.5 * r["noise_scale_se"]
@@ -269,9 +272,9 @@ def test_cli_writes_one_row_per_checkpoint_batch_size_and_layer(tmp_path):
         "--data", str(data), "--reference-dir", str(ref), "--tuned", f"sgd+sngrad2={best}",
         "--batch-sizes", "8,16,256", "--batches", "4", "--out", out,
     ]  # fmt: skip
-    assert noise.cli(argv) == 0
+    assert command.cli(argv) == 0
     frame = pd.read_csv(out)
-    assert list(frame.columns) == noise.csv_columns()
+    assert list(frame.columns) == measure.csv_columns()
     # 256 > 200 training examples is dropped; 2 checkpoints x 2 sizes x (2 layers + all)
     assert len(frame) == 12
     assert set(frame["batch_size"]) == {8, 16}
@@ -279,14 +282,14 @@ def test_cli_writes_one_row_per_checkpoint_batch_size_and_layer(tmp_path):
     assert frame["factor_mean_II_tuned"].notna().all()
     assert frame["factor_mean_I_tuned"].isna().all()
 
-    summary = noise.summary_table(layout, ["toy", "absent"])
+    summary = noise_summary.summary_table(layout, ["toy", "absent"])
     assert list(summary["checkpoint"]) == ["init", "p100"]
     assert (summary["summary_batch_size"] == 16).all()
     assert {"b_simple", "mean_noise_slope", "sparse_share_layer0"} <= set(summary.columns)
     from sngrad.io import write_frame
 
-    write_frame(layout.analysis(noise.SUMMARY_FILE), summary)
-    context = noise.report_context(layout, ["toy", "absent"])
+    write_frame(layout.analysis(NOISE_SUMMARY), summary)
+    context = noise_section.report_context(layout, ["toy", "absent"])
     assert context["available"] and context["missing"] == ["absent"]
     toy = context["datasets"][0]
     assert toy["first"]["checkpoint"] == "init" and toy["last"]["epoch"] == "3"
@@ -316,12 +319,12 @@ def test_cli_rejects_bad_input_before_writing(tmp_path, change, message):
         "--batches", change.get("batches", "4"), "--out", str(out),
     ]  # fmt: skip
     with pytest.raises(SngradError, match=message):
-        noise.cli(argv)
+        command.cli(argv)
     assert not out.exists()
 
 
 def test_report_context_without_summary(tmp_path):
-    context = noise.report_context(Layout("none", root=str(tmp_path)), ["mnist"])
+    context = noise_section.report_context(Layout("none", root=str(tmp_path)), ["mnist"])
     assert context["available"] is False and context["missing"] == ["mnist"]
 
 
@@ -349,11 +352,11 @@ def test_template_renders_the_numbers_of_the_summary(tmp_path):
         "--data", str(data), "--reference-dir", str(ref), "--tuned", f"sgd+sngrad1={best}",
         "--batch-sizes", "8,16,32", "--batches", "4", "--out", layout.noise("toy"),
     ]  # fmt: skip
-    assert noise.cli(argv) == 0
+    assert command.cli(argv) == 0
     from sngrad.io import write_frame
 
-    write_frame(layout.analysis(noise.SUMMARY_FILE), noise.summary_table(layout, ["toy"]))
-    context = noise.report_context(layout, ["toy"])
+    write_frame(layout.analysis(NOISE_SUMMARY), noise_summary.summary_table(layout, ["toy"]))
+    context = noise_section.report_context(layout, ["toy"])
     text = _render_section(context)
     toy = context["datasets"][0]
     assert "### toy" in text
@@ -361,7 +364,8 @@ def test_template_renders_the_numbers_of_the_summary(tmp_path):
     assert "figures/shrink_vs_batch.png" in text
     assert "nan" not in text.lower().replace("nanmedian", "")
 
-    missing = _render_section(noise.report_context(Layout("none", root=str(tmp_path)), ["x"]))
+    empty = Layout("none", root=str(tmp_path))
+    missing = _render_section(noise_section.report_context(empty, ["x"]))
     assert "has not run" in missing and "x" in missing
 
 
@@ -371,8 +375,8 @@ def test_pooling_the_parts_over_batch_sizes_stays_unbiased():
     rows = []
     for batch_size in BATCH_SIZES:
         mean, var = _moments(_batches(delta, batch_size, 100, seed=4))
-        rows.append(noise.noise_scale_estimates((mean**2).sum(1), var.sum(1), batch_size))
-    value, se = noise.pooled_noise_scale(
+        rows.append(measure.noise_scale_estimates((mean**2).sum(1), var.sum(1), batch_size))
+    value, se = noise_summary.pooled_noise_scale(
         [r["g2_unbiased"] for r in rows], [r["g2_unbiased_se"] for r in rows],
         [r["trace_sigma"] for r in rows], [r["trace_sigma_se"] for r in rows],
         [r["g2_trace_cov"] for r in rows], [100 * b for b in BATCH_SIZES],

@@ -12,10 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sngrad import analysis, report
+from sngrad import names
+from sngrad.analysis import outputs
 from sngrad.errors import SngradError
 from sngrad.io import write_frame, write_json
 from sngrad.layout import FIGURES, Layout, notebook_tables
+from sngrad.report import format as report_format
+from sngrad.report import render as report_render
+from sngrad.report import reproducibility, results
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "paper" / "templates"
@@ -81,11 +85,10 @@ def write_tree(root, profile="fixture", *, all_diverged=False, datasets=("mnist"
     }))  # fmt: skip
     write_json(f"{layout.base}/run_started.json", {"started_unix": 1_000_000.0})
     for dataset in datasets:
-        summary, paired = analysis.dataset_tables(layout, dataset, RUNS, [B], config)
-        summary_path, paired_path = notebook_tables(layout, "summary", dataset)
-        write_frame(summary_path, summary)
-        write_frame(paired_path, paired)
-    tables = analysis.performance_tables(layout, list(datasets), RUNS, [B], [16])
+        tables = outputs.dataset_tables(layout, dataset, RUNS, [B], config)
+        for path, table in zip(notebook_tables(layout, "summary", dataset), tables, strict=True):
+            write_frame(path, table)
+    tables = outputs.performance_tables(layout, list(datasets), RUNS, [B], [16])
     for path in notebook_tables(layout, "performance"):
         write_frame(path, tables[Path(path).name])
     Path(layout.figures_dir()).mkdir(parents=True, exist_ok=True)
@@ -94,8 +97,8 @@ def write_tree(root, profile="fixture", *, all_diverged=False, datasets=("mnist"
 
 
 def write_run(layout, dataset, run, *, all_diverged):
-    variant = analysis.variant_of(run)
-    tuned_alpha = variant is not None and analysis.fixed_alpha(run) is None
+    variant = names.variant_of(run)
+    tuned_alpha = variant is not None and names.fixed_alpha(run) is None
     rows = []
     for k, lr in enumerate([0.01, 0.1, 1.0]):
         for a, scaled in enumerate([1.0, 3.0] if tuned_alpha else [math.nan]):
@@ -113,7 +116,7 @@ def write_run(layout, dataset, run, *, all_diverged):
     path = Path(layout.run_file("tuning.csv", dataset, run, B))
     write_frame(path, pd.DataFrame(rows))
     write_json(layout.run_file("best.json", dataset, run, B), {
-        "optimizer": analysis.optimizer_of(run), "run": run, "batch_size": B,
+        "optimizer": names.optimizer_of(run), "run": run, "batch_size": B,
         "learning_rate": None if all_diverged else 0.1, "momentum": None,
         "alpha": None if variant is None else 0.3, "alpha_scaled": 3.0 if tuned_alpha else None,
         "sigma_ref": 0.1 if tuned_alpha else None, "val_accuracy": None if all_diverged else 0.86,
@@ -163,7 +166,7 @@ def templates_with_stand_ins(tmp_path):
 def render(tmp_path, layout, config):
     template = templates_with_stand_ins(tmp_path)
     out = Path(layout.report())
-    text = report.render_report(layout, template, out, config=config, now=1_000_000.0 + 1800)
+    text = report_render.render_report(layout, template, out, config=config, now=1_000_000.0 + 1800)
     assert out.read_text() == text
     return text
 
@@ -199,7 +202,7 @@ def test_paired_table_cells_hold_the_right_rows(study):
     for row in rows:
         run = row["run"].strip("`")
         want = paired[(paired["run"] == run) & (paired["family"] == "equal_epochs")].iloc[0]
-        assert row["base"].strip("`") == want["base"] == analysis.base_of(run)
+        assert row["base"].strip("`") == want["base"] == names.paired_base(run)
         assert row["difference"] == f"{100 * want['diff_mean']:+.2f}"
         assert row["verdict"] == want["verdict"]
         assert row["pairs"] == f"{want['n_pairs']}/{want['n_seeds']}"
@@ -219,7 +222,7 @@ def test_seed_tables_fill_the_seed_readme(study):
     assert rows["MNIST"]["`sgd`"].startswith("0.1")
     assert rows["MNIST"]["`sgd`"].endswith("†")  # sgd's best.json says at_bound
     assert "not run: needs the paper profile" in rows["CIFAR10"]["`sgd`"]
-    assert rows["Fashion MNIST"]["`sgd`"] == report.NOT_IN_PROFILE
+    assert rows["Fashion MNIST"]["`sgd`"] == results.NOT_IN_PROFILE
     lines = text.splitlines()
     second = [i for i, line in enumerate(lines) if line.startswith("| dataset | `sgd` |")][1]
     acc = {r["dataset"]: r for r in markdown_table("\n".join(lines[second:]), "| dataset |")}
@@ -340,9 +343,9 @@ def test_missing_runs_and_no_results_still_render(tmp_path, monkeypatch):
 
 def test_cli_rejects_bad_arguments(tmp_path):
     with pytest.raises(SngradError, match="--config"):
-        report.cli(["--profile", "x", "--results-root", str(tmp_path), "--config", "[1]"])
+        report_render.cli(["--profile", "x", "--results-root", str(tmp_path), "--config", "[1]"])
     with pytest.raises(SngradError, match="template"):
-        report.cli(["--profile", "x", "--results-root", str(tmp_path), "--config", "{}",
+        report_render.cli(["--profile", "x", "--results-root", str(tmp_path), "--config", "{}",
                     "--template", str(tmp_path / "none.j2")])  # fmt: skip
 
 
@@ -350,23 +353,38 @@ def test_provenance_digest_follows_the_inputs(tmp_path):
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     a.write_text("x\n1\n")
     b.write_text("x\n2\n")
-    first = report.input_provenance([str(a), str(b), str(tmp_path / "gone")])
+    first = reproducibility.input_provenance([str(a), str(b), str(tmp_path / "gone")])
     assert first["n_inputs"] == 2 and first["n_missing"] == 1
     b.write_text("x\n3\n")
-    assert report.input_provenance([str(a), str(b)])["digest"] != first["digest"]
-    assert report._inputs_arg(json.dumps([str(a)])) == [str(a)]
+    assert reproducibility.input_provenance([str(a), str(b)])["digest"] != first["digest"]
+    assert reproducibility.inputs_arg(json.dumps([str(a)])) == [str(a)]
     listing = tmp_path / "inputs.json"
     listing.write_text(json.dumps([str(a), str(b)]))
-    assert report._inputs_arg(f"@{listing}") == [str(a), str(b)]
+    assert reproducibility.inputs_arg(f"@{listing}") == [str(a), str(b)]
     with pytest.raises(SngradError, match="JSON list"):
-        report._inputs_arg('{"a": 1}')
+        reproducibility.inputs_arg('{"a": 1}')
 
 
 def test_formatting_never_prints_nan():
-    assert report.fmt(float("nan")) == "n/a"
-    assert report.pct(0.97344) == "97.34"
-    assert report.signed_points(-0.0123) == "-1.23"
-    assert report.pvalue(0.0004) == "< 0.001"
-    assert report.mean_std(0.9, float("nan")) == "90.00"
+    assert report_format.fmt(float("nan")) == "n/a"
+    assert report_format.pct(0.97344) == "97.34"
+    assert report_format.signed_points(-0.0123) == "-1.23"
+    assert report_format.pvalue(0.0004) == "< 0.001"
+    assert report_format.mean_std(0.9, float("nan")) == "90.00"
     assert np.isnan(float("nan"))
-    assert re.fullmatch(r"\d+\.\d min", report.minutes(95))
+    assert re.fullmatch(r"\d+\.\d min", report_format.minutes(95))
+
+
+def test_the_report_imports_no_jax_and_no_analysis():
+    # the report formats written tables: it needs neither the computation nor its imports
+    import subprocess
+    import sys
+
+    modules = ", ".join(f"sngrad.report.{m}" for m in (
+        "render", "experiment", "results", "summary", "noise", "theory", "implementation",
+        "reproducibility", "figures", "format", "read"))
+    code = (f"import sys, {modules}\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'jax'\n"
+            "             or m.startswith(('sngrad.analysis', 'sngrad.noise', 'sngrad.train')))\n"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -109,7 +109,7 @@ def test_train_killed_with_sigkill_resumes_to_identical_results(data_file, tmp_p
 
 def _interrupt_after_epoch(monkeypatch, epoch):
     """Make the next checkpoint save at ``epoch`` stop the job right after writing it."""
-    from sngrad import checkpoint as ckpt
+    from sngrad.train import checkpoint as ckpt
 
     real_save = ckpt.save
 
@@ -167,7 +167,7 @@ def test_tune_interrupted_in_process_resumes_to_identical_results(data_file, tmp
 
 
 def test_a_checkpoint_of_another_job_is_ignored(tmp_path, capsys):
-    from sngrad import checkpoint as ckpt
+    from sngrad.train import checkpoint as ckpt
 
     state = ckpt.Checkpoint(3, 1.5, [np.arange(4.0), np.array(True)], {"loss": np.ones((3, 2))})
     ckpt.save(tmp_path, "job-a", state)

@@ -10,6 +10,7 @@ import pytest
 from scipy import linalg
 
 from sngrad import sde
+from sngrad.errors import SngradError
 
 
 def assert_agrees(measured, se, predicted, rel=0.04):
@@ -144,7 +145,7 @@ def test_noise_free_paths_contract_at_the_predicted_rates():
     ],
 )
 def test_bad_arguments_are_rejected(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(SngradError, match=match):
         sde.simulate(jax.random.key(0), sde.Quadratic.diagonal([1.0]), n_chains=2, burn_in=0,
                      n_steps=1, eta=0.1, **kwargs)
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sngrad import data, formats
-from sngrad.data import sources
+from sngrad import data
+from sngrad.data import formats, sources
 from sngrad.errors import SngradError
 
 IDX_NAMES = (

@@ -17,17 +17,18 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "gradient_stats": "sngrad.stats",
     "loss_and_grad": "sngrad.stats",
-    "BACKENDS": "sngrad.stats",
+    "BACKENDS": "sngrad.names",
     "noise_informed": "sngrad.transforms",
     "scale_factor": "sngrad.transforms",
-    "VARIANTS": "sngrad.transforms",
+    "VARIANTS": "sngrad.names",
     "DEFAULT_ALPHA": "sngrad.transforms",
     "control_variate": "sngrad.transforms",
     "CVStats": "sngrad.stats",
     "build_optimizer": "sngrad.optimizers",
     "needs_variance": "sngrad.optimizers",
-    "OPTIMIZERS": "sngrad.optimizers",
-    "parse_optimizer": "sngrad.optimizers",
+    "OPTIMIZERS": "sngrad.names",
+    "parse_optimizer": "sngrad.names",
+    "parse_run": "sngrad.names",
     "has_momentum": "sngrad.optimizers",
     "msvag": "sngrad.optimizers",
     "mlp_init": "sngrad.models",
@@ -36,6 +37,10 @@ _EXPORTS = {
     "load_dataset": "sngrad.data",
     "DATASETS": "sngrad.data",
     "SngradError": "sngrad.errors",
+    "per_example_moments": "sngrad.moments",
+    "Moments": "sngrad.moments",
+    "flax_moments": "sngrad.moments",
+    "fast_path_plan": "sngrad.moments",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from sngrad.errors import SngradError
+from sngrad.oserror import describe as describe_os_error
 
 # command -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -20,8 +21,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("sngrad.train.cli", "cli_train", "retrain the chosen setting on the final seeds"),
     "reference": ("sngrad.train.cli", "cli_reference",
                   "sgd reference run: parameters at checkpoints for the noise study"),
-    "report": ("sngrad.report", "cli", "render paper/report.md from results/"),
-    "noise": ("sngrad.noise", "cli", "gradient noise against batch size at fixed checkpoints"),
+    "report": ("sngrad.report.render", "cli", "render paper/report.md from results/"),
+    "noise": ("sngrad.noise.command", "cli",
+              "gradient noise against batch size at fixed checkpoints"),
     "publish": ("sngrad.publish", "cli", "copy results/default's report and figures to paper/"),
     "config": ("sngrad.config", "cli", "check profiles as the workflow does: config check FILE"),
 }
@@ -57,3 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(err).splitlines() or [""]:
             print(f"sngrad: error: {line}", file=sys.stderr)
         return 2
+    except OSError as err:  # a read-only or full folder, a file where a folder should be
+        print(f"sngrad: error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"sngrad: {name} interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130

@@ -8,7 +8,7 @@ line ``FILE: KEY = VALUE: what is allowed``, all before any job runs:
    ranges, required and unknown keys; one line per problem, never a dump of the config.
 3. Rules across fields (:func:`rule_problems`): the training spec as :mod:`sngrad.spec` checks
    it (ordered learning-rate range inside ``lr_bounds``, ordered positive alpha ranges,
-   at least two tuning seeds, ...), valid run names (:func:`sngrad.train.protocol.parse_run`),
+   at least two tuning seeds, ...), valid run names (:func:`sngrad.names.parse_run`),
    and splits that can feed every batch: with ``n`` examples available for training and
    validation (``sngrad.data``), the validation split holds ``round(val_fraction * n)``
    examples and the training split the rest, or ``data.train_size`` of them; every batch size
@@ -31,13 +31,15 @@ from typing import Any
 
 import yaml
 
+from sngrad import resources
 from sngrad.errors import SngradError
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_PROFILE = "config/default.yaml"  # what a plain `snakemake` runs (and publishes)
-NOISE_MIN_BATCH = 8  # the noise study's smallest batch size; it doubles up to noise.max_batch_size
 NOISE_VARIANTS = ("sgd+sngrad1", "sgd+sngrad2", "sgd+sngrad3")  # tuned runs the noise study reads
 REFERENCE_RUN = "sgd"  # its chosen setting trains the noise study's reference run
+NOISE_SUMMARY_BATCH_SIZE = 128  # the noise summary's per-batch figures are at this B (or nearest)
+SEED_STUDY_BATCH_SIZES = (128, 1024)  # the batch sizes of the seed's original study
 _SHOWN = 60  # characters of a value shown in a message
 
 
@@ -88,6 +90,7 @@ def check_profile(config: Mapping, source: str, schema: str | Path = SCHEMA) -> 
         problems = rule_problems(config)
     if problems:
         raise ProfileError([f"{source}: {p}" for p in problems])
+    resources.warn(config, source)  # work far above the default's: a warning, not an error
 
 
 # ----------------------------------------------------------------------------- schema
@@ -179,7 +182,7 @@ def split_sizes(config: Mapping, dataset: str) -> tuple[int, int]:
 
 
 def _run_problems(config: Mapping) -> list[str]:
-    from sngrad.train.protocol import parse_run
+    from sngrad.names import parse_run
 
     problems = []
     for i, run in enumerate(config["optimizers"]):
@@ -242,7 +245,8 @@ def _spec_problems(config: Mapping) -> list[str]:
 
 def rule_problems(config: Mapping) -> list[str]:
     """Problems across fields of a schema-valid profile, one line each."""
-    return _spec_problems(config) + _run_problems(config) + _split_problems(config)
+    problems = _spec_problems(config) + _run_problems(config) + _split_problems(config)
+    return problems or resources.memory_problems(config)  # sizes need a consistent profile
 
 
 def reserved_name_problem(config: Mapping, source: str, published: Mapping) -> str | None:
@@ -281,10 +285,10 @@ def training_spec(config: Mapping) -> str:
 
 
 def noise_batch_sizes(config: Mapping, dataset: str) -> list[int]:
-    """Powers of two from :data:`NOISE_MIN_BATCH` up to ``noise.max_batch_size``, capped by
+    """``noise.min_batch_size`` doubled up to ``noise.max_batch_size``, capped by
     the training split (a batch is drawn without replacement)."""
     cap = min(config["noise"]["max_batch_size"], split_sizes(config, dataset)[0])
-    sizes, b = [], NOISE_MIN_BATCH
+    sizes, b = [], config["noise"]["min_batch_size"]
     while b <= cap:
         sizes.append(b)
         b *= 2
@@ -312,7 +316,16 @@ def cli(argv: list[str]) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="check profiles as the workflow does")
     check.add_argument("files", nargs="+", metavar="FILE")
+    cost = commands.add_parser("cost", help="counted training work and estimated time of a "
+                               "profile (sngrad.costs)")
+    cost.add_argument("profile", metavar="PROFILE", help="a name under config/ or a file")
+    cost.add_argument("--no-calibrate", action="store_true", help="skip the matmul timing")
+    cost.add_argument("--cores", type=int, default=None, help="cores for the wall-time estimate")
     args = parser.parse_args(argv)
+    if args.command == "cost":
+        from sngrad.costs import cost_command
+
+        return cost_command(args.profile, calibrate=not args.no_calibrate, cores=args.cores)
     for path in args.files:
         load_profile(path)
         print(f"{path}: ok")

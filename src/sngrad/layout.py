@@ -26,6 +26,7 @@ REPORT_TEMPLATE = f"{TEMPLATES}/report.md.j2"
 NOTEBOOK_SOURCES = "analysis"  # jupytext sources analysis/<name>.py of the executed notebooks
 LOGS = "logs"
 PUBLISHING_PROFILE = "default"
+NOISE_SUMMARY = "noise_summary.csv"  # the gradient_noise notebook's table, under analysis/
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,24 @@ _FIGURES = (
     Figure("shrink_vs_batch", "gradient_noise",
            "Share of coordinates each variant shrinks, against the batch size"),
     # analysis/theory.py: the theory checks
-    Figure("theory_stationary_1d", "theory", "Stationary variance of SGD on a 1-D quadratic"),
-    Figure("theory_batch_temperature", "theory", "Temperature against eta / B"),
-    Figure("theory_double_well", "theory", "Stationary histogram on a double well"),
-    Figure("theory_two_temperatures", "theory", "Two coordinates, two temperatures"),
-    Figure("theory_sngrad_variants", "theory", "Stationary spread under the three variants"),
-    Figure("theory_lecture_quadratic", "theory", "The lecture notes' 2-D quadratic"),
+    Figure("theory_stationary_1d", "theory",
+           "Stationary variance of SGD on a 1-D quadratic against the exact and the"
+           " continuous-time prediction"),
+    Figure("theory_batch_temperature", "theory",
+           "Temperature against batch size, and against eta / B"),
+    Figure("theory_double_well", "theory",
+           "Double well: histogram of the iterates against the Gibbs density"),
+    Figure("theory_two_temperatures", "theory",
+           "Two temperatures, one temperature, and a coupled quadratic against the Lyapunov"
+           " solutions"),
+    Figure("theory_sngrad_variants", "theory",
+           "Per-coordinate temperatures of SGD and sngrad I, II, III, and the fluctuation"
+           " identity"),
+    Figure("theory_lecture_quadratic", "theory",
+           "Gradient descent below, near and above 2 / lambda_max, momentum, Adam"),
     Figure("theory_control_variate", "theory",
-           "Control variates: variance, bias of the same-batch coefficient, decay with distance"),
+           "Control variates: variance against the distance from the snapshot, and the bias"
+           " of an estimated coefficient"),
 )
 
 FIGURES: dict[str, Figure] = {f.name: f for f in _FIGURES}
@@ -115,6 +126,10 @@ class Layout:
 
     def paired(self, dataset: str) -> str:
         return f"{self.base}/{dataset}/paired.csv"
+
+    def winners(self, dataset: str) -> str:
+        """Per batch size, the run with the best final validation accuracy."""
+        return f"{self.base}/{dataset}/winners.csv"
 
     # ------------------------------------------------------------------ studies and notebooks
     def noise(self, dataset: str) -> str:
@@ -180,15 +195,17 @@ def published_paths(root: str | Path = ".") -> tuple[Path, Path]:
 # its executed copy). The summary notebook runs once per dataset (``{dataset}`` filled in), so a
 # single dataset's target needs nothing from the other datasets.
 NOTEBOOK_TABLES: dict[str, tuple[str, ...]] = {
-    "summary": ("{dataset}/summary.csv", "{dataset}/paired.csv"),
+    "summary": ("{dataset}/summary.csv", "{dataset}/paired.csv", "{dataset}/winners.csv"),
     "performance": (
         "analysis/lr_sensitivity.csv",
         "analysis/alpha_sensitivity.csv",
+        "analysis/alpha_summary.csv",
+        "analysis/diverged_settings.csv",
         "analysis/training_length.csv",
         "analysis/shrink.csv",
         "analysis/control_variates.csv",
     ),
-    "gradient_noise": ("analysis/noise_summary.csv",),
+    "gradient_noise": (f"analysis/{NOISE_SUMMARY}",),
     "theory": ("theory/checks.csv", "theory/stationary_1d.csv", "theory/summary.json"),
 }
 

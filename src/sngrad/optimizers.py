@@ -14,9 +14,9 @@ gradient g, learning rate lr, all optax defaults otherwise):
 - ``svag``: SGD on the within-batch SVAG direction of :func:`scale_by_svag`,
   mu * mu^2 / (mu^2 + sigma^2 / B) (variance estimated over the batch's examples).
 
-Modifiers: ``+sngrad1|2|3`` (variants I, II, III of :mod:`sngrad.transforms`) on sgd,
-momentum and adam; ``+cv`` (per-coordinate optimal control-variate coefficient) and ``+svrg``
-(coefficient 1) on sgd.
+The names and their grammar are :mod:`sngrad.names`. Modifiers: ``+sngrad1|2|3`` (variants
+I, II, III of :mod:`sngrad.transforms`) on sgd, momentum and adam; ``+cv`` (per-coordinate
+optimal control-variate coefficient) and ``+svrg`` (coefficient 1) on sgd.
 
 Every optimizer returned by :func:`build_optimizer` has the same call shape,
 ``opt.update(grad, state, params, **extra)``: :func:`needs_variance` ones take
@@ -35,42 +35,10 @@ import jax.numpy as jnp
 import optax
 
 from sngrad.errors import SngradError
+from sngrad.names import MOMENTUM_BASES, parse_optimizer
 from sngrad.transforms import DEFAULT_ALPHA, noise_informed
 
-BASE_OPTIMIZERS = ("sgd", "momentum", "adam", "msvag", "svag", "adabelief")
-
-_SUFFIX_TO_VARIANT = {"sngrad1": "I", "sngrad2": "II", "sngrad3": "III"}
-_SUFFIX_TO_COEFFICIENT = {"cv": "optimal", "svrg": 1.0}
-_SNGRAD_BASES = ("sgd", "momentum", "adam")
-_CV_BASES = ("sgd",)
-_MOMENTUM_BASES = ("momentum",)
 _DEFAULT_MOMENTUM = 0.9
-
-OPTIMIZERS = (
-    *BASE_OPTIMIZERS,
-    *(f"{base}+{s}" for base in _SNGRAD_BASES for s in _SUFFIX_TO_VARIANT),
-    *(f"{base}+{s}" for base in _CV_BASES for s in _SUFFIX_TO_COEFFICIENT),
-)
-
-
-class OptimizerSpec(NamedTuple):
-    """A parsed optimizer name: the base, the sngrad variant (or None) and the control-variate
-    coefficient (``"optimal"``, 1.0, or None)."""
-
-    base: str
-    variant: str | None
-    cv: str | float | None = None
-
-
-def parse_optimizer(name: str) -> OptimizerSpec:
-    """Split ``"base"``, ``"base+sngradN"`` or ``"base+cv|svrg"`` into an
-    :class:`OptimizerSpec`."""
-    if not isinstance(name, str):
-        raise SngradError(f"optimizer name must be a string, got {name!r}")
-    if name not in OPTIMIZERS:
-        raise SngradError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
-    base, _, suffix = name.partition("+")
-    return OptimizerSpec(base, _SUFFIX_TO_VARIANT.get(suffix), _SUFFIX_TO_COEFFICIENT.get(suffix))
 
 
 def needs_variance(name: str) -> bool:
@@ -86,7 +54,7 @@ def needs_snapshot(name: str) -> bool:
 
 def has_momentum(name: str) -> bool:
     """Whether the optimizer takes a momentum coefficient (momentum and its +sngrad)."""
-    return parse_optimizer(name).base in _MOMENTUM_BASES
+    return parse_optimizer(name).base in MOMENTUM_BASES
 
 
 def _concrete(value: Any, what: str) -> float | None:
@@ -267,14 +235,14 @@ def build_optimizer(
       An ``optax.GradientTransformationExtraArgs``; call ``opt.update(grad, state, params,
       **extra)`` with the keywords of :func:`needs_variance` / :func:`needs_snapshot`.
     """
-    base, variant, coefficient = parse_optimizer(name)
+    base, variant, coefficient = parse_optimizer(name)[1:4]
     _check_learning_rate(learning_rate)
-    if base in _MOMENTUM_BASES:
+    if base in MOMENTUM_BASES:
         momentum = _DEFAULT_MOMENTUM if momentum is None else momentum
         _check_momentum(momentum)
     elif momentum is not None:
         raise SngradError(
-            f"momentum is only used by {', '.join(_MOMENTUM_BASES)}; "
+            f"momentum is only used by {', '.join(MOMENTUM_BASES)}; "
             f"got momentum={momentum!r} for {name!r}"
         )
     if variant is None and alpha is not None:

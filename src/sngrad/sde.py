@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sngrad.errors import SngradError
 from sngrad.transforms import (  # the one definition of the sngrad factors and of lambda
     LAGGED_FIRST_LAMBDA,
     optimal_coefficient,
@@ -64,7 +65,7 @@ class Quadratic:
     def from_matrix(cls, A) -> Quadratic:
         A = np.asarray(A, dtype=float)
         if A.ndim != 2 or A.shape[0] != A.shape[1] or not np.allclose(A, A.T):
-            raise ValueError(f"A must be a symmetric square matrix, got {A!r}")
+            raise SngradError(f"A must be a symmetric square matrix, got {A!r}")
         return cls(tuple(tuple(float(a) for a in row) for row in A))
 
     @property
@@ -166,7 +167,7 @@ class Stationary:
         integrates to the fraction of time spent inside the range.
         """
         if self.hist is None:
-            raise ValueError("simulate(..., hist_bins=0): no histogram was accumulated")
+            raise SngradError("simulate(..., hist_bins=0): no histogram was accumulated")
         counts = self.hist.sum(axis=0)
         widths = np.diff(self.hist_edges)
         return counts / (self.n_chains * self.n_steps * widths[None, :])
@@ -217,17 +218,17 @@ def simulate(
       hist_range, hist_bins: per-coordinate histogram accumulated when hist_bins > 0.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise SngradError(f"method must be one of {METHODS}, got {method!r}")
     if (noise_cov is None) == (per_example_std is None):
-        raise ValueError("give exactly one of noise_cov (additive) or per_example_std")
+        raise SngradError("give exactly one of noise_cov (additive) or per_example_std")
     if method != "sgd" and per_example_std is None:
-        raise ValueError(f"variant {method} needs per-example noise (per_example_std, batch_size)")
+        raise SngradError(f"variant {method} needs per-example noise (per_example_std, batch_size)")
     if per_example_std is not None and (batch_size is None or batch_size < 1):
-        raise ValueError(f"per-example noise needs batch_size >= 1, got {batch_size!r}")
+        raise SngradError(f"per-example noise needs batch_size >= 1, got {batch_size!r}")
     if method != "sgd" and batch_size < 2:
-        raise ValueError("an sngrad variant needs batch_size >= 2 to estimate a variance")
+        raise SngradError("an sngrad variant needs batch_size >= 2 to estimate a variance")
     if min(n_chains, n_steps) < 1 or burn_in < 0:
-        raise ValueError("need n_chains >= 1, n_steps >= 1, burn_in >= 0")
+        raise SngradError("need n_chains >= 1, n_steps >= 1, burn_in >= 0")
     d = loss.dim
     shape = (n_chains, d)
     eta = jnp.broadcast_to(jnp.asarray(eta, jnp.float32), shape)
@@ -335,7 +336,7 @@ def descent_path(loss, x0, *, method: str, eta: float, steps: int, momentum: flo
     adam:     m, s <- EMAs of g and g^2 (betas), bias-corrected; x <- x - eta m / (sqrt(s) + eps)
     """
     if method not in PATH_METHODS:
-        raise ValueError(f"method must be one of {PATH_METHODS}, got {method!r}")
+        raise SngradError(f"method must be one of {PATH_METHODS}, got {method!r}")
     x0 = jnp.asarray(x0, jnp.float32)
     path = _descent_path(x0, jnp.float32(eta), jnp.float32(momentum), jnp.float32(betas[0]),
                          jnp.float32(betas[1]), jnp.float32(eps), loss=loss, method=method,
@@ -395,7 +396,7 @@ def batch_std_expectation(fn, sigma: float, batch_size: int, n_grid: int = 4001)
     expectation is a quadrature over q = log(chi-square), where the density is smooth.
     """
     if batch_size < 4:
-        raise ValueError("batch_size >= 4 keeps the quadrature accurate")
+        raise SngradError("batch_size >= 4 keeps the quadrature accurate")
     n = batch_size - 1
     spread = 12.0 * math.sqrt(2.0 / n) + 2.0
     q = np.linspace(math.log(n) - 2.0 * spread, math.log(n) + spread, n_grid)
@@ -582,7 +583,7 @@ def simulate_control_variates(key, pairs, *, batch_sizes, n_chains: int,
     """
     batch_sizes = tuple(int(b) for b in np.atleast_1d(batch_sizes))
     if min(batch_sizes) < 2 or min(n_chains, n_batches) < 1:
-        raise ValueError("need every batch size >= 2, n_chains >= 1, n_batches >= 1")
+        raise SngradError("need every batch size >= 2, n_chains >= 1, n_batches >= 1")
     out = _simulate_cv(key, pairs=pairs, batch_sizes=batch_sizes, n_chains=int(n_chains),
                        n_batches=int(n_batches))
     out = jax.tree.map(lambda a: np.asarray(a, float) / n_batches, out)
@@ -656,7 +657,7 @@ def cv_same_batch_variance(pairs, batch_size: int) -> np.ndarray:
     Var lam_hat = Var r / (Var h (B - 3)).
     """
     if batch_size < 4:
-        raise ValueError("the variance is finite for batch_size >= 4")
+        raise SngradError("the variance is finite for batch_size >= 4")
     m = pairs.moments()
     residual = m["var_g"] - m["cov"] ** 2 / m["var_h"]
     return residual / batch_size * (batch_size - 2) / (batch_size - 3)

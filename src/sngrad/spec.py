@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from sngrad.errors import SngradError, choice_error
+from sngrad.names import BACKENDS, VARIANTS
 
-BACKENDS = ("dense", "vmap", "chunked")  # same names as stats.BACKENDS, kept import-light
 SCHEDULES = ("constant", "cosine")
-VARIANTS = ("I", "II", "III")  # same as transforms.VARIANTS
 MAX_SEED = 2**32 - 1
 
 TRAIN_KEYS = ("hidden", "init_seed", "epochs", "seeds", "backend", "schedule",

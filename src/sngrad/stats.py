@@ -1,4 +1,9 @@
-"""Per-example gradient statistics: batch mean and population variance of each parameter.
+"""Per-example gradient statistics of this project's MLP: batch mean and population variance.
+
+This module is the MLP case of :mod:`sngrad.moments`, which computes the same moments for any
+per-example loss and any parameter pytree (and exactly, near the cost of SGD, for flax
+``Linear`` and ``Conv`` layers). Here the model is fixed: ``mlp_apply`` with the
+cross-entropy loss, and parameters are the list of ``(W, b)`` pairs of ``sngrad.models``.
 
 For a batch of B examples with per-example losses ``l_j = CE(f(x_j; theta), y_j)`` and
 per-example gradients ``g_j = d l_j / d theta``, every backend returns
@@ -16,12 +21,15 @@ with ``mean`` and ``var`` shaped like ``params``. Three backends compute the sam
     so ``sum_j g_j = A^T D`` and ``sum_j g_j^2 = (A*A)^T (D*D)``: two matrix products per layer
     and no per-example gradient is ever materialised (memory O(B * width), not O(B * P)).
 ``vmap``
-    The generic reference (``vmap_stats``): all B per-example gradients by ``vmap(grad)``,
-    then a two-pass mean and variance. Memory O(B * P).
+    The reference (``vmap_stats``): all B per-example gradients by ``vmap(grad)``, then a
+    two-pass mean and variance. Memory O(B * P). A thin wrapper of
+    :func:`sngrad.moments.vmap_moments`, which takes any per-example loss.
 ``chunked``
-    Any model, bounded memory (``chunked_stats``): ``vmap(grad)`` over micro-batches of c
-    examples inside a ``lax.scan``; the chunk moments are merged with the parallel update of
-    Chan, Golub and LeVeque (1979). Memory O(c * P).
+    Bounded memory (``chunked_stats``): ``vmap(grad)`` over micro-batches of c examples
+    inside a ``lax.scan``; the chunk moments are merged with the parallel update of Chan,
+    Golub and LeVeque (1979). Memory O(c * P). A thin wrapper of
+    :func:`sngrad.moments.chunked_moments`; for another model use that function (or
+    :func:`sngrad.moments.per_example_moments`) with the model's per-example loss.
 
 Control variates. Given a second parameter set ``snap`` (an SVRG snapshot) and ``h_j`` example
 j's gradient there, on the same batch, ``gradient_stats(..., snapshot=snap)`` returns
@@ -45,7 +53,6 @@ and can be called inside a caller's own ``jit`` / ``scan`` / ``vmap``.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,8 +61,15 @@ from jax import lax
 
 from sngrad.errors import SngradError, choice_error
 from sngrad.models import Params, cross_entropy, mlp_apply
-
-BACKENDS = ("dense", "vmap", "chunked")
+from sngrad.moments.generic import (
+    CVStats,
+    bounded_covariance,
+    chunked_cv_moments,
+    chunked_moments,
+    vmap_cv_moments,
+    vmap_moments,
+)
+from sngrad.names import BACKENDS
 
 # dot_general dimension numbers for A^T D with A (B, m) and D (B, n): contract the batch
 # axis of both operands directly, so XLA emits one GEMM with a transposed-operand flag
@@ -67,13 +81,14 @@ def _mean_loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean(cross_entropy(mlp_apply(params, x), y))
 
 
-def _example_loss(params: Params, x1: jax.Array, y1: jax.Array) -> jax.Array:
-    """Loss of one example (``x1`` of shape (D,), scalar ``y1``).
+def _example_loss(params: Params, example) -> jax.Array:
+    """Loss of one example ``(x1, y1)``: ``x1`` of shape (D,), scalar ``y1``.
 
     Written on vectors, not as a batch of one: under ``vmap`` the weight gradient is then
     a broadcast outer product, where a (1, D) batch would give B matrix products with an
     inner dimension of 1, which XLA's CPU backend runs dozens of times slower.
     """
+    x1, y1 = example
     return cross_entropy(mlp_apply(params, x1), y1)
 
 
@@ -171,36 +186,6 @@ def dense_stats(params: Params, x: jax.Array, y: jax.Array):
     return loss, [m for m, _ in pairs], [v for _, v in pairs]
 
 
-class CVStats(NamedTuple):
-    """Per-example gradient moments at ``params`` and at a snapshot, on the same batch.
-
-    ``loss`` is the mean loss at ``params``; every other field is shaped like ``params``:
-    ``mean``, ``var`` (at ``params``), ``snap_mean``, ``snap_var`` (at the snapshot) and
-    ``cov``, the population covariance of the two per-example gradients, coordinate by
-    coordinate. All variances and covariances divide by B.
-    """
-
-    loss: Any
-    mean: Any
-    var: Any
-    snap_mean: Any
-    snap_var: Any
-    cov: Any
-
-
-def _bounded_covariance(cov: jax.Array, var: jax.Array, snap_var: jax.Array) -> jax.Array:
-    """``cov`` clipped to ``[-c, c]``, c = sqrt(var snap_var), the Cauchy-Schwarz bound.
-
-    Only rounding can leave the bound (the dense backend subtracts two products of the size
-    of ``E[g h]``). ``sqrt(var) * sqrt(snap_var)`` cannot overflow or underflow where
-    ``sqrt(var * snap_var)`` would, but it may round a little low; ``min(var, snap_var)`` is
-    never above the true bound and keeps ``cov == var`` intact when the snapshot is the
-    current point (the two passes are then the same computation).
-    """
-    bound = jnp.maximum(jnp.sqrt(var) * jnp.sqrt(snap_var), jnp.minimum(var, snap_var))
-    return jnp.clip(cov, -bound, bound)
-
-
 @jax.jit
 def dense_cv_stats(params: Params, snap: Params, x: jax.Array, y: jax.Array) -> CVStats:
     """:class:`CVStats` for an MLP from one forward and one backward pass at each parameter set.
@@ -234,205 +219,50 @@ def dense_cv_stats(params: Params, snap: Params, x: jax.Array, y: jax.Array) -> 
         var.append((v_w, v_b))
         snap_mean.append((m0_w, m0_b))
         snap_var.append((v0_w, v0_b))
-        cov.append((_bounded_covariance(c_w, v_w, v0_w), _bounded_covariance(c_b, v_b, v0_b)))
+        cov.append((bounded_covariance(c_w, v_w, v0_w), bounded_covariance(c_b, v_b, v0_b)))
     return CVStats(loss, mean, var, snap_mean, snap_var, cov)
 
 
-# ----------------------------------------------------------------------------- vmap
-
-_per_example_value_and_grad = jax.vmap(jax.value_and_grad(_example_loss), in_axes=(None, 0, 0))
-
-
-def _two_pass_moments(grads):
-    """Mean and sum of squared deviations over axis 0 of every leaf (two passes).
-
-    Both sums over the examples are written as matrix-vector products with a vector of
-    weights: XLA's CPU backend reduces over the leading axis of a large array about a
-    hundred times more slowly than it runs the equivalent GEMV.
-    """
-
-    def moments(g):
-        flat = g.reshape(g.shape[0], -1)
-        ones = jnp.ones((g.shape[0],), g.dtype)
-        mean = (ones @ flat) * (1.0 / g.shape[0])
-        m2 = ones @ jnp.square(flat - mean)
-        return mean.reshape(g.shape[1:]), m2.reshape(g.shape[1:])
-
-    pairs = [moments(g) for g in jax.tree.leaves(grads)]
-    treedef = jax.tree.structure(grads)
-    return (
-        jax.tree.unflatten(treedef, [m for m, _ in pairs]),
-        jax.tree.unflatten(treedef, [q for _, q in pairs]),
-    )
+# ----------------------------------------------------------------------------- vmap, chunked
 
 
 @jax.jit
 def vmap_stats(params: Params, x: jax.Array, y: jax.Array):
     """``(loss, mean, var)`` from all B per-example gradients (``vmap(grad)``), two-pass.
 
-    Works for any differentiable per-example loss; holds B copies of the parameters.
+    The MLP case of :func:`sngrad.moments.vmap_moments`; holds B copies of the parameters.
     """
-    losses, grads = _per_example_value_and_grad(params, x, y)
-    mean, m2 = _two_pass_moments(grads)
-    var = jax.tree.map(lambda s: s / x.shape[0], m2)
-    return jnp.mean(losses), mean, var
-
-
-def _two_pass_co_moments(grads, snap_grads):
-    """Per leaf: means, sums of squared deviations and the sum of cross deviations over axis
-    0 of two stacks of per-example gradients (GEMVs with a vector of ones, as above)."""
-
-    def moments(g, h):
-        n = g.shape[0]
-        fg, fh = g.reshape(n, -1), h.reshape(n, -1)
-        ones = jnp.ones((n,), g.dtype)
-        mg, mh = (ones @ fg) * (1.0 / n), (ones @ fh) * (1.0 / n)
-        dg, dh = fg - mg, fh - mh
-        shape = g.shape[1:]
-        return tuple(
-            t.reshape(shape) for t in (mg, ones @ (dg * dg), mh, ones @ (dh * dh), ones @ (dg * dh))
-        )
-
-    leaves = [moments(g, h) for g, h in zip(jax.tree.leaves(grads), jax.tree.leaves(snap_grads),
-                                            strict=True)]
-    treedef = jax.tree.structure(grads)
-    return tuple(jax.tree.unflatten(treedef, [m[i] for m in leaves]) for i in range(5))
-
-
-def _cv_from_sums(loss, batch, mean, m2, snap_mean, snap_m2, c2) -> CVStats:
-    """Divide the sums of (cross) deviations by B and bound the covariance."""
-    var = jax.tree.map(lambda q: q / batch, m2)
-    snap_var = jax.tree.map(lambda q: q / batch, snap_m2)
-    cov = jax.tree.map(lambda c, v, v0: _bounded_covariance(c / batch, v, v0), c2, var, snap_var)
-    return CVStats(loss, mean, var, snap_mean, snap_var, cov)
+    return tuple(vmap_moments(_example_loss, params, (x, y)))
 
 
 @jax.jit
 def vmap_cv_stats(params: Params, snap: Params, x: jax.Array, y: jax.Array) -> CVStats:
     """:class:`CVStats` from all B per-example gradients at both parameter sets, two-pass.
 
-    The reference for :func:`dense_cv_stats`: holds 2 B copies of the parameters.
+    The reference for :func:`dense_cv_stats` (:func:`sngrad.moments.vmap_cv_moments`):
+    holds 2 B copies of the parameters.
     """
-    losses, grads = _per_example_value_and_grad(params, x, y)
-    _, snap_grads = _per_example_value_and_grad(snap, x, y)
-    sums = _two_pass_co_moments(grads, snap_grads)
-    return _cv_from_sums(jnp.mean(losses), x.shape[0], *sums)
-
-
-# ----------------------------------------------------------------------------- chunked
-
-
-def _chan_merge(left, right):
-    """Merge ``(n, loss_sum, mean, m2)`` of two disjoint groups of examples.
-
-    With ``delta = mean_R - mean_L`` and ``n = n_L + n_R`` (Chan, Golub, LeVeque 1979):
-    ``mean = mean_L + delta n_R / n`` and ``m2 = m2_L + m2_R + delta^2 n_L n_R / n``,
-    where m2 is the sum of squared deviations from the group's mean. ``n_L = 0`` is allowed.
-    """
-    n_l, loss_l, mean_l, m2_l = left
-    n_r, loss_r, mean_r, m2_r = right
-    n = n_l + n_r
-    w_r = n_r / n
-    w_cross = n_l * n_r / n
-
-    delta = jax.tree.map(jnp.subtract, mean_r, mean_l)
-    mean = jax.tree.map(lambda m, d: m + d * w_r, mean_l, delta)
-    m2 = jax.tree.map(lambda a, b, d: a + b + jnp.square(d) * w_cross, m2_l, m2_r, delta)
-    return n, loss_l + loss_r, mean, m2
-
-
-def _chunk_moments(params: Params, xc: jax.Array, yc: jax.Array):
-    losses, grads = _per_example_value_and_grad(params, xc, yc)
-    mean, m2 = _two_pass_moments(grads)
-    return jnp.asarray(xc.shape[0], jnp.float32), jnp.sum(losses), mean, m2
+    return vmap_cv_moments(_example_loss, params, snap, (x, y))
 
 
 @functools.partial(jax.jit, static_argnames="chunk_size")
 def chunked_stats(params: Params, x: jax.Array, y: jax.Array, chunk_size: int = 32):
     """``(loss, mean, var)`` from per-example gradients of ``chunk_size`` examples at a time.
 
-    The ``B // c`` full chunks run in a ``lax.scan`` whose carry is the running
-    ``(count, loss sum, mean, m2)``; a last partial chunk of ``B mod c`` examples (static
-    shapes, so it is a separate call) is merged after the scan. ``B < c`` is one chunk of B.
-    Memory is O(c * P) for the per-example gradients of one chunk.
+    The MLP case of :func:`sngrad.moments.chunked_moments`: a ``lax.scan`` over the
+    ``B // c`` full chunks merged by the parallel update of Chan, Golub and LeVeque, then
+    the last partial chunk. Memory is O(c * P).
     """
-    batch = x.shape[0]
-    c = min(chunk_size, batch)
-    n_full = batch // c
-    rest = batch - n_full * c
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    state = (jnp.float32(0.0), jnp.float32(0.0), zeros, zeros)
-
-    def step(carry, chunk):
-        return _chan_merge(carry, _chunk_moments(params, *chunk)), None
-
-    xs = x[: n_full * c].reshape(n_full, c, *x.shape[1:])
-    ys = y[: n_full * c].reshape(n_full, c)
-    state, _ = lax.scan(step, state, (xs, ys))
-    if rest:
-        state = _chan_merge(state, _chunk_moments(params, x[n_full * c :], y[n_full * c :]))
-    _, loss_sum, mean, m2 = state
-    var = jax.tree.map(lambda s: s / batch, m2)
-    return loss_sum / batch, mean, var
-
-
-def _chan_merge_cv(left, right):
-    """Merge ``(n, loss_sum, mean, m2, snap_mean, snap_m2, c2)`` of two disjoint groups.
-
-    Means and m2 merge as in :func:`_chan_merge`; the sum of cross deviations ``c2 =
-    sum_j (g_j - mean)(h_j - snap_mean)`` merges the same way with the product of the two
-    deltas: ``c2 = c2_L + c2_R + delta_g delta_h n_L n_R / n``.
-    """
-    n_l, loss_l, mean_l, m2_l, smean_l, sm2_l, c2_l = left
-    n_r, loss_r, mean_r, m2_r, smean_r, sm2_r, c2_r = right
-    n = n_l + n_r
-    w_r = n_r / n
-    w_cross = n_l * n_r / n
-
-    delta = jax.tree.map(jnp.subtract, mean_r, mean_l)
-    sdelta = jax.tree.map(jnp.subtract, smean_r, smean_l)
-    mean = jax.tree.map(lambda m, d: m + d * w_r, mean_l, delta)
-    smean = jax.tree.map(lambda m, d: m + d * w_r, smean_l, sdelta)
-    m2 = jax.tree.map(lambda a, b, d: a + b + jnp.square(d) * w_cross, m2_l, m2_r, delta)
-    sm2 = jax.tree.map(lambda a, b, d: a + b + jnp.square(d) * w_cross, sm2_l, sm2_r, sdelta)
-    c2 = jax.tree.map(lambda a, b, d, e: a + b + d * e * w_cross, c2_l, c2_r, delta, sdelta)
-    return n, loss_l + loss_r, mean, m2, smean, sm2, c2
-
-
-def _chunk_co_moments(params: Params, snap: Params, xc: jax.Array, yc: jax.Array):
-    losses, grads = _per_example_value_and_grad(params, xc, yc)
-    _, snap_grads = _per_example_value_and_grad(snap, xc, yc)
-    sums = _two_pass_co_moments(grads, snap_grads)
-    return jnp.asarray(xc.shape[0], jnp.float32), jnp.sum(losses), *sums
+    return tuple(chunked_moments(_example_loss, params, (x, y), chunk_size))
 
 
 @functools.partial(jax.jit, static_argnames="chunk_size")
 def chunked_cv_stats(
     params: Params, snap: Params, x: jax.Array, y: jax.Array, chunk_size: int = 32
 ) -> CVStats:
-    """:class:`CVStats` from per-example gradients of ``chunk_size`` examples at a time.
-
-    Same scan and last partial chunk as :func:`chunked_stats`, with the co-moments of the two
-    parameter sets merged in the same parallel update; memory O(c * P).
-    """
-    batch = x.shape[0]
-    c = min(chunk_size, batch)
-    n_full = batch // c
-    rest = batch - n_full * c
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    state = (jnp.float32(0.0), jnp.float32(0.0), zeros, zeros, zeros, zeros, zeros)
-
-    def step(carry, chunk):
-        return _chan_merge_cv(carry, _chunk_co_moments(params, snap, *chunk)), None
-
-    xs = x[: n_full * c].reshape(n_full, c, *x.shape[1:])
-    ys = y[: n_full * c].reshape(n_full, c)
-    state, _ = lax.scan(step, state, (xs, ys))
-    if rest:
-        tail = _chunk_co_moments(params, snap, x[n_full * c :], y[n_full * c :])
-        state = _chan_merge_cv(state, tail)
-    _, loss_sum, *sums = state
-    return _cv_from_sums(loss_sum / batch, batch, *sums)
+    """:class:`CVStats` from per-example gradients of ``chunk_size`` examples at a time
+    (:func:`sngrad.moments.chunked_cv_moments` on the MLP); memory O(c * P)."""
+    return chunked_cv_moments(_example_loss, params, snap, (x, y), chunk_size)
 
 
 # ----------------------------------------------------------------------------- checked API

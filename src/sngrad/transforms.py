@@ -28,8 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from sngrad.errors import SngradError, choice_error
-
-VARIANTS = ("I", "II", "III")
+from sngrad.names import VARIANTS
 
 # alpha = 1 for every variant. For II it is the natural scale-free choice: the gradient is left
 # alone exactly while the batch signal-to-noise ratio |mu| / sigma is at least 1. For I and III

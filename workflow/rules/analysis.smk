@@ -8,7 +8,7 @@ rule summary:
     """One dataset's aggregate: needs only that dataset's runs (a single-dataset target)."""
     input:
         source=notebook_source("summary"),
-        runs=lambda wc: run_files(wc.dataset, *TUNE_FILES, *TRAIN_FILES),
+        runs=lambda wc: run_files(wc.dataset, "best.json", "metrics.csv"),
         benchmark=L.benchmark(),
     output:
         *notebook_tables(L, "summary"),
@@ -30,8 +30,8 @@ rule performance:
     """The comparison of optimizers across datasets (learning curves, sensitivity, equal time)."""
     input:
         source=notebook_source("performance"),
-        runs=[f for d in DATASETS for f in run_files(d, *TUNE_FILES, *TRAIN_FILES)],
-        summaries=[f for d in DATASETS for f in notebook_tables(L, "summary", d)],
+        runs=[f for d in DATASETS for f in run_files(d, *PERFORMANCE_FILES)],
+        data=[L.data_meta(d) for d in DATASETS],
         benchmark=L.benchmark(),
     output:
         *notebook_tables(L, "performance"),

@@ -5,17 +5,16 @@ import json
 import re
 import shlex
 import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from snakemake.settings.types import DeploymentMethod
+from snakemake_interface_executor_plugins.settings import ExecMode
 from snakemake.utils import update_config
 
 from sngrad import config as profiles
-from sngrad import runlock
+from sngrad import runlock, runstart
+from sngrad.data.splits import repair as repair_splits
 from sngrad.errors import SngradError
-from sngrad.io import write_json
 from sngrad.layout import (
     NOTEBOOKS,
     PUBLISHING_PROFILE,
@@ -25,6 +24,7 @@ from sngrad.layout import (
     notebook_source,
     notebook_tables,
 )
+from sngrad.overrides import typed as typed_overrides
 
 # ----------------------------------------------------------------------------- the profile
 # Snakemake merges config files. A profile named with --configfile must replace the default
@@ -40,12 +40,12 @@ def _shown(path):
 
 def _load_profile():
     files = [_shown(p) for p in workflow.overwrite_configfiles]
-    overrides = workflow.config_settings.config
+    overrides = typed_overrides(dict(workflow.config_settings.config))
     if files:
         loaded, source = dict(config), ", ".join(files)
     else:
         loaded, source = profiles.read_yaml(profiles.DEFAULT_PROFILE), profiles.DEFAULT_PROFILE
-        update_config(loaded, dict(overrides))
+    update_config(loaded, overrides)  # again over the files: nested values come as text
     if overrides:
         source += " (with --config)"
     schema = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
@@ -133,7 +133,9 @@ def run_files(dataset, *names):
 
 
 TUNE_FILES = ("tuning.csv", "best.json", "tuning_provenance.json")
-TRAIN_FILES = ("metrics.csv", "diagnostics.csv", "provenance.json")
+TRAIN_FILES = ("metrics.csv", "diagnostics.csv", "budget.csv", "provenance.json")
+# what the performance notebook reads of every run (the data sidecars give its layer sizes)
+PERFORMANCE_FILES = ("tuning.csv", "best.json", "metrics.csv", "diagnostics.csv")
 
 
 def noise_tuned(dataset):
@@ -191,24 +193,60 @@ NOTEBOOK = python(
 
 
 # ----------------------------------------------------------------------------- run handlers
-# A run holds its profile's lock (sngrad.runlock: a killed run leaves no stale lock behind)
-# and records when it began: the report states the elapsed wall time since then. A run that
-# resumes an unfinished one (no report yet) keeps the original start.
+# A run holds its profile's lock (sngrad.runlock: it records host, process id and start time;
+# a killed run leaves no stale lock behind, and the jobs it left running are stopped before
+# this run starts any) and records when the results it reports began: the report states the
+# elapsed wall time since then. The start is kept across reruns of the same profile (a resumed
+# run, a rerun of the report alone); a changed profile, or a results folder without a start,
+# begins a new one.
+
+
+def _recorded_data_sha256(dataset):
+    """data_sha256 of every tuning, training and reference result of ``dataset`` so far."""
+    found = set()
+    for record in Path(L.base, dataset).glob("**/*.json"):
+        if record.name not in ("tuning_provenance.json", "provenance.json", "reference.json"):
+            continue
+        try:
+            raw = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        for where in (raw, raw.get("provenance") or {}):
+            if isinstance(where, dict) and where.get("data_sha256"):
+                found.add(where["data_sha256"])
+    return found
+
+
+# A corrupt or truncated splits file is rebuilt in place before Snakemake compares the files'
+# times (sngrad.data.splits.repair): the command a job's error prints is this workflow's own,
+# so one run recovers, and the results made from the good bytes are kept. Not in the jobs a
+# cluster runs (they parse this file too), only in the process that plans the run.
+if workflow.exec_mode == ExecMode.DEFAULT:
+    try:
+        for _dataset in DATASETS:
+            _done = repair_splits(L.data(_dataset), _recorded_data_sha256(_dataset))
+            if _done:
+                print(f"sngrad: {_done}", file=sys.stderr)
+    except (SngradError, OSError) as err:
+        print(f"sngrad: error: cannot rebuild a corrupt splits file: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 onstart:
-    runlock.acquire(L.run_lock())
-    started = Path(L.run_started())
-    if Path(L.report()).exists() or not started.exists():
-        now = time.time()
-        write_json(
-            started,
-            {
-                "started_unix": now,
-                "started_utc": datetime.fromtimestamp(now, UTC).isoformat(),
-                "command": sys.argv,
-            },
+    try:
+        runlock.acquire(L.run_lock(), L.profile)
+        runstart.record(L.run_started(), CONFIG_JSON, sys.argv)
+    except SngradError as err:
+        print(f"sngrad: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        print(
+            f"sngrad: error: {err.filename or L.base}: cannot write the run's lock or start "
+            f"({err.strerror or err}); make the results folder writable (or free space) "
+            "and rerun",
+            file=sys.stderr,
         )
+        sys.exit(2)
 
 
 onsuccess:

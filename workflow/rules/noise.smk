@@ -1,5 +1,6 @@
 # The gradient-noise study at the reference run's checkpoints (sngrad.noise): batch sizes from
-# 8 up to noise.max_batch_size in powers of two (capped by the training split), and the factors
+# noise.min_batch_size doubling up to noise.max_batch_size (capped by the training split), the
+# batches drawn with noise.seed, and the factors
 # of each tuned sngrad variant on sgd at its chosen alpha.
 
 
@@ -16,6 +17,7 @@ rule noise:
         ),
         batch_sizes=lambda wc: ",".join(map(str, profiles.noise_batch_sizes(config, wc.dataset))),
         batches=config["noise"]["batches"],
+        seed=config["noise"]["seed"],
     conda:
         CONDA_ENV
     log:
@@ -27,5 +29,5 @@ rule noise:
         python(
             "-m sngrad noise --data {input.data:q} --reference-dir {input.reference:q} "
             "--tuned {params.tuned} --batch-sizes {params.batch_sizes} "
-            "--batches {params.batches} --out {output:q} > {log} 2>&1"
+            "--batches {params.batches} --seed {params.seed} --out {output:q} > {log} 2>&1"
         )

@@ -1,6 +1,9 @@
 # The published copy: results/default/report.md and its figures into paper/ (default profile
 # only). paper/ is neither an input nor an output of any rule, so Snakemake can never take the
 # committed copy for an up-to-date result; the rule's output is a marker under results/.
+# The report and its figures are published as one set (sngrad.publish: built beside paper/
+# and switched in one rename), so a kill, a full disk or an I/O error leaves the previous
+# complete set, and rerunning the same command publishes the new one.
 
 
 if PUBLISHES:

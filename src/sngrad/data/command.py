@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from sngrad.data.download import DATA_DIR_ENV
 from sngrad.data.files import save_splits
 from sngrad.data.registry import DATASETS, REGISTRY, get_spec
 from sngrad.data.splits import (
@@ -15,7 +16,6 @@ from sngrad.data.splits import (
     check_train_size,
     load_dataset,
 )
-from sngrad.download import DATA_DIR_ENV
 from sngrad.errors import SngradError
 
 # --------------------------------------------------------------------------- command line

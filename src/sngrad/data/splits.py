@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from sngrad import __version__, download
+from sngrad import __version__
+from sngrad.data import download
 from sngrad.data.registry import DatasetSpec, get_spec
 from sngrad.errors import SngradError, choice_error
 
@@ -350,3 +351,56 @@ def derived_meta(splits: Splits) -> dict:
         "sizes": {k: len(v) for k, v in ys.items()},
         "class_counts": {k: _class_counts(v, splits.num_classes) for k, v in ys.items()},
     }
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+def repair(path_npz: str | os.PathLike, recorded_sha256=()) -> str | None:
+    """Rebuild a corrupt or truncated splits file in place; None if it loads (or is absent).
+
+    A splits file is a pure function of its dataset and of the settings its JSON sidecar
+    records (name, seed, val_fraction, train_size), and :func:`save_splits` writes the same
+    bytes for the same arrays. So the file is rebuilt from the sidecar's settings, and its
+    modification time is set back to the sidecar's (the build time of the original) when the
+    rebuilt file is the one the results made from it read: its sha256 is each of
+    ``recorded_sha256`` (the ``data_sha256`` of their provenance; none recorded counts as a
+    match). Snakemake then still sees those results as up to date and keeps them. Otherwise
+    the rebuilt file keeps its new time and everything made from the old bytes is redone.
+    Without a readable sidecar the file is removed, for the workflow to build it anew.
+    Returns one line saying what was done.
+    """
+    import json
+    from pathlib import Path
+
+    from sngrad.data.files import load_splits, save_splits
+    from sngrad.provenance import sha256_file
+
+    path = Path(path_npz)
+    if not path.is_file():
+        return None
+    try:
+        load_splits(path)
+        return None
+    except SngradError:
+        pass
+    sidecar = path.with_suffix(".json")
+    try:
+        meta = json.loads(sidecar.read_text())
+        settings = {"seed": meta["seed"], "val_fraction": meta["val_fraction"],
+                    "train_size": meta["train_size"]}
+        name, built = meta["name"], sidecar.stat()
+    except (OSError, ValueError, KeyError, TypeError):
+        path.unlink()
+        return (f"{path}: corrupt, and its sidecar {sidecar} does not say how it was built; "
+                "removed, so this run builds it again (and redoes what was made from it)")
+    splits = load_dataset(name, **settings)
+    save_splits(splits, path)
+    digest = sha256_file(path)
+    if all(recorded == digest for recorded in recorded_sha256):
+        for rebuilt in (sidecar, path):
+            os.utime(rebuilt, ns=(built.st_atime_ns, built.st_mtime_ns))
+        return (f"{path}: was corrupt; rebuilt from {name} with the settings of {sidecar} "
+                "(the same bytes as before, so the results made from it are kept)")
+    return (f"{path}: was corrupt; rebuilt from {name}, but the results made from it read "
+            "other bytes, so they are redone")

@@ -1,33 +1,38 @@
 """Training: the step (:mod:`.step`), the K-run engine (:mod:`.engine`), the tuning protocol
-(:mod:`.protocol`), the result-writing commands (:mod:`.commands`) and their command line
-(:mod:`.cli`). The names below are re-exported for ``from sngrad.train import ...``."""
+(:mod:`.protocol`), the result-writing commands (:mod:`.commands`), their command line
+(:mod:`.cli`), checkpoints (:mod:`.checkpoint`) and per-step diagnostics
+(:mod:`.diagnostics`). The names below are re-exported for ``from sngrad.train import ...``,
+lazily, so that importing :mod:`.protocol` (as the profile checks do) does not import jax."""
 
-from sngrad.train.cli import cli_reference, cli_train, cli_tune
-from sngrad.train.commands import (
-    DIAGNOSTICS_COLUMNS,
-    METRICS_COLUMNS,
-    TUNING_COLUMNS,
-    reference,
-    train,
-    tune,
-)
-from sngrad.train.engine import (
-    REFERENCE_MODE,
-    TRAIN_MODE,
-    TUNE_MODE,
-    Mode,
-    Programs,
-    RunConfig,
-    SweepResult,
-    programs,
-    run_sweep,
-)
-from sngrad.train.protocol import Run, parse_run, select_setting
-from sngrad.train.step import make_step
+from importlib import import_module
 
-__all__ = [
-    "DIAGNOSTICS_COLUMNS", "METRICS_COLUMNS", "REFERENCE_MODE", "TRAIN_MODE", "TUNE_MODE",
-    "TUNING_COLUMNS", "Mode", "Programs", "Run", "RunConfig", "SweepResult", "cli_reference",
-    "cli_train", "cli_tune", "make_step", "parse_run", "programs", "reference", "run_sweep",
-    "select_setting", "train", "tune",
-]
+_EXPORTS = {
+    "DIAGNOSTICS_COLUMNS": "sngrad.train.commands",
+    "METRICS_COLUMNS": "sngrad.train.commands",
+    "Mode": "sngrad.train.engine",
+    "Programs": "sngrad.train.engine",
+    "REFERENCE_MODE": "sngrad.train.engine",
+    "RunConfig": "sngrad.train.engine",
+    "SweepResult": "sngrad.train.engine",
+    "TRAIN_MODE": "sngrad.train.engine",
+    "TUNE_MODE": "sngrad.train.engine",
+    "TUNING_COLUMNS": "sngrad.train.commands",
+    "cli_reference": "sngrad.train.cli",
+    "cli_train": "sngrad.train.cli",
+    "cli_tune": "sngrad.train.cli",
+    "make_step": "sngrad.train.step",
+    "programs": "sngrad.train.engine",
+    "reference": "sngrad.train.commands",
+    "run_sweep": "sngrad.train.engine",
+    "select_setting": "sngrad.train.protocol",
+    "train": "sngrad.train.commands",
+    "tune": "sngrad.train.commands",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sngrad.train' has no attribute {name!r}")

@@ -8,8 +8,11 @@ it leaves a checkpoint in ``<out-dir>/.checkpoint-<command>/`` that the same com
     tuning.csv (one row per setting and tuning seed), best.json, tuning_provenance.json.
 ``train``
     The chosen setting on every final seed: metrics.csv (per seed and epoch), diagnostics.csv
-    (per seed, epoch and layer), provenance.json. If tuning found no valid setting, the rows
-    are written with NaN metrics and ``diverged=True`` instead of training.
+    (per seed, epoch and layer), budget.csv (per seed: loss and accuracy after the budget
+    step k* of :func:`sngrad.costs.budget_step`, where the run's counted FLOPs reach its
+    base's total; the equal-compute comparison reads it), provenance.json. If tuning found
+    no valid setting, the rows are written with NaN metrics and ``diverged=True`` instead of
+    training.
 ``reference``
     sgd at its tuned learning rate on the first final seed, for the noise study: the
     parameters at the checkpoints of :func:`reference_epochs` as ``<name>.npz`` (leaves
@@ -25,14 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from sngrad import checkpoint as ckpt
-from sngrad.diagnostics import STEP_COLUMNS
+from sngrad import costs
 from sngrad.errors import SngradError
 from sngrad.io import atomic_write, write_csv, write_json, write_text
+from sngrad.names import RunName, parse_run
 from sngrad.optimizers import has_momentum
 from sngrad.provenance import provenance, sha256_file
 from sngrad.spec import Hparams, TrainSpec, load_hparams
+from sngrad.train import checkpoint as ckpt
 from sngrad.train import protocol
+from sngrad.train.diagnostics import STEP_COLUMNS
 from sngrad.train.engine import (
     REFERENCE_MODE,
     TRAIN_MODE,
@@ -42,7 +47,7 @@ from sngrad.train.engine import (
     model_sizes,
     run_sweep,
 )
-from sngrad.train.protocol import Run, Trial, parse_run
+from sngrad.train.protocol import Trial
 
 TUNING_COLUMNS = (
     "setting", "learning_rate", "momentum", "alpha", "seed",
@@ -57,6 +62,11 @@ METRICS_COLUMNS = (
     "dataset", "optimizer", "batch_size", "seed", "epoch", "learning_rate", "momentum", "alpha",
     "train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy", "wall_time",
     "diverged",
+)
+BUDGET_COLUMNS = (
+    "dataset", "optimizer", "batch_size", "seed", "base", "budget_step", "steps",
+    "budget_epochs", "budget_flops", "run_flops", "capped",
+    "val_loss", "val_accuracy", "test_loss", "test_accuracy", "diverged",
 )
 DIAGNOSTICS_COLUMNS = (
     "dataset", "optimizer", "batch_size", "seed", "epoch", "layer", *STEP_COLUMNS,
@@ -117,7 +127,7 @@ def _save_rounds(ckpt_dir: Path, fp: str, rounds: list[dict]) -> None:
     write_text(_round_state_path(ckpt_dir), json.dumps({"fingerprint": fp, "rounds": rounds}))
 
 
-def _train_round(splits, run: Run, batch_size, spec, trials, seeds, ckpt_dir, data_sha):
+def _train_round(splits, run: RunName, batch_size, spec, trials, seeds, ckpt_dir, data_sha):
     configs = [RunConfig(t.learning_rate, t.momentum, t.alpha, seed, spec.init_seed)
                for t in trials for seed in seeds]
     fp = _fingerprint("tune", data_sha, run.name, batch_size, spec, configs)
@@ -216,7 +226,7 @@ def _stacked(rounds: list[dict], names) -> list[np.ndarray]:
 # ============================================================================ train
 
 
-def _checked_hparams(run: Run, hp: Hparams) -> Hparams:
+def _checked_hparams(run: RunName, hp: Hparams) -> Hparams:
     """Reject a best.json whose setting does not fit the run."""
     if hp.all_diverged:
         return hp
@@ -259,15 +269,20 @@ def train(data_path, run_name: str, batch_size: int, spec: TrainSpec, hparams_pa
     layers = len(spec.hidden) + 1
     ckpt_dir = ckpt.checkpoint_dir(out_dir, "train")
     result = None
+    widths = list(model_sizes(spec, splits))
+    budget = costs.budget_step(run.name, widths, len(splits.y_train), batch_size, spec.epochs,
+                               spec.snapshot_every)
     if hp.all_diverged:
         rec = _nan_records(spec.epochs, len(seeds), layers)
+        at_budget = {k: v[-1] for k, v in rec.items() if k.startswith(("val_", "test_"))}
     else:
         configs = [RunConfig(hp.learning_rate, hp.momentum, hp.alpha, s) for s in seeds]
         fp = _fingerprint("train", data_sha, run.name, batch_size, spec, configs)
         result = run_sweep(splits, run.optimizer, batch_size, spec, configs, TRAIN_MODE,
                            checkpoint_dir=ckpt_dir, fingerprint=fp,
-                           progress=f"train {run.name} bs{batch_size}")
-        rec = result.records
+                           progress=f"train {run.name} bs{batch_size}",
+                           budget_step=budget.step)
+        rec, at_budget = result.records, result.budget
 
     common = {"dataset": splits.name, "optimizer": run.name, "batch_size": batch_size}
     metrics, diag = [], []
@@ -286,6 +301,8 @@ def train(data_path, run_name: str, batch_size: int, spec: TrainSpec, hparams_pa
                              **{c: _f(rec[c][i, j, layer]) for c in STEP_COLUMNS}})
     write_csv(out_dir / "metrics.csv", METRICS_COLUMNS, metrics)
     write_csv(out_dir / "diagnostics.csv", DIAGNOSTICS_COLUMNS, diag)
+    write_csv(out_dir / "budget.csv", BUDGET_COLUMNS,
+              budget_rows(common, seeds, budget, at_budget, rec["diverged"]))
     write_json(out_dir / "provenance.json", provenance(
         spec=spec.to_json(), seeds=seeds, argv=["train", *argv],
         wall_time_s=time.perf_counter() - started, data=str(data_path), data_sha256=data_sha,
@@ -297,6 +314,25 @@ def train(data_path, run_name: str, batch_size: int, spec: TrainSpec, hparams_pa
         wall_time="training seconds of the K-seed program; compilation and evaluation excluded",
     ))
     ckpt.remove(ckpt_dir)
+
+
+def budget_rows(common: dict, seeds, budget: costs.Budget, at_budget: dict,
+                diverged: np.ndarray) -> list[dict]:
+    """budget.csv's rows: per seed, the evaluation after k* steps; ``diverged`` is the
+    run's flag at the end of the epoch that holds step k* (False at k* = 0)."""
+    epoch = -(-budget.step // budget.steps_per_epoch)
+    rows = []
+    for j, seed in enumerate(seeds):
+        rows.append({
+            **common, "seed": seed, "base": budget.base, "budget_step": budget.step,
+            "steps": budget.steps_total, "budget_epochs": budget.epochs,
+            "budget_flops": budget.budget_flops, "run_flops": budget.run_flops,
+            "capped": budget.capped,
+            **{f"{s}_{m}": _f(at_budget[f"{s}_{m}"][j]) for s in ("val", "test")
+               for m in ("loss", "accuracy")},
+            "diverged": bool(diverged[epoch - 1, j]) if epoch else False,
+        })
+    return rows
 
 
 # ============================================================================ reference
@@ -325,7 +361,7 @@ def reference(data_path, spec: TrainSpec, hparams_path, batch_size: int, out_dir
     """
     started = time.perf_counter()
     out_dir = check_out_dir(out_dir)
-    hp = _checked_hparams(Run("sgd", None), load_hparams(hparams_path, "sgd", batch_size))
+    hp = _checked_hparams(parse_run("sgd"), load_hparams(hparams_path, "sgd", batch_size))
     splits = _load(data_path, batch_size)
     lr, source = hp.learning_rate, "best.json"
     if hp.all_diverged:

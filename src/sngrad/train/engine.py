@@ -20,9 +20,12 @@ Seeds
 
 Per-epoch record
     ``train_loss``: the mean of the epoch's batch losses (no pass over the training split);
-    the per-layer diagnostics of :mod:`sngrad.diagnostics` averaged over the epoch's steps
-    (``lambda_median`` at its last step); with ``Mode.evaluate``, loss and accuracy on those
-    splits with the parameters after the epoch (a separate program, not timed); ``wall_time``:
+    the per-layer diagnostics of :mod:`sngrad.train.diagnostics` averaged over the epoch's
+    steps 0, k, 2k, ... (k = ``Mode.diagnostics_every``, :data:`DIAGNOSTICS_EVERY` in
+    training; the other steps skip them) and ``lambda_median`` at its last step (the median
+    taken on the host); with
+    ``Mode.evaluate``, loss and accuracy on those splits with the parameters after the epoch
+    (a separate program, not timed); ``wall_time``:
     seconds of training of the K-run program up to the end of the epoch (snapshots included;
     compilation and evaluation excluded; a resumed job continues the interrupted one's clock).
 
@@ -30,6 +33,12 @@ Control variates (``+cv``, ``+svrg``)
     Before epochs 0, m, 2m, ... (m = ``snapshot_every``) the snapshot becomes the current
     parameters and the anchor their mean gradient over the whole training split (chunks of
     :data:`EVAL_CHUNK`). Both are part of the checkpointed state.
+
+Budget step
+    With ``budget_step = k*`` (:func:`sngrad.costs.budget_step`, the step at which the run's
+    counted FLOPs reach its base's total) the scan keeps a copy of the parameters after
+    exactly k* steps (a ``lax.cond`` on the unbatched step count, so only that step copies),
+    and the sweep evaluates them after training (``SweepResult.budget``).
 
 Divergence
     A run is diverged from the first epoch in which a batch loss is NaN or Inf, or the epoch's
@@ -52,12 +61,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sngrad import checkpoint as ckpt
-from sngrad import diagnostics
 from sngrad.errors import SngradError
 from sngrad.models import cross_entropy, mlp_apply, mlp_init
 from sngrad.optimizers import has_momentum, needs_snapshot, parse_optimizer
 from sngrad.spec import TrainSpec
+from sngrad.train import checkpoint as ckpt
+from sngrad.train import diagnostics
+from sngrad.train.progress import EpochProgress
 from sngrad.train.step import make_step
 
 EVAL_CHUNK = 1024  # examples per evaluation step: bounds activation memory at K x 1024 x width
@@ -74,13 +84,20 @@ class RunConfig:
     init_seed: int | None = None
 
 
+# Diagnostics are recorded on steps 0, k, 2k, ... of each epoch (k = DIAGNOSTICS_EVERY), to
+# keep them under 5 % of a step (benchmarks/step_time.py measures it); 1 records every step.
+DIAGNOSTICS_EVERY = 4
+
+
 @dataclass(frozen=True)
 class Mode:
-    """What a sweep measures: splits evaluated per epoch / after training, diagnostics."""
+    """What a sweep measures: splits evaluated per epoch / after training, diagnostics (on
+    every ``diagnostics_every``-th step of an epoch)."""
 
     evaluate: tuple[str, ...] = ()
     final: tuple[str, ...] = ()
     diagnostics: bool = False
+    diagnostics_every: int = DIAGNOSTICS_EVERY
 
 
 TRAIN_MODE = Mode(evaluate=("val", "test"), diagnostics=True)
@@ -95,6 +112,7 @@ class SweepResult:
     compile_s: float = 0.0
     train_s: float = 0.0
     resumed_from: int = 0
+    budget: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (K,), at step k*
 
 
 def run_keys(config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -197,19 +215,23 @@ class Programs:
     """
 
     def __init__(self, optimizer, backend, batch_size, n_train, sizes, schedule, epochs,
-                 diagnostics_on):
+                 diagnostics_on, diagnostics_every=1, budget=False):
         self.optimizer, self.sizes = optimizer, list(sizes)
         self.batch_size, self.n_train = batch_size, n_train
         self.steps = n_train // batch_size
         self.snapshots = needs_snapshot(optimizer)
         self.layers = len(sizes) - 1
         self.diagnostics_on = diagnostics_on
+        self.diagnostics_every = int(diagnostics_every)
+        if self.diagnostics_every < 1:
+            raise SngradError(f"diagnostics_every must be >= 1; got {diagnostics_every!r}")
+        self.budget = budget
         self.step = make_step(optimizer, backend=backend, batch_size=batch_size,
                               schedule=schedule, total_steps=self.steps * epochs,
                               diagnostics_on=diagnostics_on)
         self.init = jax.jit(jax.vmap(self._init_one))
         self.snapshot = jax.jit(jax.vmap(self._snapshot_one, in_axes=(0, None)))
-        self.epoch = jax.jit(jax.vmap(self._epoch_one, in_axes=(0, 0, None, None)))
+        self.epoch = jax.jit(jax.vmap(self._epoch_one, in_axes=(0, 0, None, None, None)))
         self.evaluate = jax.jit(jax.vmap(self._evaluate_one, in_axes=(0, None, None)),
                                 static_argnums=2)
 
@@ -220,6 +242,8 @@ class Programs:
         if self.snapshots:
             state["snap"] = params
             state["anchor"] = jax.tree.map(jnp.zeros_like, params)
+        if self.budget:
+            state["budget_params"] = params  # the parameters after k* steps, once reached
         return state
 
     def _snapshot_one(self, state, data):
@@ -228,26 +252,47 @@ class Programs:
                                 data["mask_train"])
         return {**state, "snap": params, "anchor": anchor}
 
-    def _epoch_one(self, state, hp, epoch, data):
+    def _epoch_one(self, state, hp, epoch, data, budget_step):
+        """One epoch; ``budget_step`` (unbatched): keep the parameters after that many steps
+        of the run (counted from its start) in ``state["budget_params"]``."""
         order = jax.random.permutation(jax.random.fold_in(state["key"], epoch), self.n_train)
         order = order[: self.steps * self.batch_size].reshape(self.steps, self.batch_size)
         snapshot = (state["snap"], state["anchor"]) if self.snapshots else None
+        every = self.diagnostics_every
+        sparse = self.diagnostics_on and every > 1
 
-        def body(carry, rows):
-            params, opt_state = carry
+        def body(carry, xs):
+            params, opt_state, kept = carry
+            rows, index = xs
             batch = (data["x_train"][rows], data["y_train"][rows])
-            params, opt_state, record = self.step(params, opt_state, batch, hp, snapshot)
-            return (params, opt_state), record
+            # the index is not batched, so under vmap the diagnostics' cond stays a branch
+            diagnose = index % every == 0 if sparse else None
+            params, opt_state, record = self.step(params, opt_state, batch, hp, snapshot,
+                                                  diagnose)
+            if self.budget:
+                reached = epoch * self.steps + index + 1 == budget_step
+                kept = lax.cond(reached, lambda: params, lambda: kept)
+            return (params, opt_state, kept), record
 
-        (params, opt_state), records = lax.scan(body, (state["params"], state["opt"]), order)
+        kept = state.get("budget_params", ())
+        (params, opt_state, kept), records = lax.scan(
+            body, (state["params"], state["opt"], kept),
+            (order, jnp.arange(self.steps, dtype=jnp.int32)))
         losses = records.pop("loss")
         out = {"train_loss": jnp.mean(losses)}
         if self.diagnostics_on:
-            out.update({k: jnp.mean(v, axis=0) for k, v in records.items()})
-            out["lambda_median"] = (
-                diagnostics.lambda_median(diagnostics.cv_lambda(opt_state)) if self.snapshots
-                else jnp.full((self.layers,), jnp.nan, jnp.float32)
-            )
+            if sparse:
+                # averages over the recorded steps (0, k, 2k, ...) only
+                recorded = np.arange(self.steps) % every == 0
+                out.update({k: jnp.mean(v[recorded], axis=0) for k, v in records.items()})
+            else:
+                out.update({k: jnp.mean(v, axis=0) for k, v in records.items()})
+            if self.snapshots:
+                # the weights' lambdas go to the host, whose selection-based median is some
+                # 20 times faster than the sort XLA's CPU backend runs for jnp.median
+                out["lambda_weights"] = [w for w, _ in diagnostics.cv_lambda(opt_state)]
+            else:
+                out["lambda_median"] = jnp.full((self.layers,), jnp.nan, jnp.float32)
         diverged = (
             state["diverged"]
             | ~jnp.all(jnp.isfinite(losses))
@@ -255,7 +300,10 @@ class Programs:
             | (out["train_loss"] > data["diverge_loss"])
         )
         out["diverged"] = diverged
-        return {**state, "params": params, "opt": opt_state, "diverged": diverged}, out
+        new = {**state, "params": params, "opt": opt_state, "diverged": diverged}
+        if self.budget:
+            new["budget_params"] = kept
+        return new, out
 
     def _evaluate_one(self, state, data, splits: tuple[str, ...]):
         out = {}
@@ -269,12 +317,17 @@ class Programs:
 
 @functools.lru_cache(maxsize=16)
 def programs(optimizer, backend, batch_size, n_train, sizes: tuple, schedule, epochs,
-             diagnostics_on) -> Programs:
+             diagnostics_on, diagnostics_every=1, budget=False) -> Programs:
     return Programs(optimizer, backend, batch_size, n_train, sizes, schedule, epochs,
-                    diagnostics_on)
+                    diagnostics_on, diagnostics_every, budget)
 
 
 # ============================================================================ the sweep loop
+
+
+def _host_median(weights: list[np.ndarray]) -> np.ndarray:
+    """(K, L) medians over each run's and layer's weights, as ``jnp.median`` gives them."""
+    return np.stack([np.median(w.reshape(len(w), -1), axis=1) for w in weights], axis=1)
 
 
 def _stack(records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -286,13 +339,6 @@ def _stack(records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def _unstack(stacked: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     count = len(next(iter(stacked.values()))) if stacked else 0
     return [{k: v[i] for k, v in stacked.items()} for i in range(count)]
-
-
-def _progress(total: int, initial: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="epoch",
-                disable=not sys.stderr.isatty(), leave=False)
 
 
 def model_sizes(spec: TrainSpec, splits) -> tuple[int, ...]:
@@ -311,6 +357,7 @@ def run_sweep(
     fingerprint: str = "",
     progress: str = "",
     on_epoch: Callable[[int, dict], None] | None = None,
+    budget_step: int | None = None,
 ) -> SweepResult:
     """Train the K ``configs`` side by side for ``spec.epochs`` epochs.
 
@@ -320,6 +367,10 @@ def run_sweep(
     per-epoch shuffle is a function of (key, epoch) and the saved arrays are the device
     arrays, bit for bit. ``on_epoch(done, state)`` is called with the number of finished
     epochs (0 before the first) and the state (K-stacked pytree) after it.
+
+    ``budget_step`` (k*, see :func:`sngrad.costs.budget_step`): also evaluate the splits of
+    ``mode.evaluate`` with the parameters after exactly k* steps (0: the initial ones; at
+    most ``spec.epochs`` epochs of steps), in ``SweepResult.budget``.
     """
     if not configs:
         raise SngradError("a sweep needs at least one run")
@@ -327,8 +378,15 @@ def run_sweep(
     # the epoch count shapes only the cosine schedule: constant-rate sweeps of any length
     # share one compiled program
     epochs = spec.epochs if spec.schedule != "constant" else 0
+    budget = budget_step is not None
+    total_steps = spec.epochs * (len(splits.y_train) // batch_size)
+    if budget and not 0 <= budget_step <= total_steps:
+        raise SngradError(f"budget step {budget_step} is not allowed; it must be in "
+                          f"[0, {total_steps}] (the run's steps)")
     progs = programs(optimizer, spec.backend, batch_size, len(splits.y_train),
-                     model_sizes(spec, splits), spec.schedule, epochs, mode.diagnostics)
+                     model_sizes(spec, splits), spec.schedule, epochs, mode.diagnostics,
+                     mode.diagnostics_every if mode.diagnostics else 1, budget)
+    k_star = jnp.int32(budget_step if budget else -1)
     data = device_data(splits, mode, spec.diverge_loss)
     hp = hparam_arrays(optimizer, configs)
     keys = [run_keys(c) for c in configs]
@@ -349,25 +407,27 @@ def run_sweep(
         on_epoch(0, state)
 
     t0 = time.perf_counter()
-    epoch_fn = progs.epoch.lower(state, hp, jnp.int32(start), data).compile()
+    epoch_fn = progs.epoch.lower(state, hp, jnp.int32(start), data, k_star).compile()
     snapshot_fn = progs.snapshot.lower(state, data).compile() if progs.snapshots else None
     compile_s = time.perf_counter() - t0
 
     train_s = elapsed
-    bar = _progress(spec.epochs, start, progress)
+    bar = EpochProgress(progress, spec.epochs, start)  # a bar, or lines in a log
     try:
         for epoch in range(start, spec.epochs):
             tick = time.perf_counter()
             if progs.snapshots and epoch % spec.snapshot_every == 0:
                 state = snapshot_fn(state, data)
-            state, out = epoch_fn(state, hp, jnp.int32(epoch), data)
-            out = jax.device_get(out)  # waits for the epoch: the clock stops here
-            train_s += time.perf_counter() - tick
+            state, out = epoch_fn(state, hp, jnp.int32(epoch), data, k_star)
+            out = jax.device_get(out)  # waits for the epoch
+            if "lambda_weights" in out:
+                out["lambda_median"] = _host_median(out.pop("lambda_weights"))
+            train_s += time.perf_counter() - tick  # the clock stops here
             out["wall_time"] = np.float64(train_s)
             if mode.evaluate:
                 out.update(jax.device_get(progs.evaluate(state, data, mode.evaluate)))
             records.append(out)
-            bar.update(1)
+            bar.update(epoch + 1, out["train_loss"])
             done = epoch + 1
             if on_epoch is not None:
                 on_epoch(done, state)
@@ -379,4 +439,8 @@ def run_sweep(
     finally:
         bar.close()
     final = jax.device_get(progs.evaluate(state, data, mode.final)) if mode.final else {}
-    return SweepResult(_stack(records), final, compile_s, train_s, start)
+    at_budget = {}
+    if budget and mode.evaluate:
+        kept = {**state, "params": state["budget_params"]}
+        at_budget = jax.device_get(progs.evaluate(kept, data, mode.evaluate))
+    return SweepResult(_stack(records), final, compile_s, train_s, start, at_budget)

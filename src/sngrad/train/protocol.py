@@ -1,9 +1,10 @@
 """The tuning protocol: run names, trial grids, the search's extension, alpha units, selection.
 
 Run names
-    A run is a registry optimizer (:data:`sngrad.optimizers.OPTIMIZERS`), optionally followed
-    by ``@<alpha>`` for a sngrad optimizer whose alpha is fixed in raw units instead of tuned:
-    ``sgd+sngrad1@0.1``. :func:`parse_run` splits it.
+    A run is a registry optimizer, optionally followed by ``@<alpha>`` for a sngrad optimizer
+    whose alpha is fixed in raw units instead of tuned: ``sgd+sngrad1@0.1``. The grammar is
+    :mod:`sngrad.names` (:func:`sngrad.names.parse_run` splits a name into a
+    :class:`~sngrad.names.RunName`); :func:`second_axis` says what the run tunes.
 
 Axes
     Every run tunes the learning rate. Its second axis is
@@ -27,8 +28,10 @@ Extension
     run's own spacing: one learning rate (r) times every second-axis value for two-parameter
     runs, ``second_points`` further learning rates (rho) for one-parameter runs, so that every
     round costs every run the same number of trials. It stops when the best is interior, when
-    the next learning rate would leave ``tune.lr_bounds`` (``at_bound``), or when every setting
-    diverged (no best, no direction to extend in).
+    the next learning rate would leave ``tune.lr_bounds`` (``at_bound``). When every setting
+    tried so far diverged there is no best, and the search goes downward (a smaller learning
+    rate is the one direction that can cure divergence) until a setting converges or the
+    lower bound stops it (``at_bound`` and ``all_diverged`` both true).
 
 Alpha units
     The transforms take a raw alpha. The protocol searches a scale-free ``alpha_scaled``:
@@ -61,12 +64,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 
-from sngrad.errors import SngradError
-from sngrad.optimizers import has_momentum, parse_optimizer
+from sngrad.names import MOMENTUM_BASES, RunName
 from sngrad.spec import TuneSpec
 
 SNGRAD_MOMENTUM = 0.9  # momentum of momentum+sngradN, whose second axis is alpha
@@ -78,57 +79,11 @@ _REL_TOL = 1e-9  # float slack when comparing grid points with lr_max and lr_bou
 # ============================================================================ run names
 
 
-class Run(NamedTuple):
-    """A run name split: the registry optimizer and a fixed raw alpha (or None: tuned)."""
-
-    optimizer: str
-    fixed_alpha: float | None
-
-    @property
-    def name(self) -> str:
-        return self.optimizer if self.fixed_alpha is None else f"{self.optimizer}@{self.alpha_text}"
-
-    @property
-    def alpha_text(self) -> str:
-        return format(self.fixed_alpha, "g")
-
-    @property
-    def variant(self) -> str | None:
-        return parse_optimizer(self.optimizer).variant
-
-    @property
-    def second_axis(self) -> str | None:
-        """``"momentum"``, ``"alpha"`` or None (one-parameter run)."""
-        if self.variant is not None:
-            return "alpha" if self.fixed_alpha is None else None
-        return "momentum" if has_momentum(self.optimizer) else None
-
-
-def parse_run(name: str) -> Run:
-    """``"sgd+sngrad1@0.1"`` -> ``Run("sgd+sngrad1", 0.1)``; ``"adam"`` -> ``Run("adam", None)``.
-
-    The alpha is raw (on our cross-entropy), finite and > 0, only for +sngrad optimizers, and
-    written in its shortest form (``format(alpha, "g")``: 0.1, not 0.10 or 1e-1).
-    """
-    if not isinstance(name, str):
-        raise SngradError(f"run name must be a string, got {name!r}")
-    optimizer, at, text = name.partition("@")
-    spec = parse_optimizer(optimizer)
-    if not at:
-        return Run(optimizer, None)
-    if spec.variant is None:
-        raise SngradError(f"run {name!r}: a fixed alpha (@a) needs a +sngrad optimizer")
-    try:
-        alpha = float(text)
-    except ValueError:
-        raise SngradError(f"run {name!r}: the alpha after '@' must be a number") from None
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise SngradError(f"run {name!r}: the alpha after '@' must be finite and > 0")
-    run = Run(optimizer, alpha)
-    if run.name != name:  # one spelling per run, so paths and CSV cells agree
-        raise SngradError(f"run {name!r}: write the alpha as {run.alpha_text!r} "
-                          f"({run.name!r})")
-    return run
+def second_axis(run: RunName) -> str | None:
+    """The run's second tuning axis: ``"momentum"``, ``"alpha"`` or None (one-parameter run)."""
+    if run.variant is not None:
+        return "alpha" if run.fixed_alpha is None else None
+    return "momentum" if run.base in MOMENTUM_BASES else None
 
 
 # ============================================================================ trials
@@ -162,10 +117,10 @@ def trials_per_round(tune: TuneSpec) -> tuple[int, int]:
     return lr_count(tune) * tune.second_points, tune.second_points
 
 
-def lr_ratio(run: Run, tune: TuneSpec) -> float:
+def lr_ratio(run: RunName, tune: TuneSpec) -> float:
     """The ratio between neighbouring learning rates of ``run``'s grid (r or rho)."""
     coarse = 10.0 ** (1.0 / tune.lr_per_decade)
-    if run.second_axis is not None:
+    if second_axis(run) is not None:
         return coarse
     n_lr, n = lr_count(tune), lr_count(tune) * tune.second_points
     if n == 1:
@@ -173,13 +128,13 @@ def lr_ratio(run: Run, tune: TuneSpec) -> float:
     return coarse ** ((n_lr - 1) / (n - 1))
 
 
-def _second_values(run: Run, tune: TuneSpec, batch_size: int, sigma_ref: float):
+def _second_values(run: RunName, tune: TuneSpec, batch_size: int, sigma_ref: float):
     """[(momentum, alpha_raw, alpha_scaled)] along the second axis (one entry if none)."""
-    axis, variant = run.second_axis, run.variant
+    axis, variant = second_axis(run), run.variant
     if axis == "momentum":
         lo, hi = tune.one_minus_momentum
         return [(float(1.0 - v), None, None) for v in np.geomspace(lo, hi, tune.second_points)]
-    momentum = SNGRAD_MOMENTUM if has_momentum(run.optimizer) else None
+    momentum = SNGRAD_MOMENTUM if run.base in MOMENTUM_BASES else None
     if axis == "alpha":
         lo, hi = tune.alpha[variant]
         unit = alpha_unit(variant, batch_size, sigma_ref)
@@ -191,8 +146,8 @@ def _second_values(run: Run, tune: TuneSpec, batch_size: int, sigma_ref: float):
     return [(momentum, None, None)]
 
 
-def _lr_indices_per_round(run: Run, tune: TuneSpec) -> int:
-    return 1 if run.second_axis is not None else tune.second_points
+def _lr_indices_per_round(run: RunName, tune: TuneSpec) -> int:
+    return 1 if second_axis(run) is not None else tune.second_points
 
 
 def _trials_at(run, tune, batch_size, sigma_ref, indices, round_) -> list[Trial]:
@@ -205,10 +160,10 @@ def _trials_at(run, tune, batch_size, sigma_ref, indices, round_) -> list[Trial]
     ]
 
 
-def initial_trials(run: Run, tune: TuneSpec, batch_size: int, sigma_ref: float) -> list[Trial]:
+def initial_trials(run: RunName, tune: TuneSpec, batch_size: int, sigma_ref: float) -> list[Trial]:
     """Round 0: the grid of the module docstring, learning rate major, second axis minor."""
     n_lr = lr_count(tune)
-    n = n_lr if run.second_axis is not None else n_lr * tune.second_points
+    n = n_lr if second_axis(run) is not None else n_lr * tune.second_points
     return _trials_at(run, tune, batch_size, sigma_ref, range(n), 0)
 
 
@@ -217,18 +172,19 @@ def _in_bounds(lr: float, tune: TuneSpec) -> bool:
     return lo * (1 - _REL_TOL) <= lr <= hi * (1 + _REL_TOL)
 
 
-def extension(run: Run, tune: TuneSpec, batch_size: int, sigma_ref: float,
+def extension(run: RunName, tune: TuneSpec, batch_size: int, sigma_ref: float,
               tried: list[Trial], best: int | None) -> tuple[list[Trial], bool]:
     """The next round's trials and whether the best is stopped by ``lr_bounds``.
 
-    Returns ``([], False)`` when the best is interior or there is no best, ``([], True)`` when
-    the best is at an end of the tried range and the next learning rate leaves the bounds.
-    Near a bound a round may be partial (fewer learning rates that still fit).
+    Returns ``([], False)`` when the best is interior, ``([], True)`` when the best is at an
+    end of the tried range and the next learning rate leaves the bounds. With no best (every
+    setting diverged) the next round goes below the smallest learning rate tried, and
+    ``([], True)`` means the lower bound is reached. Near a bound a round may be partial
+    (fewer learning rates that still fit).
     """
-    if best is None:
-        return [], False
     indices = [t.lr_index for t in tried]
-    k, lo, hi = tried[best].lr_index, min(indices), max(indices)
+    lo, hi = min(indices), max(indices)
+    k = lo if best is None else tried[best].lr_index
     if lo < k < hi:
         return [], False
     step = -1 if k == lo else 1

@@ -8,14 +8,17 @@ benchmark times.
 - ``snapshot = (snap_params, anchor)`` for control-variate optimizers (``+cv``, ``+svrg``):
   the parameters at the last snapshot and the full-data mean gradient there;
 - ``record`` holds the batch's mean ``loss`` and, when built with ``diagnostics=True``, the
-  per-layer (weights only) arrays of :data:`sngrad.diagnostics.STEP_COLUMNS`: the mean factor
+  per-layer (weights only) arrays of :data:`sngrad.train.diagnostics.STEP_COLUMNS`: the mean factor
   f and the share of coordinates with f < 1 of a shrinking optimizer (sngrad variants at their
   alpha, svag), and the control variate's variance ratio; NaN where they do not apply.
 
 What a step computes, by optimizer (``stats`` cores, no input checks, jit-friendly):
 plain optimizers only the loss and its gradient (``loss_and_grad_core``); +sngrad and svag
-``(loss, mean, var)`` from the spec's backend; +cv / +svrg :class:`sngrad.stats.CVStats` at
-the parameters and the snapshot on the same batch.
+``(loss, mean, var)`` from the spec's backend; +cv :class:`sngrad.stats.CVStats` at the
+parameters and the snapshot on the same batch; +svrg only the two batch means (its
+coefficient is 1, so it needs no variance or covariance; the diagnostics compute the
+CVStats on the steps that record them). The counted FLOPs of each are in
+:mod:`sngrad.costs`.
 
 Learning-rate schedules, the same for every optimizer: ``constant`` (lr) and ``cosine``
 (lr * (1 + cos(pi t / T)) / 2 at step t of T, reaching 0 after the last step), applied through
@@ -29,8 +32,9 @@ import math
 
 import jax.numpy as jnp
 import optax
+from jax import lax
 
-from sngrad import diagnostics, stats
+from sngrad import stats
 from sngrad.optimizers import (
     build_optimizer,
     has_momentum,
@@ -38,6 +42,7 @@ from sngrad.optimizers import (
     needs_variance,
     parse_optimizer,
 )
+from sngrad.train import diagnostics
 
 CHUNKED_STATS_SIZE = 32  # examples per micro-batch of the chunked backend
 
@@ -80,31 +85,81 @@ def _cv_core(backend: str):
     return {"dense": stats.dense_cv_stats, "vmap": stats.vmap_cv_stats}[backend]
 
 
+def _dense_mean(params, x, y):
+    """``(loss, mean)`` exactly as :func:`sngrad.stats.dense_stats` forms them (same pass,
+    same products), without the second moments: what an SVRG step needs at each point."""
+    loss, inputs, scaled = stats._dense_pass(params, x, y)
+    mean = [(lax.dot_general(a, s, stats._BATCH_CONTRACT), jnp.sum(s, axis=0))
+            for a, s in zip(inputs, scaled, strict=True)]
+    return loss, mean
+
+
+def _mean_core(backend: str):
+    # The dense backend keeps the bits of the moment backends' mean; the others take the
+    # plain gradient (their moments are two-pass over the same per-example gradients).
+    return _dense_mean if backend == "dense" else stats.loss_and_grad_core
+
+
 def make_step(optimizer: str, *, backend: str, batch_size: int, schedule: str,
               total_steps: int, diagnostics_on: bool = True):
     """Build the step of the module docstring for one optimizer (not jitted: callers jit,
-    vmap or scan it)."""
+    vmap or scan it).
+
+    The step takes an optional last argument ``diagnose``, a boolean scalar that must not be
+    batched (the engine passes ``step_index % k == 0``): where it is False the diagnostics
+    are skipped (a ``lax.cond``, so under ``vmap`` nothing is computed) and the record holds
+    NaN. It is ignored when the step is built with ``diagnostics_on=False``.
+    """
     spec = parse_optimizer(optimizer)
-    kind = "cv" if needs_snapshot(optimizer) else "var" if needs_variance(optimizer) else "plain"
-    core = _cv_core(backend) if kind == "cv" else _variance_core(backend) if kind == "var" else None
+    if needs_snapshot(optimizer):
+        kind = "svrg" if spec.cv == 1.0 else "cv"
+    else:
+        kind = "var" if needs_variance(optimizer) else "plain"
+    core = {"cv": _cv_core, "svrg": _cv_core, "var": _variance_core}.get(kind)
+    core = core(backend) if core is not None else None
+    mean_core = _mean_core(backend)
+    layers_of = len
 
     def opt_of(hparams):
         return make_optimizer(optimizer, hparams, batch_size=batch_size, schedule=schedule,
                               total_steps=total_steps)
 
-    def step(params, opt_state, batch, hparams, snapshot=None):
+    def diagnosed(compute, layers, diagnose):
+        """``compute()`` where ``diagnose`` (unbatched) holds, else the NaN record."""
+        if diagnose is None:
+            return diagnostics.complete_record(compute(), layers)
+        nan = diagnostics.complete_record({}, layers)
+        return lax.cond(diagnose, lambda: diagnostics.complete_record(compute(), layers),
+                        lambda: nan)
+
+    def step(params, opt_state, batch, hparams, snapshot=None, diagnose=None):
         x, y = batch
         opt = opt_of(hparams)
         record = {}
+        layers = layers_of(params)
         if kind == "plain":
             loss, grad = stats.loss_and_grad_core(params, x, y)
             updates, opt_state = opt.update(grad, opt_state, params)
+            if diagnostics_on:
+                record = diagnostics.complete_record({}, layers)
         elif kind == "var":
             loss, grad, var = core(params, x, y)
             updates, opt_state = opt.update(grad, opt_state, params, grad_var=var)
             if diagnostics_on:
-                record.update(diagnostics.shrink_record(
-                    spec, grad, var, hparams.get("alpha"), batch_size))
+                record = diagnosed(lambda: diagnostics.shrink_record(
+                    spec, grad, var, hparams.get("alpha"), batch_size), layers, diagnose)
+        elif kind == "svrg":
+            # SVRG's update needs the two batch means and the anchor only; the moments are
+            # computed for the diagnostics, on the steps that record them.
+            snap, anchor = snapshot
+            loss, grad = mean_core(params, x, y)
+            _, snap_mean = mean_core(snap, x, y)
+            updates, opt_state = opt.update(grad, opt_state, params, snap_mean=snap_mean,
+                                            anchor=anchor)
+            if diagnostics_on:
+                lam = diagnostics.cv_lambda(opt_state)
+                record = diagnosed(lambda: diagnostics.cv_record(core(params, snap, x, y), lam),
+                                   layers, diagnose)
         else:
             snap, anchor = snapshot
             cv = core(params, snap, x, y)
@@ -113,9 +168,8 @@ def make_step(optimizer: str, *, backend: str, batch_size: int, schedule: str,
                 grad, opt_state, params, snap_mean=cv.snap_mean, snap_var=cv.snap_var,
                 cov=cv.cov, anchor=anchor)
             if diagnostics_on:
-                record.update(diagnostics.cv_record(cv, diagnostics.cv_lambda(opt_state)))
-        if diagnostics_on:
-            record = diagnostics.complete_record(record, len(params))
+                lam = diagnostics.cv_lambda(opt_state)
+                record = diagnosed(lambda: diagnostics.cv_record(cv, lam), layers, diagnose)
         record["loss"] = loss
         return optax.apply_updates(params, updates), opt_state, record
 

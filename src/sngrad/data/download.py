@@ -21,8 +21,8 @@ from pathlib import Path, PurePosixPath
 
 import pooch
 
+from sngrad.data.formats import idx_content, tar_member_problem
 from sngrad.errors import SngradError
-from sngrad.formats import idx_content, tar_member_problem
 from sngrad.provenance import sha256_file
 
 DATA_DIR_ENV = "SNGRAD_DATA_DIR"

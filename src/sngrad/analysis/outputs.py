@@ -1,0 +1,142 @@
+"""The tables each analysis notebook writes, built from the topic modules.
+
+``dataset_tables`` is the summary notebook's (summary and paired tables of one dataset),
+``performance_tables`` the performance notebook's (``layout.NOTEBOOK_TABLES``), ``run_groups``
+the performance notebook's grouping of runs into readable plot panels.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from sngrad.analysis.loaders import read_benchmark, read_best, read_run_tables
+from sngrad.analysis.paired import (
+    paired_table,
+    step_costs,
+    summary_table,
+    winners,
+)
+from sngrad.analysis.shrink import (
+    control_variate_summary,
+    layer_weights,
+    shrink_summary,
+)
+from sngrad.analysis.training_length import (
+    TRAINING_LENGTH_COLUMNS,
+    training_length,
+)
+from sngrad.analysis.tuning import (
+    ALPHA_COLUMNS,
+    ALPHA_SUMMARY_COLUMNS,
+    LR_COLUMNS,
+    alpha_summary,
+    alpha_table,
+    diverged_settings,
+    lr_summary,
+    tuning_settings,
+)
+from sngrad.names import paired_base, variant_of
+from sngrad.tables import (
+    PAIRED_COLUMNS,
+    SUMMARY_COLUMNS,
+)
+
+
+def network_weights(layout, datasets, hidden) -> dict[str, dict[str, int]]:
+    """{dataset: :func:`layer_weights`} from the data sidecars (datasets without one: none)."""
+    out = {}
+    for dataset in datasets:
+        path = Path(layout.data_meta(dataset))
+        if path.exists():
+            meta = json.loads(path.read_text())
+            out[dataset] = layer_weights(meta["feature_dim"], hidden, meta["num_classes"])
+    return out
+
+
+def dataset_tables(layout, dataset: str, runs, batch_sizes, config: dict):
+    """(summary, paired, winners) of one dataset: what the summary notebook writes.
+
+    ``config`` supplies the epoch count (``train.epochs``) and the study network's hidden
+    widths (``model.hidden``) that pick the benchmark rows for the equal-time family.
+    """
+    epochs = (config.get("train") or {}).get("epochs")
+    hidden = (config.get("model") or {}).get("hidden", [])
+    metrics, _ = read_run_tables(layout, [dataset], runs, batch_sizes, "metrics.csv")
+    best = read_best(layout, [dataset], runs, batch_sizes)
+    benchmark = read_benchmark(layout)
+    costs = {int(b): step_costs(benchmark, hidden, b) for b in batch_sizes}
+    if metrics.empty and epochs is None:
+        summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
+    else:
+        summary = summary_table(best, metrics, runs, batch_sizes, dataset=dataset, epochs=epochs)
+    if metrics.empty:
+        paired = pd.DataFrame(columns=PAIRED_COLUMNS)
+    else:
+        paired = paired_table(
+            metrics, runs, batch_sizes, dataset=dataset, costs=costs, epochs=epochs
+        )
+    return summary, paired, winners(summary)
+
+
+def performance_tables(layout, datasets, runs, batch_sizes, hidden=()) -> dict[str, pd.DataFrame]:
+    """The performance notebook's tables, keyed by file name (``layout.NOTEBOOK_TABLES``);
+    ``hidden``: the study network's hidden widths (weights the network-wide shrink share)."""
+    metrics, _ = read_run_tables(layout, datasets, runs, batch_sizes, "metrics.csv")
+    tuning, _ = read_run_tables(layout, datasets, runs, batch_sizes, "tuning.csv")
+    diagnostics, _ = read_run_tables(layout, datasets, runs, batch_sizes, "diagnostics.csv")
+    best = read_best(layout, datasets, runs, batch_sizes)
+    settings = tuning_settings(tuning)
+    alpha = alpha_table(settings) if len(settings) else pd.DataFrame(columns=ALPHA_COLUMNS)
+    return {
+        "lr_sensitivity.csv": lr_summary(settings, best)
+        if len(settings)
+        else pd.DataFrame(columns=LR_COLUMNS),
+        "alpha_sensitivity.csv": alpha,
+        "alpha_summary.csv": alpha_summary(alpha)
+        if len(alpha)
+        else pd.DataFrame(columns=ALPHA_SUMMARY_COLUMNS),
+        "diverged_settings.csv": diverged_settings(settings),
+        "training_length.csv": training_length(metrics)
+        if len(metrics)
+        else pd.DataFrame(columns=TRAINING_LENGTH_COLUMNS),
+        "shrink.csv": shrink_summary(diagnostics, network_weights(layout, datasets, hidden)),
+        "control_variates.csv": control_variate_summary(diagnostics),
+    }
+
+
+def run_groups(runs: Sequence[str]) -> dict[str, list[str]]:
+    """The runs split into groups small enough to read in one panel, each with its base.
+
+    ``sgd`` with its noise-informed variants (tuned and prototype alpha); ``sgd`` with the
+    established relatives (svag, msvag, control variates); ``momentum`` and ``adam`` with
+    theirs (adabelief joins adam); anything else under "other runs". A base alone keeps its own
+    group (sgd only once); a profile of bases only is one group, "all runs".
+    """
+    groups: dict[str, list[str]] = {
+        "sgd and its noise-informed variants": [],
+        "sgd and its relatives": [],
+        "momentum and its variants": [],
+        "adam and its relatives": [],
+    }
+    names = list(groups)
+    for run in runs:
+        base = paired_base(run) or run
+        if base == "sgd":
+            key = names[0] if variant_of(run) or run == "sgd" else names[1]
+        else:
+            key = names[2] if base == "momentum" else names[3] if base == "adam" else None
+        groups.setdefault(key or "other runs", []).append(run)
+    if "sgd" in runs:
+        groups[names[1]].insert(0, "sgd")
+    kept = {k: v for k, v in groups.items() if v}
+    # sgd alone in one of its two groups is already drawn in the other
+    for mine, other in ((names[0], names[1]), (names[1], names[0])):
+        if kept.get(mine) == ["sgd"] and len(kept.get(other, [])) > 1:
+            del kept[mine]
+    if all(len(v) == 1 for v in kept.values()):
+        return {"all runs": list(runs)}
+    return kept

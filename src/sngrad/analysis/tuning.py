@@ -1,0 +1,302 @@
+"""Tuning and sensitivity: the tuning settings scored, the best and worst, lr and alpha tables.
+
+Selection (never on the test split). A tuning setting is scored by its mean validation
+accuracy over the tuning seeds; settings with a diverged seed are excluded; ties go to the
+lower mean validation loss, then to the earlier setting. The same rule picks the best and
+worst alpha of the sensitivity table.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from sngrad.analysis.loaders import CELL, as_flag
+from sngrad.names import fixed_alpha, variant_of
+
+NEAR_BEST = 0.01  # accuracy within one point of the best counts as "near the best"
+
+
+def tuning_settings(tuning: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, optimizer, batch_size, setting), seeds averaged.
+
+    ``val_accuracy``, ``val_loss``, ``train_loss``: means over tuning seeds; ``diverged``:
+    any seed diverged; ``order``: position of the setting's first row (grid order).
+    """
+    keys = [k for k in ("dataset", "optimizer", "batch_size") if k in tuning.columns]
+    if tuning.empty:
+        return pd.DataFrame(
+            columns=[
+                *keys,
+                "setting",
+                "learning_rate",
+                "momentum",
+                "alpha",
+                "alpha_scaled",
+                "round",
+                "val_accuracy",
+                "val_loss",
+                "train_loss",
+                "diverged",
+                "chosen",
+                "n_seeds",
+                "order",
+            ]
+        )
+    frame = tuning.assign(
+        diverged=as_flag(tuning["diverged"]),
+        chosen=as_flag(tuning["chosen"]) if "chosen" in tuning else False,
+        order=np.arange(len(tuning)),
+    )
+    for column in ("momentum", "alpha", "alpha_scaled", "round"):
+        if column not in frame:
+            frame[column] = math.nan
+    return (
+        frame.groupby([*keys, "setting"], sort=False, dropna=False)
+        .agg(
+            learning_rate=("learning_rate", "first"),
+            momentum=("momentum", "first"),
+            alpha=("alpha", "first"),
+            alpha_scaled=("alpha_scaled", "first"),
+            round=("round", "first"),
+            val_accuracy=("val_accuracy", "mean"),
+            val_loss=("val_loss", "mean"),
+            train_loss=("train_loss", "mean"),
+            diverged=("diverged", "any"),
+            chosen=("chosen", "any"),
+            n_seeds=("seed", "nunique"),
+            order=("order", "min"),
+        )
+        .reset_index()
+    )
+
+
+def select_best(settings: pd.DataFrame):
+    """Label of the best row of :func:`tuning_settings` (one cell), or None if all diverged.
+
+    Highest mean validation accuracy among settings with no diverged seed; ties: lower mean
+    validation loss, then earlier ``order``. Test metrics are never looked at.
+    """
+    valid = settings[~settings["diverged"].astype(bool)]
+    valid = valid[np.isfinite(valid["val_accuracy"].astype(float))]
+    if valid.empty:
+        return None
+    ranked = valid.assign(_loss=valid["val_loss"].astype(float).fillna(math.inf))
+    ranked = ranked.sort_values(
+        ["val_accuracy", "_loss", "order"], ascending=[False, True, True], kind="stable"
+    )
+    return ranked.index[0]
+
+
+def select_worst(settings: pd.DataFrame):
+    """Label of the worst non-diverged setting (lowest mean validation accuracy), or None."""
+    valid = settings[~settings["diverged"].astype(bool)]
+    valid = valid[np.isfinite(valid["val_accuracy"].astype(float))]
+    if valid.empty:
+        return None
+    ranked = valid.assign(_loss=valid["val_loss"].astype(float).fillna(math.inf))
+    ranked = ranked.sort_values(
+        ["val_accuracy", "_loss", "order"], ascending=[True, False, True], kind="stable"
+    )
+    return ranked.index[0]
+
+
+
+
+def lr_curve(settings: pd.DataFrame) -> pd.DataFrame:
+    """Per cell and learning rate: the best mean validation accuracy over the second axis.
+
+    ``all_diverged`` marks learning rates where every setting diverged (accuracy NaN).
+    """
+    rows = []
+    for key, cell in settings.groupby([*CELL, "learning_rate"], sort=True):
+        ok = cell[~cell["diverged"].astype(bool)]
+        rows.append(
+            dict(
+                zip([*CELL, "learning_rate"], key, strict=True),
+                val_accuracy=float(ok["val_accuracy"].max()) if len(ok) else math.nan,
+                all_diverged=ok.empty,
+                chosen=bool(cell["chosen"].any()),
+            )
+        )
+    return pd.DataFrame(
+        rows, columns=[*CELL, "learning_rate", "val_accuracy", "all_diverged", "chosen"]
+    )
+
+
+LR_COLUMNS = [
+    "dataset",
+    "optimizer",
+    "batch_size",
+    "settings",
+    "diverged_settings",
+    "lr_low",
+    "lr_high",
+    "chosen_learning_rate",
+    "chosen_position",
+    "extension_rounds",
+    "at_bound",
+    "all_diverged",
+    "best_val_accuracy",
+    "share_near_best",
+]
+
+
+def lr_summary(settings: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: how many settings were tried and diverged, the learning-rate range tried,
+    where the chosen rate lies in it (low end, interior, high end), extension rounds,
+    ``at_bound`` and ``all_diverged`` from ``best.json``, and the share of valid settings whose
+    validation accuracy is within one point of the best (a flat optimum has a high share).
+    """
+    rows = []
+    for key, cell in settings.groupby(CELL, sort=True):
+        record = _best_record(best, *key)
+        index = select_best(cell)
+        chosen = cell.loc[index] if index is not None else None
+        lrs = cell["learning_rate"].astype(float)
+        ok = cell[~cell["diverged"].astype(bool)]["val_accuracy"].astype(float)
+        top = ok.max() if len(ok) else math.nan
+        if chosen is None:
+            position = "none"
+        elif np.isclose(chosen["learning_rate"], lrs.min()):
+            position = "low end"
+        elif np.isclose(chosen["learning_rate"], lrs.max()):
+            position = "high end"
+        else:
+            position = "interior"
+        rounds = pd.to_numeric(cell["round"], errors="coerce")
+        rows.append(
+            {
+                **dict(zip(CELL, key, strict=True)),
+                "settings": len(cell),
+                "diverged_settings": int(cell["diverged"].astype(bool).sum()),
+                "lr_low": float(lrs.min()),
+                "lr_high": float(lrs.max()),
+                "chosen_learning_rate": float(chosen["learning_rate"])
+                if chosen is not None
+                else math.nan,
+                "chosen_position": position,
+                "extension_rounds": int(rounds.max()) if rounds.notna().any() else 0,
+                "at_bound": bool(record.get("at_bound", False)),
+                "all_diverged": bool(record.get("all_diverged", chosen is None)),
+                "best_val_accuracy": float(top),
+                "share_near_best": float((ok >= top - NEAR_BEST).mean()) if len(ok) else math.nan,
+            }
+        )
+    return pd.DataFrame(rows, columns=LR_COLUMNS)
+
+
+def _best_record(best: pd.DataFrame, dataset, run, batch_size) -> dict:
+    if best is None or best.empty:
+        return {}
+    hit = best[
+        (best["dataset"] == dataset)
+        & (best["run"] == run)
+        & (best["batch_size"] == int(batch_size))
+    ]
+    return hit.iloc[0].to_dict() if len(hit) else {}
+
+
+ALPHA_COLUMNS = [
+    "dataset",
+    "optimizer",
+    "variant",
+    "batch_size",
+    "learning_rate",
+    "alpha_scaled",
+    "alpha",
+    "val_accuracy",
+    "val_loss",
+    "diverged",
+    "chosen",
+    "best",
+    "worst",
+]
+
+
+def alpha_table(settings: pd.DataFrame) -> pd.DataFrame:
+    """For each sngrad run with a tuned alpha: validation accuracy against scale-free alpha at
+    the chosen setting's learning rate, with the best and worst alpha by validation flagged.
+    """
+    rows = []
+    for key, cell in settings.groupby(CELL, sort=True):
+        run = key[1]
+        if variant_of(run) is None or fixed_alpha(run) is not None:
+            continue
+        index = select_best(cell)
+        if index is None:
+            continue
+        lr = float(cell.loc[index, "learning_rate"])
+        line = cell[np.isclose(cell["learning_rate"].astype(float), lr)]
+        line = line.sort_values("alpha_scaled")
+        best_i, worst_i = select_best(line), select_worst(line)
+        for i, r in line.iterrows():
+            rows.append(
+                {
+                    **dict(zip(CELL, key, strict=True)),
+                    "variant": variant_of(run),
+                    "learning_rate": lr,
+                    "alpha_scaled": r["alpha_scaled"],
+                    "alpha": r["alpha"],
+                    "val_accuracy": r["val_accuracy"],
+                    "val_loss": r["val_loss"],
+                    "diverged": bool(r["diverged"]),
+                    "chosen": i == index,
+                    "best": i == best_i,
+                    "worst": i == worst_i,
+                }
+            )
+    return pd.DataFrame(rows, columns=ALPHA_COLUMNS)
+
+
+ALPHA_SUMMARY_COLUMNS = [
+    *CELL,
+    "variant",
+    "learning_rate",
+    "alphas_scaled",
+    "diverged_alphas",
+    "best_alpha_scaled",
+    "worst_alpha_scaled",
+    "best_val_accuracy",
+    "worst_val_accuracy",
+    "spread",
+]
+
+
+def alpha_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per run: alphas tried, best and worst scale-free alpha (validation) and the spread.
+
+    ``alphas_scaled`` is the text of the alphas tried, in order, separated by spaces.
+    """
+    rows = []
+    for key, line in table.groupby(CELL, sort=True):
+        best = line[line["best"].astype(bool)]
+        worst = line[line["worst"].astype(bool)]
+        b = best.iloc[0] if len(best) else None
+        w = worst.iloc[0] if len(worst) else None
+        rows.append(
+            {
+                **dict(zip(CELL, key, strict=True)),
+                "variant": line["variant"].iloc[0],
+                "learning_rate": line["learning_rate"].iloc[0],
+                # the alphas tried, space-separated (one CSV cell; each float round-trips)
+                "alphas_scaled": " ".join(repr(float(a)) for a in line["alpha_scaled"]),
+                "diverged_alphas": int(line["diverged"].astype(bool).sum()),
+                "best_alpha_scaled": math.nan if b is None else float(b["alpha_scaled"]),
+                "worst_alpha_scaled": math.nan if w is None else float(w["alpha_scaled"]),
+                "best_val_accuracy": math.nan if b is None else float(b["val_accuracy"]),
+                "worst_val_accuracy": math.nan if w is None else float(w["val_accuracy"]),
+                "spread": math.nan
+                if b is None or w is None
+                else float(b["val_accuracy"] - w["val_accuracy"]),
+            }
+        )
+    return pd.DataFrame(rows, columns=ALPHA_SUMMARY_COLUMNS)
+
+
+def diverged_settings(settings: pd.DataFrame) -> pd.DataFrame:
+    """The tuning settings with a diverged seed, for the report's list."""
+    cols = [*CELL, "setting", "learning_rate", "momentum", "alpha", "alpha_scaled"]
+    return settings[settings["diverged"].astype(bool)][cols].reset_index(drop=True)

@@ -1,0 +1,528 @@
+"""Counted cost of training: floating-point operations (FLOPs) of every run, not timings.
+
+Pure Python on integers (no jax, no clock), so every machine gets the same numbers and the
+equal-compute comparison of the report is deterministic.
+
+Network and conventions
+    An MLP with widths ``[d_0, d_1, ..., d_L]``: layer l maps ``a = d_{l-1}`` inputs to ``b =
+    d_l`` outputs, ReLU after every layer but the last, softmax cross-entropy on the logits.
+    ``P_W = sum_l a b`` weights, ``P = P_W + sum_l b`` parameters. A matrix product of an
+    (m, k) and a (k, n) matrix costs ``2 m k n``; an elementwise operation costs one FLOP per
+    element and per arithmetic operation (add, multiply, compare, select, sqrt, exp, log count
+    alike). Counts follow the code in :mod:`sngrad.stats`, :mod:`sngrad.transforms` and
+    :mod:`sngrad.train.step`; the matrix products dominate (96 to 99.6 % of a step's count on
+    the study's networks at B = 128), the elementwise constants are the operations written
+    there. The diagnostics (measurements, not part of any optimizer) are not counted.
+    Counted FLOPs are work, not time: an elementwise pass over the parameters is memory-bound
+    and costs more time per FLOP than a matrix product (benchmarks/step_time.py --engine
+    reports measured / counted per optimizer).
+
+Per example (B examples per step)
+    forward   F = sum_l (2ab + b) + sum_{l<L} b + 4 d_L
+                (products, bias add, ReLU, log-softmax: subtract max, exp, sum, log)
+    backward  G = 3 d_L + sum_{l<L} b + sum_l (2ab + b) + sum_{l>=2} 2ab
+                (softmax minus one-hot and the 1/B seed, ReLU mask, weight-gradient products
+                and bias sums, input-gradient products; the first layer needs no input
+                gradient)
+    moments   M = sum_l (2ab + a + 2b + 3b)
+                (dense backend: the product (A*A)^T (D*D) the size of the weight gradient,
+                the squares of A and of D, the bias variance's two passes)
+    co-moment C = sum_l (2ab + a + 2b + 4b)
+                (``sgd+cv``: (A*A0)^T (D*D0) and the bias covariance)
+
+Per parameter and step (divided by B per example)
+    optimizer update: :data:`UPDATE_PER_PARAMETER` (sgd: scale and add = 2, ...);
+    variance finish ``max(E[g^2] - mean^2, 0)``: 3 per weight; sngrad factor:
+    :data:`FACTOR_PER_PARAMETER` per variant; cv: covariance finish 2 per weight, Cauchy-Schwarz
+    clip 7, optimal coefficient 5, correction 5 per parameter; svrg: correction 5.
+
+One step, by optimizer (per example, plus the per-parameter terms / B)
+    plain (sgd, momentum, adam, adabelief, msvag): ``F + G``
+    ``+sngradN`` and ``svag``: ``F + G + M`` (the dense pass does the same products as SGD
+        and one extra product per layer)
+    ``sgd+svrg``: ``2 (F + G)`` (loss and gradient at the parameters and at the snapshot; the
+        lean step of :mod:`sngrad.train.step` computes no variances)
+    ``sgd+cv``: ``2 (F + G + M) + C`` (moments at both points and the co-moment)
+
+Anchor (``+cv``, ``+svrg``)
+    Before epochs 0, m, 2m, ... (m = ``snapshot_every``) the mean gradient over the N training
+    examples: ``N (F + G) + P ceil(N / 1024)`` (the chunk sums of ``engine._full_gradient``),
+    so ``ceil(E / m)`` anchors in E epochs.
+
+Equal compute
+    A run of the base (:func:`base_run`) for E epochs of ``S = N // B`` steps costs
+    ``budget = C_base(E S)``, with ``C_r(t) = t c_r + anchors taken before step t`` (step
+    costs ``c_r`` of :func:`step_flops`). The budget step ``k*`` of a run is the largest t
+    with ``C_run(t) <= budget``; it is known before training, and the engine evaluates the
+    parameters after exactly k* steps. A run no dearer than its base (the base itself) gets
+    ``k* = E S``; a strictly cheaper one would need more steps than it trains, and it is
+    compared at its end with ``capped = True`` (no run of the study is cheaper than its base).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sngrad.errors import SngradError
+from sngrad.names import optimizer_of, paired_base, parse_run
+
+LOSS_FORWARD_PER_CLASS = 4  # log-softmax: subtract the max, exp, sum, log-subtract
+LOSS_BACKWARD_PER_CLASS = 3  # softmax - one-hot, times the 1/B seed
+ANCHOR_CHUNK = 1024  # examples per chunk of the anchor's full-data gradient (engine.EVAL_CHUNK)
+
+UPDATE_PER_PARAMETER = {
+    "sgd": 2,  # -lr g, add
+    "momentum": 4,  # m b + g, -lr b, add
+    "adam": 13,  # two moment EMAs (3 + 4), two bias corrections, sqrt + eps + divide, lr, add
+    "adabelief": 15,  # adam with (g - m)^2 in place of g^2, and eps_root
+    "msvag": 20,  # adam's EMAs and corrections, rho-weighted variance, gamma, clip, lr, add
+    "svag": 9,  # the factor m^2 / (m^2 + max(v, 0) / B) (7) and sgd's 2
+}
+FACTOR_PER_PARAMETER = {"I": 6, "II": 12, "III": 6}  # scale_factor and the multiply by it
+VARIANCE_FINISH_PER_WEIGHT = 3  # E[g^2] - mean^2 (2), clamp at 0 (1)
+CV_PER_WEIGHT = 2  # the covariance finish E[g h] - mean snap_mean
+CV_PER_PARAMETER = 7 + 5 + 5  # Cauchy-Schwarz clip, optimal coefficient, correction
+SVRG_PER_PARAMETER = 5  # the correction mean - (snap_mean - anchor), guarded and clipped
+
+
+# ============================================================================ the network
+
+
+def _layers(widths: Sequence[int]) -> list[tuple[int, int]]:
+    sizes = list(widths)
+    if len(sizes) < 2 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
+                             for w in sizes):
+        raise SngradError(f"widths must be >= 2 positive integers [d0, ..., dL]; got {widths!r}")
+    return list(itertools.pairwise(sizes))
+
+
+def weight_count(widths: Sequence[int]) -> int:
+    """P_W: the weights of the network (biases excluded)."""
+    return sum(a * b for a, b in _layers(widths))
+
+
+def parameter_count(widths: Sequence[int]) -> int:
+    """P: weights and biases."""
+    return sum(a * b + b for a, b in _layers(widths))
+
+
+def forward_flops(widths: Sequence[int]) -> int:
+    """F: one example's forward pass and loss (module docstring)."""
+    layers = _layers(widths)
+    hidden = sum(b for _, b in layers[:-1])
+    return sum(2 * a * b + b for a, b in layers) + hidden + LOSS_FORWARD_PER_CLASS * widths[-1]
+
+
+def backward_flops(widths: Sequence[int]) -> int:
+    """G: one example's backward pass to the weight and bias gradients."""
+    layers = _layers(widths)
+    hidden = sum(b for _, b in layers[:-1])
+    inputs = sum(2 * a * b for a, b in layers[1:])
+    return (LOSS_BACKWARD_PER_CLASS * widths[-1] + hidden
+            + sum(2 * a * b + b for a, b in layers) + inputs)
+
+
+def moment_flops(widths: Sequence[int]) -> int:
+    """M: one example's share of the dense backend's second moments."""
+    return sum(2 * a * b + a + 5 * b for a, b in _layers(widths))
+
+
+def co_moment_flops(widths: Sequence[int]) -> int:
+    """C: one example's share of the dense backend's co-moments (``sgd+cv``)."""
+    return sum(2 * a * b + a + 6 * b for a, b in _layers(widths))
+
+
+def matmul_flops(widths: Sequence[int]) -> dict[str, int]:
+    """The matrix products alone, per example: forward, backward, moment products."""
+    layers = _layers(widths)
+    return {"forward": sum(2 * a * b for a, b in layers),
+            "backward": sum(2 * a * b for a, b in layers) + sum(2 * a * b for a, b in layers[1:]),
+            "moments": sum(2 * a * b for a, b in layers)}
+
+
+def moment_floor(widths: Sequence[int]) -> float:
+    """The matrix-product floor of a moment step over an SGD step: (fwd + bwd + one product
+    the size of each weight gradient) / (fwd + bwd). 1.50 on 784-64-10, 1.37 on 3x1024."""
+    m = matmul_flops(widths)
+    return (m["forward"] + m["backward"] + m["moments"]) / (m["forward"] + m["backward"])
+
+
+# ============================================================================ runs
+
+
+def base_run(run: str) -> str | None:
+    """The base a run is compared with (:func:`sngrad.names.paired_base`); None for a base."""
+    return paired_base(run)
+
+
+def step_kind(run: str) -> str:
+    """``plain``, ``moments`` (+sngradN, svag), ``svrg`` or ``cv``: what one step computes."""
+    spec = parse_run(run)
+    if spec.cv is not None:
+        return "svrg" if spec.cv == 1.0 else "cv"
+    return "moments" if spec.variant is not None or spec.base == "svag" else "plain"
+
+
+def step_flops(run: str, widths: Sequence[int], batch: int) -> int:
+    """FLOPs of one training step of ``run`` on a batch of ``batch`` examples."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise SngradError(f"batch must be an integer >= 1; got {batch!r}")
+    spec = parse_run(run)
+    kind = step_kind(run)
+    f, g = forward_flops(widths), backward_flops(widths)
+    p, p_w = parameter_count(widths), weight_count(widths)
+    per_param = UPDATE_PER_PARAMETER[spec.base]
+    if kind == "plain":
+        return batch * (f + g) + per_param * p
+    if kind == "svrg":
+        return batch * 2 * (f + g) + (per_param + SVRG_PER_PARAMETER) * p
+    m = moment_flops(widths)
+    if kind == "moments":
+        factor = FACTOR_PER_PARAMETER[spec.variant] if spec.variant is not None else 0
+        return (batch * (f + g + m) + (per_param + factor) * p
+                + VARIANCE_FINISH_PER_WEIGHT * p_w)
+    return (batch * (2 * (f + g + m) + co_moment_flops(widths))
+            + (per_param + CV_PER_PARAMETER) * p
+            + (2 * VARIANCE_FINISH_PER_WEIGHT + CV_PER_WEIGHT) * p_w)
+
+
+def example_flops(run: str, widths: Sequence[int], batch: int) -> float:
+    """FLOPs per example of one step: ``step_flops / batch``."""
+    return step_flops(run, widths, batch) / batch
+
+
+def anchor_flops(run: str, widths: Sequence[int], n_train: int) -> int:
+    """FLOPs of one anchor (full-data mean gradient) of a control-variate run, else 0."""
+    if step_kind(run) not in ("cv", "svrg"):
+        return 0
+    chunks = -(-n_train // min(ANCHOR_CHUNK, n_train))
+    return n_train * (forward_flops(widths) + backward_flops(widths)) + parameter_count(
+        widths) * chunks
+
+
+def steps_per_epoch(n_train: int, batch: int) -> int:
+    """S = N // B (the engine drops the remainder)."""
+    if not 1 <= batch <= n_train:
+        raise SngradError(f"batch size {batch} is not allowed; it must be in [1, {n_train}]")
+    return n_train // batch
+
+
+def cumulative_flops(run: str, widths: Sequence[int], n_train: int, batch: int,
+                     snapshot_every: int, steps: int) -> int:
+    """C_run(t): FLOPs of the first ``steps`` steps, anchors taken before them included."""
+    per_epoch = steps_per_epoch(n_train, batch)
+    epochs_started = -(-steps // per_epoch)
+    anchors = -(-epochs_started // snapshot_every)
+    return steps * step_flops(run, widths, batch) + anchors * anchor_flops(run, widths, n_train)
+
+
+def epoch_flops(run: str, widths: Sequence[int], n_train: int, batch: int,
+                snapshot_every: int = 1) -> float:
+    """FLOPs of one epoch, the anchor amortised over ``snapshot_every`` epochs."""
+    steps = steps_per_epoch(n_train, batch)
+    return (steps * step_flops(run, widths, batch)
+            + anchor_flops(run, widths, n_train) / snapshot_every)
+
+
+def cost_ratio(run: str, base: str, widths: Sequence[int], n_train: int, batch: int,
+               snapshot_every: int = 1) -> float:
+    """Epoch cost of ``run`` over that of ``base`` (anchors amortised)."""
+    return (epoch_flops(run, widths, n_train, batch, snapshot_every)
+            / epoch_flops(base, widths, n_train, batch, snapshot_every))
+
+
+# ============================================================================ equal compute
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Where a run meets its base's total counted cost.
+
+    ``step``: k*, the steps after which the run has spent at most the base's E epochs;
+    ``steps_total``: E S; ``budget_flops``: the base's total; ``run_flops``: C_run(k*);
+    ``capped``: the run is cheaper than its base, so the budget lies past its last step and
+    k* is that last step (see module docstring); ``epochs``: k* / S, fractional.
+    """
+
+    run: str
+    base: str
+    step: int
+    steps_total: int
+    steps_per_epoch: int
+    budget_flops: int
+    run_flops: int
+    capped: bool
+
+    @property
+    def epochs(self) -> float:
+        return self.step / self.steps_per_epoch
+
+
+def budget_step(run: str, widths: Sequence[int], n_train: int, batch: int, epochs: int,
+                snapshot_every: int = 1) -> Budget:
+    """The budget step k* of ``run`` against its base (a base against itself)."""
+    base = base_run(run) or optimizer_of(run)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise SngradError(f"epochs must be an integer >= 1; got {epochs!r}")
+    if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or \
+            snapshot_every < 1:
+        raise SngradError(f"snapshot_every must be an integer >= 1; got {snapshot_every!r}")
+    total = epochs * steps_per_epoch(n_train, batch)
+
+    def spent(who: str, t: int) -> int:
+        return cumulative_flops(who, widths, n_train, batch, snapshot_every, t)
+
+    budget, full = spent(base, total), spent(run, total)
+    per_epoch = steps_per_epoch(n_train, batch)
+    if full <= budget:
+        return Budget(run, base, total, total, per_epoch, budget, full, full < budget)
+    low, high = 0, total  # spent(low) <= budget < spent(high); spent is non-decreasing
+    while high - low > 1:
+        mid = (low + high) // 2
+        if spent(run, mid) <= budget:
+            low = mid
+        else:
+            high = mid
+    return Budget(run, base, low, total, per_epoch, budget, spent(run, low), False)
+
+
+def equal_compute_pairs(rows, column: str = "test_accuracy") -> list[dict]:
+    """The equal-compute (counted) pairs from budget.csv rows (``train`` writes one per seed).
+
+    ``rows``: mappings with budget.csv's columns (one dataset; any runs and batch sizes).
+    Every run with a base is paired with that base, seed by seed, at the same batch size: the
+    run's ``column`` after its budget step k* against the base's after its last step (the
+    base's own row, k* = E S). Returns one dict per pair: ``run, base, batch_size, seed,
+    run_value, base_value, budget_step, budget_epochs, capped``, sorted by (batch size, run,
+    seed); a seed that either side lacks gives no pair. Bases with no row give no pairs.
+    """
+    table = {(str(r["optimizer"]), int(r["batch_size"]), int(r["seed"])): r for r in rows}
+    pairs = []
+    for (run, batch, seed), row in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0],
+                                                                        kv[0][2])):
+        base = base_run(run)
+        if base is None or (base, batch, seed) not in table:
+            continue
+        pairs.append({
+            "run": run, "base": base, "batch_size": batch, "seed": seed,
+            "run_value": float(row[column]), "base_value": float(table[base, batch, seed][column]),
+            "budget_step": int(row["budget_step"]), "budget_epochs": float(row["budget_epochs"]),
+            "capped": str(row["capped"]).lower() == "true",
+        })
+    return pairs
+
+
+# ============================================================================ a profile's cost
+#
+# ``python -m sngrad config cost PROFILE``: the training work of a profile, counted before it
+# runs, by stage; one process per Snakemake job, every job on one core (resources.threads).
+
+# An assumed sustained float32 rate of one data-centre GPU on the study's small dense layers
+# (batches of 128, widths <= 1024, all runs of a job vmapped): about 15 % of an H100's
+# 67 TFLOP/s float32 peak. Small GEMMs and the per-step scan keep a GPU far from its peak; the
+# figure is an assumption for planning, not a measurement on this project's machines.
+GPU_SUSTAINED_FLOPS = 10e12
+CONFIRM_CORE_HOURS = 24.0  # estimates above this ask for confirmation on a terminal
+NOISE_FULL_DRAWS_UP_TO = 512  # sngrad.noise.measure.FULL_DRAWS_UP_TO
+NOISE_MIN_BATCHES = 8  # sngrad.noise.measure.MIN_BATCHES
+REFERENCE_CHECKPOINTS = 5  # init, epoch1, p25, p50, p100 (sngrad.train.commands)
+TEST_EXAMPLES = {"mnist": 10000, "fashion_mnist": 10000, "cifar10": 10000}  # official test sets
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a profile: its jobs, example-steps (examples through a training step) and
+    counted FLOPs; ``note`` says what is left out."""
+
+    name: str
+    jobs: int
+    example_steps: int
+    flops: float
+    note: str = ""
+
+
+def lr_count(lr_min: float, lr_max: float, per_decade: int) -> int:
+    """n_lr of the tuning grid (:func:`sngrad.train.protocol.lr_count`)."""
+    return math.floor(per_decade * math.log10(lr_max / lr_min) + 1e-9) + 1
+
+
+def noise_batches(batch_size: int, batches: int) -> int:
+    """Batches the noise study draws at one batch size (:func:`sngrad.noise.measure.
+    n_batches_for`)."""
+    if batch_size <= NOISE_FULL_DRAWS_UP_TO:
+        return batches
+    return max(min(batches, NOISE_MIN_BATCHES), batches * NOISE_FULL_DRAWS_UP_TO // batch_size)
+
+
+def _training(run, widths, n_train, batch, epochs, snapshot_every, runs, eval_examples):
+    """(example-steps, FLOPs) of ``runs`` runs trained side by side, with ``eval_examples``
+    forward passes per run and epoch."""
+    steps = epochs * steps_per_epoch(n_train, batch)
+    flops = runs * (cumulative_flops(run, widths, n_train, batch, snapshot_every, steps)
+                    + epochs * eval_examples * forward_flops(widths))
+    return runs * steps * batch, flops
+
+
+def profile_stages(profile: dict) -> list[Stage]:
+    """The counted work of a profile (a mapping as :func:`sngrad.config.load_profile` returns).
+
+    tuning: the initial grid of every (dataset, run, batch size), tune seeds x trials runs of
+    ``train.epochs`` epochs and one validation pass at the end; final training: every final
+    seed with validation and test passes per epoch; reference: sgd on the first final seed;
+    noise: at each of the 5 reference checkpoints, the exact moments over the training split
+    and the drawn batches of every noise batch size (forward, backward, moments). The
+    benchmark is timing-bound (its repeats run until a time is reached) and not counted.
+    """
+    from sngrad import config as profiles
+    from sngrad.data import get_spec
+
+    train, tune = profile["train"], profile["tune"]
+    epochs, every = int(train["epochs"]), int(train["snapshot_every"])
+    trials = lr_count(tune["lr_min"], tune["lr_max"], tune["lr_per_decade"]) * tune[
+        "second_points"]
+    tune_runs = trials * len(tune["seeds"])
+    totals = {name: [0, 0, 0.0] for name in ("tuning", "final training", "reference", "noise")}
+    extension = [0.0]
+
+    def add(name, jobs, work):
+        totals[name][0] += jobs
+        totals[name][1] += work[0]
+        totals[name][2] += work[1]
+
+    for dataset in profile["datasets"]:
+        spec = get_spec(dataset)
+        widths = [spec.feature_dim, *profile["model"]["hidden"], spec.num_classes]
+        n_train, n_val = profiles.split_sizes(profile, dataset)
+        n_test = TEST_EXAMPLES.get(spec.name, n_val)
+        for run in profile["optimizers"]:
+            for batch in profile["batch_sizes"]:
+                tuned = _training(run, widths, n_train, batch, epochs, every, tune_runs, 0)
+                add("tuning", 1, (tuned[0], tuned[1] + tune_runs * n_val * forward_flops(
+                    widths)))
+                extension[0] += tuned[1] * tune["second_points"] / trials
+                add("final training", 1, _training(run, widths, n_train, batch, epochs, every,
+                                                   len(train["seeds"]), n_val + n_test))
+        ref_batch = profiles.reference_batch_size(profile)
+        add("reference", 1, _training("sgd", widths, n_train, ref_batch, epochs, every, 1, 0))
+        per_example = forward_flops(widths) + backward_flops(widths) + moment_flops(widths)
+        drawn = sum(b * noise_batches(b, profile["noise"]["batches"])
+                    for b in profiles.noise_batch_sizes(profile, dataset))
+        add("noise", 1, (0, REFERENCE_CHECKPOINTS * (n_train + drawn) * per_example))
+    notes = {"tuning": f"initial grid, {trials} trials x {len(tune['seeds'])} seeds per cell; "
+                       f"each extension round adds {extension[0]:.3g} FLOPs over all cells",
+             "noise": "gradient moments at fixed parameters (no training steps)"}
+    return [Stage(name, jobs, steps, flops, notes.get(name, ""))
+            for name, (jobs, steps, flops) in totals.items()]
+
+
+def calibrate_flops(widths: Sequence[int], batch: int, seconds: float = 2.0) -> float:
+    """The best sustained FLOP/s of this machine, on one core, for the matrix products of
+    one step of ``widths`` at ``batch`` (a jitted chain of the forward products), from a
+    timing of about ``seconds``. Imports jax (the only function here that does)."""
+    import os
+    import time
+
+    if "jax" not in __import__("sys").modules:  # one core, as every workflow job gets
+        os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
+                                           "intra_op_parallelism_threads=1")
+    import jax
+    import jax.numpy as jnp
+
+    layers = _layers(widths)
+    keys = jax.random.split(jax.random.PRNGKey(0), len(layers) + 1)
+    x = jax.random.normal(keys[0], (batch, widths[0]), jnp.float32)
+    ws = [jax.random.normal(k, (a, b), jnp.float32) / a ** 0.5
+          for k, (a, b) in zip(keys[1:], layers, strict=True)]
+
+    @jax.jit
+    def chain(x, ws):
+        for w in ws:
+            x = jnp.tanh(x @ w) if w is not ws[-1] else x @ w
+        return x
+
+    flops = 2 * batch * weight_count(widths)
+    chain(x, ws).block_until_ready()
+    best, deadline = 0.0, time.perf_counter() + seconds
+    reps = 1
+    while time.perf_counter() < deadline:
+        tick = time.perf_counter()
+        for _ in range(reps):
+            out = chain(x, ws)
+        out.block_until_ready()
+        elapsed = time.perf_counter() - tick
+        best = max(best, reps * flops / elapsed)
+        reps = reps * 2 if elapsed < 0.05 else reps
+    return best
+
+
+def _hours(seconds: float) -> str:
+    if seconds >= 360:
+        return f"{seconds / 3600:,.1f} h"
+    return f"{seconds / 60:,.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def cost_report(profile: dict, rate: float | None, cores: int) -> tuple[str, float]:
+    """The printed table and the estimated core-hours (NaN without a calibration)."""
+    stages = profile_stages(profile)
+    total = sum(s.flops for s in stages)
+    lines = [f"profile {profile.get('profile', '?')}: counted training work "
+             f"(sngrad.costs; FLOPs of matrix products and elementwise passes)",
+             f"{'stage':<16}{'jobs':>6}{'example-steps':>16}{'FLOPs':>12}  note"]
+    for s in stages:
+        lines.append(f"{s.name:<16}{s.jobs:>6}{s.example_steps:>16,}{s.flops:>12.3g}  {s.note}")
+    lines.append(f"{'total':<16}{sum(s.jobs for s in stages):>6}"
+                 f"{sum(s.example_steps for s in stages):>16,}{total:>12.3g}")
+    core_hours = math.nan
+    if rate:
+        core_s = total / rate
+        core_hours = core_s / 3600
+        lines.append(f"this machine: {rate / 1e9:.1f} GFLOP/s per core (best sustained matmul "
+                     f"rate of the study's shapes, calibrated now) -> {core_hours:,.2f} "
+                     f"core-hours, about {_hours(core_s / cores)} on {cores} cores "
+                     "(training work only, at the matrix-product rate, an upper bound: "
+                     "compilation, data, analysis and report come on top)")
+    lines.append(f"GPU: {_hours(total / GPU_SUSTAINED_FLOPS)} at an assumed sustained "
+                 f"{GPU_SUSTAINED_FLOPS / 1e12:g} TFLOP/s (costs.GPU_SUSTAINED_FLOPS)")
+    return "\n".join(lines), core_hours
+
+
+def interactive() -> bool:
+    """Whether to ask before a long profile: a terminal on stdin, not CI, not Snakemake."""
+    import os
+    import sys
+
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        return False
+    if any(k.startswith("SNAKEMAKE") for k in os.environ) or "snakemake" in sys.modules:
+        return False
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def cost_command(profile_arg: str, *, calibrate: bool = True, cores: int | None = None,
+                 ask: bool = True) -> int:
+    """``config cost PROFILE``: print the table; above :data:`CONFIRM_CORE_HOURS` ask on an
+    interactive terminal (exit status 1 when the answer is not yes)."""
+    import os
+    from pathlib import Path
+
+    from sngrad import config as profiles
+
+    path = Path(profile_arg)
+    if not path.is_file() and (Path("config") / f"{profile_arg}.yaml").is_file():
+        path = Path("config") / f"{profile_arg}.yaml"  # a profile's name
+    profile = profiles.load_profile(path)
+    from sngrad.data import get_spec
+
+    spec = get_spec(profile["datasets"][0])
+    widths = [spec.feature_dim, *profile["model"]["hidden"], spec.num_classes]
+    rate = calibrate_flops(widths, profile["batch_sizes"][0]) if calibrate else None
+    text, core_hours = cost_report(profile, rate, cores or os.cpu_count() or 1)
+    print(text)
+    if ask and core_hours > CONFIRM_CORE_HOURS and interactive():
+        answer = input(f"{core_hours:,.0f} core-hours exceeds {CONFIRM_CORE_HOURS:g}: "
+                       "run this profile? [y/N] ")
+        return 0 if answer.strip().lower() in ("y", "yes") else 1
+    return 0

@@ -1,0 +1,24 @@
+"""Exact per-example gradient moments (mean, population variance, control-variate
+covariances) of any JAX loss, with a fast path for flax NNX Linear and Conv layers.
+
+- :func:`per_example_moments`: any ``loss_fn(params, batch)`` returning the B per-example losses, any
+  parameter pytree; backends ``vmap`` (reference) and ``chunked`` (bounded memory).
+- :func:`flax_moments`: an ``nnx.Module`` and ``loss_fn(model, batch)``; backends ``auto``,
+  ``fast``, ``vmap`` and ``chunked``; :func:`fast_path_plan` says which layers fell back.
+
+The flax names are imported on first use, so that ``sngrad.stats`` does not load flax.
+"""
+
+from importlib import import_module
+
+from sngrad.moments.generic import BACKENDS, CVStats, Moments, per_example_moments
+
+_FLAX = {"flax_moments", "fast_path_plan", "FastPathPlan", "FAST_LAYERS"}
+
+__all__ = ["BACKENDS", "CVStats", "Moments", "per_example_moments", *sorted(_FLAX)]
+
+
+def __getattr__(name: str):
+    if name in _FLAX:
+        return getattr(import_module("sngrad.moments.flax_nnx"), name)
+    raise AttributeError(f"module 'sngrad.moments' has no attribute {name!r}")

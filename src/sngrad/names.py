@@ -1,0 +1,146 @@
+"""Run names: the one grammar every stage reads, importable without jax.
+
+A *run* is what the study trains and tables: an *optimizer* of the registry, optionally
+followed by ``@<alpha>`` when a sngrad optimizer's alpha is fixed (raw units) instead of tuned::
+
+    run       := optimizer [ "@" alpha ]
+    optimizer := base | sngrad_base "+sngrad" digit | "sgd+cv" | "sgd+svrg"
+    digit     := "1" | "2" | "3"          (variant I, II, III of sngrad.transforms)
+
+``sgd+sngrad1@0.1`` is the optimizer ``sgd+sngrad1`` (base ``sgd``, variant ``I``) with alpha
+fixed at 0.1. An alpha is written in its shortest form (``format(alpha, "g")``), so that one
+run has one spelling in paths, wildcards and CSV cells.
+
+Two different "bases" appear in the study and are kept apart here:
+
+- :data:`BASES`, the base optimizers of the registry (what precedes the ``+``);
+- :func:`paired_base`, the run a run is compared with in the paired tests, one of
+  :data:`PAIRED_BASES`: ``X+sngradN -> X``, svag, msvag, sgd+cv, sgd+svrg -> sgd,
+  adabelief -> adam; the paired bases themselves have none.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from sngrad.errors import SngradError
+
+BASES = ("sgd", "momentum", "adam", "msvag", "svag", "adabelief")  # registry base optimizers
+PAIRED_BASES = ("sgd", "momentum", "adam")  # what every other run is compared with
+VARIANTS = ("I", "II", "III")  # sngrad variants, as sngrad.transforms names them
+BACKENDS = ("dense", "vmap", "chunked")  # per-example statistics backends (sngrad.stats)
+
+VARIANT_OF_DIGIT = {"1": "I", "2": "II", "3": "III"}
+SNGRAD_BASES = ("sgd", "momentum", "adam")  # bases a +sngradN modifier may follow
+CV_COEFFICIENT = {"cv": "optimal", "svrg": 1.0}  # control-variate modifiers (on sgd only)
+CV_BASES = ("sgd",)
+MOMENTUM_BASES = ("momentum",)
+
+OPTIMIZERS = (
+    *BASES,
+    *(f"{base}+sngrad{digit}" for base in SNGRAD_BASES for digit in VARIANT_OF_DIGIT),
+    *(f"{base}+{modifier}" for base in CV_BASES for modifier in CV_COEFFICIENT),
+)
+
+_NAMED_PAIRED_BASES = {
+    "svag": "sgd",
+    "msvag": "sgd",
+    "adabelief": "adam",
+    "sgd+cv": "sgd",
+    "sgd+svrg": "sgd",
+}
+
+
+class RunName(NamedTuple):
+    """A run name split into its parts.
+
+    ``optimizer`` is the registry name (``sgd+sngrad1``), ``base`` its base optimizer
+    (``sgd``), ``variant`` the sngrad variant (``"I"``..``"III"`` or None), ``cv`` the
+    control-variate coefficient (``"optimal"``, 1.0 or None), ``fixed_alpha`` the raw alpha
+    after ``@`` (None: tuned).
+    """
+
+    optimizer: str
+    base: str
+    variant: str | None
+    cv: str | float | None
+    fixed_alpha: float | None
+
+    @property
+    def name(self) -> str:
+        """The run name in its shortest form."""
+        return format_run(self.optimizer, self.fixed_alpha)
+
+
+def format_alpha(alpha: float) -> str:
+    """An alpha in its shortest form: 0.1, not 0.10 or 1e-1."""
+    return format(alpha, "g")
+
+
+def format_run(optimizer: str, fixed_alpha: float | None = None) -> str:
+    """``("sgd+sngrad1", 0.1)`` -> ``"sgd+sngrad1@0.1"``; no alpha -> the optimizer itself."""
+    return optimizer if fixed_alpha is None else f"{optimizer}@{format_alpha(fixed_alpha)}"
+
+
+def parse_optimizer(name: str) -> RunName:
+    """Split a registry optimizer name (no ``@``); its ``fixed_alpha`` is None."""
+    if not isinstance(name, str):
+        raise SngradError(f"optimizer name must be a string, got {name!r}")
+    if name not in OPTIMIZERS:
+        raise SngradError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    base, _, modifier = name.partition("+")
+    variant = VARIANT_OF_DIGIT.get(modifier.removeprefix("sngrad")) if modifier else None
+    return RunName(name, base, variant, CV_COEFFICIENT.get(modifier), None)
+
+
+def parse_run(run: str) -> RunName:
+    """``"sgd+sngrad1@0.1"`` -> ``RunName("sgd+sngrad1", "sgd", "I", None, 0.1)``.
+
+    The alpha is raw, finite and > 0, allowed only after a +sngrad optimizer, and written in
+    its shortest form (:func:`format_alpha`).
+    """
+    if not isinstance(run, str):
+        raise SngradError(f"run name must be a string, got {run!r}")
+    optimizer, at, text = run.partition("@")
+    parts = parse_optimizer(optimizer)
+    if not at:
+        return parts
+    if parts.variant is None:
+        raise SngradError(f"run {run!r}: a fixed alpha (@a) needs a +sngrad optimizer")
+    try:
+        alpha = float(text)
+    except ValueError:
+        raise SngradError(f"run {run!r}: the alpha after '@' must be a number") from None
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise SngradError(f"run {run!r}: the alpha after '@' must be finite and > 0")
+    parsed = parts._replace(fixed_alpha=alpha)
+    if parsed.name != run:  # one spelling per run, so paths and CSV cells agree
+        raise SngradError(f"run {run!r}: write the alpha as {format_alpha(alpha)!r} "
+                          f"({parsed.name!r})")
+    return parsed
+
+
+def optimizer_of(run: str) -> str:
+    """The registry optimizer of a run: ``sgd+sngrad1@0.1`` -> ``sgd+sngrad1``."""
+    return parse_run(run).optimizer
+
+
+def variant_of(run: str) -> str | None:
+    """``"I"``, ``"II"`` or ``"III"`` for a sngrad run, else None."""
+    return parse_run(run).variant
+
+
+def fixed_alpha(run: str) -> float | None:
+    """The alpha fixed in a run name (``@a``), or None for a tuned alpha."""
+    return parse_run(run).fixed_alpha
+
+
+def paired_base(run: str) -> str | None:
+    """The run ``run`` is compared with (one of :data:`PAIRED_BASES`), or None for those."""
+    optimizer = optimizer_of(run)
+    if optimizer in _NAMED_PAIRED_BASES:
+        return _NAMED_PAIRED_BASES[optimizer]
+    if "+" in optimizer:
+        return optimizer.partition("+")[0]
+    return None

@@ -1,0 +1,191 @@
+"""The experiment section (experiment.md.j2): datasets and their sources, the tuning protocol,
+the prototype's alphas, and what the tuning met (diverged settings, hard bounds)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from sngrad.layout import Layout
+from sngrad.names import variant_of
+from sngrad.report.format import NA, fmt, missing
+from sngrad.report.read import (
+    config_value,
+    read_csv,
+    read_json,
+    records,
+    truthy,
+)
+
+# Facts about the prototype's code (shared/PROTOTYPE.md): its default alphas, and its loss,
+# the mean over the 10 one-hot entries, i.e. our cross-entropy divided by 10. Its gradients
+# and sigma are a tenth of ours, so alpha (which multiplies sigma) converts to alpha / 10 for
+# I and III; II compares mu^2 with alpha sigma^2 and is scale-free.
+PROTOTYPE_ALPHA = {"I": 1.0, "II": 0.05, "III": 1.0}
+
+
+PROTOTYPE_LOSS_DIVISOR = 10
+
+
+SCALE_FREE = ("II",)
+
+
+def _source_lines(source: dict) -> tuple[str, list[dict]]:
+    """(one-line description, [{file, sha256, verified}]) of a data sidecar's ``source``."""
+    try:
+        from sngrad.data import describe_source
+
+        line = describe_source(source)
+    except (ImportError, AttributeError, KeyError, TypeError):
+        line = f"source: {source.get('kind', 'unknown')}"
+    hashes = []
+    for name, check in (source.get("files") or {}).items():
+        if isinstance(check, dict) and check.get("content_sha256"):
+            hashes.append(
+                {
+                    "file": name,
+                    "sha256": check["content_sha256"],
+                    "verified": "yes" if check.get("content_verified") else "no",
+                }
+            )
+    for name, digest in (source.get("sha256") or {}).items():
+        if source.get("kind") == "embedded":
+            hashes.append({"file": f"array {name}", "sha256": digest, "verified": "computed"})
+    return line, hashes
+
+
+def datasets(layout: Layout, config: dict) -> list[dict]:
+    rows = []
+    hidden = list(config_value(config, "model.hidden", []) or [])
+    for name in config.get("datasets", []):
+        meta = read_json(layout.data_meta(name)) or {}
+        sizes = meta.get("sizes", {})
+        line, hashes = _source_lines(meta.get("source") or {})
+        dim, classes = meta.get("feature_dim"), meta.get("num_classes")
+        network = "-".join(NA if n is None else str(n) for n in [dim, *hidden, classes])
+        rows.append(
+            {
+                "name": name,
+                "description": meta.get("description", "") or name,
+                "n_train": fmt(sizes.get("train"), 9),
+                "n_val": fmt(sizes.get("val"), 9),
+                "n_test": fmt(sizes.get("test"), 9),
+                "test_split": meta.get("test_split", NA),
+                "network": network,
+                "source": line if meta else "the data rule has not run (no sidecar)",
+                "hashes": hashes,
+                "content_sha256": meta.get("content_sha256"),
+            }
+        )
+    return rows
+
+
+def tuning_facts(layout: Layout, summary: pd.DataFrame) -> dict:
+    """Diverged tuning settings, cells without a valid setting, cells at a hard bound.
+
+    From the performance notebook's ``lr_sensitivity.csv`` (settings tried and diverged per
+    cell) and ``diverged_settings.csv`` (the diverged settings themselves, in grid order).
+    """
+    cells = read_csv(layout.analysis("lr_sensitivity.csv"))
+    bad_settings = read_csv(layout.analysis("diverged_settings.csv"))
+    diverged = []
+    total = 0
+    for cell in records(cells):
+        total += int(cell["settings"])
+        if not int(cell["diverged_settings"]):
+            continue
+        bad = bad_settings[
+            (bad_settings["dataset"] == cell["dataset"])
+            & (bad_settings["optimizer"] == cell["optimizer"])
+            & (bad_settings["batch_size"] == cell["batch_size"])
+        ]
+        diverged.append(
+            {
+                "dataset": cell["dataset"],
+                "run": cell["optimizer"],
+                "batch_size": int(cell["batch_size"]),
+                "count": f"{int(cell['diverged_settings'])} of {int(cell['settings'])}",
+                "settings": "; ".join(_setting_text(r) for r in records(bad)),
+            }
+        )
+    chosen = records(summary)
+    at_bound = [
+        f"`{r['run']}` on {r['dataset']}, B = {int(r['batch_size'])}"
+        for r in chosen
+        if truthy(r["at_bound"])
+    ]
+    no_valid = [
+        f"`{r['run']}` on {r['dataset']}, B = {int(r['batch_size'])}"
+        for r in chosen
+        if truthy(r["all_diverged"])
+    ]
+    return {
+        "diverged": diverged,
+        "at_bound": at_bound,
+        "no_valid": no_valid,
+        "cells": len(chosen),
+        "settings": total,
+        "n_diverged": sum(int(d["count"].split()[0]) for d in diverged),
+    }
+
+
+def _setting_text(r: dict) -> str:
+    parts = [f"$\\eta$ {fmt(r['learning_rate'])}"]
+    if not missing(r.get("momentum")):
+        parts.append(f"m {fmt(r['momentum'])}")
+    if not missing(r.get("alpha_scaled")):
+        parts.append(f"scale-free $\\alpha$ {fmt(r['alpha_scaled'])}")
+    elif not missing(r.get("alpha")):
+        parts.append(f"$\\alpha$ {fmt(r['alpha'])}")
+    return ", ".join(parts)
+
+
+def protocol(config: dict) -> dict:
+    """The tuning protocol's numbers, formatted from the config (n/a where a key is absent)."""
+    tune = config.get("tune", {}) or {}
+    alpha = tune.get("alpha", {}) or {}
+
+    def span(pair):
+        return f"[{fmt(pair[0])}, {fmt(pair[1])}]" if isinstance(pair, list | tuple) else NA
+
+    return {
+        "lr_range": f"[{fmt(tune.get('lr_min'))}, {fmt(tune.get('lr_max'))}]",
+        "lr_per_decade": fmt(tune.get("lr_per_decade")),
+        "lr_bounds": span(tune.get("lr_bounds")),
+        "second_points": fmt(tune.get("second_points")),
+        "one_minus_momentum": span(tune.get("one_minus_momentum")),
+        "alpha": {v: span(alpha.get(v)) for v in ("I", "II", "III")},
+        "tune_seeds": ", ".join(str(s) for s in tune.get("seeds", [])) or NA,
+        "n_tune_seeds": len(tune.get("seeds", [])),
+        "final_seeds": ", ".join(str(s) for s in config_value(config, "train.seeds", [])) or NA,
+        "n_final_seeds": len(config_value(config, "train.seeds", []) or []),
+        "epochs": fmt(config_value(config, "train.epochs"), 6),
+        "schedule": str(config_value(config, "train.schedule", NA)),
+        "backend": str(config_value(config, "train.backend", NA)),
+        "diverge_loss": fmt(config_value(config, "train.diverge_loss"), 6),
+        "hidden": ", ".join(str(h) for h in config_value(config, "model.hidden", []) or [])
+        or "none",
+        "init_seed": str(config_value(config, "model.init_seed", NA)),
+        "train_size": str(config_value(config, "data.train_size", "all") or "all"),
+        "val_fraction": fmt(config_value(config, "data.val_fraction")),
+        "batch_sizes": ", ".join(str(b) for b in config.get("batch_sizes", [])),
+        "prototype": _prototype_rows(config),
+        "prototype_runs": [r for r in config.get("optimizers", []) if "@" in r],
+    }
+
+
+def _prototype_rows(config: dict) -> list[dict]:
+    """The prototype's alphas, their value on our loss, and the fixed-alpha run of each."""
+    fixed = {variant_of(r): r for r in config.get("optimizers", []) if "@" in r}
+    rows = []
+    for variant, theirs in PROTOTYPE_ALPHA.items():
+        ours = theirs if variant in SCALE_FREE else theirs / PROTOTYPE_LOSS_DIVISOR
+        run = fixed.get(variant)
+        rows.append(
+            {
+                "variant": variant,
+                "theirs": fmt(theirs),
+                "ours": fmt(ours),
+                "run": f"`{run}`" if run else "not run in this profile",
+            }
+        )
+    return rows

@@ -1,0 +1,149 @@
+"""The gradient-noise section (noise.md.j2): the pooled noise summary, and what it means.
+
+Reads the gradient_noise notebook's ``noise_summary.csv`` (one row per dataset and
+checkpoint) and turns it into text, including where the seed's batch sizes stand against the
+measured noise scale (:func:`regime`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from sngrad.config import NOISE_SUMMARY_BATCH_SIZE, SEED_STUDY_BATCH_SIZES
+from sngrad.layout import NOISE_SUMMARY
+from sngrad.names import VARIANTS
+from sngrad.report.format import number, percent, plus_minus
+
+
+def regime(b_simple: float) -> str:
+    """Where the seed's batch sizes 128-1024 stand relative to B_simple."""
+    lo, hi = SEED_STUDY_BATCH_SIZES
+    if not math.isfinite(b_simple) or b_simple <= 0:
+        return "not measurable (the unbiased |G|^2 is not positive)"
+    if b_simple > 2 * hi:
+        return (
+            f"well above {hi}: every batch size of the seed's study is noise-dominated, so a "
+            "larger batch buys almost proportionally fewer steps"
+        )
+    if b_simple < lo / 2:
+        return (
+            f"well below {lo}: every batch size of the seed's study is past the critical batch "
+            "size, where more examples per step buy little"
+        )
+    return (
+        f"inside the seed's range {lo}-{hi}: the smaller batch sizes there are noise-dominated, "
+        "the larger ones already past the point of diminishing returns"
+    )
+
+
+def _checkpoint_context(row: Mapping) -> dict:
+    out = {
+        "checkpoint": str(row["checkpoint"]),
+        "epoch": str(int(row["epoch"])),
+        "b_simple": plus_minus(row["b_simple"], row["b_simple_se"]),
+        "b_simple_exact": number(row["b_simple_exact"]),
+        "b_simple_biased": number(row["b_simple_biased"]),
+        "regime": regime(float(row["b_simple_exact"])),
+        "snr": number(row["snr_batch_median"]),
+        "snr_null": number(row["snr_pure_noise"]),
+        "above": percent(row["snr_above_share"]),
+        "sparse": percent(row["sparse_share"]),
+        "single": percent(row["single_share"]),
+        "sigma_exact": number(row["sigma_median_exact"]),
+        "sparse_bmin": percent(row["sparse_share_bmin"]),
+        "single_bmin": percent(row["single_share_bmin"]),
+        "sparse_layers": ", ".join(
+            f"layer {k.removeprefix('sparse_share_layer')} {percent(v)}"
+            for k, v in row.items()
+            if str(k).startswith("sparse_share_layer")
+        ),
+    }
+    for kind in ("factor_mean", "shrink_share"):
+        for setting in ("tuned", "alpha1"):
+            fmt = number if kind == "factor_mean" else percent
+            out[f"{kind}_{setting}"] = {v: fmt(row[f"{kind}_{v}_{setting}"]) for v in VARIANTS}
+            out[f"{kind}_{setting}_bmax"] = {
+                v: fmt(row[f"{kind}_{v}_{setting}_bmax"]) for v in VARIANTS
+            }
+    return out
+
+
+def report_context(layout, datasets: Sequence[str]) -> dict:
+    """The ``noise`` dict of the report's gradient-noise section, every number pre-formatted.
+
+    Reads ``layout.analysis(NOISE_SUMMARY)`` (written by the gradient_noise notebook). Keys:
+    ``available`` (bool), ``missing`` (datasets without a summary), ``batch_size`` (the summary
+    batch size), ``seed_batch_sizes`` ("128-1024"), and ``datasets``: one dict per dataset with
+    ``name``, ``largest_batch_size``, ``checkpoints`` (list of dicts: checkpoint, epoch,
+    b_simple "x ± se", b_simple_exact, b_simple_biased, regime (a sentence fragment), snr,
+    snr_null, above, sparse, single, sparse_bmin, single_bmin (at the smallest batch size),
+    sparse_layers, sigma_exact, and factor_mean_<setting>,
+    shrink_share_<setting> (+ ``_bmax``), each ``{variant: text}`` for setting tuned/alpha1),
+    ``first`` and ``last`` (the first and last of those), ``mean_noise_slope``,
+    ``mean_error_slope``, ``sigma_slope`` ("x ± se"), ``sigma_ratio``, ``sigma_changes`` and
+    ``sigma_rises`` (bools), ``smallest_batch_size``, ``slopes`` (per checkpoint), and
+    ``b_simple_trend`` ("grows" / "falls" / "stays about the same").
+    """
+    path = Path(layout.analysis(NOISE_SUMMARY))
+    lo, hi = SEED_STUDY_BATCH_SIZES
+    empty = {
+        "available": False,
+        "missing": list(datasets),
+        "datasets": [],
+        "batch_size": NOISE_SUMMARY_BATCH_SIZE,
+        "seed_batch_sizes": f"{lo}-{hi}",
+    }
+    if not path.exists():
+        return empty
+    table = pd.read_csv(path)
+    out = {**empty, "available": True, "missing": []}
+    for name in datasets:
+        part = table[table["dataset"] == name].sort_values("epoch")
+        if part.empty:
+            out["missing"].append(name)
+            continue
+        records = part.to_dict("records")
+        checkpoints = [_checkpoint_context(r) for r in records]
+        last = records[-1]
+        ratio = float(last["b_simple_exact"]) / float(records[0]["b_simple_exact"])
+        trend = "grows" if ratio > 1.25 else "falls" if ratio < 0.8 else "stays about the same"
+        out["datasets"].append(
+            {
+                "name": name,
+                "largest_batch_size": str(int(last["largest_batch_size"])),
+                "checkpoints": checkpoints,
+                "first": checkpoints[0],
+                "last": checkpoints[-1],
+                "b_simple_trend": trend,
+                "mean_noise_slope": plus_minus(
+                    last["mean_noise_slope"], last["mean_noise_slope_se"], 2
+                ),
+                "mean_error_slope": plus_minus(
+                    last["mean_error_slope"], last["mean_error_slope_se"], 2
+                ),
+                "sigma_slope": plus_minus(last["sigma_slope"], last["sigma_slope_se"], 2),
+                "sigma_ratio": number(last["sigma_ratio"], 2),
+                "sigma_changes": bool(last["sigma_changes"]),
+                "sigma_rises": bool(float(last["sigma_ratio"]) > 1),
+                "smallest_batch_size": str(int(last["smallest_batch_size"])),
+                "slopes": [
+                    {
+                        "checkpoint": str(r["checkpoint"]),
+                        "mean_noise": plus_minus(
+                            r["mean_noise_slope"], r["mean_noise_slope_se"], 2
+                        ),
+                        "mean_error": plus_minus(
+                            r["mean_error_slope"], r["mean_error_slope_se"], 2
+                        ),
+                        "sigma": plus_minus(r["sigma_slope"], r["sigma_slope_se"], 2),
+                        "sigma_ratio": number(r["sigma_ratio"], 2),
+                    }
+                    for r in records
+                ],
+            }
+        )
+    out["available"] = bool(out["datasets"])
+    return out

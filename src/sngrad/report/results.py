@@ -1,0 +1,262 @@
+"""The results section (results.md.j2): the seed's tables, the chosen settings, the paired
+comparisons, the sensitivity, training-length, shrink and control-variate tables."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from sngrad.layout import Layout
+from sngrad.names import fixed_alpha, optimizer_of
+from sngrad.report.format import NA, fmt, mean_std, missing, pct, pvalue, signed_points
+from sngrad.report.read import (
+    read_csv,
+    records,
+    truthy,
+)
+from sngrad.tables import ALL_LAYERS, FLAT_SHARE
+
+# The seed README's accuracy table: its rows, in its order, with its spelling.
+SEED_DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion MNIST", "cifar10": "CIFAR10"}
+
+
+PAPER_ONLY = {"cifar10": "not run: needs the paper profile (download, GPU)"}
+
+
+NOT_IN_PROFILE = "not run in this profile"
+
+
+def _cell_key(dataset, run, batch_size) -> tuple:
+    return (str(dataset), str(run), int(batch_size))
+
+
+def paired_rows(paired: pd.DataFrame, family: str) -> list[dict]:
+    rows = []
+    for r in records(paired[paired["family"] == family] if len(paired) else None):
+        ci = (
+            NA
+            if missing(r["ci_low"])
+            else f"[{signed_points(r['ci_low'])}, {signed_points(r['ci_high'])}]"
+        )
+        rows.append(
+            {
+                "dataset": r["dataset"],
+                "batch_size": int(r["batch_size"]),
+                "run": r["run"],
+                "base": r["base"],
+                "pairs": f"{int(r['n_pairs'])}/{int(r['n_seeds'])}",
+                "diverged": f"{int(r['n_diverged_run'])}/{int(r['n_diverged_base'])}",
+                "epochs": f"{fmt(r['epoch_run'], 6)} vs {fmt(r['epoch_base'], 6)}",
+                "cost": fmt(r["cost_run"], 3),
+                "run_mean": pct(r["run_mean"]),
+                "base_mean": pct(r["base_mean"]),
+                "diff": signed_points(r["diff_mean"]),
+                "ci": ci,
+                "p_signflip": pvalue(r["p_signflip"]),
+                "p_holm": pvalue(r["p_holm"]),
+                "p_t": pvalue(r["p_t"]),
+                "verdict": r["verdict"],
+                "note": "" if missing(r["note"]) else str(r["note"]),
+                "diff_value": r["diff_mean"],
+            }
+        )
+    return rows
+
+
+def seed_tables(config, summary: pd.DataFrame, paired: pd.DataFrame) -> list[dict]:
+    """The seed README's two tables per batch size: learning rate and accuracy."""
+    runs = list(config.get("optimizers", []))
+    sngrad = [r for r in runs if optimizer_of(r).startswith("sgd+sngrad")]
+    columns = (["sgd"] if "sgd" in runs else []) + sngrad
+    configured = list(config.get("datasets", []))
+    rows_of = list(SEED_DATASETS) + [d for d in configured if d not in SEED_DATASETS]
+    index = {_cell_key(r["dataset"], r["run"], r["batch_size"]): r for r in records(summary)}
+    verdicts = {
+        _cell_key(r["dataset"], r["run"], r["batch_size"]): r
+        for r in records(paired[paired["family"] == "equal_epochs"] if len(paired) else None)
+    }
+    tables = []
+    for batch_size in config.get("batch_sizes", []):
+        lr_rows, acc_rows = [], []
+        for dataset in rows_of:
+            label = SEED_DATASETS.get(dataset, dataset)
+            if dataset not in configured:
+                why = PAPER_ONLY.get(dataset, NOT_IN_PROFILE)
+                lr_rows.append({"dataset": label, "cells": [why] * len(columns)})
+                acc_rows.append({"dataset": label, "cells": [why] * len(columns)})
+                continue
+            lr_cells, acc_cells = [], []
+            for run in columns:
+                s = index.get(_cell_key(dataset, run, batch_size))
+                if s is None:
+                    lr_cells.append("not run")
+                    acc_cells.append("not run")
+                    continue
+                lr_cells.append(_lr_cell(s))
+                cell = mean_std(s["test_accuracy_mean"], s["test_accuracy_std"])
+                p = verdicts.get(_cell_key(dataset, run, batch_size))
+                if p is not None:
+                    cell += f" ({p['verdict']}, Holm p {pvalue(p['p_holm'])})"
+                if int(s["n_diverged"]):
+                    cell += f", {int(s['n_diverged'])} of {int(s['n_seeds'])} seeds diverged"
+                acc_cells.append(cell)
+            lr_rows.append({"dataset": label, "cells": lr_cells})
+            acc_rows.append({"dataset": label, "cells": acc_cells})
+        tables.append(
+            {"batch_size": batch_size, "columns": columns, "lr_rows": lr_rows, "acc_rows": acc_rows}
+        )
+    return tables
+
+
+def _lr_cell(s: dict) -> str:
+    if truthy(s.get("all_diverged")):
+        return "no valid setting (all diverged)"
+    text = fmt(s["learning_rate"])
+    if not missing(s.get("momentum")):
+        text += f", momentum {fmt(s['momentum'])}"
+    if not missing(s.get("alpha")):
+        text += f", $\\alpha$ {fmt(s['alpha'])}"
+        if not missing(s.get("alpha_scaled")) and fixed_alpha(s["run"]) is None:
+            text += f" (scale-free {fmt(s['alpha_scaled'])})"
+    if truthy(s.get("at_bound")):
+        text += " †"
+    return text
+
+
+def chosen_rows(summary: pd.DataFrame) -> list[dict]:
+    return [
+        {
+            "dataset": s["dataset"],
+            "batch_size": int(s["batch_size"]),
+            "run": s["run"],
+            "learning_rate": fmt(s["learning_rate"]),
+            "momentum": fmt(s["momentum"]),
+            "alpha": fmt(s["alpha"]),
+            "alpha_scaled": fmt(s["alpha_scaled"]),
+            "sigma_ref": fmt(s["sigma_ref"]),
+            "val_accuracy": pct(s["val_accuracy"]),
+            "flags": ", ".join(
+                f
+                for f, on in [
+                    ("at a hard bound", truthy(s["at_bound"])),
+                    ("all settings diverged", truthy(s["all_diverged"])),
+                ]
+                if on
+            ),
+            "test": mean_std(s["test_accuracy_mean"], s["test_accuracy_std"]),
+            "val_final": pct(s["val_accuracy_final"]),
+            "seeds": f"{int(s['n_seeds']) - int(s['n_diverged'])}/{int(s['n_seeds'])}",
+        }
+        for s in records(summary)
+    ]
+
+
+def shrink_rows(layout: Layout) -> list[dict]:
+    table = read_csv(layout.analysis("shrink.csv"))
+    if table is None or table.empty:
+        return []
+    whole = table[table["layer"].astype(str) == ALL_LAYERS]
+    return [
+        {
+            "dataset": r["dataset"],
+            "run": r["optimizer"],
+            "batch_size": int(r["batch_size"]),
+            "share": pct(r["shrink_share"], 1),
+            "share_first": pct(r["shrink_first"], 1),
+            "share_last": pct(r["shrink_last"], 1),
+            "factor": fmt(r["factor_mean"]),
+            "factor_last": fmt(r["factor_last"]),
+        }
+        for r in records(whole)
+    ]
+
+
+def training_length(layout: Layout) -> dict:
+    table = read_csv(layout.analysis("training_length.csv"))
+    rows = [
+        {
+            "dataset": r["dataset"],
+            "run": r["optimizer"],
+            "batch_size": int(r["batch_size"]),
+            "epochs": fmt(r["epochs"], 6),
+            "quarter": fmt(r["quarter"], 6),
+            "first": fmt(r["loss_first"]),
+            "last": fmt(r["loss_last"]),
+            "share": pct(r["share_last_quarter"], 1),
+            "met": "yes" if truthy(r["met"]) else "**no**",
+        }
+        for r in records(table)
+    ]
+    return {
+        "rows": rows,
+        "criterion": pct(FLAT_SHARE, 0),
+        "met": sum(r["met"] == "yes" for r in rows),
+        "total": len(rows),
+    }
+
+
+def alpha_rows(layout: Layout) -> list[dict]:
+    """The performance notebook's ``alpha_summary.csv`` (alphas tried: space-separated)."""
+    table = read_csv(layout.analysis("alpha_summary.csv"))
+    if table is None or table.empty:
+        return []
+    return [
+        {
+            "dataset": r["dataset"],
+            "run": r["optimizer"],
+            "batch_size": int(r["batch_size"]),
+            "learning_rate": fmt(r["learning_rate"]),
+            "alphas": ", ".join(fmt(a) for a in str(r["alphas_scaled"]).split()),
+            "best": fmt(r["best_alpha_scaled"]),
+            "worst": fmt(r["worst_alpha_scaled"]),
+            "best_val": pct(r["best_val_accuracy"]),
+            "worst_val": pct(r["worst_val_accuracy"]),
+            "spread": pct(r["spread"]),
+            "diverged": str(r["diverged_alphas"]),
+        }
+        for r in records(table)
+    ]
+
+
+def lr_rows(layout: Layout) -> list[dict]:
+    table = read_csv(layout.analysis("lr_sensitivity.csv"))
+    return [
+        {
+            "dataset": r["dataset"],
+            "run": r["optimizer"],
+            "batch_size": int(r["batch_size"]),
+            "settings": fmt(r["settings"], 6),
+            "diverged": fmt(r["diverged_settings"], 6),
+            "range": f"[{fmt(r['lr_low'])}, {fmt(r['lr_high'])}]",
+            "chosen": fmt(r["chosen_learning_rate"]),
+            "position": r["chosen_position"],
+            "rounds": fmt(r["extension_rounds"], 6),
+            "near": pct(r["share_near_best"], 0),
+        }
+        for r in records(table)
+    ]
+
+
+def control_variates(layout: Layout, paired_rows: list[dict]) -> list[dict]:
+    table = read_csv(layout.analysis("control_variates.csv"))
+    vs = {(r["dataset"], r["run"], r["batch_size"]): r for r in paired_rows}
+    out = []
+    for r in records(table):
+        p = vs.get((r["dataset"], r["optimizer"], int(r["batch_size"])))
+        out.append(
+            {
+                "dataset": r["dataset"],
+                "run": r["optimizer"],
+                "batch_size": int(r["batch_size"]),
+                "ratio": fmt(r["variance_ratio"]),
+                "ratio_first": fmt(r["variance_ratio_first"]),
+                "ratio_last": fmt(r["variance_ratio_last"]),
+                "lam": fmt(r["lambda_median"]),
+                "reduces": "yes"
+                if not missing(r["variance_ratio"]) and r["variance_ratio"] < 1
+                else "no",
+                "diff": p["diff"] if p else NA,
+                "ci": p["ci"] if p else NA,
+                "verdict": p["verdict"] if p else "not compared",
+            }
+        )
+    return out

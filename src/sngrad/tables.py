@@ -1,0 +1,67 @@
+"""The contract between the analysis notebooks and the report: what the tables mean.
+
+The notebooks (through :mod:`sngrad.analysis`) write tables; the report (:mod:`sngrad.report`)
+only formats them. Both read the constants the tables are computed with and the columns of the
+tables the report opens when none has been written yet from here, so that neither imports the
+other. Where each table lives is :data:`sngrad.layout.NOTEBOOK_TABLES`.
+"""
+
+SIGNIFICANCE = 0.05
+
+FAMILIES = ("equal_epochs", "equal_time")
+
+VERDICTS = ("better", "worse", "inconclusive")
+
+FLAT_SHARE = 0.10
+
+ALL_LAYERS = "all"
+
+
+PAIRED_COLUMNS = [
+    "dataset",
+    "batch_size",
+    "family",
+    "run",
+    "base",
+    "epoch_run",
+    "epoch_base",
+    "cost_run",
+    "cost_base",
+    "n_seeds",
+    "n_pairs",
+    "n_diverged_run",
+    "n_diverged_base",
+    "run_mean",
+    "base_mean",
+    "diff_mean",
+    "diff_std",
+    "ci_low",
+    "ci_high",
+    "p_t",
+    "p_signflip",
+    "p_holm",
+    "verdict",
+    "note",
+]
+
+
+SUMMARY_COLUMNS = [
+    "dataset",
+    "run",
+    "base",
+    "batch_size",
+    "learning_rate",
+    "momentum",
+    "alpha",
+    "alpha_scaled",
+    "sigma_ref",
+    "val_accuracy",
+    "all_diverged",
+    "at_bound",
+    "epochs",
+    "n_seeds",
+    "n_diverged",
+    "test_accuracy_mean",
+    "test_accuracy_std",
+    "val_accuracy_final",
+]

@@ -1,0 +1,336 @@
+"""The counted cost model (sngrad.costs), the engine's evaluation at the budget step k*, and
+the lean SVRG step."""
+
+import csv
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sngrad import costs, stats
+from sngrad.data import Splits, save_splits
+from sngrad.errors import SngradError
+from sngrad.optimizers import build_optimizer
+from sngrad.spec import parse_spec
+from sngrad.train import engine
+from sngrad.train.commands import BUDGET_COLUMNS, train
+from sngrad.train.engine import TRAIN_MODE, Mode, RunConfig, run_sweep
+from sngrad.train.step import make_step
+
+# A network small enough to count by hand: layers (3 -> 2) and (2 -> 2), P_W = 10, P = 14.
+TINY = [3, 2, 2]
+STUDY = [784, 64, 10]
+DEEP = [784, 1024, 1024, 1024, 10]
+
+
+# ----------------------------------------------------------------------------- counts
+
+
+def test_tiny_network_counts_by_hand():
+    # forward: products 12 + 8, bias adds 2 + 2, one ReLU of 2, log-softmax 4 x 2
+    assert costs.forward_flops(TINY) == 12 + 8 + 2 + 2 + 2 + 8
+    # backward: softmax - one-hot 3 x 2, ReLU mask 2, weight products 12 + 8, bias sums 2 + 2,
+    # input gradient of the second layer only 8
+    assert costs.backward_flops(TINY) == 6 + 2 + 12 + 8 + 2 + 2 + 8
+    # moments: (A*A)^T (D*D) 12 + 8, squares of A 3 + 2, of D 2 x 2 + 2 x 2, bias var 3 x 2 twice
+    assert costs.moment_flops(TINY) == 12 + 8 + 3 + 2 + 4 + 4 + 6 + 6
+    assert costs.co_moment_flops(TINY) == 12 + 8 + 3 + 2 + 4 + 4 + 8 + 8
+    assert (costs.weight_count(TINY), costs.parameter_count(TINY)) == (10, 14)
+
+
+@pytest.mark.parametrize(("run", "flops"), [
+    ("sgd", 4 * 74 + 2 * 14),
+    ("momentum", 4 * 74 + 4 * 14),
+    ("adam", 4 * 74 + 13 * 14),
+    ("msvag", 4 * 74 + 20 * 14),  # no within-batch variance: a plain step
+    ("sgd+sngrad1", 4 * (74 + 45) + (2 + 6) * 14 + 3 * 10),
+    ("sgd+sngrad1@0.1", 4 * (74 + 45) + (2 + 6) * 14 + 3 * 10),  # costs as its variant
+    ("sgd+sngrad2", 4 * (74 + 45) + (2 + 12) * 14 + 3 * 10),
+    ("svag", 4 * (74 + 45) + 9 * 14 + 3 * 10),
+    ("sgd+svrg", 4 * 2 * 74 + (2 + 5) * 14),  # two gradients, no moments
+    ("sgd+cv", 4 * (2 * (74 + 45) + 49) + (2 + 17) * 14 + (6 + 2) * 10),
+])
+def test_step_flops_of_every_kind_on_the_tiny_network(run, flops):
+    assert costs.step_flops(run, TINY, 4) == flops
+
+
+def test_anchor_is_one_forward_and_backward_over_the_training_split():
+    assert costs.anchor_flops("sgd+svrg", TINY, 10) == 10 * 74 + 14  # one chunk sum of P
+    assert costs.anchor_flops("sgd+cv", TINY, 2049) == 2049 * 74 + 3 * 14  # three chunks
+    assert costs.anchor_flops("sgd+sngrad1", TINY, 10) == 0
+    # epoch: S = 10 // 4 = 2 steps and the anchor every second epoch
+    assert costs.epoch_flops("sgd+svrg", TINY, 10, 4, 2) == 2 * 690 + 754 / 2
+
+
+def test_moment_floor_is_one_extra_weight_gradient_product():
+    assert round(costs.moment_floor(STUDY), 2) == 1.50
+    assert round(costs.moment_floor(DEEP), 2) == 1.37
+    # the full counts (elementwise work included) stay within 2 % of the floor
+    for widths, floor in ((STUDY, 1.50), (DEEP, 1.37)):
+        ratio = costs.cost_ratio("sgd+sngrad1", "sgd", widths, 8000, 128)
+        assert floor <= round(ratio, 2) <= floor + 0.02
+
+
+def test_counts_are_integers_and_the_same_in_a_fresh_process():
+    here = [costs.step_flops(r, DEEP, 128) for r in ("sgd", "sgd+cv", "svag")]
+    assert all(isinstance(v, int) for v in here)
+    code = ("from sngrad import costs; import sys; "
+            "print([costs.step_flops(r, [784, 1024, 1024, 1024, 10], 128) "
+            "for r in ('sgd', 'sgd+cv', 'svag')]); print('jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+    assert out[0] == str(here)
+    assert out[1] == "False"  # the cost model never imports jax
+
+
+def test_bad_inputs_are_one_line_errors():
+    with pytest.raises(SngradError, match="widths"):
+        costs.step_flops("sgd", [784], 128)
+    with pytest.raises(SngradError, match="batch"):
+        costs.step_flops("sgd", TINY, 0)
+    with pytest.raises(SngradError, match="unknown"):
+        costs.step_flops("sgd+sngrad9", TINY, 4)
+    with pytest.raises(SngradError, match="batch size 20"):
+        costs.budget_step("sgd+svrg", TINY, 10, 20, 3)
+
+
+# ----------------------------------------------------------------------------- budget step
+
+
+def test_budget_step_by_hand():
+    # S = 2 steps per epoch, 3 epochs: sgd spends 6 x 324 = 1944. svrg spends 690 per step
+    # and 754 per anchor (before epochs 0, 1, 2): C(1) = 1444 <= 1944 < C(2) = 2134.
+    b = costs.budget_step("sgd+svrg", TINY, 10, 4, 3)
+    assert (b.base, b.step, b.steps_total, b.budget_flops, b.run_flops) == (
+        "sgd", 1, 6, 1944, 1444)
+    assert not b.capped and b.epochs == 0.5
+
+
+def test_budget_step_is_the_last_affordable_step():
+    for run in ("sgd+sngrad1", "sgd+sngrad2@0.05", "svag", "msvag", "sgd+cv", "sgd+svrg",
+                "adam+sngrad1", "momentum+sngrad1", "adabelief"):
+        b = costs.budget_step(run, STUDY, 8000, 128, 10, 1)
+
+        def spent(t, run=run):
+            return costs.cumulative_flops(run, STUDY, 8000, 128, 1, t)
+
+        assert spent(b.step) == b.run_flops <= b.budget_flops < spent(b.step + 1)
+    assert costs.budget_step("sgd+sngrad1", STUDY, 8000, 128, 10).step == 408
+    assert costs.budget_step("sgd+cv", STUDY, 8000, 128, 10).step == 124
+
+
+def test_a_base_meets_its_own_budget_at_its_last_step():
+    b = costs.budget_step("adam", STUDY, 8000, 128, 10)
+    assert (b.base, b.step, b.steps_total, b.capped) == ("adam", 620, 620, False)
+
+
+def test_equal_compute_pairs_match_run_and_base_seed_by_seed():
+    def row(run, seed, acc, step=620):
+        return {"optimizer": run, "batch_size": "128", "seed": str(seed), "test_accuracy": acc,
+                "budget_step": step, "budget_epochs": step / 62, "capped": "False"}
+
+    rows = [row("sgd", 1, 0.9), row("sgd", 2, 0.8), row("sgd+cv", 1, 0.7, 124),
+            row("sgd+cv", 2, 0.6, 124), row("sgd+cv", 3, 0.5, 124), row("adam+sngrad1", 1, 0.4)]
+    pairs = costs.equal_compute_pairs(rows)
+    assert [(p["run"], p["seed"], p["run_value"], p["base_value"]) for p in pairs] == [
+        ("sgd+cv", 1, 0.7, 0.9), ("sgd+cv", 2, 0.6, 0.8)]
+    assert pairs[0]["budget_step"] == 124 and pairs[0]["budget_epochs"] == 2.0
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+def _toy_splits(n_train=96, dim=5, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def part(n):
+        x = rng.normal(size=(n, dim)).astype(np.float32)
+        return x, (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.8).astype(np.int32)
+
+    return Splits(*part(n_train), *part(40), *part(40), num_classes=3, name="toy")
+
+
+SPEC = {
+    "hidden": [6], "init_seed": 0, "epochs": 2, "seeds": [1, 2], "backend": "dense",
+    "schedule": "constant", "checkpoint_every": 0, "diverge_loss": 1000.0, "snapshot_every": 1,
+    "tune": {"seeds": [100, 101], "lr_min": 0.03, "lr_max": 0.3, "lr_per_decade": 2,
+             "lr_bounds": [0.01, 1.0], "second_points": 2, "one_minus_momentum": [0.1, 0.5],
+             "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]}},
+}
+B = 16  # 6 steps per epoch
+
+
+def _params_after(splits, optimizer, config, steps, hp):
+    """The parameters of one run after ``steps`` steps, by a plain loop over the engine's
+    batches (no vmap, no scan)."""
+    init_key, shuffle_key = engine.run_keys(config)
+    params = engine.mlp_init(jnp.asarray(init_key), [splits.x_train.shape[1], 6, 3])
+    step = jax.jit(make_step(optimizer, backend="dense", batch_size=B, schedule="constant",
+                             total_steps=0, diagnostics_on=False))
+    opt_state = step.init(params, hp)
+    per_epoch = len(splits.y_train) // B
+    data = {"x_train": jnp.asarray(splits.x_train), "y_train": jnp.asarray(splits.y_train)}
+    data["idx_train"], data["mask_train"] = (jnp.asarray(a) for a in
+                                             engine._chunk_index(len(splits.y_train)))
+    snapshot = None
+    for t in range(steps):
+        epoch, i = divmod(t, per_epoch)
+        if i == 0 and step.kind in ("cv", "svrg"):
+            snapshot = (params, engine._full_gradient(params, data["x_train"], data["y_train"],
+                                                      data["idx_train"], data["mask_train"]))
+        order = jax.random.permutation(jax.random.fold_in(jnp.asarray(shuffle_key), epoch),
+                                       len(splits.y_train))
+        rows = order[i * B:(i + 1) * B]
+        params, opt_state, _ = step(params, opt_state, (data["x_train"][rows],
+                                                         data["y_train"][rows]), hp, snapshot)
+    return params
+
+
+@pytest.mark.parametrize(("optimizer", "k_star"), [("sgd+sngrad1", 4), ("sgd+svrg", 9)])
+def test_engine_evaluates_the_parameters_after_exactly_k_star_steps(optimizer, k_star):
+    splits = _toy_splits()
+    spec = parse_spec(SPEC)
+    configs = [RunConfig(0.1, None, 0.5 if "sngrad" in optimizer else None, s) for s in (1, 2)]
+    result = run_sweep(splits, optimizer, B, spec, configs, TRAIN_MODE, budget_step=k_star)
+    hp = {"learning_rate": jnp.float32(0.1)}
+    if "sngrad" in optimizer:
+        hp["alpha"] = jnp.float32(0.5)
+    for j, config in enumerate(configs):
+        params = _params_after(splits, optimizer, config, k_star, hp)
+        for name in ("val", "test"):
+            x, y = getattr(splits, f"x_{name}"), getattr(splits, f"y_{name}")
+            idx, mask = engine._chunk_index(len(y))
+            loss, acc = engine._evaluate(params, jnp.asarray(x), jnp.asarray(y), idx, mask)
+            # the same hits: the two programs divide by n in different ways
+            assert round(result.budget[f"{name}_accuracy"][j] * len(y)) == round(
+                float(acc) * len(y))
+            # the vmapped, scanned program and this loop may round the last bits differently
+            assert result.budget[f"{name}_loss"][j] == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_budget_at_the_last_step_equals_the_final_epoch():
+    splits = _toy_splits()
+    spec = parse_spec(SPEC)
+    configs = [RunConfig(0.1, None, None, s) for s in (1, 2)]
+    result = run_sweep(splits, "sgd", B, spec, configs, TRAIN_MODE, budget_step=12)
+    for key in ("val_loss", "val_accuracy", "test_loss", "test_accuracy"):
+        np.testing.assert_array_equal(result.budget[key], result.records[key][-1])
+
+
+def test_sparse_diagnostics_leave_the_training_unchanged():
+    splits = _toy_splits()
+    spec = parse_spec(SPEC)
+    configs = [RunConfig(0.1, None, None, s) for s in (1, 2)]
+    every = run_sweep(splits, "sgd+cv", B, spec, configs, Mode(("val",), (), True, 1))
+    sparse = run_sweep(splits, "sgd+cv", B, spec, configs, Mode(("val",), (), True, 4))
+    for key in ("train_loss", "val_loss", "val_accuracy", "lambda_median"):
+        np.testing.assert_array_equal(every.records[key], sparse.records[key])
+    # the variance ratio is averaged over steps 0 and 4 of each epoch instead of all six
+    assert not np.array_equal(every.records["variance_ratio"], sparse.records["variance_ratio"])
+    assert np.all(np.isfinite(sparse.records["variance_ratio"]))
+
+
+def test_lean_svrg_step_takes_the_update_of_the_full_control_variate_step():
+    splits = _toy_splits()
+    x, y = jnp.asarray(splits.x_train[:B]), jnp.asarray(splits.y_train[:B])
+    params = engine.mlp_init(jax.random.PRNGKey(0), [5, 6, 3])
+    snap = engine.mlp_init(jax.random.PRNGKey(1), [5, 6, 3])
+    anchor = jax.tree.map(lambda p: 0.01 * jnp.ones_like(p), params)
+    hp = {"learning_rate": jnp.float32(0.1)}
+    step = jax.jit(make_step("sgd+svrg", backend="dense", batch_size=B, schedule="constant",
+                             total_steps=0, diagnostics_on=False))
+    lean, _, record = step(params, step.init(params, hp), (x, y), hp, (snap, anchor))
+    # the reference: the full CVStats and every keyword, as the step computed them before
+    # (jitted too, so that both are compiled alike)
+    opt = build_optimizer("sgd+svrg", 0.1)
+
+    @jax.jit
+    def full_step(params):
+        cv = stats.dense_cv_stats(params, snap, x, y)
+        updates, _ = opt.update(cv.mean, opt.init(params), params, snap_mean=cv.snap_mean,
+                                snap_var=cv.snap_var, cov=cv.cov, anchor=anchor)
+        return optax.apply_updates(params, updates), cv.loss
+
+    full, loss = full_step(params)
+    # Same maths, but XLA fuses the bias sums differently once the variances are gone: the
+    # parameters agree to float32 rounding (observed: 1-2 ulp), not bit for bit.
+    for a, b in zip(jax.tree.leaves(lean), jax.tree.leaves(full), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)
+    assert float(record["loss"]) == float(loss)
+
+
+# ----------------------------------------------------------------------------- train command
+
+
+def test_train_writes_budget_rows(tmp_path):
+    splits = _toy_splits()
+    data = tmp_path / "toy.npz"
+    save_splits(splits, data)
+    best = tmp_path / "best.json"
+    best.write_text('{"optimizer": "sgd+svrg", "run": "sgd+svrg", "batch_size": 16, '
+                    '"learning_rate": 0.1, "momentum": null, "alpha": null, '
+                    '"all_diverged": false}')
+    out = tmp_path / "run"
+    train(data, "sgd+svrg", B, parse_spec(SPEC), best, out)
+    with open(out / "budget.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == BUDGET_COLUMNS
+    expected = costs.budget_step("sgd+svrg", [5, 6, 3], 96, B, 2)
+    assert [int(r["seed"]) for r in rows] == [1, 2]
+    assert {int(r["budget_step"]) for r in rows} == {expected.step}
+    assert {r["base"] for r in rows} == {"sgd"}
+
+
+# ----------------------------------------------------------------------------- config cost
+
+
+def test_profile_stages_of_the_smoke_profile():
+    from sngrad.config import load_profile
+
+    stages = {s.name: s for s in costs.profile_stages(load_profile("config/smoke.yaml"))}
+    # digits: 1294 training examples (1438 less 144 for validation), B = 64 -> 20 steps per
+    # epoch, 2 epochs; 3 runs; tuning: 3 learning rates x 1 point x 2 seeds per cell
+    assert stages["tuning"].example_steps == 3 * 6 * 40 * 64
+    assert stages["final training"].example_steps == 3 * 2 * 40 * 64
+    assert stages["reference"].example_steps == 40 * 64
+    assert stages["reference"].flops == 40 * costs.step_flops("sgd", [64, 16, 10], 64)
+    assert [s.jobs for s in stages.values()] == [3, 3, 1, 1]
+
+
+def test_profile_grid_counts_agree_with_the_protocol_and_the_noise_study():
+    from sngrad.noise.measure import n_batches_for
+    from sngrad.spec import parse_spec
+    from sngrad.train import protocol
+
+    tune = parse_spec(SPEC).tune
+    assert costs.lr_count(tune.lr_min, tune.lr_max, tune.lr_per_decade) == protocol.lr_count(
+        tune)
+    for b in (8, 512, 1024, 4096):
+        assert costs.noise_batches(b, 32) == n_batches_for(b, 32)
+
+
+def test_config_cost_prints_without_jax_and_never_asks_outside_a_terminal(monkeypatch):
+    code = ("import sys; from sngrad.config import cli; "
+            "cli(['cost', 'config/paper.yaml', '--no-calibrate']); print('jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, stdin=subprocess.DEVNULL).stdout
+    assert "final training" in out and "GPU:" in out
+    assert out.strip().splitlines()[-1] == "False"
+    monkeypatch.setenv("CI", "true")
+    assert not costs.interactive()
+
+
+def test_host_median_equals_the_device_median_of_each_layer():
+    from sngrad.train import diagnostics
+
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    lam = [(jax.random.uniform(keys[0], (3, 5, 4)), jnp.zeros((3, 4))),
+           (jax.random.uniform(keys[1], (3, 4, 3)), jnp.zeros((3, 3)))]
+    device = jax.vmap(lambda tree: diagnostics.lambda_median(tree))(lam)
+    host = engine._host_median([np.asarray(w) for w, _ in lam])
+    np.testing.assert_array_equal(host, np.asarray(device))
+    assert host.dtype == np.float32

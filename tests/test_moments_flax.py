@@ -1,0 +1,228 @@
+"""Property tests of sngrad.moments.flax_moments against vmap(grad) per-example gradients.
+
+Three model families (an MLP with a dense layer on a sequence axis, a CNN with strides,
+padding, dilation and feature groups, a model with LayerNorm and Embed), every backend,
+batch size 1 and batches of one repeated example included.
+
+Tolerance. Every backend sums the same per-example quantities in a different order, and the
+fast path's dense variance is a one-pass difference ``E[g^2] - mean^2`` whose float32 error
+is bounded by a small multiple of ``u * E[g^2]`` (u = 2^-24, see sngrad.stats.dense_stats).
+Errors are therefore measured against the leaf's scale: ``max|mean|`` for first moments and
+``max(mean^2 + var)`` (i.e. ``E[g^2]``) for variances and covariances, with a factor 1e-4,
+far above the few hundred u that B <= 5 examples and these depths produce.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sngrad.errors import SngradError
+from sngrad.models import cross_entropy
+from sngrad.moments import fast_path_plan, flax_moments
+
+TOL = 1e-4
+SETTINGS = settings(max_examples=3, deadline=None, derandomize=True)
+
+
+class SeqMLP(nnx.Module):
+    """Dense layers on (B, features) and on (B, positions, features) inputs."""
+
+    def __init__(self, rngs):
+        self.inp = nnx.Linear(5, 8, rngs=rngs)
+        self.pos = nnx.Linear(4, 4, rngs=rngs)
+        self.out = nnx.Linear(8, 3, rngs=rngs)
+        self.nobias = nnx.Linear(3, 3, use_bias=False, rngs=rngs)
+
+    def __call__(self, x):
+        h = jnp.tanh(self.inp(x))                        # (B, 8)
+        h = self.pos(h.reshape(h.shape[0], 2, 4))        # (B, 2, 4): a dense layer per position
+        return self.nobias(self.out(jnp.tanh(h).reshape(h.shape[0], 8)))
+
+
+class CNN(nnx.Module):
+    def __init__(self, rngs):
+        self.c1 = nnx.Conv(2, 4, (3, 3), strides=(2, 1), padding=((1, 0), (2, 1)),
+                           kernel_dilation=(1, 2), rngs=rngs)
+        self.c2 = nnx.Conv(4, 6, (2, 2), feature_group_count=2, padding="VALID", rngs=rngs)
+        self.c3 = nnx.Conv(6, 3, (2, 2), strides=2, padding="SAME", rngs=rngs)
+        self.out = nnx.Linear(3, 3, rngs=rngs)
+
+    def __call__(self, x):
+        h = nnx.relu(self.c1(x))
+        h = jnp.tanh(self.c2(h))
+        h = self.c3(h).mean(axis=(1, 2))
+        return self.out(h)
+
+
+class NormEmbed(nnx.Module):
+    def __init__(self, rngs):
+        self.emb = nnx.Embed(7, 4, rngs=rngs)
+        self.norm = nnx.LayerNorm(4, rngs=rngs)
+        self.mix = nnx.Linear(4, 4, rngs=rngs)
+        self.out = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+        tokens, features = x
+        h = self.emb(tokens) + features                  # (B, 3, 4)
+        h = nnx.relu(self.mix(self.norm(h))).mean(axis=1)
+        return self.out(h)
+
+
+def _images(key, n):
+    return jax.random.normal(key, (n, 7, 6, 2))
+
+
+def _mlp_inputs(key, n):
+    return jax.random.normal(key, (n, 5))
+
+
+def _norm_inputs(key, n):
+    k1, k2 = jax.random.split(key)
+    return jax.random.randint(k1, (n, 3), 0, 7), jax.random.normal(k2, (n, 3, 4))
+
+
+FAMILIES = {"mlp": (SeqMLP, _mlp_inputs), "cnn": (CNN, _images),
+            "norm_embed": (NormEmbed, _norm_inputs)}
+
+
+def loss_fn(model, batch):
+    x, y = batch
+    return cross_entropy(model(x), y)
+
+
+def _batch(family, seed, n, repeated):
+    inputs = FAMILIES[family][1]
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    x = inputs(k1, 1 if repeated else n)
+    y = jax.random.randint(k2, (1 if repeated else n,), 0, 3)
+    if repeated:
+        x = jax.tree.map(lambda a: jnp.repeat(a, n, axis=0), x)
+        y = jnp.repeat(y, n)
+    return x, y
+
+
+def _reference(model, batch, snapshot=None):
+    """Moments straight from the B per-example gradients of nnx.grad, two-pass in float64."""
+
+    def per_example(m):
+        graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+
+        def one(p, x, y):
+            example = (jax.tree.map(lambda a: a[None], x), y[None])
+            return loss_fn(nnx.merge(graphdef, p, rest), example)[0]
+
+        return jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, *batch)
+
+    g = [np.asarray(a, np.float64) for a in jax.tree.leaves(per_example(model))]
+    mean = [a.mean(0) for a in g]
+    var = [((a - m) ** 2).mean(0) for a, m in zip(g, mean, strict=True)]
+    if snapshot is None:
+        return mean, var
+    h = [np.asarray(a, np.float64) for a in jax.tree.leaves(per_example(snapshot))]
+    snap_mean = [a.mean(0) for a in h]
+    snap_var = [((a - m) ** 2).mean(0) for a, m in zip(h, snap_mean, strict=True)]
+    cov = [((a - m) * (b - n)).mean(0) for a, m, b, n in zip(g, mean, h, snap_mean, strict=True)]
+    return mean, var, snap_mean, snap_var, cov
+
+
+def _close(got, ref, scale):
+    for a, r, s in zip(jax.tree.leaves(got), ref, scale, strict=True):
+        np.testing.assert_allclose(np.asarray(a, np.float64), r, rtol=0,
+                                   atol=TOL * float(np.max(s)) + 1e-30)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@SETTINGS
+@given(seed=st.integers(0, 2**16), n=st.sampled_from([1, 4]), repeated=st.booleans())
+def test_every_backend_matches_per_example_gradients(family, seed, n, repeated):
+    model = FAMILIES[family][0](nnx.Rngs(seed))
+    batch = _batch(family, seed + 1, n, repeated)
+    mean, var = _reference(model, batch)
+    second = [m * m + v for m, v in zip(mean, var, strict=True)]
+    first = [np.abs(m) for m in mean]
+    for backend in ("auto", "vmap", "chunked"):
+        got = flax_moments(model, loss_fn, batch, backend=backend, chunk_size=2)
+        _close(got.mean, mean, first)
+        _close(got.var, var, second)
+        assert all(bool(jnp.all(v >= 0)) for v in jax.tree.leaves(got.var))
+        if repeated or n == 1:
+            # identical examples: no spread, up to the rounding of E[g^2] - mean^2
+            for v, s in zip(jax.tree.leaves(got.var), second, strict=True):
+                assert float(jnp.max(v)) <= 1e-5 * float(np.max(s)) + 1e-30
+        expected_loss = float(jnp.mean(loss_fn(model, batch)))
+        assert float(got.loss) == pytest.approx(expected_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@SETTINGS
+@given(seed=st.integers(0, 2**16), n=st.sampled_from([1, 5]))
+def test_control_variate_moments_match_per_example_gradients(family, seed, n):
+    model = FAMILIES[family][0](nnx.Rngs(seed))
+    snapshot = FAMILIES[family][0](nnx.Rngs(seed + 7))
+    batch = _batch(family, seed + 1, n, False)
+    mean, var, snap_mean, snap_var, cov = _reference(model, batch, snapshot)
+    second = [m * m + v for m, v in zip(mean, var, strict=True)]
+    snap_second = [m * m + v for m, v in zip(snap_mean, snap_var, strict=True)]
+    cross = [np.sqrt(a * b) for a, b in zip(second, snap_second, strict=True)]
+    for backend in ("auto", "vmap", "chunked"):
+        got = flax_moments(model, loss_fn, batch, backend=backend, chunk_size=3,
+                           snapshot=snapshot)
+        _close(got.mean, mean, [np.abs(m) for m in mean])
+        _close(got.var, var, second)
+        _close(got.snap_mean, snap_mean, [np.abs(m) for m in snap_mean])
+        _close(got.snap_var, snap_var, snap_second)
+        _close(got.cov, cov, cross)
+
+
+def test_plan_names_the_fast_layers_and_the_fallback_parameters():
+    model = NormEmbed(nnx.Rngs(0))
+    plan = fast_path_plan(model, loss_fn, _batch("norm_embed", 0, 3, False))
+    assert plan.fast == ("mix", "out")
+    assert plan.fallback == (("emb/embedding", "Embed"), ("norm/bias", "LayerNorm"),
+                             ("norm/scale", "LayerNorm"))
+    cnn = fast_path_plan(CNN(nnx.Rngs(0)), loss_fn, _batch("cnn", 0, 2, False))
+    assert cnn == (("c1", "c2", "c3", "out"), ())
+
+
+def test_a_layer_called_twice_falls_back_and_stays_exact():
+    class Shared(nnx.Module):
+        def __init__(self, rngs):
+            self.a = nnx.Linear(3, 3, rngs=rngs)
+            self.b = nnx.Linear(3, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.b(jnp.tanh(self.a(jnp.tanh(self.a(x)))))
+
+    model = Shared(nnx.Rngs(1))
+    batch = (jax.random.normal(jax.random.key(2), (4, 3)), jnp.array([0, 1, 2, 1]))
+    plan = fast_path_plan(model, loss_fn, batch)
+    assert plan.fast == ("b",)
+    assert [name for name, _ in plan.fallback] == ["a/bias", "a/kernel"]
+    assert "called 2 times" in plan.fallback[0][1]
+    mean, var = _reference(model, batch)
+    got = flax_moments(model, loss_fn, batch)
+    _close(got.mean, mean, [np.abs(m) for m in mean])
+    _close(got.var, var, [m * m + v for m, v in zip(mean, var, strict=True)])
+
+
+def test_backend_fast_refuses_models_with_fallback_parameters():
+    model = NormEmbed(nnx.Rngs(0))
+    with pytest.raises(SngradError, match="norm/scale"):
+        flax_moments(model, loss_fn, _batch("norm_embed", 0, 3, False), backend="fast")
+    with pytest.raises(SngradError, match="backend"):
+        flax_moments(model, loss_fn, _batch("norm_embed", 0, 3, False), backend="dense")
+
+
+def test_the_users_model_is_left_untouched():
+    model = SeqMLP(nnx.Rngs(0))
+    batch = _batch("mlp", 0, 3, False)
+    before = model(batch[0])
+    flax_moments(model, loss_fn, batch)
+    assert model.inp.dot_general is None or model.inp.dot_general is jax.lax.dot_general
+    np.testing.assert_array_equal(model(batch[0]), before)
