@@ -114,7 +114,14 @@ def scale_factor(variant: str, mean: jax.Array, var: jax.Array, alpha: float) ->
         # mu = 0 takes its exact value 0 apart: for a tiny s the derivative of mu / s with
         # respect to s is -mu / s^2 = 0 * inf = NaN, even though the factor itself is 0.
         divide = noisy & (mean != 0)
-        ratio = jnp.where(divide, mean, 0.0) / jnp.where(divide, s, 1.0)
+        numerator = jnp.where(divide, mean, 0.0)
+        ratio = numerator / jnp.where(divide, s, 1.0)
+        # The backward pass goes through the same ratio written as (mu / sigma) / sqrt(alpha):
+        # with a tiny alpha, the slope of mu / s involves s^2, which underflows to 0 (flushed as
+        # a subnormal) and meets a cotangent that underflowed too, 0 * inf = NaN. The value stays
+        # the one above bit for bit (x - stop_gradient(x) is exactly 0 for the finite x here).
+        smooth = (numerator / jnp.where(divide, sigma, 1.0)) / jnp.sqrt(alpha)
+        ratio = jax.lax.stop_gradient(ratio) + (smooth - jax.lax.stop_gradient(smooth))
         return jnp.where(noisy, ratio * ratio, 1.0)
     return 1.0 - jnp.minimum(alpha * sigma, 1.0)
 
