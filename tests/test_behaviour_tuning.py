@@ -115,8 +115,8 @@ def test_extension_stops_exactly_at_the_learning_rate_bounds(end, bound, tried_p
     """Catches a loosened or tightened bound check in ``protocol.extension`` (e.g. the upper
     bound doubled, a strict comparison, or the rounding tolerance applied with the wrong
     sign), which tests/test_protocol.py's bounds, a whole grid step away, let through."""
-    from sngrad.train import protocol
     from sngrad.names import parse_run
+    from sngrad.train import protocol
 
     tune_spec = _tune_with_bounds(0.1, bound) if end == "top" else _tune_with_bounds(bound, 1.0)
     run = parse_run("sgd")

@@ -69,12 +69,9 @@ from sngrad.moments.generic import (
     vmap_cv_moments,
     vmap_moments,
 )
+from sngrad.moments.layers import BATCH_CONTRACT as _BATCH_CONTRACT
+from sngrad.moments.layers import outer_product_moments
 from sngrad.names import BACKENDS
-
-# dot_general dimension numbers for A^T D with A (B, m) and D (B, n): contract the batch
-# axis of both operands directly, so XLA emits one GEMM with a transposed-operand flag
-# instead of materialising A^T.
-_BATCH_CONTRACT = (((0,), (0,)), ((), ()))
 
 
 def _mean_loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -136,20 +133,9 @@ def _dense_pass(params: Params, x: jax.Array, y: jax.Array):
 
 
 def _dense_layer_moments(a: jax.Array, s: jax.Array):
-    """Mean and population variance of one layer's (W, b) gradients from A and D / B."""
-    batch = a.shape[0]
-    # Contracting the batch axes directly lets XLA pick a GEMM with a transposed
-    # operand instead of materialising A^T.
-    mean_w = lax.dot_general(a, s, _BATCH_CONTRACT)
-    # E[g^2] = (1/B) sum_j a_j^2 d_j^2 = sum_j a_j^2 (s_j * B s_j).
-    sq_w = lax.dot_general(jnp.square(a), s * (batch * s), _BATCH_CONTRACT)
-    var_w = jnp.maximum(sq_w - mean_w * mean_w, 0.0)
-    if batch == 1:
-        # a^2 d^2 and (a d)^2 round differently; one example has exactly no spread.
-        var_w = jnp.zeros_like(var_w)
-    mean_b = jnp.sum(s, axis=0)
-    var_b = jnp.mean(jnp.square(batch * s - mean_b), axis=0)
-    return (mean_w, mean_b), (var_w, var_b)
+    """Mean and population variance of one layer's (W, b) gradients from A and D / B
+    (:func:`sngrad.moments.layers.outer_product_moments`)."""
+    return outer_product_moments(a, s)
 
 
 @jax.jit

@@ -1,10 +1,14 @@
 """Exact per-example gradient moments (mean, population variance, control-variate
 covariances) of any JAX loss, with a fast path for flax NNX Linear and Conv layers.
 
-- :func:`per_example_moments`: any ``loss_fn(params, batch)`` returning the B per-example losses, any
-  parameter pytree; backends ``vmap`` (reference) and ``chunked`` (bounded memory).
+- :func:`per_example_moments`: any ``loss_fn(params, batch)`` returning the B per-example
+  losses, any parameter pytree; backends ``vmap`` (reference) and ``chunked`` (bounded memory).
 - :func:`flax_moments`: an ``nnx.Module`` and ``loss_fn(model, batch)``; backends ``auto``,
   ``fast``, ``vmap`` and ``chunked``; :func:`fast_path_plan` says which layers fell back.
+
+- :func:`accumulate_moments`: gradient accumulation over micro-batches that merges their
+  variances (``optax.MultiSteps`` would pass on the last micro-batch's variance only);
+  :func:`from_aggregating` adapts ``optax.experimental.aggregating``'s statistics.
 
 The flax names are imported on first use, so that ``sngrad.stats`` does not load flax.
 """
@@ -12,10 +16,12 @@ The flax names are imported on first use, so that ``sngrad.stats`` does not load
 from importlib import import_module
 
 from sngrad.moments.generic import BACKENDS, CVStats, Moments, per_example_moments
+from sngrad.moments.optax_glue import accumulate_moments, from_aggregating
 
 _FLAX = {"flax_moments", "fast_path_plan", "FastPathPlan", "FAST_LAYERS"}
 
-__all__ = ["BACKENDS", "CVStats", "Moments", "per_example_moments", *sorted(_FLAX)]
+__all__ = ["BACKENDS", "CVStats", "Moments", "accumulate_moments", "from_aggregating",
+           "per_example_moments", *sorted(_FLAX)]
 
 
 def __getattr__(name: str):

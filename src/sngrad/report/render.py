@@ -2,7 +2,7 @@
 
 The report collects and formats; it computes no statistic of its own. Every number comes
 from a table a notebook or job wrote under ``results/<profile>/`` (paths from
-:mod:`sngrad.layout`; the list is :func:`sngrad.layout.report_tables`) or a provenance sidecar,
+:mod:`sngrad.layout`; the notebooks' tables are `NOTEBOOK_TABLES` there) or a provenance sidecar,
 and reaches the Jinja2 templates as a finished string (:mod:`sngrad.report.format`): the
 templates only lay text out. Template X is filled by ``sngrad/report/X.py``. A part whose rule
 has not run becomes a sentence saying so, never a blank cell or "nan".

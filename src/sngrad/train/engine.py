@@ -21,11 +21,11 @@ Seeds
 Per-epoch record
     ``train_loss``: the mean of the epoch's batch losses (no pass over the training split);
     the per-layer diagnostics of :mod:`sngrad.train.diagnostics` averaged over the epoch's
-    steps 0, k, 2k, ... (k = ``Mode.diagnostics_every``, :data:`DIAGNOSTICS_EVERY` in
-    training; the other steps skip them) and ``lambda_median`` at its last step (the median
-    taken on the host); with
-    ``Mode.evaluate``, loss and accuracy on those splits with the parameters after the epoch
-    (a separate program, not timed); ``wall_time``:
+    steps 0, k, 2k, ... (k = ``Mode.diagnostics_every``: :data:`DIAGNOSTICS_EVERY` in
+    training, :data:`SVRG_DIAGNOSTICS_EVERY` for ``sgd+svrg``; the other steps skip them) and
+    ``lambda_median`` at its last step (the median taken on the host); with ``Mode.evaluate``,
+    loss and accuracy on those splits with the parameters after the epoch (a separate
+    program, not timed); ``wall_time``:
     seconds of training of the K-run program up to the end of the epoch (snapshots included;
     compilation and evaluation excluded; a resumed job continues the interrupted one's clock).
 
@@ -87,6 +87,9 @@ class RunConfig:
 # Diagnostics are recorded on steps 0, k, 2k, ... of each epoch (k = DIAGNOSTICS_EVERY), to
 # keep them under 5 % of a step (benchmarks/step_time.py measures it); 1 records every step.
 DIAGNOSTICS_EVERY = 4
+# sgd+svrg's diagnostics need the moments its lean step skips (about 1.75 SGD steps of
+# products): recorded every 32nd step they add about 3 % to its step (at most this often)
+SVRG_DIAGNOSTICS_EVERY = 32
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,8 @@ class Programs:
         self.step = make_step(optimizer, backend=backend, batch_size=batch_size,
                               schedule=schedule, total_steps=self.steps * epochs,
                               diagnostics_on=diagnostics_on)
+        if self.step.kind == "svrg" and self.diagnostics_every > 1:
+            self.diagnostics_every = max(self.diagnostics_every, SVRG_DIAGNOSTICS_EVERY)
         self.init = jax.jit(jax.vmap(self._init_one))
         self.snapshot = jax.jit(jax.vmap(self._snapshot_one, in_axes=(0, None)))
         self.epoch = jax.jit(jax.vmap(self._epoch_one, in_axes=(0, 0, None, None, None)))
