@@ -482,7 +482,7 @@ def cost_report(profile: dict, rate: float | None, cores: int) -> tuple[str, flo
         lines.append(f"this machine: {rate / 1e9:.1f} GFLOP/s per core (best sustained matmul "
                      f"rate of the study's shapes, calibrated now) -> {core_hours:,.2f} "
                      f"core-hours, about {_hours(core_s / cores)} on {cores} cores "
-                     "(training work only, at the matrix-product rate, an upper bound: "
+                     "(training work only, at the matrix-product rate, a lower bound on the time: "
                      "compilation, data, analysis and report come on top)")
     lines.append(f"GPU: {_hours(total / GPU_SUSTAINED_FLOPS)} at an assumed sustained "
                  f"{GPU_SUSTAINED_FLOPS / 1e12:g} TFLOP/s (costs.GPU_SUSTAINED_FLOPS)")
