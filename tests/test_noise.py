@@ -383,5 +383,36 @@ def test_pooling_the_parts_over_batch_sizes_stays_unbiased():
     )  # fmt: skip
     assert se < 0.1 * truth["noise_scale"]
     assert abs(value - truth["noise_scale"]) < 3 * se
-    # pooling is at least as precise as the best single batch size
-    assert se <= min(r["noise_scale_se"] for r in rows) * 1.05
+    # pooling is at least as precise as the best single batch size (a batch size whose |G|^2
+    # is not resolved has no noise scale of its own to compare with)
+    assert se <= min(r["noise_scale_se"] for r in rows if r["noise_scale_resolved"]) * 1.05
+
+
+def test_unresolved_gradient_norm_gives_no_noise_scale():
+    """A zero-mean problem (delta = 0: |G|^2 = 0) leaves the unbiased |G|^2 within its error of
+    zero: the per-batch-size and the pooled B_simple are NaN and flagged, not a number, and the
+    report prints "not resolved"; a resolved one (delta = 1) keeps its value."""
+    for delta, resolved in ((_delta(0.0), False), (_delta(1.0), True)):
+        rows = []
+        for batch_size in BATCH_SIZES:
+            mean, var = _moments(_batches(delta, batch_size, 100, seed=5))
+            rows.append(measure.noise_scale_estimates((mean**2).sum(1), var.sum(1), batch_size))
+        assert [r["noise_scale_resolved"] for r in rows] == [resolved] * len(rows)
+        assert all(math.isnan(r["noise_scale"]) != resolved for r in rows)
+        value, _ = noise_summary.pooled_noise_scale(
+            [r["g2_unbiased"] for r in rows], [r["g2_unbiased_se"] for r in rows],
+            [r["trace_sigma"] for r in rows], [r["trace_sigma_se"] for r in rows],
+            [r["g2_trace_cov"] for r in rows], [100 * b for b in BATCH_SIZES],
+        )  # fmt: skip
+        assert math.isnan(value) != resolved
+    # the boundary of the rule itself: resolved strictly above RESOLVED_Z standard errors
+    z = measure.RESOLVED_Z
+    assert not measure.is_resolved(z * 1.0, 1.0) and measure.is_resolved(z * 1.0 + 1e-9, 1.0)
+    assert not measure.is_resolved(-5.0, 1.0) and not measure.is_resolved(1.0, math.nan)
+    assert "noise_scale_resolved" in measure.csv_columns()
+
+
+def test_report_prints_not_resolved_for_an_unresolved_noise_scale():
+    row = {"b_simple": math.nan, "b_simple_se": math.nan, "b_simple_resolved": "False"}
+    assert not noise_section._resolved(row)
+    assert noise_section._resolved({**row, "b_simple_resolved": True})

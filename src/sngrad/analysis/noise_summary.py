@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from sngrad.config import NOISE_SUMMARY_BATCH_SIZE as SUMMARY_BATCH_SIZE
-from sngrad.noise.measure import ALL, factor_columns, fit_loglog_slope
+from sngrad.noise.measure import ALL, factor_columns, fit_loglog_slope, is_resolved
 
 
 def pooled_noise_scale(g2, g2_se, trace, trace_se, cov, weights) -> tuple[float, float]:
@@ -25,7 +25,8 @@ def pooled_noise_scale(g2, g2_se, trace, trace_se, cov, weights) -> tuple[float,
     the estimates, such as inverse variances of the per-B ratios, would favour the ratios that
     came out low). The ratio ``T / S`` gets the delta-method error
     ``sqrt(var T - 2 r cov(T, S) + r^2 var S) / S`` from the independent batch sizes'
-    variances and covariances.
+    variances and covariances. NaN when the pooled |G|^2 is not resolved
+    (:func:`sngrad.noise.measure.is_resolved`).
     """
     g2, g2_se, trace, trace_se, cov, w = (
         np.asarray(a, np.float64) for a in (g2, g2_se, trace, trace_se, cov, weights)
@@ -36,9 +37,9 @@ def pooled_noise_scale(g2, g2_se, trace, trace_se, cov, weights) -> tuple[float,
         return math.nan, math.nan
     w = w[ok] / w[ok].sum()
     s, t = float(w @ g2[ok]), float(w @ trace[ok])
-    if s <= 0:
-        return math.nan, math.nan
     var_s, var_t = float(w**2 @ g2_se[ok] ** 2), float(w**2 @ trace_se[ok] ** 2)
+    if not is_resolved(s, math.sqrt(var_s)):
+        return math.nan, math.nan
     cov_st = float(w**2 @ cov[ok])
     r = t / s
     return r, math.sqrt(max(var_t - 2 * r * cov_st + r * r * var_s, 0.0)) / s
@@ -81,6 +82,7 @@ def b_simple_by_checkpoint(frame):
                 "layer": str(layer),
                 "b_simple": value,
                 "b_simple_se": se,
+                "b_simple_resolved": bool(math.isfinite(value)),
                 "b_simple_exact": float(here["noise_scale_exact"]),
                 "b_simple_biased": float(here["noise_scale_biased"]),
                 "biased_batch_size": int(at),
@@ -94,7 +96,7 @@ def summarise(frame, dataset: str):
 
     Columns: dataset, checkpoint, epoch, summary_batch_size (128 or the nearest measured),
     b_simple (+ _se: combined over the batch sizes, network sums, see
-    :func:`b_simple_by_checkpoint`),
+    :func:`b_simple_by_checkpoint`; NaN where not resolved, b_simple_resolved False),
     b_simple_exact (full training split), b_simple_biased (same-batch estimate at the summary
     batch size), mean_noise_slope / mean_error_slope / sigma_slope (+ _se: log-log least
     squares over the batch sizes), sigma_ratio (sigma_median at the largest over the smallest
@@ -119,6 +121,7 @@ def summarise(frame, dataset: str):
         b_simple = b_simple_by_checkpoint(part).iloc[0]
         for column in ("b_simple", "b_simple_se", "b_simple_exact", "b_simple_biased"):
             row[column] = float(b_simple[column])
+        row["b_simple_resolved"] = bool(b_simple["b_simple_resolved"])
         for name, column in (
             ("mean_noise", "mean_noise"),
             ("mean_error", "mean_error"),

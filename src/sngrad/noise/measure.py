@@ -124,6 +124,7 @@ def csv_columns() -> list[str]:
         "n_coordinates",
         "noise_scale",
         "noise_scale_se",
+        "noise_scale_resolved",
         "g2_unbiased",
         "g2_unbiased_se",
         "trace_sigma",
@@ -183,10 +184,22 @@ def unbiased_norms(mean_sq, var_sum, batch_size: int):
     return np.asarray(mean_sq, np.float64) - trace / batch_size, trace
 
 
+# |G|^2 counts as resolved when its unbiased estimate lies more than this many standard errors
+# above zero; below that the ratio tr(Sigma) / |G|^2 divides by noise and can come out negative
+# or arbitrarily large, so the CSV and the report say "not resolved" instead of a number.
+RESOLVED_Z = 2.0
+
+
+def is_resolved(g2: float, g2_se: float) -> bool:
+    """Whether an estimate of ``|G|^2`` is resolved: ``g2 > RESOLVED_Z * g2_se`` (finite)."""
+    return bool(math.isfinite(g2) and math.isfinite(g2_se) and g2 > RESOLVED_Z * g2_se)
+
+
 def noise_scale_estimates(mean_sq, var_sum, batch_size: int) -> dict[str, float]:
     """B_simple and its parts from per-batch ``|mu|^2`` and ``sum v`` (arrays over batches).
 
-    Returns ``noise_scale`` (``mean T / mean S``), ``g2_unbiased``, ``trace_sigma`` (means
+    Returns ``noise_scale`` (``mean T / mean S``; NaN unless ``noise_scale_resolved``, see
+    :func:`is_resolved`), ``g2_unbiased``, ``trace_sigma`` (means
     of S and T) and ``noise_scale_biased`` (``mean(sum v) / mean |mu|^2``), each with ``_se``,
     and ``g2_trace_cov``, the covariance of the two means (``cov(S, T) / n``), so that the
     parts of several batch sizes can be pooled
@@ -198,6 +211,9 @@ def noise_scale_estimates(mean_sq, var_sum, batch_size: int) -> dict[str, float]
     out["noise_scale"], out["noise_scale_se"] = ratio_of_means(trace, g2)
     out["g2_unbiased"], out["g2_unbiased_se"] = mean_and_se(g2)
     out["trace_sigma"], out["trace_sigma_se"] = mean_and_se(trace)
+    out["noise_scale_resolved"] = is_resolved(out["g2_unbiased"], out["g2_unbiased_se"])
+    if not out["noise_scale_resolved"]:
+        out["noise_scale"] = out["noise_scale_se"] = math.nan
     out["noise_scale_biased"], out["noise_scale_biased_se"] = ratio_of_means(var_sum, mean_sq)
     return out
 

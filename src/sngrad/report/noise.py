@@ -39,11 +39,17 @@ def regime(b_simple: float) -> str:
     )
 
 
+def _resolved(row: Mapping) -> bool:
+    """Whether the pooled B_simple of a summary row was resolved (a bool, or its CSV text)."""
+    return str(row["b_simple_resolved"]) == "True"
+
+
 def _checkpoint_context(row: Mapping) -> dict:
     out = {
         "checkpoint": str(row["checkpoint"]),
         "epoch": str(int(row["epoch"])),
-        "b_simple": plus_minus(row["b_simple"], row["b_simple_se"]),
+        "b_simple": (plus_minus(row["b_simple"], row["b_simple_se"])
+                     if _resolved(row) else "not resolved"),
         "b_simple_exact": number(row["b_simple_exact"]),
         "b_simple_biased": number(row["b_simple_biased"]),
         "regime": regime(float(row["b_simple_exact"])),
