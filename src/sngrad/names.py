@@ -30,6 +30,9 @@ BASES = ("sgd", "momentum", "adam", "msvag", "svag", "adabelief")  # registry ba
 PAIRED_BASES = ("sgd", "momentum", "adam")  # what every other run is compared with
 VARIANTS = ("I", "II", "III")  # sngrad variants, as sngrad.transforms names them
 BACKENDS = ("dense", "vmap", "chunked")  # per-example statistics backends (sngrad.stats)
+# backends of the any-model moments (sngrad.moments): a loss of (params, batch), a flax model
+MODEL_BACKENDS = ("vmap", "chunked")
+FLAX_BACKENDS = ("auto", "fast", *MODEL_BACKENDS)
 
 VARIANT_OF_DIGIT = {"1": "I", "2": "II", "3": "III"}
 SNGRAD_BASES = ("sgd", "momentum", "adam")  # bases a +sngradN modifier may follow

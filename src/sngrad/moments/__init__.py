@@ -15,12 +15,12 @@ The flax names are imported on first use, so that ``sngrad.stats`` does not load
 
 from importlib import import_module
 
-from sngrad.moments.generic import BACKENDS, CVStats, Moments, per_example_moments
+from sngrad.moments.generic import CVStats, Moments, per_example_moments
 from sngrad.moments.optax_glue import accumulate_moments, from_aggregating
 
 _FLAX = {"flax_moments", "fast_path_plan", "FastPathPlan", "FAST_LAYERS"}
 
-__all__ = ["BACKENDS", "CVStats", "Moments", "accumulate_moments", "from_aggregating",
+__all__ = ["CVStats", "Moments", "accumulate_moments", "from_aggregating",
            "per_example_moments", *sorted(_FLAX)]
 
 

@@ -54,6 +54,7 @@ from sngrad.moments.generic import (
     vmap_cv_moments,
     vmap_moments,
 )
+from sngrad.names import FLAX_BACKENDS
 
 # The layer types whose parameters get the fast path.
 FAST_LAYERS = (nnx.Linear, nnx.Conv)
@@ -327,7 +328,6 @@ def _moments_core(graphdef, params, rest, batch, snap, *, loss_fn, backend, chun
     return CVStats(loss, tree(0), var, tree(2), snap_var, cov)
 
 
-BACKENDS = ("auto", "fast", "vmap", "chunked")
 FALLBACKS = ("chunked", "vmap")
 
 
@@ -352,8 +352,8 @@ def flax_moments(model: nnx.Module, loss_fn, batch, *, backend: str = "auto",
     (the same, but an error if anything would fall back), ``"vmap"`` (the reference,
     memory O(B P)) or ``"chunked"`` (``vmap`` over ``chunk_size`` examples at a time).
     """
-    if backend not in BACKENDS:
-        raise choice_error("backend", backend, BACKENDS)
+    if backend not in FLAX_BACKENDS:
+        raise choice_error("backend", backend, FLAX_BACKENDS)
     if fallback not in FALLBACKS:
         raise choice_error("fallback", fallback, FALLBACKS)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sngrad.errors import SngradError, choice_error
+from sngrad.names import MODEL_BACKENDS
 
 
 class Moments(NamedTuple):
@@ -290,7 +291,6 @@ def chunked_cv_moments(example_loss, params, snap, batch, chunk_size: int = 32,
 
 # ----------------------------------------------------------------------------- checked API
 
-BACKENDS = ("vmap", "chunked")
 
 
 def _per_example(loss_fn):
@@ -327,8 +327,8 @@ def per_example_moments(loss_fn, params, batch, *, backend: str = "vmap", chunk_
     the compiled function). For flax NNX models :func:`sngrad.moments.flax_moments` adds a
     fast path.
     """
-    if backend not in BACKENDS:
-        raise choice_error("backend", backend, BACKENDS)
+    if backend not in MODEL_BACKENDS:
+        raise choice_error("backend", backend, MODEL_BACKENDS)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise SngradError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     leaves = jax.tree.leaves(batch)
