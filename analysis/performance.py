@@ -30,7 +30,8 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from sngrad.analysis import loaders, outputs, paired, shrink, training_length, tuning
+from sngrad import costs
+from sngrad.analysis import loaders, outputs, shrink, training_length, tuning
 from sngrad.io import save_figure, write_frame
 from sngrad.layout import Layout, notebook_tables
 
@@ -53,7 +54,6 @@ metrics, missing_metrics = loaders.read_run_tables(
 )
 tuning_rows, _ = loaders.read_run_tables(layout, datasets, runs, batch_sizes, "tuning.csv")
 diagnostics, _ = loaders.read_run_tables(layout, datasets, runs, batch_sizes, "diagnostics.csv")
-benchmark = loaders.read_benchmark(layout)
 print("runs without metrics:", missing_metrics or "none")
 
 # one colour per run, the same in every figure
@@ -249,22 +249,20 @@ save_figure(fig, layout.figure("alpha_sensitivity"))
 
 
 # %% [markdown]
-# ## Accuracy against training time
+# ## Accuracy against counted compute
 #
-# Time in SGD-step equivalents: epoch x steps per epoch x the run's step cost relative to
-# SGD (benchmark, study network; optimizers the benchmark does not time take the cost of their
-# sgd counterpart, `paired.run_cost`). Runs without any cost are not drawn.
+# Compute in SGD epochs: epoch x the run's counted cost per epoch relative to an SGD epoch
+# (`sngrad.costs.cost_ratio`: the FLOPs of the matrix products and elementwise passes of a step,
+# the control variates' anchor amortised), on the study network. The same on any machine.
 
 
 # %%
-def steps_per_epoch(dataset, batch_size):
+def data_meta(dataset):
     path = Path(layout.data_meta(dataset))
-    if not path.exists():
-        return None
-    n_train = json.loads(path.read_text()).get("sizes", {}).get("train")
-    return n_train // batch_size if n_train else None  # the engine drops the remainder
+    return json.loads(path.read_text()) if path.exists() else None
 
 
+snapshot_every = int(config.get("train", {}).get("snapshot_every", 1))
 fig, axes = grid(1, len(cells))
 shown = set()
 test_curves = (
@@ -272,29 +270,30 @@ test_curves = (
 )
 for j, (dataset, batch_size) in enumerate(cells):
     ax = axes[0, j]
-    costs = paired.step_costs(benchmark, hidden, batch_size)
-    steps = steps_per_epoch(dataset, batch_size)
+    meta = data_meta(dataset)
     for run in runs:
-        cost, _ = paired.run_cost(costs, run)
         curve = cell_rows(test_curves, dataset, batch_size, run)
-        if cost is None or curve.empty or steps is None:
+        if curve.empty or meta is None:
             continue
+        widths = [meta["feature_dim"], *hidden, meta["num_classes"]]
+        n_train = meta["sizes"]["train"]
+        cost = costs.cost_ratio(run, "sgd", widths, n_train, batch_size, snapshot_every)
         curve = curve.sort_values("epoch")
-        time = curve["epoch"] * steps * cost
-        ax.plot(time, curve["mean"], color=COLOURS[run], lw=1.3)
+        compute = curve["epoch"] * cost
+        ax.plot(compute, curve["mean"], color=COLOURS[run], lw=1.3)
         std = curve["std"].fillna(0.0)
-        ax.fill_between(time, curve["mean"] - std, curve["mean"] + std, color=COLOURS[run],
+        ax.fill_between(compute, curve["mean"] - std, curve["mean"] + std, color=COLOURS[run],
                         alpha=0.15, lw=0)  # fmt: skip
         shown.add(run)
     if not shown:
-        note(ax, "no benchmark step times for these runs")
+        note(ax, EMPTY)
     ax.set_title(f"{dataset}, $B = {batch_size}$", fontsize=9)
-    ax.set_xlabel("training time (SGD steps)")
+    ax.set_xlabel("counted compute (SGD epochs)")
     if j == 0:
         ax.set_ylabel("test accuracy")
 run_legend(fig, shown)
 fig.tight_layout()
-save_figure(fig, layout.figure("equal_time"))
+save_figure(fig, layout.figure("equal_compute"))
 
 # %% [markdown]
 # ## How much the noise-informed factors shrank the gradient

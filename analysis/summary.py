@@ -15,7 +15,7 @@
 #
 # For every run and batch size: the setting the tuning chose on the validation split and the
 # final test accuracy over the final seeds (`summary.csv`). Then every run against its base
-# optimizer, paired by seed, at equal epochs and at equal wall-clock time, with a paired t
+# optimizer, paired by seed, at equal epochs and at equal counted compute, with a paired t
 # interval, an exact sign-flip p-value and Holm's correction within each family
 # (`paired.csv`). The statistics are `sngrad.analysis` functions (their docstrings state the
 # rules, including how diverged seeds are handled); this notebook only loads, calls and writes.

@@ -1,5 +1,5 @@
 """sngrad.analysis: paired statistics against scipy, Holm by hand, exact sign-flip p-values,
-selection on validation only, equal-time epochs, the training-length criterion."""
+selection on validation only, the equal-compute pairing, the training-length criterion."""
 
 import itertools
 import math
@@ -136,38 +136,51 @@ def test_a_run_that_diverges_more_is_never_called_better():
     assert "not called better" in row["note"]
 
 
-def test_equal_time_compares_the_run_at_the_epoch_it_reaches():
-    assert paired.equal_time_epoch(20, 1.0, 1.5) == 13
-    assert paired.equal_time_epoch(20, 1.0, 0.5) == 20
-    assert paired.equal_time_epoch(4, 1.0, 2.0) == 2
-    with pytest.raises(SngradError):
-        paired.equal_time_epoch(4, 0.0, 1.0)
-    bench = pd.DataFrame({
-        "network": ["64-16-10", "64-16-10", "784-1024-1024-1024-10"],
-        "batch_size": [128, 128, 128], "method": ["sgd", "sgd+sngrad1", "sgd+sngrad1"],
-        "median_ms": [1.0, 2.0, 9.0], "sgd_ms": [1.0, 1.0, 3.0], "ratio": [1.0, 2.0, 3.0],
-    })  # fmt: skip
-    costs = paired.step_costs(bench, [16], 128)
-    assert costs == {"sgd": 1.0, "sgd+sngrad1": 2.0}
-    assert paired.step_costs(bench, [32], 128) == {}
-    flagged = bench.assign(flag=["", "faster than sgd", ""])
-    assert paired.step_costs(flagged, [16], 128) == {"sgd": 1.0}
-    # optimizers the benchmark does not time take the cost of their sgd counterpart
-    assert paired.run_cost(costs, "momentum+sngrad1") == (2.0, "sgd+sngrad1")
-    assert paired.run_cost(costs, "sgd+sngrad1@0.1") == (2.0, "")
-    assert paired.run_cost(costs, "adam") == (1.0, "sgd")
-    assert paired.run_cost(costs, "msvag") == (None, "")
+def budget_frame(values: dict, *, steps=40, per_epoch=10, budget_step=26, bs=128):
+    """budget.csv rows of ``values`` = {run: accuracies per seed}; a run at ``budget_step``
+    of ``steps``, with a counted cost per step 1.5x its base's (``run_flops``)."""
+    base_flops = 1000 * steps
+    return pd.DataFrame([
+        {"dataset": "mnist", "optimizer": run, "batch_size": bs, "seed": seed, "base": "sgd",
+         "budget_step": budget_step, "steps": steps, "budget_epochs": budget_step / per_epoch,
+         "budget_flops": base_flops, "run_flops": 1500 * budget_step, "capped": False,
+         "val_loss": 1.0, "val_accuracy": acc, "test_loss": 1.0, "test_accuracy": acc,
+         "diverged": False}
+        for run, accs in values.items() for seed, acc in zip(SEEDS, accs, strict=True)
+    ])  # fmt: skip
+
+
+def test_equal_compute_pairs_the_run_at_its_budget_step_with_the_base_at_the_end():
     metrics = metrics_frame({"sgd": BASE, "sgd+sngrad1": NOISY})
-    table = paired.paired_table(
-        metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist", costs={128: costs}
-    )
-    row = table[table["family"] == "equal_time"].iloc[0]
-    assert row["epoch_run"] == 2 and row["epoch_base"] == EPOCHS
-    # the run's accuracy at epoch 2 is half its final one (the ramp of metrics_frame)
-    assert row["diff_mean"] == pytest.approx(np.mean(NOISY * 2 / EPOCHS - BASE))
+    at_budget = NOISY - 0.05  # the run's accuracy after k* steps, below its final one
+    budget = budget_frame({"sgd+sngrad1": at_budget})
+    table = paired.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist",
+                                budget=budget)
+    row = table[table["family"] == "equal_compute"].iloc[0]
+    assert row["epoch_run"] == pytest.approx(2.6) and row["epoch_base"] == EPOCHS
+    assert row["cost_run"] == pytest.approx(1.5) and row["cost_base"] == 1.0
+    assert row["diff_mean"] == pytest.approx(np.mean(at_budget - BASE))
+    assert row["n_pairs"] == len(SEEDS)
+    # Holm within the family: one comparison, so the adjusted p is the sign-flip p itself
+    assert row["p_holm"] == row["p_signflip"]
+    assert set(table["family"]) == {"equal_epochs", "equal_compute"}
+
+
+def test_equal_compute_verdicts_depend_on_counted_costs_only():
+    """Nothing timed enters: the same budget rows give the same table, and a missing budget
+    file gives "no final runs" (files missing), never a row short of a timing."""
+    metrics = metrics_frame({"sgd": BASE, "sgd+sngrad1": WORSE})
+    budget = budget_frame({"sgd+sngrad1": WORSE})
+    first = paired.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist",
+                                budget=budget)
+    again = paired.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist",
+                                budget=budget.sample(frac=1.0, random_state=3))
+    pd.testing.assert_frame_equal(first, again)
+    row = first[first["family"] == "equal_compute"].iloc[0]
+    assert row["verdict"] == "worse"
     missing = paired.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
-    gone = missing[missing["family"] == "equal_time"].iloc[0]
-    assert gone["n_pairs"] == 0 and "benchmark" in gone["note"]
+    gone = missing[missing["family"] == "equal_compute"].iloc[0]
+    assert gone["n_pairs"] == 0 and "missing" in gone["note"]
     assert gone["verdict"] == "inconclusive"
 
 

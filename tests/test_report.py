@@ -323,7 +323,7 @@ def test_notebooks_cope_with_an_all_diverged_study(tmp_path, monkeypatch):
     paired = pd.read_csv(layout.paired("mnist"))
     assert (paired["verdict"] == "inconclusive").all() and (paired["n_pairs"] == 0).all()
     text = render(tmp_path, layout, config)
-    for name in ("learning_curves", "lr_sensitivity", "equal_time"):
+    for name in ("learning_curves", "lr_sensitivity", "equal_compute"):
         assert f"](figures/{name}.png)" in text
 
 

@@ -46,8 +46,8 @@ _FIGURES = (
            "Mean validation accuracy over tuning seeds against the learning rate"),
     Figure("alpha_sensitivity", "performance",
            "Mean validation accuracy against scale-free alpha at the best learning rate"),
-    Figure("equal_time", "performance",
-           "Test accuracy against training time measured in SGD-step equivalents"),
+    Figure("equal_compute", "performance",
+           "Test accuracy against counted compute, in SGD epochs (sngrad.costs)"),
     Figure("shrink_over_training", "performance",
            "Mean factor f and share of coordinates with f < 1, per layer, over training"),
     Figure("control_variates", "performance",
@@ -147,6 +147,10 @@ class Layout:
 
     def benchmark(self) -> str:
         return f"{self.base}/benchmark/step_time.csv"
+
+    def benchmark_engine(self) -> str:
+        """The training engine's own step, measured against the counted cost."""
+        return f"{self.base}/benchmark/engine.csv"
 
     # ------------------------------------------------------------------ report
     def figures_dir(self) -> str:

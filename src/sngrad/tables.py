@@ -8,7 +8,7 @@ other. Where each table lives is :data:`sngrad.layout.NOTEBOOK_TABLES`.
 
 SIGNIFICANCE = 0.05
 
-FAMILIES = ("equal_epochs", "equal_time")
+FAMILIES = ("equal_epochs", "equal_compute")
 
 VERDICTS = ("better", "worse", "inconclusive")
 

@@ -8,8 +8,7 @@ rule summary:
     """One dataset's aggregate: needs only that dataset's runs (a single-dataset target)."""
     input:
         source=notebook_source("summary"),
-        runs=lambda wc: run_files(wc.dataset, "best.json", "metrics.csv"),
-        benchmark=L.benchmark(),
+        runs=lambda wc: run_files(wc.dataset, "best.json", "metrics.csv", "budget.csv"),
     output:
         *notebook_tables(L, "summary"),
         notebook=L.notebook("summary_{dataset}"),
@@ -27,12 +26,11 @@ rule summary:
 
 
 rule performance:
-    """The comparison of optimizers across datasets (learning curves, sensitivity, equal time)."""
+    """The comparison of optimizers across datasets (learning curves, sensitivity, equal compute)."""
     input:
         source=notebook_source("performance"),
         runs=[f for d in DATASETS for f in run_files(d, *PERFORMANCE_FILES)],
         data=[L.data_meta(d) for d in DATASETS],
-        benchmark=L.benchmark(),
     output:
         *notebook_tables(L, "performance"),
         *L.figures("performance"),

@@ -6,11 +6,14 @@ rule benchmark:
     input:
         script="benchmarks/step_time.py",
     output:
-        L.benchmark(),
+        step=L.benchmark(),
+        engine=L.benchmark_engine(),
     params:
         networks=",".join("-".join(map(str, n)) for n in config["benchmark"]["networks"]),
         batch_sizes=",".join(map(str, config["benchmark"]["batch_sizes"])),
         repeats=config["benchmark"]["repeats"],
+        # the engine's step on the study network (the first of the list), K = the final seeds
+        study_network="-".join(map(str, config["benchmark"]["networks"][0])),
         threads=threads_for("benchmark"),
     conda:
         CONDA_ENV
@@ -20,9 +23,14 @@ rule benchmark:
     resources:
         mem_mb=mem_for("benchmark"),
     shell:
-        python(
+        " && ".join([python(
             "{input.script:q} --networks {params.networks} --batch-sizes {params.batch_sizes} "
-            "--repeats {params.repeats} --threads {params.threads} --out {output:q} "
+            "--repeats {params.repeats} --threads {params.threads} --out {output.step:q} "
             "> {log} 2>&1",
             threads="{params.threads}",
-        )
+        ), python(
+            "{input.script:q} --engine --networks {params.study_network} "
+            "--batch-sizes {params.batch_sizes} --repeats 3 --retries 1 --steps 62 "
+            "--threads {params.threads} --out {output.engine:q} >> {log} 2>&1",
+            threads="{params.threads}",
+        )])

@@ -156,7 +156,7 @@ def report_inputs():
         "reference": [L.reference_dir(d) for d in DATASETS],
         "noise": [L.noise(d) for d in DATASETS],
         "summaries": [f for d in DATASETS for f in notebook_tables(L, "summary", d)],
-        "benchmark": L.benchmark(),
+        "benchmark": [L.benchmark(), L.benchmark_engine()],
     }
     for name in NOTEBOOKS_RUN:
         inputs[name] = getattr(rules, name).output

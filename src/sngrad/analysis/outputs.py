@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from sngrad.analysis.loaders import read_benchmark, read_best, read_run_tables
+from sngrad.analysis.loaders import read_best, read_run_tables
 from sngrad.analysis.paired import (
     paired_table,
-    step_costs,
     summary_table,
     winners,
 )
@@ -60,15 +59,13 @@ def network_weights(layout, datasets, hidden) -> dict[str, dict[str, int]]:
 def dataset_tables(layout, dataset: str, runs, batch_sizes, config: dict):
     """(summary, paired, winners) of one dataset: what the summary notebook writes.
 
-    ``config`` supplies the epoch count (``train.epochs``) and the study network's hidden
-    widths (``model.hidden``) that pick the benchmark rows for the equal-time family.
+    ``config`` supplies the epoch count (``train.epochs``); the equal-compute family reads
+    every run's ``budget.csv``.
     """
     epochs = (config.get("train") or {}).get("epochs")
-    hidden = (config.get("model") or {}).get("hidden", [])
     metrics, _ = read_run_tables(layout, [dataset], runs, batch_sizes, "metrics.csv")
+    budget, _ = read_run_tables(layout, [dataset], runs, batch_sizes, "budget.csv")
     best = read_best(layout, [dataset], runs, batch_sizes)
-    benchmark = read_benchmark(layout)
-    costs = {int(b): step_costs(benchmark, hidden, b) for b in batch_sizes}
     if metrics.empty and epochs is None:
         summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
     else:
@@ -77,7 +74,7 @@ def dataset_tables(layout, dataset: str, runs, batch_sizes, config: dict):
         paired = pd.DataFrame(columns=PAIRED_COLUMNS)
     else:
         paired = paired_table(
-            metrics, runs, batch_sizes, dataset=dataset, costs=costs, epochs=epochs
+            metrics, runs, batch_sizes, dataset=dataset, budget=budget, epochs=epochs
         )
     return summary, paired, winners(summary)
 

@@ -1,4 +1,4 @@
-"""Paired statistics and step costs: every run against its base, at equal epochs and time.
+"""Paired statistics: every run against its base, at equal epochs and at equal counted compute.
 
 Paired comparison of a run R with its base b (:func:`base_of`) on one dataset and batch size.
 Every final seed s trains R and b from the same initial weights on the same batches, so the
@@ -21,7 +21,7 @@ diverged on more seeds than its base is never called better: its verdict is at b
 
 Families and Holm's correction. Per dataset there are two declared families: every run
 against its base at equal epochs (``family = "equal_epochs"``, all batch sizes), and the same
-at equal wall-clock time (``"equal_time"``). Within a family the sign-flip p-values of the
+at equal counted compute (``"equal_compute"``). Within a family the sign-flip p-values of the
 testable comparisons (at least 2 pairs) get Holm's step-down adjustment
 
     p_(i)^Holm = max_{j <= i} min(1, (m - j + 1) p_(j)),     p_(1) <= ... <= p_(m),
@@ -30,16 +30,19 @@ which controls the family-wise error rate at any dependence between the tests. V
 "better" / "worse" when p^Holm < 0.05 and the mean difference is positive / negative,
 otherwise "inconclusive".
 
-Equal wall-clock time. The benchmark gives each optimizer's step cost c relative to an SGD
-step of the same network in the same process (``ratio``). In the time the base needs for
-its E epochs, the run completes E_R = floor(E c_b / c_R) epochs (at most E); the equal-time
-comparison pairs the run's test accuracy after E_R epochs with the base's after E.
+Equal compute (counted). :mod:`sngrad.costs` counts the FLOPs of every step of every optimizer;
+a run's budget step k* is the last step at which its cumulative counted cost is at most its
+base's total over the E epochs, and training evaluates the run exactly there
+(``budget.csv``). The equal-compute comparison pairs the run's test accuracy after k* steps
+(``epoch_run`` = k* / steps per epoch, fractional) with the base's after E epochs;
+``cost_run`` is the run's mean counted cost per step up to k* relative to the base's
+(``cost_base`` = 1). Nothing here depends on a timing, so the verdicts are the same on any
+machine.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -48,7 +51,7 @@ from scipy import stats
 
 from sngrad.analysis.loaders import as_flag
 from sngrad.errors import SngradError
-from sngrad.names import optimizer_of, paired_base
+from sngrad.names import paired_base
 from sngrad.tables import (
     PAIRED_COLUMNS,
     SIGNIFICANCE,
@@ -238,63 +241,22 @@ def apply_holm(paired: pd.DataFrame, level: float = SIGNIFICANCE) -> pd.DataFram
     return out
 
 
-def _layers(network) -> tuple[int, ...]:
-    return tuple(int(n) for n in re.findall(r"\d+", str(network)))
-
-
-def step_costs(benchmark: pd.DataFrame | None, hidden: Sequence[int], batch_size) -> dict:
-    """{optimizer: step time relative to SGD} for the study network (hidden widths) at B.
-
-    Rows of ``step_time.csv`` whose ``network`` has these hidden widths and whose batch size
-    is ``batch_size``; rows the benchmark ``flag``-ged as inconsistent are not used. SGD costs
-    1 by definition when it has no row of its own.
-    """
-    if benchmark is None or benchmark.empty:
-        return {}
-    hidden = tuple(int(h) for h in hidden)
-    same_network = pd.Series(
-        [_layers(n)[1:-1] == hidden for n in benchmark["network"]], index=benchmark.index
-    )
-    same_batch = pd.to_numeric(benchmark["batch_size"], errors="coerce") == int(batch_size)
-    usable = same_network & same_batch
-    if "flag" in benchmark:
-        usable &= benchmark["flag"].fillna("").astype(str).str.strip() == ""
-    match = benchmark[usable]
-    if match.empty:
-        return {}
-    costs = {str(m): float(r) for m, r in zip(match["method"], match["ratio"], strict=True)}
-    costs.setdefault("sgd", 1.0)
-    return costs
-
-
-# Optimizers the benchmark does not time, and the timed one whose cost stands in for theirs:
-# the per-coordinate update of momentum, Adam or AdaBelief is elementwise work that is small
-# against the matrix products, so X+sngradN costs about what sgd+sngradN costs.
-_COST_PROXY = {"momentum": "sgd", "adam": "sgd", "adabelief": "sgd", "msvag": "svag"}
-
-
-def run_cost(costs: dict, run: str) -> tuple[float | None, str]:
-    """(step cost relative to SGD, proxy name or "") of a run; None where nothing applies.
-
-    The run's own optimizer if the benchmark timed it, else its stand-in: ``X+sngradN`` and
-    ``X+cv`` by ``sgd+...``, ``momentum``, ``adam``, ``adabelief`` by ``sgd``, ``msvag`` by
-    ``svag``; the stand-in is returned so that the report can say the cost was estimated.
-    """
-    optimizer = optimizer_of(run)
-    if optimizer in costs:
-        return costs[optimizer], ""
-    _, plus, tail = optimizer.partition("+")
-    proxy = f"sgd{plus}{tail}" if plus else _COST_PROXY.get(optimizer)
-    if proxy is not None and proxy in costs:
-        return costs[proxy], proxy
-    return None, ""
-
-
-def equal_time_epoch(epochs_base: int, cost_base: float, cost_run: float) -> int:
-    """Epochs the run completes in the base's time: floor(E c_b / c_R), at most E."""
-    if not (cost_base > 0 and cost_run > 0):
-        raise SngradError(f"step costs must be positive; got base {cost_base}, run {cost_run}")
-    return min(int(epochs_base), math.floor(epochs_base * cost_base / cost_run + 1e-9))
+def budget_values(budget: pd.DataFrame, column: str = "test_accuracy") -> pd.DataFrame:
+    """Per (optimizer, batch_size, seed) of ``budget.csv`` rows: ``value`` of ``column`` after
+    the budget step, ``diverged`` (flagged or not finite; the value is then NaN), the budget
+    in epochs and the counted cost per step relative to the base's."""
+    keys = ["optimizer", "batch_size", "seed"]
+    value = pd.to_numeric(budget[column], errors="coerce")
+    diverged = as_flag(budget["diverged"]) | ~np.isfinite(value)
+    step = pd.to_numeric(budget["budget_step"])
+    per_step_run = pd.to_numeric(budget["run_flops"]) / step.where(step > 0)
+    per_step_base = pd.to_numeric(budget["budget_flops"]) / pd.to_numeric(budget["steps"])
+    return budget[keys].assign(
+        value=value.where(~diverged),
+        diverged=diverged,
+        epochs=pd.to_numeric(budget["budget_epochs"]),
+        cost=per_step_run / per_step_base,
+    ).reset_index(drop=True)
 
 
 def paired_table(
@@ -303,20 +265,22 @@ def paired_table(
     batch_sizes: Sequence[int],
     *,
     dataset: str,
-    costs: dict | None = None,
+    budget: pd.DataFrame | None = None,
     epochs: int | None = None,
     column: str = "test_accuracy",
 ) -> pd.DataFrame:
-    """Every run against its base at equal epochs and at equal time, Holm-adjusted.
+    """Every run against its base at equal epochs and at equal counted compute, Holm-adjusted.
 
-    ``metrics``: one dataset's ``metrics.csv`` rows of all runs; ``costs``: {batch_size:
-    :func:`step_costs`}. Runs whose base is not in ``runs`` are not compared; a (run, base)
-    whose files are missing gets a row with no pairs and a note.
+    ``metrics``: one dataset's ``metrics.csv`` rows of all runs; ``budget``: its
+    ``budget.csv`` rows (the evaluation after each run's budget step). Runs whose base is not
+    in ``runs`` are not compared; a (run, base) whose files are missing gets a row with no pairs
+    and a note.
     """
     epochs = final_epoch(metrics) if epochs is None else int(epochs)
-    costs = costs or {}
     rows = []
     at_end = seed_values(metrics, epochs, column)
+    at_budget = (budget_values(budget, column) if budget is not None and len(budget)
+                 else None)
     for batch_size in batch_sizes:
         for run, base in comparisons(runs):
             key = {"dataset": dataset, "batch_size": int(batch_size), "run": run, "base": base}
@@ -326,48 +290,20 @@ def paired_table(
                 {
                     **key,
                     **_family_row(
-                        "equal_epochs", run_vals, base_vals, epochs, epochs, math.nan, math.nan
+                        "equal_epochs", run_vals, base_vals, epochs, epochs,
+                        math.nan, math.nan,
                     ),
                 }
             )
-            cost = costs.get(int(batch_size), {})
-            (c_run, proxy_run), (c_base, proxy_base) = run_cost(cost, run), run_cost(cost, base)
-            proxies = [
-                f"{optimizer_of(r)} timed as {p}"
-                for r, p in [(run, proxy_run), (base, proxy_base)]
-                if p
-            ]
-            if c_run is None or c_base is None:
-                row = _family_row(
-                    "equal_time",
-                    base_vals.iloc[:0],
-                    base_vals.iloc[:0],
-                    math.nan,
-                    epochs,
-                    c_run,
-                    c_base,
-                )
-                row["note"] = "no benchmark step time for this optimizer on the study network"
+            if at_budget is None:
+                spent = at_end.iloc[:0].assign(epochs=[], cost=[])
             else:
-                e_run = equal_time_epoch(epochs, c_base, c_run)
-                if e_run < 1:
-                    row = _family_row(
-                        "equal_time",
-                        base_vals.iloc[:0],
-                        base_vals.iloc[:0],
-                        e_run,
-                        epochs,
-                        c_run,
-                        c_base,
-                    )
-                    row["note"] = "less than one epoch in the base's time"
-                else:
-                    early = _select(seed_values(metrics, e_run, column), run, batch_size)
-                    row = _family_row("equal_time", early, base_vals, e_run, epochs, c_run, c_base)
-            if proxies:
-                row["note"] = "; ".join(
-                    filter(None, [row["note"], "step cost estimated: " + ", ".join(proxies)])
-                )
+                spent = at_budget[(at_budget["optimizer"] == run)
+                                  & (at_budget["batch_size"] == int(batch_size))]
+            e_run = float(spent["epochs"].iloc[0]) if len(spent) else math.nan
+            c_run = float(spent["cost"].iloc[0]) if len(spent) else math.nan
+            row = _family_row("equal_compute", spent[["seed", "value", "diverged"]], base_vals,
+                              e_run, epochs, c_run, 1.0)
             rows.append({**key, **row})
     table = pd.DataFrame(rows, columns=[c for c in PAIRED_COLUMNS if c != "p_holm"])
     if table.empty:

@@ -16,6 +16,16 @@ from sngrad.report.read import (
 )
 
 
+def engine_rows(layout: Layout) -> dict | None:
+    """The engine benchmark (``benchmark/engine.csv``) as written: every row, every column."""
+    path = layout.benchmark_engine()
+    if read_csv(path) is None:
+        return None
+    text = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return {"columns": list(text.columns),
+            "rows": [[_cell(v) for v in row] for row in text.itertuples(index=False)]}
+
+
 def benchmark(layout: Layout, devices: list[str]) -> dict | None:
     table = read_csv(layout.benchmark())
     if table is None:

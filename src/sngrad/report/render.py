@@ -56,7 +56,7 @@ def collect(
     if paired_table.empty:
         paired_table = pd.DataFrame(columns=PAIRED_COLUMNS)
     epochs_rows = results.paired_rows(paired_table, "equal_epochs")
-    time_rows = results.paired_rows(paired_table, "equal_time")
+    compute_rows = results.paired_rows(paired_table, "equal_compute")
     inputs = reproducibility.expected_inputs(layout, config) if inputs is None else inputs
     prov = reproducibility.input_provenance(inputs)
     prov.update(
@@ -85,9 +85,9 @@ def collect(
         "chosen": results.chosen_rows(summary_table),
         "winners": summary.winners(layout, datasets),
         "paired": epochs_rows,
-        "paired_time": time_rows,
+        "paired_compute": compute_rows,
         "findings": summary.findings(epochs_rows),
-        "findings_time": summary.findings(time_rows),
+        "findings_compute": summary.findings(compute_rows),
         "prototype_rows": [r for r in epochs_rows if "@" in r["run"]],
         "significance": fmt(SIGNIFICANCE),
         "tuning": experiment.tuning_facts(layout, summary_table),
@@ -97,6 +97,7 @@ def collect(
         "training_length": results.training_length(layout),
         "control_variates": results.control_variates(layout, epochs_rows),
         "benchmark": implementation.benchmark(layout, prov["devices"]),
+        "engine": implementation.engine_rows(layout),
         "elapsed": reproducibility.elapsed(layout, now),
         "provenance": prov,
         "figures": figures.figures(layout, out),

@@ -51,7 +51,7 @@ def expected_inputs(layout: Layout, config: dict) -> list[str]:
     for notebook in ("performance", "gradient_noise", "theory"):
         files += notebook_tables(layout, notebook)
     files += [layout.figure(name) for name in FIGURES]
-    files += [layout.benchmark(), layout.run_started()]
+    files += [layout.benchmark(), layout.benchmark_engine(), layout.run_started()]
     return files
 
 
