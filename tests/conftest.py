@@ -1,8 +1,12 @@
-"""Shared pytest configuration."""
+"""Shared pytest configuration, and the copy of the repository the workflow tests run in."""
 
 import os
+import subprocess
+from pathlib import Path
 
 from hypothesis import settings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # CI runs the property tests with a fixed example sequence, so that a submission's result does
 # not depend on the draw; local runs keep exploring new examples (and the example database).
@@ -16,3 +20,23 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: runs the real workflow (about a minute or more); never skipped"
     )
+
+
+def tracked_files() -> list[str]:
+    """What a `git clone` (or a tar of the tracked files) holds, with this tree's edits."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return [name for name in out.stdout.split("\0") if name and (ROOT / name).is_file()]
+
+
+def copy_tree(target: Path) -> Path:
+    """A tar-like copy of the tracked files into ``target``: no results/, logs/ or .snakemake/."""
+    listing = "\0".join(tracked_files()).encode()
+    pack = subprocess.run(
+        ["tar", "-cf", "-", "--null", "-T", "-"], cwd=ROOT, input=listing,
+        capture_output=True, check=True,
+    )  # fmt: skip
+    subprocess.run(["tar", "-xf", "-"], cwd=target, input=pack.stdout, check=True)
+    return target

@@ -4,7 +4,6 @@ error prints; an all-diverged learning-rate grid is extended downward."""
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import copy_tree
 
 from sngrad.data import load_splits, prepare
 from sngrad.data.splits import repair
@@ -19,8 +19,6 @@ from sngrad.errors import SngradError
 from sngrad.names import parse_run
 from sngrad.spec import parse_spec
 from sngrad.train import protocol
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def built(tmp_path: Path) -> tuple[Path, bytes, int]:
@@ -128,21 +126,9 @@ def test_tuning_output_says_all_diverged_at_the_bound(tmp_path):
 # ----------------------------------------------------------------------------- the workflow
 
 
-def tracked_copy(target: Path) -> Path:
-    names = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")  # fmt: skip
-    for name in names:
-        if name and (ROOT / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, target / name)
-    return target
-
-
 @pytest.mark.slow
 def test_corrupt_splits_with_completed_tuning_recover_in_the_printed_command(tmp_path):
-    work = tracked_copy(tmp_path)
+    work = copy_tree(tmp_path)
     profile = yaml.safe_load((work / "config" / "smoke.yaml").read_text())
     profile.update(profile="rec", optimizers=["sgd"])
     profile["theory"]["enabled"] = False

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import copy_tree
 
 from sngrad import runlock
 from sngrad.errors import SngradError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def sleeper(*extra: str, env=None) -> subprocess.Popen:
@@ -119,23 +117,11 @@ def test_the_jobs_of_a_dead_run_are_stopped_before_the_lock_is_taken(tmp_path, c
 # ----------------------------------------------------------------------------- the workflow
 
 
-def tracked_copy(target: Path) -> Path:
-    names = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")  # fmt: skip
-    for name in names:
-        if name and (ROOT / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, target / name)
-    return target
-
-
 @pytest.mark.slow
 def test_killing_only_snakemake_then_rerunning_at_once_never_duplicates_a_job(tmp_path):
     """kill -9 of the snakemake process alone: its tune job keeps running; the rerun stops it
     (with a message) before starting any job, then completes the target."""
-    work = tracked_copy(tmp_path)
+    work = copy_tree(tmp_path)
     profile = yaml.safe_load((work / "config" / "smoke.yaml").read_text())
     profile["profile"] = "lockprobe"
     profile["train"]["epochs"] = 60  # a tune job that runs long enough to be caught

@@ -16,31 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import copy_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SMOKE = ["--configfile", "config/smoke.yaml"]
 WORKFLOW_PROFILE = "Using workflow specific profile workflow/profiles/default"
-
-
-def tracked_files() -> list[str]:
-    """What a `git clone` (or a tar of the tracked files) holds, with this tree's edits."""
-    out = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return [name for name in out.stdout.split("\0") if name and (ROOT / name).is_file()]
-
-
-def copy_tree(target: Path) -> Path:
-    """A tar-like copy of the tracked files: no results/, logs/ or .snakemake/."""
-    listing = "\0".join(tracked_files()).encode()
-    pack = subprocess.run(
-        ["tar", "-cf", "-", "--null", "-T", "-"], cwd=ROOT, input=listing,
-        capture_output=True, check=True,
-    )  # fmt: skip
-    subprocess.run(["tar", "-xf", "-"], cwd=target, input=pack.stdout, check=True)
-    return target
 
 
 def snakemake(*args, cwd, timeout=180):
