@@ -184,6 +184,45 @@ def test_equal_compute_verdicts_depend_on_counted_costs_only():
     assert gone["verdict"] == "inconclusive"
 
 
+def test_equal_compute_through_the_files_never_reads_a_timing(tmp_path):
+    """The summary notebook's path (metrics.csv and budget.csv per run): a benchmark that is
+    missing, or present with every row flagged, changes nothing, and no equal-compute row
+    lacks its cost or its pairs."""
+    runs = ["sgd", "sgd+sngrad1", "sgd+sngrad2"]
+    finals = {"sgd": BASE, "sgd+sngrad1": NOISY, "sgd+sngrad2": WORSE}
+    layout = Layout("t", str(tmp_path))
+    for run, rows in metrics_frame(finals).groupby("optimizer"):
+        write_frame(layout.run_file("metrics.csv", "mnist", run, 128), rows)
+    # the base's own row sits at its last step (k* = E S), the runs 1.5x dearer at step 26
+    for run, rows in budget_frame({"sgd": BASE}, budget_step=40).groupby("optimizer"):
+        write_frame(layout.run_file("budget.csv", "mnist", run, 128),
+                    rows.assign(run_flops=1000 * 40))
+    for run, rows in budget_frame({"sgd+sngrad1": NOISY - 0.01,
+                                   "sgd+sngrad2": WORSE - 0.01}).groupby("optimizer"):
+        write_frame(layout.run_file("budget.csv", "mnist", run, 128), rows)
+    config = {"train": {"epochs": EPOCHS}, "model": {"hidden": [16]}}
+    _, without, _ = outputs.dataset_tables(layout, "mnist", runs, [128], config)
+    write_frame(layout.benchmark(), pd.DataFrame([
+        {"network": "784-16-10", "batch_size": 128, "method": run, "median_ms": math.nan,
+         "spread": math.nan, "sgd_ms": math.nan, "ratio": math.nan,
+         "flag": "reference off by more than the spread"} for run in runs]))
+    _, flagged, _ = outputs.dataset_tables(layout, "mnist", runs, [128], config)
+    pd.testing.assert_frame_equal(without, flagged)
+    compute = without[without["family"] == "equal_compute"].set_index("run")
+    assert list(compute.index) == ["sgd+sngrad1", "sgd+sngrad2"]
+    assert (compute["n_pairs"] == len(SEEDS)).all() and (compute["note"] == "").all()
+    assert compute["cost_run"].tolist() == pytest.approx([1.5, 1.5])
+    assert compute["epoch_run"].tolist() == pytest.approx([2.6, 2.6])
+    worse = compute.loc["sgd+sngrad2"]
+    assert worse["diff_mean"] == pytest.approx(np.mean(WORSE - 0.01 - BASE))
+    # every difference negative: exact p 2 / 1024, the family's smallest of two, so Holm
+    # multiplies it by 2
+    assert worse["p_signflip"] == pytest.approx(2 / 1024)
+    assert worse["p_holm"] == pytest.approx(4 / 1024)
+    assert worse["verdict"] == "worse"
+    assert set(without["family"]) == set(tables.FAMILIES)
+
+
 def test_paired_table_copes_with_a_run_without_files():
     metrics = metrics_frame({"sgd": BASE})
     table = paired.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")

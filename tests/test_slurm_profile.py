@@ -169,16 +169,16 @@ def test_compare_keeps_only_what_a_benchmark_measured(tmp_path):
     assert problems == ["results/p/benchmark/step.csv: line 2, method: 'sgd' vs 'adam'"]
 
 
-def test_compare_sets_aside_the_timed_rows_of_a_paired_table_only(tmp_path):
-    table = "family,run,epoch_run,diff_mean\nequal_epochs,a,{e},0.25\nequal_time,a,{t},{d}\n"
-    local = write_run(tmp_path / "a", {"d/paired.csv": table.format(e="2.0", t=1, d=0.5)})
-    slurm = write_run(tmp_path / "b", {"d/paired.csv": table.format(e="2", t=2, d=0.75)})
+def test_compare_checks_every_row_of_a_paired_table_equal_compute_included(tmp_path):
+    # equal compute pairs runs at counted costs (sngrad.costs), so no row follows a timing
+    table = "family,run,epoch_run,diff_mean\nequal_epochs,a,{e},0.25\nequal_compute,a,{c},{d}\n"
+    local = write_run(tmp_path / "a", {"d/paired.csv": table.format(e="2.0", c=1.5, d=0.5)})
+    slurm = write_run(tmp_path / "b", {"d/paired.csv": table.format(e="2", c=1.5, d=0.5)})
     count, problems, set_aside = slurmcheck.compare_runs(local, slurm)
-    assert (count, problems) == (1, [])  # 2.0 and 2 are one number; equal-time rows set aside
-    assert set_aside == {"results/d/paired.csv": ["1 rows family=equal_time"]}
-    other = write_run(tmp_path / "c", {"d/paired.csv": table.format(e="3", t=1, d=0.5)})
+    assert (count, problems, set_aside) == (1, [], {})  # 2.0 and 2 are one number
+    other = write_run(tmp_path / "c", {"d/paired.csv": table.format(e="2", c=1.5, d=0.75)})
     _, problems, _ = slurmcheck.compare_runs(local, other)
-    assert problems == ["results/d/paired.csv: line 2, epoch_run: '2.0' vs '3'"]
+    assert problems == ["results/d/paired.csv: line 3, diff_mean: '0.5' vs '0.75'"]
 
 
 def test_compare_finds_a_changed_cell_and_a_missing_file(tmp_path):

@@ -12,10 +12,11 @@ the runtime the profile asks for every other rule and key.
 `compare` checks that two finished runs of the workflow produced the same tables: the same set
 of `results/**/*.csv` files, the same header in each, and, for every column that is not a
 measurement of the machine (wall times by name; in benchmark tables everything but the columns
-naming what was measured; the rows of a paired table at equal time, which pair epochs by the
-measured step times), the same value in every cell: the same text, or the same number written
-two ways. Exact equality is the right test here: both runs execute the same programs with the
-same seeds and thread counts on the same machine; only the launcher differs.
+naming what was measured), the same value in every cell: the same text, or the same number
+written two ways. Every row of a paired table is compared, the equal-compute family included: it
+pairs runs at counted costs (sngrad.costs), not at measured times. Exact equality is the right
+test here: both runs execute the same programs with the same seeds and thread counts on the same
+machine; only the launcher differs.
 """
 
 from __future__ import annotations
@@ -36,10 +37,6 @@ MEASURED_COLUMNS = re.compile(r"time|wall|seconds|_ms$|_s$")
 # that say what was measured are compared.
 BENCHMARK_KEYS = {"network", "batch_size", "method", "repeats", "runs", "mode", "threads",
                   "steps_per_epoch", "epochs"}  # fmt: skip
-# Rows computed from the benchmark's timings: the paired comparison at equal time matches each
-# run with its base at the epoch of equal measured cost, so which epochs are paired (and the
-# statistics of that pair) follow the machine's step times. table name -> (column, value).
-TIMED_ROWS = {"paired.csv": ("family", "equal_time")}
 
 
 class CheckError(Exception):
@@ -101,7 +98,7 @@ def same_cell(text: str, other: str) -> bool:
 
 
 def compare_table(expected: Path, actual: Path, relative: Path) -> tuple[list[str], list[str]]:
-    """(differences, what was set aside: measured columns, timed rows) between two CSV files."""
+    """(differences, the measured columns set aside) between two CSV files."""
     header, rows = read_table(expected)
     other_header, other_rows = read_table(actual)
     if header != other_header:
@@ -110,18 +107,12 @@ def compare_table(expected: Path, actual: Path, relative: Path) -> tuple[list[st
         return [f"{len(rows)} rows vs {len(other_rows)}"], []
     measured = measured_columns(relative, header)
     compared = [i for i, name in enumerate(header) if name not in measured]
-    column, value = TIMED_ROWS.get(relative.name, (None, None))
-    timed = header.index(column) if column in header else None
-    differences, timed_rows = [], 0
+    differences = []
     for line, (row, other) in enumerate(zip(rows, other_rows, strict=True), start=2):
-        if timed is not None and row[timed] == value and other[timed] == value:
-            timed_rows += 1
-            continue
         for i in compared:
             if not same_cell(row[i], other[i]):
                 differences.append(f"line {line}, {header[i]}: {row[i]!r} vs {other[i]!r}")
-    set_aside = measured + ([f"{timed_rows} rows {column}={value}"] if timed_rows else [])
-    return differences, set_aside
+    return differences, measured
 
 
 def compare_runs(expected_root: Path, actual_root: Path) -> tuple[int, list[str], dict]:
