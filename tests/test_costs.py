@@ -128,19 +128,6 @@ def test_a_base_meets_its_own_budget_at_its_last_step():
     assert (b.base, b.step, b.steps_total, b.capped) == ("adam", 620, 620, False)
 
 
-def test_equal_compute_pairs_match_run_and_base_seed_by_seed():
-    def row(run, seed, acc, step=620):
-        return {"optimizer": run, "batch_size": "128", "seed": str(seed), "test_accuracy": acc,
-                "budget_step": step, "budget_epochs": step / 62, "capped": "False"}
-
-    rows = [row("sgd", 1, 0.9), row("sgd", 2, 0.8), row("sgd+cv", 1, 0.7, 124),
-            row("sgd+cv", 2, 0.6, 124), row("sgd+cv", 3, 0.5, 124), row("adam+sngrad1", 1, 0.4)]
-    pairs = costs.equal_compute_pairs(rows)
-    assert [(p["run"], p["seed"], p["run_value"], p["base_value"]) for p in pairs] == [
-        ("sgd+cv", 1, 0.7, 0.9), ("sgd+cv", 2, 0.6, 0.8)]
-    assert pairs[0]["budget_step"] == 124 and pairs[0]["budget_epochs"] == 2.0
-
-
 # ----------------------------------------------------------------------------- the engine
 
 

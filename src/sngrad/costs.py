@@ -289,32 +289,6 @@ def budget_step(run: str, widths: Sequence[int], n_train: int, batch: int, epoch
     return Budget(run, base, low, total, per_epoch, budget, spent(run, low), False)
 
 
-def equal_compute_pairs(rows, column: str = "test_accuracy") -> list[dict]:
-    """The equal-compute (counted) pairs from budget.csv rows (``train`` writes one per seed).
-
-    ``rows``: mappings with budget.csv's columns (one dataset; any runs and batch sizes).
-    Every run with a base is paired with that base, seed by seed, at the same batch size: the
-    run's ``column`` after its budget step k* against the base's after its last step (the
-    base's own row, k* = E S). Returns one dict per pair: ``run, base, batch_size, seed,
-    run_value, base_value, budget_step, budget_epochs, capped``, sorted by (batch size, run,
-    seed); a seed that either side lacks gives no pair. Bases with no row give no pairs.
-    """
-    table = {(str(r["optimizer"]), int(r["batch_size"]), int(r["seed"])): r for r in rows}
-    pairs = []
-    for (run, batch, seed), row in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0],
-                                                                        kv[0][2])):
-        base = base_run(run)
-        if base is None or (base, batch, seed) not in table:
-            continue
-        pairs.append({
-            "run": run, "base": base, "batch_size": batch, "seed": seed,
-            "run_value": float(row[column]), "base_value": float(table[base, batch, seed][column]),
-            "budget_step": int(row["budget_step"]), "budget_epochs": float(row["budget_epochs"]),
-            "capped": str(row["capped"]).lower() == "true",
-        })
-    return pairs
-
-
 # ============================================================================ a profile's cost
 #
 # ``python -m sngrad config cost PROFILE``: the training work of a profile, counted before it
