@@ -55,8 +55,12 @@ smoke:
 data: install
 	$(BIN)/python -m sngrad data profile config/default.yaml
 
+# the step-time benchmark of a profile (not part of `report`: no verdict reads it), then the
+# profile's report again, now with the benchmark's tables
 bench: install
-	$(BIN)/python benchmarks/step_time.py
+	$(BIN)/python -m sngrad config check config/$(PROFILE).yaml
+	$(BIN)/snakemake --cores $(CORES) bench --configfile config/$(PROFILE).yaml
+	$(BIN)/snakemake --cores $(CORES) --configfile config/$(PROFILE).yaml
 
 # the SLURM profile run for real: the smoke profile through a one-node SLURM of this machine
 # and plainly, results compared (root on Debian/Ubuntu; see workflow/cluster/local-slurm.sh)

@@ -1,7 +1,9 @@
 """Shared pytest configuration, and the copy of the repository the workflow tests run in."""
 
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from hypothesis import settings
@@ -20,6 +22,12 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: runs the real workflow (about a minute or more); never skipped"
     )
+    # the workflows the tests run share one compilation cache of their own, not the user's
+    # (sngrad.compile_cache); a run's results do not depend on it
+    if "SNGRAD_XLA_CACHE" not in os.environ:
+        cache = Path(tempfile.mkdtemp(prefix="sngrad-xla-tests-"))
+        os.environ["SNGRAD_XLA_CACHE"] = str(cache)
+        config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
 
 
 def tracked_files() -> list[str]:

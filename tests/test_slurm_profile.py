@@ -87,9 +87,9 @@ def test_profile_names_only_rules_of_the_workflow(workflow_copy):
 
 
 def test_dry_run_gives_each_rule_the_profiles_resources(workflow_copy):
-    out = snakemake(
-        "-n", "--profile", "workflow/profiles/slurm", "--configfile", "config/smoke.yaml",
-        cwd=workflow_copy,
+    out = snakemake(  # the study and the benchmark, its own target
+        "-n", "--profile", "workflow/profiles/slurm", "all", "bench",
+        "--configfile", "config/smoke.yaml", cwd=workflow_copy,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout + out.stderr

@@ -89,7 +89,7 @@ def test_fresh_copy_plans_every_job_of_the_profile(fresh, name):
     datasets = len(config["datasets"])
     runs = datasets * len(config["optimizers"]) * len(config["batch_sizes"])
     per_dataset = {"data", "reference", "noise", "summary"}
-    once = {"performance", "gradient_noise", "theory", "benchmark", "report", "all"}
+    once = {"performance", "gradient_noise", "theory", "report", "all"}  # no benchmark
     expected = {"tune": runs, "train": runs}
     expected |= {rule: datasets for rule in per_dataset} | {rule: 1 for rule in once}
     if name == "default":
@@ -111,8 +111,33 @@ def test_jobs_are_limited_to_their_threads_and_the_benchmark_runs_alone(fresh):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "intra_op_parallelism_threads=1" in out.stdout and "OMP_NUM_THREADS=1" in out.stdout
     assert f"{sys.executable} -m sngrad train" in out.stdout
-    benchmark = out.stdout.split("rule benchmark:", 1)[1].split("\n\n", 1)[0]
+    assert "rule benchmark:" not in out.stdout  # its own target, `make bench`
+    bench = snakemake("-n", "-p", "--cores", "3", "bench", *SMOKE, cwd=fresh)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    assert set(job_counts(bench.stdout)) == {"benchmark", "bench", "total"}
+    benchmark = bench.stdout.split("rule benchmark:", 1)[1].split("\n\n", 1)[0]
     assert "threads: 3" in benchmark  # every core: no other job shares the machine
+
+
+def test_jobs_that_need_no_training_come_first_and_costly_cells_before_cheap(fresh):
+    """The scheduler's priorities: data, theory, the reference run's cell, the reference run
+    and the noise study above every other cell; cells by their counted step cost."""
+    out = snakemake("-n", "--cores", "2", "--configfile", "config/quick.yaml", cwd=fresh)
+    assert out.returncode == 0, out.stderr[-3000:]
+    priorities = {}
+    for rule, block in re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", out.stdout, re.M | re.S):
+        found = re.search(r"^\s+priority: (\d+)", block, re.M)
+        name = re.search(r"^\s+output: (\S+)", block, re.M)
+        if name:
+            priorities[(rule, name.group(1))] = int(found.group(1)) if found else 0
+    def of(rule, part=""):
+        return [v for (r, path), v in priorities.items() if r == rule and part in path]
+    early = min(of("data") + of("theory") + of("reference") + of("noise") + of("tune", "/sgd/"))
+    others = [v for (r, path), v in priorities.items()
+              if r in ("tune", "train") and "/sgd/" not in path]
+    assert others and early > max(others)
+    cv, sngrad1, adam = (of("tune", f"/{run}/") for run in ("sgd+cv", "sgd+sngrad1", "adam"))
+    assert min(cv) > max(sngrad1) > max(adam)
 
 
 def test_single_dataset_target_touches_no_other_dataset(fresh):
@@ -235,6 +260,37 @@ def test_smoke_dag_renders_the_report_under_results(smoke_run):
     assert not (base / ".run.lock").exists()  # released at the end
     again = snakemake("-n", *SMOKE, cwd=work)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_every_job_of_the_run_has_a_ledger_entry_whose_phases_fit_its_wall_time(smoke_run):
+    """Each job's entry (sngrad.ledger): the compile and scan seconds its process measured
+    fit inside the wall time its shell measured (other_s >= 0; they add up by definition),
+    training jobs spent time in both, and the report prints the stages."""
+    from collections import Counter
+
+    from sngrad.layout import Layout
+    from sngrad.ledger import read_entries
+
+    work, _ = smoke_run
+    entries = read_entries(Layout("smoke", str(work / "results")))
+    config = profile("smoke")
+    cells = len(config["datasets"]) * len(config["optimizers"]) * len(config["batch_sizes"])
+    stages = Counter(e["stage"] for e in entries)
+    assert stages["tune"] == stages["train"] == cells
+    assert stages["data"] == stages["reference"] == stages["noise"] == len(config["datasets"])
+    assert stages["notebooks"] == 3 + len(config["datasets"])  # and one summary per dataset
+    for e in entries:
+        measured = (e["compile_s"] or 0.0) + (e["scan_s"] or 0.0)
+        assert e["wall_s"] > 0 and e["cpu_s"] > 0, e
+        assert measured + e["other_s"] == pytest.approx(e["wall_s"], abs=1e-9), e
+        assert e["other_s"] >= 0, e  # the phases were not counted twice
+        if e["stage"] in ("tune", "train", "reference"):
+            assert e["compile_s"] > 0 and e["scan_s"] > 0, e
+    text = (work / "results" / "smoke" / "report.md").read_text()
+    block = text.split("<!-- ledger -->", 1)[1].split("<!-- /ledger -->", 1)[0]
+    for stage in ("data", "tune", "train", "reference", "noise", "notebooks"):
+        assert f"| {stage} |" in block
 
 
 @pytest.mark.slow

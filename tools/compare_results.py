@@ -11,12 +11,15 @@ What counts as a timing (and is blanked on both sides before comparing):
 - CSV columns ``wall_time``, anything ending in ``_s``, ``_ms`` or ``_seconds``, and the
   benchmark's measured ``spread``, ``ratio``, ``peak_rss_mb`` and ``attempts``;
 - the same keys in JSON (at any depth), plus ``started_unix``, ``started_utc``, ``command``
-  (run_started.json) and the git state a run recorded (``git_commit``, ``git_dirty``), which
-  names the checkout rather than a result;
+  (run_started.json), ``finished_unix`` (a ledger entry), a provenance's ``ledger`` (its
+  compile, scan and CPU seconds), the git state a run recorded
+  (``git_commit``, ``git_dirty``) and the interpreter in a recorded ``argv`` (its first item),
+  which name the checkout rather than a result;
 - in the executed notebooks: execution counts and every cell's metadata (papermill's start
-  and end times, durations);
+  and end times, durations), and durations in minutes or seconds that a cell printed;
 - in ``report.md``: elapsed minutes, UTC times, 40- and 64-digit hex digests (the commit,
-  the input digest: a digest of files that contain timings).
+  the input digest: a digest of files that contain timings), and the ledger's block between
+  ``<!-- ledger -->`` and ``<!-- /ledger -->`` (where the run's time went).
 
 A differing CSV is reported with the columns that differ, a differing text file with its
 first ``--show`` differing lines, so that each difference can be attributed. Anything else
@@ -36,10 +39,14 @@ from pathlib import Path
 
 TIMING_COLUMNS = {"wall_time", "spread", "ratio", "peak_rss_mb", "attempts"}
 TIMING_SUFFIXES = ("_s", "_ms", "_seconds")
-UNTRACKED_KEYS = {"started_unix", "started_utc", "command", "git_commit", "git_dirty"}
+UNTRACKED_KEYS = {"started_unix", "started_utc", "finished_unix", "command", "git_commit",
+                  "git_dirty", "ledger"}
 IGNORED_FILES = {".snakemake_timestamp"}
 REPORT_PATTERNS = (
+    # the ledger's block of the reproducibility section: every number in it is a timing
+    (re.compile(r"<!-- ledger -->.*?<!-- /ledger -->", re.DOTALL), "<ledger>"),
     (re.compile(r"\b\d+(\.\d+)? min\b"), "<minutes>"),
+    (re.compile(r"\b\d+(\.\d+)? s\b"), "<seconds>"),
     (re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?( UTC|\+00:00)?"), "<time>"),
     (re.compile(r"\b[0-9a-f]{64}\b"), "<sha256>"),
     (re.compile(r"\b[0-9a-f]{40}\b"), "<commit>"),
@@ -81,11 +88,14 @@ def compare_csv(before: str, after: str) -> str | None:
 
 def _without_timings(value):
     if isinstance(value, dict):
-        return {
+        kept = {
             k: _without_timings(v)
             for k, v in value.items()
             if not (is_timing(k) or k in UNTRACKED_KEYS)
         }
+        if isinstance(kept.get("argv"), list) and kept["argv"]:
+            kept["argv"] = ["<interpreter>", *kept["argv"][1:]]
+        return kept
     if isinstance(value, list):
         return [_without_timings(v) for v in value]
     return value
@@ -137,11 +147,22 @@ def compare_file(before: Path, after: Path, show: int = 6) -> str | None:
         if value_b == value_a:
             return None
         dump = lambda v: json.dumps(v, indent=1, sort_keys=True)  # noqa: E731
-        return _text_diff(dump(value_b), dump(value_a), show)
+        text_b, text_a = dump(value_b), dump(value_a)
+        if suffix == ".ipynb":  # what a cell printed: the same durations as in the report
+            text_b, text_a = _blank_durations(text_b), _blank_durations(text_a)
+            if text_b == text_a:
+                return None
+        return _text_diff(text_b, text_a, show)
     if before.name == "report.md":
         for pattern, replacement in REPORT_PATTERNS:
             text_b, text_a = pattern.sub(replacement, text_b), pattern.sub(replacement, text_a)
     return _text_diff(text_b, text_a, show)
+
+
+def _blank_durations(text: str) -> str:
+    for pattern, replacement in REPORT_PATTERNS[1:3]:  # minutes and seconds
+        text = pattern.sub(replacement, text)
+    return text
 
 
 def files_of(root: Path) -> set[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from sngrad import ledger
 from sngrad.errors import SngradError
 from sngrad.oserror import describe as describe_os_error
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     module, function, _ = COMMANDS[name]
+    ledger.watch()
     try:
         return int(getattr(importlib.import_module(module), function)(rest) or 0)
     except SngradError as err:

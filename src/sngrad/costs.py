@@ -340,6 +340,27 @@ def _training(run, widths, n_train, batch, epochs, snapshot_every, runs, eval_ex
     return runs * steps * batch, flops
 
 
+def _cell_shape(profile: dict, dataset: str) -> tuple[list[int], int, int, int]:
+    """(widths, training examples, validation examples, test examples) of one dataset."""
+    from sngrad import config as profiles
+    from sngrad.data import get_spec
+
+    spec = get_spec(dataset)
+    widths = [spec.feature_dim, *profile["model"]["hidden"], spec.num_classes]
+    n_train, n_val = profiles.split_sizes(profile, dataset)
+    return widths, n_train, n_val, TEST_EXAMPLES.get(spec.name, n_val)
+
+
+def tuning_trial_flops(profile: dict, dataset: str, run: str, batch: int) -> float:
+    """Counted FLOPs of one tuning run (one setting, one tuning seed): ``train.epochs`` epochs
+    of training and one validation pass at the end."""
+    widths, n_train, n_val, _ = _cell_shape(profile, dataset)
+    train = profile["train"]
+    _, flops = _training(run, widths, n_train, batch, int(train["epochs"]),
+                         int(train["snapshot_every"]), 1, 0)
+    return flops + n_val * forward_flops(widths)
+
+
 def profile_stages(profile: dict) -> list[Stage]:
     """The counted work of a profile (a mapping as :func:`sngrad.config.load_profile` returns).
 
@@ -351,7 +372,6 @@ def profile_stages(profile: dict) -> list[Stage]:
     benchmark is timing-bound (its repeats run until a time is reached) and not counted.
     """
     from sngrad import config as profiles
-    from sngrad.data import get_spec
 
     train, tune = profile["train"], profile["tune"]
     epochs, every = int(train["epochs"]), int(train["snapshot_every"])
@@ -367,10 +387,7 @@ def profile_stages(profile: dict) -> list[Stage]:
         totals[name][2] += work[1]
 
     for dataset in profile["datasets"]:
-        spec = get_spec(dataset)
-        widths = [spec.feature_dim, *profile["model"]["hidden"], spec.num_classes]
-        n_train, n_val = profiles.split_sizes(profile, dataset)
-        n_test = TEST_EXAMPLES.get(spec.name, n_val)
+        widths, n_train, n_val, n_test = _cell_shape(profile, dataset)
         for run in profile["optimizers"]:
             for batch in profile["batch_sizes"]:
                 tuned = _training(run, widths, n_train, batch, epochs, every, tune_runs, 0)

@@ -183,6 +183,22 @@ class Layout:
         """A job's log: ``logs/<profile>/<stage>/<name>/.../<last>.log`` (outside results/)."""
         return "/".join([LOGS, self.profile, stage, *map(str, names)]) + ".log"
 
+    @staticmethod
+    def of_log(log: str) -> tuple[Layout, str, list[str]]:
+        """(layout, stage, names) of a job's :meth:`log` path."""
+        parts = Path(log).parts
+        if len(parts) < 4 or parts[0] != LOGS or not parts[-1].endswith(".log"):
+            raise ValueError(f"{log!r} is not a job log ({LOGS}/<profile>/<stage>/.../x.log)")
+        return Layout(parts[1]), parts[2], [*parts[3:-1], parts[-1].removesuffix(".log")]
+
+    # ------------------------------------------------------------------ the ledger
+    def ledger_dir(self) -> str:
+        return f"{self.base}/ledger"
+
+    def ledger(self, stage: str, *names) -> str:
+        """A job's ledger entry (sngrad.ledger), named as its :meth:`log`."""
+        return "/".join([self.ledger_dir(), stage, *map(str, names)]) + ".json"
+
 
 def notebook_source(name: str) -> str:
     """The jupytext source of an analysis notebook."""

@@ -15,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sngrad import ledger
+
 PACKAGES = ("jax", "jaxlib", "optax", "numpy", "sngrad")
 
 
@@ -74,6 +76,8 @@ def provenance(*, spec: dict, seeds: list[int], argv: list[str], wall_time_s: fl
         "git_dirty": git_dirty(),
         "device": [str(d) for d in jax.devices()],
         "wall_time_s": wall_time_s,
+        # this process so far: compilation, training scans, CPU (sngrad.ledger)
+        "ledger": ledger.phases(),
         "argv": [sys.executable, "-m", "sngrad", *argv],
         **extra,
     }

@@ -90,6 +90,7 @@ rule theory:
         CONDA_ENV
     log:
         L.log("notebooks", "theory"),
+    priority: EARLY
     threads: threads_for("theory")
     resources:
         mem_mb=mem_for("theory"),

@@ -1,5 +1,26 @@
 # Measured cost of each step against the same-process SGD step (benchmarks/step_time.py). The
 # job asks for every core Snakemake has, so no other job shares the machine while it times.
+# No verdict reads it (equal compute is counted, sngrad.costs), so it is not part of `all`:
+# `make bench` runs the target `bench`, and the report of the next run prints its tables.
+
+
+# one job, one log, one ledger entry: the single-run steps, then the engine's
+STEP_TIMES = (
+    "{input.script:q} --networks {params.networks} --batch-sizes {params.batch_sizes} "
+    "--repeats {params.repeats} --threads {params.threads} --out {output.step:q} > {log} 2>&1"
+)
+ENGINE_STEP_TIMES = (
+    "{input.script:q} --engine --networks {params.study_network} "
+    "--batch-sizes {params.batch_sizes} --repeats 3 --retries 1 --steps 62 "
+    "--threads {params.threads} --out {output.engine:q} >> {log} 2>&1"
+)
+
+
+rule bench:
+    """The step-time benchmark of the profile alone."""
+    input:
+        L.benchmark(),
+        L.benchmark_engine(),
 
 
 rule benchmark:
@@ -23,14 +44,4 @@ rule benchmark:
     resources:
         mem_mb=mem_for("benchmark"),
     shell:
-        " && ".join([python(
-            "{input.script:q} --networks {params.networks} --batch-sizes {params.batch_sizes} "
-            "--repeats {params.repeats} --threads {params.threads} --out {output.step:q} "
-            "> {log} 2>&1",
-            threads="{params.threads}",
-        ), python(
-            "{input.script:q} --engine --networks {params.study_network} "
-            "--batch-sizes {params.batch_sizes} --repeats 3 --retries 1 --steps 62 "
-            "--threads {params.threads} --out {output.engine:q} >> {log} 2>&1",
-            threads="{params.threads}",
-        )])
+        python(f"{STEP_TIMES} && {PYTHON} {ENGINE_STEP_TIMES}", threads="{params.threads}")

@@ -11,7 +11,9 @@ from snakemake.settings.types import DeploymentMethod
 from snakemake_interface_executor_plugins.settings import ExecMode
 from snakemake.utils import update_config
 
+from sngrad import compile_cache
 from sngrad import config as profiles
+from sngrad import costs, ledger, resources
 from sngrad import runlock, runstart
 from sngrad.data.splits import repair as repair_splits
 from sngrad.errors import SngradError
@@ -98,21 +100,40 @@ else:
     PYTHON = shlex.quote(sys.executable)
 
 
+# the folder is named on the machine that runs the job (a cluster's nodes may differ in CPU)
+COMPILE_CACHE = " ".join(
+    [f"{k}={shlex.quote(v)}" for k, v in compile_cache.SETTINGS.items()]
+    + [f'JAX_COMPILATION_CACHE_DIR="$({PYTHON} -m sngrad.compile_cache)"']
+)
+
+
 def python(args, threads="{threads}"):
     """A shell command running `python ARGS` on `threads` cores; Snakemake fills {placeholders}.
 
     Each job gets its threads and no more: XLA's CPU backend and the BLAS libraries otherwise
     start one thread per machine core in every job, and `--cores N` would oversubscribe.
-    Compiled XLA programs are kept on disk and shared between jobs (a cache entry is a pure
-    function of the program, so a stale one cannot change a result).
+    Compiled XLA programs are kept in the user's cache folder, one per CPU type, and shared by
+    every job, clone and profile (sngrad.compile_cache says why that cannot change a result).
+
+    The job runs inside the ledger's frame (sngrad.ledger): the shell notes the wall clock
+    before it and, after it, the CPU time of its processes (bash's `times`); a sngrad command
+    adds its compilation and scan seconds through $SNGRAD_PHASES; the entry goes to
+    results/<profile>/ledger/<stage>/<name>.json. The job's {log} names both side files.
     """
     limits = (
+        f"sngrad_started=$EPOCHREALTIME; "
         f'export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false '
         f'intra_op_parallelism_threads={threads}" '
         f"OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
-        "JAX_COMPILATION_CACHE_DIR=.cache/jax JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.2; "
+        f"{COMPILE_CACHE} {ledger.PHASES_ENV}={ledger.phases_file('{log:q}')}; "
     )
-    return f"{limits}{PYTHON} {args}"
+    ledger_entry = (
+        f"times > {ledger.times_file('{log:q}')}; "
+        f"{PYTHON} -m sngrad.ledger record --log {{log:q}} --started $sngrad_started "
+        f"--threads {threads}"
+    )
+    # a subshell, so that a failure anywhere in `args` (an `A && B`, a pipe) fails the job
+    return f"{limits}({PYTHON} {args}); {ledger_entry}"
 
 
 def threads_for(stage):
@@ -156,11 +177,33 @@ def report_inputs():
         "reference": [L.reference_dir(d) for d in DATASETS],
         "noise": [L.noise(d) for d in DATASETS],
         "summaries": [f for d in DATASETS for f in notebook_tables(L, "summary", d)],
-        "benchmark": [L.benchmark(), L.benchmark_engine()],
+        # the benchmark is its own target (`make bench`): its tables when it has run
+        "benchmark": [f for f in (L.benchmark(), L.benchmark_engine()) if Path(f).exists()],
     }
     for name in NOTEBOOKS_RUN:
         inputs[name] = getattr(rules, name).output
     return inputs
+
+
+# ----------------------------------------------------------------------------- job order
+# Among the jobs ready to run, Snakemake starts those of higher priority first. The jobs that
+# need no training (the data, the theory notebook, the reference run's tuning, the reference
+# run and the noise study after it) go first, so that none of them is left for the end; then
+# the cells by their counted cost per step, the costliest first (the longest-processing-time
+# order, which leaves the short jobs to fill the cores at the end of the run).
+EARLY = 1000
+
+
+def cell_priority(wildcards):
+    """EARLY for the reference run's cell, else 10x the run's counted step cost / SGD's."""
+    batch = int(wildcards.batch_size)
+    if (wildcards.optimizer == profiles.REFERENCE_RUN
+            and batch == profiles.reference_batch_size(config)):
+        return EARLY
+    widths = resources.widths(config, wildcards.dataset)
+    ratio = costs.example_flops(wildcards.optimizer, widths, batch) / costs.example_flops(
+        "sgd", widths, batch)
+    return round(10 * ratio)
 
 
 def run_log(stage):

@@ -18,6 +18,7 @@ rule data:
         CONDA_ENV
     log:
         L.log("data", "{dataset}"),
+    priority: EARLY
     threads: threads_for("data")
     resources:
         mem_mb=mem_for("data"),

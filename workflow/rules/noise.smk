@@ -22,6 +22,7 @@ rule noise:
         CONDA_ENV
     log:
         L.log("noise", "{dataset}"),
+    priority: EARLY
     threads: threads_for("noise")
     resources:
         mem_mb=mem_for("noise"),

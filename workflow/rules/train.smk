@@ -16,6 +16,7 @@ rule train:
         CONDA_ENV
     log:
         run_log("train"),
+    priority: cell_priority
     threads: threads_for("train")
     resources:
         mem_mb=mem_for("train"),
@@ -44,6 +45,7 @@ rule reference:
         CONDA_ENV
     log:
         L.log("reference", "{dataset}"),
+    priority: EARLY
     threads: threads_for("reference")
     resources:
         mem_mb=mem_for("reference"),

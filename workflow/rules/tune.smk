@@ -14,6 +14,7 @@ rule tune:
         CONDA_ENV
     log:
         run_log("tune"),
+    priority: cell_priority
     threads: threads_for("tune")
     resources:
         mem_mb=mem_for("tune"),

@@ -20,6 +20,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from sngrad import ledger
 from sngrad.errors import SngradError
 from sngrad.io import write_csv
 from sngrad.models import Params
@@ -152,6 +153,7 @@ def run_study(data_path, reference_dir, tuned, batch_sizes, batches, seed, out) 
     """Check every input, compute all checkpoints, write the CSV; returns timing facts."""
     from sngrad.data import load_splits
 
+    ledger.watch_compilation()
     if batches < 2:
         raise SngradError(f"--batches {batches}; allowed: >= 2 (a standard error needs two)")
     splits = load_splits(data_path)

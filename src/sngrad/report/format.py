@@ -55,6 +55,11 @@ def mean_std(mean, std) -> str:
     return f"{pct(mean)} ± {pct(std)}" if not missing(std) else f"{pct(mean)}"
 
 
+def fixed(x, decimals: int = 1) -> str:
+    """``decimals`` places after the point (12.345 -> 12.3); missing values read "n/a"."""
+    return NA if missing(x) else f"{float(x):.{decimals}f}"
+
+
 def minutes(seconds) -> str:
     return NA if missing(seconds) else f"{float(seconds) / 60:.1f} min"
 

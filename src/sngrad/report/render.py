@@ -29,13 +29,14 @@ from sngrad.report import (
     experiment,
     figures,
     implementation,
+    ledger,
     noise,
     reproducibility,
     results,
     summary,
     theory,
 )
-from sngrad.report.format import NA, fmt, pct
+from sngrad.report.format import NA, fixed, fmt, pct
 from sngrad.report.read import (
     concat,
 )
@@ -69,6 +70,7 @@ def collect(
     for row in dataset_rows:  # one sigma_ref per dataset (the tuning records it in best.json)
         values = summary_table[summary_table["dataset"] == row["name"]]["sigma_ref"].dropna()
         row["sigma_ref"] = fmt(values.iloc[0]) if len(values) else NA
+    elapsed = reproducibility.elapsed(layout, now)
     dirty = prov["dirty"]
     prov["dirty_text"] = (
         "unknown (not a git checkout)" if dirty is None else ("yes" if dirty else "no")
@@ -98,7 +100,8 @@ def collect(
         "control_variates": results.control_variates(layout, epochs_rows),
         "benchmark": implementation.benchmark(layout, prov["devices"]),
         "engine": implementation.engine_rows(layout),
-        "elapsed": reproducibility.elapsed(layout, now),
+        "elapsed": elapsed,
+        "ledger": ledger.context(layout, config, elapsed.get("seconds")),
         "provenance": prov,
         "figures": figures.figures(layout, out),
         "theory": theory.theory(layout),
@@ -131,6 +134,7 @@ def render_report(
     )
     env.filters["fmt"] = fmt
     env.filters["pct"] = pct
+    env.filters["fixed"] = fixed
     context = collect(layout, config, out, inputs=inputs, now=now)
     text = env.get_template(template.name).render(**context)
     write_text(out, text)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sngrad import costs
+from sngrad import costs, ledger
 from sngrad.errors import SngradError
 from sngrad.io import atomic_write, write_csv, write_json, write_text
 from sngrad.names import RunName, parse_run
@@ -150,6 +150,7 @@ def tune(data_path, run_name: str, batch_size: int, spec: TrainSpec, out_dir, ar
     """Search the setting of one (dataset, run, batch size); write tuning.csv, best.json and
     tuning_provenance.json into ``out_dir``; return best.json's content."""
     started = time.perf_counter()
+    ledger.watch_compilation()
     run = parse_run(run_name)
     out_dir = check_out_dir(out_dir)
     splits = _load(data_path, batch_size)
@@ -260,6 +261,7 @@ def train(data_path, run_name: str, batch_size: int, spec: TrainSpec, hparams_pa
     """Retrain the chosen setting on ``spec.seeds``; write metrics.csv, diagnostics.csv and
     provenance.json into ``out_dir``."""
     started = time.perf_counter()
+    ledger.watch_compilation()
     run = parse_run(run_name)
     out_dir = check_out_dir(out_dir)
     hp = _checked_hparams(run, load_hparams(hparams_path, run.name, batch_size))
@@ -360,6 +362,7 @@ def reference(data_path, spec: TrainSpec, hparams_path, batch_size: int, out_dir
     says so (``learning_rate_source``), so that the noise study still has its parameters.
     """
     started = time.perf_counter()
+    ledger.watch_compilation()
     out_dir = check_out_dir(out_dir)
     hp = _checked_hparams(parse_run("sgd"), load_hparams(hparams_path, "sgd", batch_size))
     splits = _load(data_path, batch_size)

@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from sngrad import ledger
 from sngrad.errors import SngradError
 from sngrad.models import cross_entropy, mlp_apply, mlp_init
 from sngrad.optimizers import has_momentum, needs_snapshot, parse_optimizer
@@ -234,14 +235,13 @@ class Programs:
                               diagnostics_on=diagnostics_on)
         if self.step.kind == "svrg" and self.diagnostics_every > 1:
             self.diagnostics_every = max(self.diagnostics_every, SVRG_DIAGNOSTICS_EVERY)
-        self.init = jax.jit(jax.vmap(self._init_one))
+        self.init = jax.jit(jax.vmap(self._init_one))  # from K stacked initial parameters
         self.snapshot = jax.jit(jax.vmap(self._snapshot_one, in_axes=(0, None)))
         self.epoch = jax.jit(jax.vmap(self._epoch_one, in_axes=(0, 0, None, None, None)))
         self.evaluate = jax.jit(jax.vmap(self._evaluate_one, in_axes=(0, None, None)),
                                 static_argnums=2)
 
-    def _init_one(self, init_key, shuffle_key, hp):
-        params = mlp_init(init_key, self.sizes)
+    def _init_one(self, params, shuffle_key, hp):
         state = {"params": params, "opt": self.step.init(params, hp), "key": shuffle_key,
                  "diverged": jnp.zeros((), bool)}
         if self.snapshots:
@@ -346,6 +346,15 @@ def _unstack(stacked: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     return [{k: v[i] for k, v in stacked.items()} for i in range(count)]
 
 
+def initial_parameters(init_keys: Sequence[np.ndarray], sizes: Sequence[int]):
+    """The K runs' initial parameters, ``mlp_init`` of each key stacked on a leading axis.
+
+    One unbatched program per architecture, shared by every optimizer and every K (a vmapped
+    initialisation is compiled anew for each), bit for bit the same parameters."""
+    each = [mlp_init(jnp.asarray(key), sizes) for key in init_keys]
+    return jax.tree.map(lambda *leaves: jnp.asarray(np.stack(leaves)), *each)
+
+
 def model_sizes(spec: TrainSpec, splits) -> tuple[int, ...]:
     return (splits.x_train.shape[1], *spec.hidden, splits.num_classes)
 
@@ -395,7 +404,7 @@ def run_sweep(
     data = device_data(splits, mode, spec.diverge_loss)
     hp = hparam_arrays(optimizer, configs)
     keys = [run_keys(c) for c in configs]
-    state = progs.init(jnp.asarray(np.stack([k[0] for k in keys])),
+    state = progs.init(initial_parameters([k[0] for k in keys], progs.sizes),
                        jnp.asarray(np.stack([k[1] for k in keys])), hp)
 
     records: list[dict[str, np.ndarray]] = []
@@ -427,7 +436,9 @@ def run_sweep(
             out = jax.device_get(out)  # waits for the epoch
             if "lambda_weights" in out:
                 out["lambda_median"] = _host_median(out.pop("lambda_weights"))
-            train_s += time.perf_counter() - tick  # the clock stops here
+            scan_s = time.perf_counter() - tick  # the clock stops here
+            train_s += scan_s
+            ledger.add_scan(scan_s)
             out["wall_time"] = np.float64(train_s)
             if mode.evaluate:
                 out.update(jax.device_get(progs.evaluate(state, data, mode.evaluate)))
