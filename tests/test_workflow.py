@@ -286,7 +286,8 @@ def test_every_job_of_the_run_has_a_ledger_entry_whose_phases_fit_its_wall_time(
         assert measured + e["other_s"] == pytest.approx(e["wall_s"], abs=1e-9), e
         assert e["other_s"] >= 0, e  # the phases were not counted twice
         if e["stage"] in ("tune", "train", "reference"):
-            assert e["compile_s"] > 0 and e["scan_s"] > 0, e
+            assert e["compile_s"] > 0 and e["scan_s"] > 0 and e["scan_cpu_s"] > 0, e
+            assert e["scan_cpu_s"] <= e["cpu_s"], e
     text = (work / "results" / "smoke" / "report.md").read_text()
     block = text.split("<!-- ledger -->", 1)[1].split("<!-- /ledger -->", 1)[0]
     for stage in ("data", "tune", "train", "reference", "noise", "notebooks"):

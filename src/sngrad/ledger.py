@@ -12,7 +12,9 @@ names, written when the process exits (:func:`watch`):
 
 - ``compile_s``: seconds JAX spent turning programs into executables: tracing, lowering to
   MLIR, and XLA's compilation or the read of a cached executable (``jax.monitoring``);
-- ``scan_s``: seconds of the training scans (the engine's epochs, snapshots included).
+- ``scan_s``: seconds of the training scans (the engine's epochs, snapshots included), and
+  ``scan_cpu_s``, the CPU time of the process during them: where jobs share cores, the wall
+  time of a scan includes the time it waited, its CPU time does not.
 
 An entry's columns add up: ``wall_s = compile_s + scan_s + other_s``, where ``other_s`` is the
 rest of the job (interpreter start-up and imports, data loading, the initialisation, the
@@ -49,7 +51,7 @@ COMPILE_EVENTS = (
 )
 COLUMNS = ("wall_s", "cpu_s", "compile_s", "scan_s", "other_s")
 
-_phases = {"compile_s": 0.0, "scan_s": 0.0}
+_phases = {"compile_s": 0.0, "scan_s": 0.0, "scan_cpu_s": 0.0}
 _watching = {"compilation": False, "exit": False}
 
 
@@ -68,13 +70,16 @@ def watch_compilation() -> None:
     _watching["compilation"] = True
 
 
-def add_scan(seconds: float) -> None:
-    """Count ``seconds`` of training scans (called by the engine after each epoch)."""
+def add_scan(seconds: float, cpu_seconds: float) -> None:
+    """Count a training scan of ``seconds`` wall and ``cpu_seconds`` CPU time (called by the
+    engine after each epoch)."""
     _phases["scan_s"] += float(seconds)
+    _phases["scan_cpu_s"] += float(cpu_seconds)
 
 
 def phases() -> dict[str, float]:
-    """This process so far: compile_s, scan_s and cpu_s (user + system of the process)."""
+    """This process so far: compile_s, scan_s, scan_cpu_s and cpu_s (user + system time of
+    the process)."""
     times = os.times()
     return {**_phases, "cpu_s": times.user + times.system}
 
@@ -111,10 +116,11 @@ def parse_times(text: str) -> float:
 def entry(*, stage: str, job: str, wall_s: float, cpu_s: float, threads: int,
           phases_record: dict | None, finished_unix: float) -> dict:
     """One job's ledger entry; ``phases_record``: the sngrad command's side file, or None."""
-    compile_s = scan_s = None
+    compile_s = scan_s = scan_cpu_s = None
     if phases_record is not None:
         compile_s = float(phases_record.get("compile_s", 0.0))
         scan_s = float(phases_record.get("scan_s", 0.0))
+        scan_cpu_s = float(phases_record.get("scan_cpu_s", 0.0))
     other_s = wall_s - (compile_s or 0.0) - (scan_s or 0.0)
     return {
         "stage": stage,
@@ -124,6 +130,7 @@ def entry(*, stage: str, job: str, wall_s: float, cpu_s: float, threads: int,
         "compile_s": compile_s,
         "scan_s": scan_s,
         "other_s": other_s,
+        "scan_cpu_s": scan_cpu_s,
         "threads": int(threads),
         "machine_cores": machine_cores(),
         "finished_unix": finished_unix,

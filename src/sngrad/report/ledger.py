@@ -5,11 +5,12 @@ Per stage: jobs, counted FLOPs (:mod:`sngrad.costs`), CPU minutes, job-minutes o
 the minutes spent compiling and in the training scans (:mod:`sngrad.ledger`).
 
 The run's efficiency: the training scans' own rate, r = counted training FLOPs (tuning, final
-training, reference) / their core-seconds (scan seconds x the job's threads), says how long
-the counted training work takes at the speed the engine trains at, T = FLOPs / (r x cores) =
-scan core-seconds / cores. Efficiency is T over the run's elapsed wall time: the share of the
-machine the run spent in training arithmetic. The report and publish jobs run after the report
-is rendered and are not in the table.
+training, reference) / the CPU seconds of the scans (their wall time would count the time a
+scan waited for a core that another job held), says how long the counted training work takes
+at the speed the engine trains at, T = FLOPs / (r x cores) = scan CPU seconds / cores.
+Efficiency is T over the run's elapsed wall time: the share of the machine the run spent in
+training arithmetic. The report and publish jobs run after the report is rendered and are not
+in the table.
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ def stage_rows(entries: list[dict], flops: dict[str, float | None]) -> list[dict
 def efficiency(entries: list[dict], training_flops: float | None,
                elapsed_s: float | None) -> dict | None:
     """The engine's rate in the run's own scans and the run's efficiency (module docstring)."""
-    training = [e for e in entries if e["stage"] in TRAINING and e.get("scan_s") is not None]
-    core_seconds = sum(e["scan_s"] * e.get("threads", 1) for e in training)
+    training = [e for e in entries
+                if e["stage"] in TRAINING and e.get("scan_cpu_s") is not None]
+    core_seconds = sum(e["scan_cpu_s"] for e in training)
     if not training or core_seconds <= 0 or not training_flops:
         return None
     cores = max(e.get("machine_cores", 1) for e in training)

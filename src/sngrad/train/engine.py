@@ -429,7 +429,7 @@ def run_sweep(
     bar = EpochProgress(progress, spec.epochs, start)  # a bar, or lines in a log
     try:
         for epoch in range(start, spec.epochs):
-            tick = time.perf_counter()
+            tick, tick_cpu = time.perf_counter(), time.process_time()
             if progs.snapshots and epoch % spec.snapshot_every == 0:
                 state = snapshot_fn(state, data)
             state, out = epoch_fn(state, hp, jnp.int32(epoch), data, k_star)
@@ -438,7 +438,7 @@ def run_sweep(
                 out["lambda_median"] = _host_median(out.pop("lambda_weights"))
             scan_s = time.perf_counter() - tick  # the clock stops here
             train_s += scan_s
-            ledger.add_scan(scan_s)
+            ledger.add_scan(scan_s, time.process_time() - tick_cpu)
             out["wall_time"] = np.float64(train_s)
             if mode.evaluate:
                 out.update(jax.device_get(progs.evaluate(state, data, mode.evaluate)))
