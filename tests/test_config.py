@@ -246,3 +246,38 @@ def test_contracts_document_the_default_profile():
     default = profile("default")
     assert set(documented) == set(default)
     _same_facts(documented, default)
+
+
+# ----------------------------------------------------------------------------- the noise range
+
+
+def test_a_swapped_noise_range_is_refused_before_any_job():
+    lines = problems(smoke(noise__min_batch_size=128, noise__max_batch_size=64))
+    assert lines == ["P.yaml: noise.min_batch_size = 128 exceeds noise.max_batch_size = 64; "
+                     "the noise study doubles the first up to the second, so it must be at "
+                     "most that"]
+
+
+def test_a_noise_batch_above_the_training_split_is_refused():
+    n_train, _ = profiles.split_sizes(profile("smoke"), "digits")
+    lines = problems(smoke(noise__min_batch_size=n_train + 1,
+                           noise__max_batch_size=4 * n_train))
+    assert len(lines) == 1 and "noise.min_batch_size" in lines[0]
+    assert f"the {n_train} examples of digits's training split" in lines[0]
+
+
+def test_the_smallest_noise_batch_equal_to_the_largest_is_allowed():
+    profiles.check_profile(smoke(noise__min_batch_size=32, noise__max_batch_size=32), "P.yaml")
+
+
+def test_config_check_refuses_a_modified_file_calling_itself_default(tmp_path, capsys):
+    """`config check` says what the workflow would: the name belongs to config/default.yaml."""
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({**profile("default"), "train": {
+        **profile("default")["train"], "epochs": 3}}))
+    assert main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is reserved for the unmodified" in err[0]
+    same = tmp_path / "copy.yaml"
+    same.write_text((ROOT / "config" / "default.yaml").read_text())
+    assert main(["config", "check", str(same)]) == 0  # an unchanged copy is the default

@@ -163,3 +163,20 @@ def test_sigkill_at_any_moment_leaves_old_or_new_set(tmp_path):
         assert snapshot(paper) in (old, new), f"mixed set after a kill at {delay} s"
         pub.publish("default", layout.root, case / "dest")
         assert snapshot(paper) == new
+
+
+def test_a_marker_that_cannot_be_written_names_the_new_set(tmp_path, monkeypatch, capsys):
+    """After the switch paper/ holds the new set: the message says so, not 'previous'."""
+    layout, paper, _, new = setup(tmp_path)
+
+    def full(path, *args):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(pub, "write_json", full)
+    args = ["publish", "--profile", "default", "--results-root", layout.root]
+    assert main([*args, "--destination", str(tmp_path / "dest")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err
+    assert "already holds the new report" in err and "previous" not in err
+    assert layout.published_marker() in err
+    assert snapshot(paper) == new

@@ -179,3 +179,80 @@ def test_a_checkpoint_of_another_job_is_ignored(tmp_path, capsys):
     np.testing.assert_array_equal(back.records["loss"], np.ones((3, 2)))
     (tmp_path / ckpt.FILE_NAME).write_bytes(b"not a zip file")
     assert ckpt.load(tmp_path, "job-a") is None
+
+
+def _damaged_copies(raw: bytes):
+    """The checkpoint's bytes truncated at several lengths, and with one bit flipped at
+    positions spread over the whole file (header, arrays, the archive's directory)."""
+    for cut in (0, 1, 10, len(raw) // 3, len(raw) // 2, len(raw) - 22, len(raw) - 1):
+        yield f"truncated to {cut}", raw[:cut]
+    for at in range(0, len(raw), max(1, len(raw) // 40)):
+        flipped = bytearray(raw)
+        flipped[at] ^= 0x10
+        yield f"bit flipped at {at}", bytes(flipped)
+
+
+def test_a_damaged_checkpoint_is_ignored_with_one_line_never_raised(tmp_path, capsys):
+    """Whatever a truncation or a flipped bit does to state.npz, loading it gives back either
+    the saved checkpoint exactly (a flip in bytes nothing reads) or None with a one-line note,
+    never an exception that would block every rerun."""
+    from sngrad.train import checkpoint as ckpt
+
+    leaves = [np.arange(64.0).reshape(8, 8), np.array([True, False])]
+    state = ckpt.Checkpoint(3, 1.5, leaves, {"loss": np.linspace(0, 1, 6).reshape(3, 2)})
+    ckpt.save(tmp_path, "job", state)
+    path = tmp_path / ckpt.FILE_NAME
+    raw = path.read_bytes()
+    ignored = 0
+    for what, damaged in _damaged_copies(raw):
+        path.write_bytes(damaged)
+        capsys.readouterr()
+        back = ckpt.load(tmp_path, "job")
+        err = capsys.readouterr().err
+        if back is None:
+            ignored += 1
+            assert err.count("\n") == 1 and "starts over" in err, (what, err)
+        else:
+            assert (back.epoch, back.elapsed_s) == (3, 1.5), what
+            for a, b in zip(back.leaves, leaves, strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=what)
+            np.testing.assert_array_equal(back.records["loss"], state.records["loss"])
+    assert ignored >= 7  # every truncation at least
+
+
+def test_train_resumes_from_a_truncated_checkpoint_by_starting_over(data_file, tmp_path,
+                                                                     monkeypatch, capsys):
+    """The whole job: a checkpoint cut short by a crash is set aside with one line and the
+    job starts over, to exactly the results of an uninterrupted run."""
+    from sngrad.spec import parse_spec
+    from sngrad.train import checkpoint as ckpt
+    from sngrad.train import train
+
+    spec = parse_spec({**SPEC, "epochs": 4, "checkpoint_every": 2})
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"run": "sgd+sngrad1", "batch_size": 8, "learning_rate": 0.01,
+                                "alpha": 1.0}))
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    train(data_file, "sgd+sngrad1", 8, spec, best, reference)
+    restore = _interrupt_after_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(data_file, "sgd+sngrad1", 8, spec, best, resumed)
+    restore()
+    saved = ckpt.checkpoint_dir(resumed, "train") / ckpt.FILE_NAME
+    saved.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
+    capsys.readouterr()
+    train(data_file, "sgd+sngrad1", 8, spec, best, resumed)
+    assert "ignoring unreadable checkpoint" in capsys.readouterr().err
+    assert json.loads((resumed / "provenance.json").read_text())["resumed_from_epoch"] == 0
+    for name in ("metrics.csv", "diagnostics.csv"):
+        assert _rows(resumed / name) == _rows(reference / name), name
+
+
+@pytest.mark.parametrize("text", ['{"fingerprint": "x", "rounds": 3}', "[1, 2]", '{"rou',
+                                  '{"fingerprint": "x", "rounds": [1]}'])
+def test_damaged_tuning_rounds_are_run_again(tmp_path, capsys, text):
+    from sngrad.train import commands
+
+    (tmp_path / "rounds.json").write_text(text)
+    assert commands._load_rounds(tmp_path, "x") == []
+    assert "run again" in capsys.readouterr().err

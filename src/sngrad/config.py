@@ -77,9 +77,15 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_profile(path: str | Path, schema: str | Path = SCHEMA) -> dict:
-    """Read and check one profile file (:class:`ProfileError` lists every problem)."""
+    """Read and check one profile file (:class:`ProfileError` lists every problem), the
+    reserved name ``default`` included, as the workflow checks it."""
     config = read_yaml(path)
     check_profile(config, str(path), schema)
+    if config.get("profile") == "default":
+        published = read_yaml(SCHEMA.parents[2] / DEFAULT_PROFILE)
+        problem = reserved_name_problem(config, str(path), published)
+        if problem:
+            raise ProfileError([problem])
     return config
 
 
@@ -243,9 +249,29 @@ def _spec_problems(config: Mapping) -> list[str]:
     return []
 
 
+def _noise_problems(config: Mapping) -> list[str]:
+    """The noise study needs at least one batch size: min <= max, min <= every training split."""
+    noise = config["noise"]
+    low, high = noise["min_batch_size"], noise["max_batch_size"]
+    if low > high:
+        return [f"noise.min_batch_size = {low} exceeds noise.max_batch_size = {high}; the "
+                "noise study doubles the first up to the second, so it must be at most that"]
+    problems = []
+    for dataset in config["datasets"]:
+        if not noise_batch_sizes(config, dataset):
+            available, _ = split_sizes(config, dataset)
+            problems.append(
+                f"noise.min_batch_size = {low} exceeds the {available} examples of {dataset}'s "
+                "training split; it must be at most the training split"
+            )
+    return problems
+
+
 def rule_problems(config: Mapping) -> list[str]:
     """Problems across fields of a schema-valid profile, one line each."""
-    problems = _spec_problems(config) + _run_problems(config) + _split_problems(config)
+    problems = _spec_problems(config) + _run_problems(config)
+    splits = _split_problems(config)
+    problems += splits or _noise_problems(config)  # the noise sizes need valid splits
     return problems or resources.memory_problems(config)  # sizes need a consistent profile
 
 

@@ -172,23 +172,30 @@ def publish(profile: str, results_root: str = RESULTS, destination: str | Path =
             _op(path.unlink)
         _op(_fsync_dir, staged_figures if figures else staging)
         _switch(staging, paper, previous)
-        _op(_fsync_dir, root)
-        _op(shutil.rmtree, staging)
     except OSError:
         # a full disk or an I/O error: paper/ is still one complete set; drop the half-built one
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
-    marker = {
-        "profile": profile,
-        "published_utc": datetime.now(UTC).isoformat(),
-        "commit": git_commit(),
-        "report": {str(paper_report): sha256_file(paper_report)},
-        "figures": {str(paper_figures / f.name): sha256_file(f) for f in figures},
-        "removed": [str(paper_figures / p.name) for p in stale],
-    }
-    write_json(layout.published_marker(), marker)
+    try:  # paper/ holds the new set from here on
+        _op(_fsync_dir, root)
+        _op(shutil.rmtree, staging)
+        marker = {
+            "profile": profile,
+            "published_utc": datetime.now(UTC).isoformat(),
+            "commit": git_commit(),
+            "report": {str(paper_report): sha256_file(paper_report)},
+            "figures": {str(paper_figures / f.name): sha256_file(f) for f in figures},
+            "removed": [str(paper_figures / p.name) for p in stale],
+        }
+        write_json(layout.published_marker(), marker)
+    except OSError as err:
+        raise PublishedUnrecorded(err.errno, err.strerror, err.filename) from err
     return marker
+
+
+class PublishedUnrecorded(OSError):
+    """paper/ holds the new set, but finishing (the old set's removal, the marker) failed."""
 
 
 def cli(argv: list[str]) -> int:
@@ -205,6 +212,13 @@ def cli(argv: list[str]) -> int:
     paper = Path(args.destination) / "paper"
     try:
         marker = publish(args.profile, args.results_root, args.destination)
+    except PublishedUnrecorded as err:
+        where = err.filename or paper
+        raise SngradError(
+            f"{where}: publishing could not finish ({err.strerror or err}); {paper} already "
+            "holds the new report and figures, but the run has not recorded it; free space or "
+            "fix permissions, then rerun to record it"
+        ) from None
     except OSError as err:
         where = err.filename or paper
         raise SngradError(

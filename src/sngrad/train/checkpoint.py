@@ -22,6 +22,8 @@ import hashlib
 import json
 import shutil
 import sys
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,15 +72,19 @@ def load(directory: str | Path, fp: str) -> Checkpoint | None:
             meta = json.loads(str(data["meta"]))
             leaves = [data[k] for k in sorted(k for k in data.files if k.startswith("leaf_"))]
             records = {k[4:]: data[k] for k in data.files if k.startswith("rec_")}
-    except (OSError, ValueError, KeyError) as err:
-        # Only an atomically renamed file can be here, so this is foreign or damaged storage;
-        # starting over is always correct, merely slower.
-        print(f"sngrad: ignoring unreadable checkpoint {path} ({err})", file=sys.stderr)
+        epoch, elapsed = int(meta["epoch"]), float(meta["elapsed_s"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError,
+            zipfile.BadZipFile, zlib.error) as err:
+        # Only an atomically renamed file can be here, so this is foreign or damaged storage
+        # (a truncated file, a flipped bit that the archive's CRC catches); starting over is
+        # always correct, merely slower.
+        print(f"sngrad: ignoring unreadable checkpoint {path} ({type(err).__name__}: {err}); "
+              "this job starts over", file=sys.stderr)
         return None
     if meta.get("fingerprint") != fp:
         print(f"sngrad: ignoring checkpoint {path} of a different job", file=sys.stderr)
         return None
-    return Checkpoint(int(meta["epoch"]), float(meta["elapsed_s"]), leaves, records)
+    return Checkpoint(epoch, elapsed, leaves, records)
 
 
 def remove(directory: str | Path) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -117,9 +118,18 @@ def _load_rounds(ckpt_dir: Path, fp: str) -> list[dict]:
     path = _round_state_path(ckpt_dir)
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return []
-    return saved["rounds"] if saved.get("fingerprint") == fp else []
+    except (OSError, ValueError) as err:
+        print(f"sngrad: ignoring unreadable tuning rounds {path} ({err}); they are run again",
+              file=sys.stderr)
+        return []
+    rounds = saved.get("rounds") if isinstance(saved, dict) else None
+    if not isinstance(rounds, list) or not all(isinstance(r, dict) for r in rounds):
+        print(f"sngrad: ignoring damaged tuning rounds {path}; they are run again",
+              file=sys.stderr)
+        return []
+    return rounds if saved.get("fingerprint") == fp else []
 
 
 def _save_rounds(ckpt_dir: Path, fp: str, rounds: list[dict]) -> None:
