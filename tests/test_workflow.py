@@ -182,6 +182,15 @@ def test_yaml_error_in_the_default_profile_names_file_and_line(tmp_path):
     assert re.search(r"sngrad: error: config/default\.yaml:\d+:\d+: YAML syntax error", out.stderr)
 
 
+def test_a_run_from_another_folder_says_where_to_run_it(fresh, tmp_path):
+    out = snakemake("-n", "-s", str(fresh / "workflow" / "Snakefile"), cwd=tmp_path)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.startswith("sngrad:")]
+    assert lines == [f"sngrad: error: run snakemake from the repository root, not {tmp_path}: "
+                     f"cd {fresh} && snakemake --cores 4"]
+    assert not (tmp_path / "results").exists()
+
+
 def test_only_the_default_file_may_call_itself_default(fresh):
     out = snakemake("-n", *SMOKE, "--config", "profile=default", cwd=fresh)
     assert out.returncode != 0 and "is reserved for the unmodified" in out.stderr

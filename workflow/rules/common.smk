@@ -35,6 +35,15 @@ from sngrad.overrides import typed as typed_overrides
 # directive so that a YAML error names its file and line.
 
 
+# Every path of the workflow (profiles, results, templates) is relative to the repository root,
+# so a run from elsewhere (`snakemake -s .../workflow/Snakefile`, `--directory`) stops here.
+REPOSITORY = Path(workflow.basedir).parent
+if Path.cwd().resolve() != REPOSITORY.resolve():
+    print(f"sngrad: error: run snakemake from the repository root, not {Path.cwd()}: "
+          f"cd {shlex.quote(str(REPOSITORY))} && snakemake --cores 4", file=sys.stderr)
+    sys.exit(2)
+
+
 def _shown(path):
     path = Path(path)
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)

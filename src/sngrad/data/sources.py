@@ -24,10 +24,12 @@ exactly when its decompressed bytes are the official ones.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
 
 PROVENANCE = "SOURCE.json"  # in the cache folder: where its files first came from
 _STAGING = ".staging"
+NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", as a failed command prints it
 
 
 class SourceFailed(Exception):
@@ -132,9 +135,9 @@ class StagedSource:
 
     def obtain(self, spec: DatasetSpec, directory: Path) -> dict:
         directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(
-            tempfile.mkdtemp(prefix=f".{directory.name}{_STAGING}.", dir=directory.parent)
-        )
+        remove_abandoned_staging(directory)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}{_STAGING}.{os.getpid()}.",
+                                        dir=directory.parent))
         try:
             facts = self.fetch(spec, staging)
             paths = {name: staging / name for name, _ in spec.files}
@@ -153,6 +156,33 @@ class StagedSource:
             shutil.rmtree(staging, ignore_errors=True)
         record["paths"] = {name: str(directory / name) for name in paths}
         return record
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_abandoned_staging(directory: Path) -> list[Path]:
+    """Remove the staging folders of ``directory`` that a killed fetch left behind.
+
+    A fetch stages into ``.<name>.staging.<pid>.<random>`` next to the cache folder and
+    removes it when it ends, however it ends, unless it is killed. A folder whose process is
+    gone (or that carries no process id) is such a leftover; one of a running process, a
+    concurrent fetch, is kept. Returns the folders removed."""
+    pattern = re.compile(rf"^\.{re.escape(directory.name)}{re.escape(_STAGING)}\.(\d+)\.")
+    removed = []
+    for folder in directory.parent.glob(f".{directory.name}{_STAGING}.*"):
+        found = pattern.match(folder.name)
+        if folder.is_dir() and not (found and _alive(int(found.group(1)))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def _verify_all(spec: DatasetSpec, paths: dict[str, Path], origin: str) -> dict[str, dict]:
@@ -226,7 +256,11 @@ class SystemFolder(StagedSource):
 
 
 def _run(command: list[str], cwd: Path, what: str, timeout_s: int) -> None:
-    """Run a fetching command; its own progress output only reaches a terminal."""
+    """Run a fetching command; its own progress output only reaches a terminal.
+
+    A command that failed for want of disk space raises that OSError, naming the cache folder
+    (``cwd``'s parent): no other source could do better, and placing files by hand would not
+    help either."""
     quiet = not show_progress()
     try:
         done = subprocess.run(
@@ -245,6 +279,8 @@ def _run(command: list[str], cwd: Path, what: str, timeout_s: int) -> None:
         raise SourceFailed(f"{what} took longer than {timeout_s} s") from None
     if done.returncode != 0:
         lines = [line for line in (done.stderr or "").splitlines() if line.strip()]
+        if any(NO_SPACE in line for line in lines):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(cwd).parent))
         errors = [line for line in lines if line.startswith(("ERROR", "E:"))]
         last = (errors or lines or [f"exit status {done.returncode}"])[-1].strip()
         raise SourceFailed(f"{what} failed: {last}")

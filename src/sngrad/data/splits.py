@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -356,8 +357,35 @@ def derived_meta(splits: Splits) -> dict:
 # --------------------------------------------------------------------------- recovery
 
 
+def _repair_sidecar(path: Path) -> str | None:
+    """Rewrite a damaged sidecar of a good splits file from the metadata the ``.npz`` holds.
+
+    :func:`save_splits` writes the sidecar's text into the ``.npz`` too (``meta_json``), so
+    the rewritten sidecar has the bytes of the original; its time is set to the ``.npz``'s,
+    and nothing made from it is redone."""
+    import json
+
+    from sngrad.io import write_text
+
+    sidecar = path.with_suffix(".json")
+    with np.load(path, allow_pickle=False) as data:
+        text = str(data["meta_json"])
+    try:
+        if sidecar.read_text() == text:
+            return None
+    except (OSError, UnicodeDecodeError):
+        pass
+    json.loads(text)  # what the .npz holds is a whole record
+    write_text(sidecar, text)
+    built = path.stat()
+    os.utime(sidecar, ns=(built.st_atime_ns, built.st_mtime_ns))
+    return (f"{sidecar}: was damaged or missing; rewritten from the record in {path} (the "
+            "same bytes as before, so the results made from it are kept)")
+
+
 def repair(path_npz: str | os.PathLike, recorded_sha256=()) -> str | None:
-    """Rebuild a corrupt or truncated splits file in place; None if it loads (or is absent).
+    """Rebuild a corrupt or truncated splits file in place; None if it loads (or is absent)
+    and its sidecar is whole (a damaged sidecar of a good file: :func:`_repair_sidecar`).
 
     A splits file is a pure function of its dataset and of the settings its JSON sidecar
     records (name, seed, val_fraction, train_size), and :func:`save_splits` writes the same
@@ -381,7 +409,7 @@ def repair(path_npz: str | os.PathLike, recorded_sha256=()) -> str | None:
         return None
     try:
         load_splits(path)
-        return None
+        return _repair_sidecar(path)
     except SngradError:
         pass
     sidecar = path.with_suffix(".json")

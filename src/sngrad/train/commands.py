@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -78,12 +79,29 @@ REFERENCE_CHECKPOINTS = ("init", "epoch1", "p25", "p50", "p100")
 # ============================================================================ shared checks
 
 
+OUT_DIR_PROBE_BYTES = 4096  # a block: a full file system refuses it, an empty file it may not
+
+
 def check_out_dir(out_dir) -> Path:
-    """``out_dir`` as a Path; an existing non-directory is a one-line error."""
+    """``out_dir`` as a Path, tried before any data is loaded or any program compiled: an
+    existing non-directory is a one-line error, and so (an OSError naming the folder) is a
+    read-only, full or failing file system. The try writes and removes a probe file in the
+    folder, or in its nearest existing parent when it does not exist yet; nothing is left."""
     path = Path(out_dir)
     if path.exists() and not path.is_dir():
         raise SngradError(f"--out-dir {path} is an existing file; allowed: a directory "
                           "(created if missing)")
+    existing = next((p for p in (path, *path.absolute().parents) if p.is_dir()), path)
+    probe = existing / f".write-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"\0" * OUT_DIR_PROBE_BYTES)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
+    finally:
+        probe.unlink(missing_ok=True)
     return path
 
 
