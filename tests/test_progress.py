@@ -154,6 +154,30 @@ def test_a_network_too_large_for_the_job_or_the_machine_is_one_line_naming_the_k
                              "job on mnist needs at least 1,163,524 MB (10 vmapped run(s)")
 
 
+def test_a_long_run_of_a_small_network_is_warned_by_its_steps(tmp_path, capsys):
+    """The smoke profile's network is tiny, so its FLOPs stay far below the default's even
+    at a million epochs; its training steps do not."""
+    path = tmp_path / "long.yaml"
+    config = read_yaml("config/smoke.yaml")
+    config["train"]["epochs"] = 1000000
+    path.write_text(yaml.safe_dump(config))
+    assert resources.work_flops(config) < resources.WORK_WARNING_RATIO * resources.work_flops(
+        read_yaml(DEFAULT_PROFILE))
+    assert main(["config", "check", str(path)]) == 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"sngrad: warning: {path}: about ")
+    assert "times the training steps of the default profile" in line
+
+
+def test_a_long_benchmark_is_warned(tmp_path):
+    config = pinned()
+    config["benchmark"]["repeats"] *= 100
+    (line,) = resources.work_warnings(config, "probe.yaml", pinned())
+    assert line.startswith("probe.yaml: the benchmark (`make bench`, not part of a run) times "
+                           "about 100 times the default's repeats")
+    assert "check benchmark.repeats" in line
+
+
 def test_the_key_that_multiplies_the_runs_is_named(tmp_path):
     config = read_yaml(probe(tmp_path, lambda c: c["tune"].update(lr_per_decade=100000)))
     (line,) = resources.memory_problems(config, machine=24000.0)
@@ -183,9 +207,16 @@ def test_the_shipped_profiles_fit(capsys):
 def test_far_more_work_than_the_default_warns_with_the_time(tmp_path, capsys):
     long = read_yaml(probe(tmp_path, lambda c: c["train"].update(epochs=1000000)))
     (line,) = resources.work_warnings(long, "probe.yaml", pinned())
-    assert line.startswith("probe.yaml: about 98,226 times the counted work of the default "
-                           "profile (4.5e+18 FLOP against 4.6e+13)")
-    assert "that is about 98,226 h" in line
+    # the run-steps grow 100,000-fold, the FLOPs 98,226-fold (the noise study's do not grow):
+    # the larger ratio is the better bound on the time. By hand: 6 runs with a second axis
+    # tune 7 x 2 x 3 = 42 settings, 10 without one 7 x 2 = 14, and each trains 10 seeds:
+    # 6 x 52 + 10 x 24 = 552 runs x 62 steps x 10 epochs x 2 datasets = 684,480
+    assert line.startswith("probe.yaml: about 100,000 times the training steps of the default "
+                           "profile (68,448,000,000 run-steps against 684,480)")
+    assert "that is about 100,000 h" in line
+    wide = read_yaml(probe(tmp_path, lambda c: c["model"].update(hidden=[4096, 4096])))
+    (line,) = resources.work_warnings(wide, "probe.yaml", pinned())
+    assert line.startswith("probe.yaml: about ") and "times the counted work" in line
     twice = read_yaml(probe(tmp_path, lambda c: c["train"].update(epochs=20)))
     assert resources.work_warnings(twice, "probe.yaml", pinned()) == []
     load_profile(probe(tmp_path, lambda c: c["train"].update(epochs=1000000)))  # the check

@@ -19,10 +19,16 @@ Memory of a tuning or training job (a lower bound: what the arrays alone take)
     ``batch_sizes`` if one run's activations do not, else the key that multiplies K.
 
 Work
-    The counted FLOPs of :mod:`sngrad.costs` of every job of the profile: the initial tuning
-    round (extension rounds come on top), the final training runs and the noise study's
-    per-example moments at the reference checkpoints. A profile far above the default's work
-    gets a warning with the time that implies at the default's pace, which is its budget.
+    Two counts of every job of the profile: the counted FLOPs of :mod:`sngrad.costs` (the
+    initial tuning round, extension rounds on top; the final training runs; the noise study's
+    per-example moments at the reference checkpoints), and the run-steps, one per training
+    step of each of a job's K runs. A small network's time goes to the per-step work of the
+    program (gathering the batch, the update, the diagnostics' branch) rather than to matrix
+    products, so its time follows the run-steps where a large one's follows the FLOPs. A
+    profile far above the default's work in either count gets a warning, with the time that
+    the larger ratio implies at the default's pace (its budget). The benchmark (`make bench`)
+    is timed, not counted: its repeats x networks x batch sizes against the default's give a
+    warning of its own.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ EVAL_CHUNK = 1024  # examples per evaluation step (sngrad.train.engine.EVAL_CHUN
 NOISE_CHECKPOINTS = 5  # init, epoch1, p25, p50, p100 (sngrad.train.commands)
 WORK_WARNING_RATIO = 10.0
 DEFAULT_BUDGET_MIN = 60.0  # the default profile's budget on 2 cores (config/default.yaml)
+DEFAULT_BENCHMARK_MIN = 10.0  # the default profile's benchmark, measured alone on 2 cores
 
 
 def machine_mb() -> float | None:
@@ -150,19 +157,63 @@ def work_flops(config: Mapping) -> float:
     return total
 
 
+def run_steps(config: Mapping) -> int:
+    """Training steps of every run of every tuning and training job (the initial grid: the
+    learning rates x the tuning seeds, x the second axis' points for a run that has one)."""
+    from sngrad import costs
+    from sngrad.config import split_sizes
+    from sngrad.names import parse_run
+    from sngrad.train.protocol import second_axis
+
+    factors = _tune_factors(config)
+    one_axis = factors["tune.lr_per_decade"] * factors["tune.seeds"]
+    runs = [one_axis * (factors["tune.second_points"] if second_axis(parse_run(run)) else 1)
+            + len(config["train"]["seeds"]) for run in config["optimizers"]]
+    total = 0
+    for dataset in config["datasets"]:
+        n_train = split_sizes(config, dataset)[0]
+        for batch in config["batch_sizes"]:
+            per_run = config["train"]["epochs"] * costs.steps_per_epoch(n_train, batch)
+            total += sum(runs) * per_run
+    return total
+
+
+def benchmark_repeats(config: Mapping) -> int:
+    """Timed repeats of the benchmark: repeats x networks x batch sizes."""
+    bench = config["benchmark"]
+    return bench["repeats"] * len(bench["networks"]) * len(bench["batch_sizes"])
+
+
 def work_warnings(config: Mapping, source: str, default: Mapping) -> list[str]:
-    """A line when the profile's counted work is far above the default profile's."""
-    ours, theirs = work_flops(config), work_flops(default)
-    ratio = ours / theirs
-    if ratio < WORK_WARNING_RATIO:
-        return []
-    hours = ratio * DEFAULT_BUDGET_MIN / 60
-    return [
-        f"{source}: about {ratio:,.0f} times the counted work of the default profile "
-        f"({ours:.2g} FLOP against {theirs:.2g}); at the default's pace (its "
-        f"{DEFAULT_BUDGET_MIN:.0f}-minute budget) that is about {hours:,.0f} h; check "
-        "train.epochs, the seeds, the tuning grid and noise.batches"
-    ]
+    """A line when the profile's training work (FLOPs or run-steps, the larger ratio) is far
+    above the default profile's, and one when its benchmark is."""
+    flops, steps = (work_flops(config), work_flops(default)), (run_steps(config),
+                                                               run_steps(default))
+    ratio, (ours, theirs), unit = max(
+        (flops[0] / flops[1], flops, "counted work"),
+        (steps[0] / steps[1], steps, "training steps"),
+        key=lambda found: found[0],
+    )
+    lines = []
+    if ratio >= WORK_WARNING_RATIO:
+        hours = ratio * DEFAULT_BUDGET_MIN / 60
+        amount = f"{ours:.2g} FLOP against {theirs:.2g}" if unit == "counted work" else (
+            f"{ours:,} run-steps against {theirs:,}")
+        lines.append(
+            f"{source}: about {ratio:,.0f} times the {unit} of the default profile "
+            f"({amount}); at the default's pace (its {DEFAULT_BUDGET_MIN:.0f}-minute budget) "
+            "that is about "
+            f"{hours:,.0f} h; check train.epochs, the seeds, the tuning grid and noise.batches"
+        )
+    bench = benchmark_repeats(config) / benchmark_repeats(default)
+    if bench >= WORK_WARNING_RATIO:
+        lines.append(
+            f"{source}: the benchmark (`make bench`, not part of a run) times about {bench:,.0f} "
+            f"times the default's repeats x networks x batch sizes; at the default's "
+            f"{DEFAULT_BENCHMARK_MIN:.0f} minutes that is about "
+            f"{bench * DEFAULT_BENCHMARK_MIN / 60:,.1f} h; check benchmark.repeats"
+        )
+    return lines
 
 
 def warn(config: Mapping, source: str) -> None:
