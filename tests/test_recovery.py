@@ -240,6 +240,37 @@ def test_an_unwritable_out_dir_is_one_line_before_any_data_or_compilation(
     assert list(tmp_path.iterdir()) == []  # the probe is gone, no folder was made
 
 
+def test_a_full_disk_during_a_write_names_the_file(tmp_path, monkeypatch, capsys):
+    """A write or fsync that fails for want of space names no file; the message must."""
+    from sngrad import io
+    from sngrad.cli import main
+
+    target = tmp_path / "out" / "metrics.csv"
+    target.parent.mkdir()
+    target.write_text("previous\n")
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as caught:
+        io.write_text(target, "new\n")
+    assert caught.value.filename == str(target) and caught.value.errno == 28
+    assert target.read_text() == "previous\n"
+    assert [p.name for p in target.parent.iterdir()] == ["metrics.csv"]  # no temporary left
+
+    def write_fails(argv):
+        io.write_text(target, "new\n")
+
+    from sngrad import config
+
+    monkeypatch.setattr(config, "cli", write_fails)
+    assert main(["config", "check", "x.yaml"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"sngrad: error: {target}: No space left on device")
+    assert "(no path)" not in line
+
+
 def test_ctrl_c_is_one_short_line(monkeypatch, capsys):
     from sngrad import config
     from sngrad.cli import main

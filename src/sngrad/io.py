@@ -32,7 +32,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary
 
     The data is flushed and fsync'ed before the rename so that a crash right after cannot
     expose an empty file under the final name. On any exception the temporary file is removed
-    and ``path`` is left as it was.
+    and ``path`` is left as it was; an OSError that names no file (a full disk during the
+    write) is raised again naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +47,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary
             os.fsync(handle.fileno())
         os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None:  # a write or fsync on a full disk names no file: name ours
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
