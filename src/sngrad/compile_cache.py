@@ -17,8 +17,8 @@ read here. Within one folder an entry is the program XLA would compile anew, so 
 cannot change a result.
 
 The folder is not trimmed (JAX's size limit needs a file-lock package the project does not
-otherwise use); a profile's programs take tens of MB, and deleting the folder at any time only
-costs the next run its compilation.
+otherwise use); the default profile's programs take about 6 MB, and deleting the folder at any
+time only costs the next run its compilation.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ shell notes the wall clock before the job, and after it asks bash for the CPU ti
 job's processes (the ``times`` builtin: user and system seconds of every child the shell
 waited for, threads and grandchildren such as a notebook's kernel included) and calls
 ``python -m sngrad.ledger record``, which writes the job's entry
-``results/<profile>/ledger/<stage>/<name>.json`` (the log's path, :meth:`Layout.ledger_of`).
+``results/<profile>/ledger/<stage>/<name>.json`` (named as the job's log:
+:meth:`Layout.of_log`, :meth:`Layout.ledger`).
 
 A sngrad command adds two figures of its own through the side file that ``$SNGRAD_PHASES``
 names, written when the process exits (:func:`watch`):
@@ -49,7 +50,7 @@ COMPILE_EVENTS = (
     "/jax/core/compile/jaxpr_to_mlir_module_duration",
     "/jax/core/compile/backend_compile_duration",
 )
-COLUMNS = ("wall_s", "cpu_s", "compile_s", "scan_s", "other_s")
+COLUMNS = ("wall_s", "cpu_s", "compile_s", "scan_s", "scan_cpu_s", "other_s")
 
 _phases = {"compile_s": 0.0, "scan_s": 0.0, "scan_cpu_s": 0.0}
 _watching = {"compilation": False, "exit": False}
