@@ -263,8 +263,11 @@ def throughput_worker(args) -> dict:
     n_train = args.steps * batch
     splits = Splits(*part(n_train), *part(256), *part(256), num_classes=sizes[-1], name="random")
     tune = {"seeds": [0, 1], "lr_min": 0.01, "lr_max": 0.1, "lr_per_decade": 2,
-            "lr_bounds": [1e-5, 100.0], "second_points": 1, "one_minus_momentum": [0.1, 0.1],
-            "alpha": {"I": [1.0, 1.0], "II": [1.0, 1.0], "III": [0.1, 0.1]}}
+            "lr_bounds": [1e-5, 100.0], "axis_points": 3,
+             "one_minus_momentum_bounds": [0.001, 1.0],
+             "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]},
+             "one_minus_momentum": 0.1,
+            "alpha": {"I": [0.5, 2.0], "II": [0.5, 2.0], "III": [0.05, 0.2]}}
     spec = parse_spec({"hidden": sizes[1:-1], "init_seed": 0, "epochs": args.epochs,
                        "seeds": [1], "backend": "dense", "schedule": "constant",
                        "checkpoint_every": 0, "diverge_loss": 1e3, "snapshot_every": 1,

@@ -46,8 +46,11 @@ def _spec(hidden, epochs):
     from sngrad.spec import parse_spec
 
     tune = {"seeds": [0, 1], "lr_min": 1e-3, "lr_max": 0.1, "lr_per_decade": 2,
-            "lr_bounds": [1e-5, 100.0], "second_points": 1, "one_minus_momentum": [0.1, 0.1],
-            "alpha": {"I": [1.0, 1.0], "II": [1.0, 1.0], "III": [0.1, 0.1]}}
+            "lr_bounds": [1e-5, 100.0], "axis_points": 3,
+             "one_minus_momentum_bounds": [0.001, 1.0],
+             "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]},
+             "one_minus_momentum": 0.1,
+            "alpha": {"I": [0.5, 2.0], "II": [0.5, 2.0], "III": [0.05, 0.2]}}
     return parse_spec({"hidden": list(hidden), "init_seed": 0, "epochs": epochs, "seeds": [1],
                        "backend": "dense", "schedule": "constant", "checkpoint_every": 0,
                        "diverge_loss": 1e3, "snapshot_every": 1, "tune": tune})

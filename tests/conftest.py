@@ -48,3 +48,18 @@ def copy_tree(target: Path) -> Path:
     )  # fmt: skip
     subprocess.run(["tar", "-xf", "-"], cwd=target, input=pack.stdout, check=True)
     return target
+
+
+def toy_splits(n_train=96, dim=5, seed=0):
+    """Three-class Gaussian splits (train n_train, validation and test 40) for engine tests."""
+    import numpy as np
+
+    from sngrad.data import Splits
+
+    rng = np.random.default_rng(seed)
+
+    def part(n):
+        x = rng.normal(size=(n, dim)).astype(np.float32)
+        return x, (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.8).astype(np.int32)
+
+    return Splits(*part(n_train), *part(40), *part(40), num_classes=3, name="toy")

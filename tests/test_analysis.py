@@ -242,7 +242,7 @@ def tuning_frame(rows):
     ])  # fmt: skip
 
 
-def test_selection_uses_the_mean_over_seeds_then_validation_loss():
+def test_alpha_line_best_uses_the_mean_over_seeds_then_validation_loss():
     trials = tuning_frame([
         # seeds disagree: seed 100 prefers setting 0, seed 101 setting 1; means tie at 0.8
         (0, 0.1, 1.0, 100, 0.90, 0.50, False), (0, 0.1, 1.0, 101, 0.70, 0.70, False),
@@ -251,7 +251,9 @@ def test_selection_uses_the_mean_over_seeds_then_validation_loss():
         (2, 0.3, 1.0, 100, 0.99, 0.10, False), (2, 0.3, 1.0, 101, math.nan, math.nan, True),
         (3, 0.3, 3.0, 100, 0.50, 2.00, False), (3, 0.3, 3.0, 101, 0.50, 2.00, False),
     ])  # fmt: skip
+    trials["chosen"] = trials["setting"] == 1  # the tune command's pick
     settings = tuning.tuning_settings(trials)
+    assert settings.loc[tuning.chosen_setting(settings), "setting"] == 1
     best = settings.loc[tuning.select_best(settings)]
     assert best["setting"] == 1  # equal mean accuracy, lower validation loss
     assert settings.loc[tuning.select_worst(settings), "setting"] == 3
@@ -264,6 +266,9 @@ def test_selection_uses_the_mean_over_seeds_then_validation_loss():
     dead = tuning.tuning_settings(tuning_frame([(0, 0.1, 1.0, 100, math.nan, math.nan, True)]))
     assert tuning.select_best(dead) is None
 
+    # the alpha line is the pick's, not the best score's: picking setting 3 gives lr 0.3's line
+    moved = tuning.tuning_settings(trials.assign(chosen=trials["setting"] == 3))
+    assert tuning.alpha_table(moved)["learning_rate"].tolist() == [0.3, 0.3]
     alpha = tuning.alpha_table(settings)
     # the line at the chosen learning rate (0.1): alphas 1 and 3, best 3, worst 1
     assert alpha["alpha_scaled"].tolist() == [1.0, 3.0]

@@ -66,7 +66,7 @@ def test_summary_table_copies_the_chosen_setting_of_its_own_cell():
     values taken from another run's or batch size's best.json."""
     best = pd.DataFrame([
         {"run": run, "batch_size": bs, "learning_rate": lr, "momentum": math.nan,
-         "alpha": alpha, "alpha_scaled": scaled, "sigma_ref": 0.02, "val_accuracy": acc,
+         "alpha": alpha, "alpha_scaled": scaled, "val_accuracy": acc,
          "all_diverged": False, "at_bound": bs == 128}
         for run, bs, lr, alpha, scaled, acc in [
             ("sgd", 64, 0.1, math.nan, math.nan, 0.91),
@@ -83,7 +83,7 @@ def test_summary_table_copies_the_chosen_setting_of_its_own_cell():
         got = table[(table["run"] == want["run"]) & (table["batch_size"] == want["batch_size"])]
         assert len(got) == 1
         got = got.iloc[0]
-        for name in ("learning_rate", "alpha", "alpha_scaled", "sigma_ref", "val_accuracy"):
+        for name in ("learning_rate", "alpha", "alpha_scaled", "val_accuracy"):
             assert got[name] == pytest.approx(want[name], nan_ok=True), (want["run"], name)
         assert got["at_bound"] == want["at_bound"] and got["base"] == (
             "sgd" if want["run"] == "sgd+sngrad1" else "")
@@ -105,7 +105,7 @@ def test_alpha_table_carries_each_settings_validation_loss():
     settings = pd.DataFrame([
         {"dataset": "mnist", "optimizer": "sgd+sngrad1", "batch_size": 64, "setting": s,
          "learning_rate": lr, "alpha": a, "alpha_scaled": sa, "val_accuracy": acc,
-         "val_loss": loss, "diverged": div, "order": s}
+         "val_loss": loss, "diverged": div, "order": s, "chosen": s == 1}
         for s, lr, a, sa, acc, loss, div in rows
     ])
     table = tuning.alpha_table(settings)

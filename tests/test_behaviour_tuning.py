@@ -25,33 +25,38 @@ SPEC = {
     "hidden": [4], "init_seed": 0, "epochs": 2, "seeds": [1], "backend": "dense",
     "schedule": "constant", "checkpoint_every": 0, "diverge_loss": 1000.0, "snapshot_every": 1,
     "tune": {"seeds": SEEDS, "lr_min": LR_MIN, "lr_max": 1.0, "lr_per_decade": PER_DECADE,
-             "lr_bounds": [LR_MIN, 1.0], "second_points": 1, "one_minus_momentum": [0.1, 0.5],
-             "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]}},
+             "lr_bounds": [LR_MIN, 1.0], "axis_points": 3,
+             "one_minus_momentum": [0.1, 0.5], "one_minus_momentum_bounds": [0.001, 1.0],
+             "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]},
+             "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]}},
 }
-# learning-rate index -> per tuning seed (val_accuracy, val_loss, diverged). Dyadic numbers,
-# so that the means tie exactly. Each wrong rule picks another index:
-#   the first seed alone -> 1 (or 4); the max over seeds -> 4; diverged seeds kept -> 4;
-#   an accuracy tie broken by grid order or by the higher loss -> 2.
+# learning-rate grid index (halves: the refinement) -> per tuning seed (val_accuracy, val_loss,
+# diverged). Dyadic numbers, so that the means are exact. The seed variance is zero for every
+# valid setting but 1, so the median gives a tie margin of 0. Each wrong rule picks another
+# setting: the first seed alone -> 1; the max over seeds -> 1; diverged seeds kept -> 4; the
+# refinement ignored -> 2 (its half step 2.5 scores higher).
 OUTCOMES = {
     0: [(0.5, 1.0, False), (0.5, 1.0, False)],
-    1: [(0.96875, 0.25, False), (0.375, 1.25, False)],
-    2: [(0.75, 0.5, False), (0.75, 0.5, False)],
-    3: [(0.875, 0.375, False), (0.625, 0.375, False)],
+    1: [(0.90625, 0.25, False), (0.59375, 1.25, False)],
+    1.5: [(0.75, 0.5, False), (0.75, 0.5, False)],
+    2: [(0.8125, 0.5, False), (0.8125, 0.5, False)],
+    2.5: [(0.84375, 0.375, False), (0.84375, 0.375, False)],
+    3: [(0.6875, 0.375, False), (0.6875, 0.375, False)],
     4: [(0.9921875, 0.0625, False), (0.9921875, 0.0625, True)],
 }
-EXPECTED = 3
+EXPECTED = 2.5
+
+
+def _index(learning_rate: float) -> float:
+    return round(2 * math.log10(learning_rate / LR_MIN) * PER_DECADE) / 2
 
 
 def _fake_sweep(splits, optimizer, batch_size, spec, configs, mode, **kwargs):
     """The engine's result for ``configs`` read off OUTCOMES (final epoch of ``epochs``)."""
-    rows = []
-    for c in configs:
-        k = round(math.log10(c.learning_rate / LR_MIN) * PER_DECADE)
-        rows.append(OUTCOMES[k][SEEDS.index(c.seed)])
+    rows = [OUTCOMES[_index(c.learning_rate)][SEEDS.index(c.seed)] for c in configs]
     acc, loss, diverged = (np.array(v) for v in zip(*rows, strict=True))
     epochs = spec.epochs
     return SweepResult(
-        # one training loss for all: a tie broken by it instead of val_loss goes to grid order
         records={"train_loss": np.full((epochs, len(configs)), 2.0),
                  "diverged": np.tile(diverged, (epochs, 1))},  # sticky: set from epoch 1
         final={"val_accuracy": acc, "val_loss": loss},
@@ -71,32 +76,37 @@ def data_file(tmp_path):
     return path
 
 
-def test_tune_chooses_by_mean_over_seeds_excludes_diverged_and_breaks_ties_by_loss(
+def test_tune_chooses_by_mean_over_seeds_excludes_diverged_and_refines(
         data_file, tmp_path, monkeypatch):
     """Catches a tune that scores a setting by one seed or by the best seed, keeps a setting
-    with a diverged seed, breaks an accuracy tie by grid order or the higher loss, or writes
-    the chosen flag / best.json for another setting than the one selected."""
+    with a diverged seed, skips or ignores the refinement round, or writes the chosen flag /
+    best.json for another setting than the one selected."""
     monkeypatch.setattr(commands, "run_sweep", _fake_sweep)
     out = tmp_path / "run"
     best = tune(data_file, "sgd", 8, parse_spec(SPEC), out)
 
     with open(out / "tuning.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == len(OUTCOMES) * len(SEEDS)  # best interior: no extension round
-    lrs = sorted({float(r["learning_rate"]) for r in rows})
+    # grid pick interior: no extension round; the refinement adds 1.5 and 2.5
+    assert len(rows) == len(OUTCOMES) * len(SEEDS)
+    assert sorted({_index(float(r["learning_rate"])) for r in rows if r["refine"] == "True"}
+                  ) == [1.5, 2.5]
     chosen = [r for r in rows if r["chosen"] == "True"]
-    assert {float(r["learning_rate"]) for r in chosen} == {lrs[EXPECTED]}
+    assert {_index(float(r["learning_rate"])) for r in chosen} == {EXPECTED}
     assert sorted(int(r["seed"]) for r in chosen) == SEEDS
     # every row carries the outcome of its own (setting, seed)
     for r in rows:
-        k = lrs.index(float(r["learning_rate"]))
-        acc, loss, diverged = OUTCOMES[k][SEEDS.index(int(r["seed"]))]
+        acc, loss, diverged = OUTCOMES[_index(float(r["learning_rate"]))][
+            SEEDS.index(int(r["seed"]))]
         assert (float(r["val_accuracy"]), float(r["val_loss"])) == (acc, loss)
         assert r["diverged"] == str(diverged)
 
-    assert best["learning_rate"] == pytest.approx(lrs[EXPECTED])
-    assert best["val_accuracy"] == 0.75 and best["val_loss"] == 0.375
-    assert not best["all_diverged"] and not best["at_bound"]
+    assert best["learning_rate"] == pytest.approx(LR_MIN * 10 ** (EXPECTED / PER_DECADE))
+    assert best["val_accuracy"] == 0.84375 and best["val_loss"] == 0.375
+    assert not best["all_diverged"] and not best["at_bound"] and best["tie_margin"] == 0.0
+    lr_axis = best["axes"]["learning_rate"]
+    assert lr_axis["status"] == "interior" and lr_axis["pick"] == best["learning_rate"]
+    assert len(lr_axis["tried"]) == 7 and lr_axis["resolution"] == pytest.approx(10 ** 0.25)
     assert json.loads((out / "best.json").read_text()) == best
 
 
@@ -120,11 +130,12 @@ def test_extension_stops_exactly_at_the_learning_rate_bounds(end, bound, tried_p
 
     tune_spec = _tune_with_bounds(0.1, bound) if end == "top" else _tune_with_bounds(bound, 1.0)
     run = parse_run("sgd")
-    tried = protocol.initial_trials(run, tune_spec, 8, 1.0)
+    tried = protocol.initial_trials(run, tune_spec, 8)
     assert [t.learning_rate for t in tried] == pytest.approx([0.1, 10**-0.5, 1.0])
     pick = max if end == "top" else min
     best = pick(range(len(tried)), key=lambda i: tried[i].learning_rate)
-    new, at_bound = protocol.extension(run, tune_spec, 8, 1.0, tried, best)
+    new, status = protocol.extension(run, tune_spec, 8, tried, best)
+    at_bound = status.get("learning_rate") == protocol.BOUND
     if tried_past_it:
         expected = 10**0.5 if end == "top" else 10**-1.5
         assert [t.learning_rate for t in new] == pytest.approx([expected]) and not at_bound
@@ -132,44 +143,37 @@ def test_extension_stops_exactly_at_the_learning_rate_bounds(end, bound, tried_p
         assert new == [] and at_bound
 
 
-def test_sigma_ref_is_the_median_weight_sigma_on_the_contract_rows():
-    """sigma_ref against an independent computation of its definition (module docstring of
-    sngrad.train.protocol): per-example gradients by vmap(grad) at mlp_init(PRNGKey(init_seed)),
-    population standard deviation over SIGMA_REF_EXAMPLES rows drawn by
-    default_rng(SIGMA_REF_SEED) without replacement, weights only, zeros left out, median.
-    Catches biases counted, a sample (n - 1) deviation, other rows (e.g. the first 1024),
-    another network or seed, a mean instead of the median, and zero sigmas kept (feature 0 is
-    constant, so the weights leaving it have sigma 0)."""
-    import jax
-    import jax.numpy as jnp
+def _peaked_sweep(splits, optimizer, batch_size, spec, configs, mode, **kwargs):
+    """Every seed scores 0.9 - 0.01 * (log10(eta / 2)^2 + log10(alpha / 20)^2), in float32
+    steps, so the optimum (eta 2, raw alpha 20, step 0.1) lies past the top of the alpha
+    range."""
+    acc = np.array([0.9 - 0.01 * (math.log10(c.learning_rate / 2.0) ** 2
+                                  + math.log10(c.alpha / 20.0) ** 2) for c in configs])
+    acc = acc.astype(np.float32).astype(float)
+    k = len(configs)
+    return SweepResult(records={"train_loss": np.full((spec.epochs, k), 2.0),
+                                "diverged": np.zeros((spec.epochs, k), bool)},
+                       final={"val_accuracy": acc, "val_loss": 1 - acc})
 
-    from sngrad.models import cross_entropy, mlp_apply, mlp_init
-    from sngrad.train import protocol
 
-    rng = np.random.default_rng(1)
-    n, sizes, init_seed = 1500, (5, 6, 3), 4
-    x = rng.normal(size=(n, 5)).astype(np.float32) * np.linspace(0.2, 3.0, n)[:, None]
-    x[:, 0] = 0.0
-    y = rng.integers(0, 3, n).astype(np.int32)
-    splits = Splits(x, y, x[:10], y[:10], x[:10], y[:10], num_classes=3, name="toy")
-
-    rows = np.sort(np.random.default_rng(protocol.SIGMA_REF_SEED).choice(
-        n, protocol.SIGMA_REF_EXAMPLES, replace=False))
-    params = mlp_init(jax.random.PRNGKey(init_seed), list(sizes))
-
-    def loss(p, xi, yi):
-        return cross_entropy(mlp_apply(p, xi), yi)
-
-    grads = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(params, jnp.asarray(x[rows]),
-                                                            jnp.asarray(y[rows]))
-    sigma = np.concatenate([np.asarray(w, np.float64).std(axis=0).ravel() for w, _ in grads])
-    assert (sigma == 0).sum() == sizes[1]  # the weights out of the constant feature
-    expected = float(np.median(sigma[sigma > 0]))
-    got = protocol.sigma_ref(splits, sizes, init_seed)
-    assert got == pytest.approx(expected, rel=1e-4)
-    # the definition is not degenerate here: each wrong reading gives another number
-    first = np.concatenate([np.asarray(w, np.float64).std(axis=0).ravel() for w, _ in
-                            jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(
-                                params, jnp.asarray(x[:1024]), jnp.asarray(y[:1024]))])
-    for wrong in (np.median(sigma), np.mean(sigma[sigma > 0]), np.median(first[first > 0])):
-        assert abs(wrong - expected) > 1e-3 * expected
+def test_tune_extends_alpha_records_every_axis_and_trains_variant_one_at_step_times_alpha(
+        data_file, tmp_path, monkeypatch):
+    """Catches an alpha axis left at its edge, a best.json without the per-axis record, a
+    tuning.csv whose step column is not eta / alpha, and a variant I run handed eta = step."""
+    monkeypatch.setattr(commands, "run_sweep", _peaked_sweep)
+    out = tmp_path / "run"
+    best = tune(data_file, "sgd+sngrad1", 8, parse_spec(SPEC), out)
+    axes = best["axes"]
+    assert set(axes) == {"step", "alpha"}
+    assert axes["alpha"]["status"] == axes["step"]["status"] == "interior"
+    assert max(axes["alpha"]["tried"]) > 3.0  # past the configured range [0.3, 3]
+    assert min(axes["alpha"]["tried"]) < best["alpha_scaled"] < max(axes["alpha"]["tried"])
+    assert best["alpha_reference"] == "rms" and best["alpha"] == best["alpha_scaled"]
+    assert best["learning_rate"] == pytest.approx(best["step"] * best["alpha_scaled"])
+    with open(out / "tuning.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for r in rows:
+        assert float(r["step"]) == pytest.approx(float(r["learning_rate"])
+                                                 / float(r["alpha_scaled"]))
+    assert len({r["setting"] for r in rows}) == best["trials"]
+    assert sum(r["chosen"] == "True" for r in rows) == len(SEEDS)

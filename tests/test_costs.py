@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import toy_splits
 
 from sngrad import costs, stats
-from sngrad.data import Splits, save_splits
+from sngrad.data import save_splits
 from sngrad.errors import SngradError
 from sngrad.optimizers import build_optimizer
 from sngrad.spec import parse_spec
@@ -47,9 +48,13 @@ def test_tiny_network_counts_by_hand():
     ("momentum", 4 * 74 + 4 * 14),
     ("adam", 4 * 74 + 13 * 14),
     ("msvag", 4 * 74 + 20 * 14),  # no within-batch variance: a plain step
-    ("sgd+sngrad1", 4 * (74 + 45) + (2 + 6) * 14 + 3 * 10),
-    ("sgd+sngrad1@0.1", 4 * (74 + 45) + (2 + 6) * 14 + 3 * 10),  # costs as its variant
-    ("sgd+sngrad2", 4 * (74 + 45) + (2 + 12) * 14 + 3 * 10),
+    # a tuned I or III reads alpha relative to the RMS sigma: max(var, 0) and the add into
+    # the sum, 2 more per parameter (the sqrt and alpha / s are per step, not counted)
+    ("sgd+sngrad1", 4 * (74 + 45) + (2 + 6 + 2) * 14 + 3 * 10),
+    ("momentum+sngrad3", 4 * (74 + 45) + (4 + 6 + 2) * 14 + 3 * 10),
+    ("sgd+sngrad1@0.1", 4 * (74 + 45) + (2 + 6) * 14 + 3 * 10),  # a fixed alpha is absolute
+    ("sgd+sngrad3@0.1", 4 * (74 + 45) + (2 + 6) * 14 + 3 * 10),
+    ("sgd+sngrad2", 4 * (74 + 45) + (2 + 12) * 14 + 3 * 10),  # II: absolute, tuned or not
     ("svag", 4 * (74 + 45) + 9 * 14 + 3 * 10),
     ("sgd+svrg", 4 * 2 * 74 + (2 + 5) * 14),  # two gradients, no moments
     ("sgd+cv", 4 * (2 * (74 + 45) + 49) + (2 + 17) * 14 + (6 + 2) * 10),
@@ -119,7 +124,12 @@ def test_budget_step_is_the_last_affordable_step():
             return costs.cumulative_flops(run, STUDY, 8000, 128, 1, t)
 
         assert spent(b.step) == b.run_flops <= b.budget_flops < spent(b.step + 1)
-    assert costs.budget_step("sgd+sngrad1", STUDY, 8000, 128, 10).step == 408
+    # 784-64-10: F = 101810, G = 103080, M = 102850, P_W = 50816, P = 50890; S = 62.
+    # sgd: 128 (F + G) + 2 P = 26327700 per step, 620 steps: budget 16323174000.
+    # sgd+sngrad1 (rms): 128 (F + G + M) + (2 + 6 + 2) P + 3 P_W = 40052068 per step, and
+    # 16323174000 / 40052068 = 407.55 (408 for the absolute sgd+sngrad1@a, 39950288 per step)
+    assert costs.budget_step("sgd+sngrad1", STUDY, 8000, 128, 10).step == 407
+    assert costs.budget_step("sgd+sngrad1@0.5", STUDY, 8000, 128, 10).step == 408
     assert costs.budget_step("sgd+cv", STUDY, 8000, 128, 10).step == 124
 
 
@@ -131,21 +141,13 @@ def test_a_base_meets_its_own_budget_at_its_last_step():
 # ----------------------------------------------------------------------------- the engine
 
 
-def _toy_splits(n_train=96, dim=5, seed=0):
-    rng = np.random.default_rng(seed)
-
-    def part(n):
-        x = rng.normal(size=(n, dim)).astype(np.float32)
-        return x, (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.8).astype(np.int32)
-
-    return Splits(*part(n_train), *part(40), *part(40), num_classes=3, name="toy")
-
-
 SPEC = {
     "hidden": [6], "init_seed": 0, "epochs": 2, "seeds": [1, 2], "backend": "dense",
     "schedule": "constant", "checkpoint_every": 0, "diverge_loss": 1000.0, "snapshot_every": 1,
     "tune": {"seeds": [100, 101], "lr_min": 0.03, "lr_max": 0.3, "lr_per_decade": 2,
-             "lr_bounds": [0.01, 1.0], "second_points": 2, "one_minus_momentum": [0.1, 0.5],
+             "lr_bounds": [0.01, 1.0], "axis_points": 3,
+             "one_minus_momentum": [0.1, 0.5], "one_minus_momentum_bounds": [0.001, 1.0],
+             "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]},
              "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]}},
 }
 B = 16  # 6 steps per epoch
@@ -179,7 +181,7 @@ def _params_after(splits, optimizer, config, steps, hp):
 
 @pytest.mark.parametrize(("optimizer", "k_star"), [("sgd+sngrad1", 4), ("sgd+svrg", 9)])
 def test_engine_evaluates_the_parameters_after_exactly_k_star_steps(optimizer, k_star):
-    splits = _toy_splits()
+    splits = toy_splits()
     spec = parse_spec(SPEC)
     configs = [RunConfig(0.1, None, 0.5 if "sngrad" in optimizer else None, s) for s in (1, 2)]
     result = run_sweep(splits, optimizer, B, spec, configs, TRAIN_MODE, budget_step=k_star)
@@ -200,7 +202,7 @@ def test_engine_evaluates_the_parameters_after_exactly_k_star_steps(optimizer, k
 
 
 def test_budget_at_the_last_step_equals_the_final_epoch():
-    splits = _toy_splits()
+    splits = toy_splits()
     spec = parse_spec(SPEC)
     configs = [RunConfig(0.1, None, None, s) for s in (1, 2)]
     result = run_sweep(splits, "sgd", B, spec, configs, TRAIN_MODE, budget_step=12)
@@ -209,7 +211,7 @@ def test_budget_at_the_last_step_equals_the_final_epoch():
 
 
 def test_sparse_diagnostics_leave_the_training_unchanged():
-    splits = _toy_splits()
+    splits = toy_splits()
     spec = parse_spec(SPEC)
     configs = [RunConfig(0.1, None, None, s) for s in (1, 2)]
     every = run_sweep(splits, "sgd+cv", B, spec, configs, Mode(("val",), (), True, 1))
@@ -222,7 +224,7 @@ def test_sparse_diagnostics_leave_the_training_unchanged():
 
 
 def test_lean_svrg_step_takes_the_update_of_the_full_control_variate_step():
-    splits = _toy_splits()
+    splits = toy_splits()
     x, y = jnp.asarray(splits.x_train[:B]), jnp.asarray(splits.y_train[:B])
     params = engine.mlp_init(jax.random.PRNGKey(0), [5, 6, 3])
     snap = engine.mlp_init(jax.random.PRNGKey(1), [5, 6, 3])
@@ -254,7 +256,7 @@ def test_lean_svrg_step_takes_the_update_of_the_full_control_variate_step():
 
 
 def test_train_writes_budget_rows(tmp_path):
-    splits = _toy_splits()
+    splits = toy_splits()
     data = tmp_path / "toy.npz"
     save_splits(splits, data)
     best = tmp_path / "best.json"
@@ -280,22 +282,18 @@ def test_profile_stages_of_the_smoke_profile():
 
     stages = {s.name: s for s in costs.profile_stages(load_profile("config/smoke.yaml"))}
     # digits: 1294 training examples (1438 less 144 for validation), B = 64 -> 20 steps per
-    # epoch, 2 epochs; 3 runs; tuning: 3 learning rates x 1 point x 2 seeds per cell
-    assert stages["tuning"].example_steps == 3 * 6 * 40 * 64
+    # epoch, 2 epochs; 3 runs; tuning, settings of round 0 and the refinement: sgd and
+    # sgd+sngrad2@0.05 3 rates + 2, sgd+sngrad1 3 steps x 3 alphas + 2; x 2 seeds
+    assert stages["tuning"].example_steps == (5 + 11 + 5) * 2 * 40 * 64
     assert stages["final training"].example_steps == 3 * 2 * 40 * 64
     assert stages["reference"].example_steps == 40 * 64
     assert stages["reference"].flops == 40 * costs.step_flops("sgd", [64, 16, 10], 64)
     assert [s.jobs for s in stages.values()] == [3, 3, 1, 1]
 
 
-def test_profile_grid_counts_agree_with_the_protocol_and_the_noise_study():
+def test_profile_noise_batch_counts_agree_with_the_noise_study():
     from sngrad.noise.measure import n_batches_for
-    from sngrad.spec import parse_spec
-    from sngrad.train import protocol
 
-    tune = parse_spec(SPEC).tune
-    assert costs.lr_count(tune.lr_min, tune.lr_max, tune.lr_per_decade) == protocol.lr_count(
-        tune)
     for b in (8, 512, 1024, 4096):
         assert costs.noise_batches(b, 32) == n_batches_for(b, 32)
 

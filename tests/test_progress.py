@@ -21,7 +21,10 @@ SPEC = {
     "hidden": [8], "init_seed": 0, "epochs": 4, "seeds": [1, 2], "backend": "dense",
     "schedule": "constant", "checkpoint_every": 0, "diverge_loss": 1000.0, "snapshot_every": 1,
     "tune": {"seeds": [100, 101], "lr_min": 0.03, "lr_max": 0.3, "lr_per_decade": 2,
-             "lr_bounds": [0.01, 1.0], "second_points": 2, "one_minus_momentum": [0.1, 0.5],
+             "lr_bounds": [0.01, 1.0], "axis_points": 3,
+             "one_minus_momentum_bounds": [0.001, 1.0],
+             "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]},
+             "one_minus_momentum": [0.1, 0.5],
              "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]}},
 }
 LINE = re.compile(
@@ -124,7 +127,7 @@ def pinned() -> dict:
     config["data"].update(val_fraction=0.0833333, train_size=8000)
     config["train"].update(epochs=10, seeds=list(range(1, 11)), snapshot_every=1)
     config["tune"].update(seeds=[100, 101], lr_min=0.001, lr_max=1.0, lr_per_decade=2,
-                          second_points=3)
+                          axis_points=5, one_minus_momentum=[0.01, 0.3])
     config["noise"].update(min_batch_size=8, max_batch_size=4096, batches=32)
     config["resources"]["mem_mb"].update(tune=3000, train=3000)
     return config
@@ -146,8 +149,9 @@ def test_a_network_too_large_for_the_job_or_the_machine_is_one_line_naming_the_k
     assert main(["config", "check", str(path)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2  # one line per job kind
+    # the largest tuning round: momentum+sngrad1's 7 steps x 5 alphas x 5 momenta x 2 seeds
     assert err[0].startswith(f"sngrad: error: {path}: model.hidden = [100000, 100000]: a tune "
-                             "job on mnist needs at least 4,886,035 MB (42 vmapped run(s) of "
+                             "job on mnist needs at least 40,715,207 MB (350 vmapped run(s) of "
                              "10,079,600,010 parameters, batch 128), above "
                              "resources.mem_mb.tune = 3000")
     assert err[1].startswith(f"sngrad: error: {path}: model.hidden = [100000, 100000]: a train "
@@ -181,8 +185,9 @@ def test_a_long_benchmark_is_warned(tmp_path):
 def test_the_key_that_multiplies_the_runs_is_named(tmp_path):
     config = read_yaml(probe(tmp_path, lambda c: c["tune"].update(lr_per_decade=100000)))
     (line,) = resources.memory_problems(config, machine=24000.0)
+    # 300,001 rates x 5 x 5 x 2 seeds
     assert line.startswith("tune.lr_per_decade = 100000: a tune job on mnist needs at least "
-                           "1,698,937 MB (1,800,006 vmapped run(s) of 50,890 parameters")
+                           "14,156,055 MB (15,000,050 vmapped run(s) of 50,890 parameters")
     assert "above resources.mem_mb.tune = 3000 and this machine's 24000 MB" in line
     # 239 MB for the interpreter and the splits, 0.94 MB per run: 10 seeds need 248 MB
     config = read_yaml(probe(tmp_path, lambda c: c["resources"]["mem_mb"].update(train=245)))
@@ -208,11 +213,13 @@ def test_far_more_work_than_the_default_warns_with_the_time(tmp_path, capsys):
     long = read_yaml(probe(tmp_path, lambda c: c["train"].update(epochs=1000000)))
     (line,) = resources.work_warnings(long, "probe.yaml", pinned())
     # the run-steps grow 100,000-fold, the FLOPs 98,226-fold (the noise study's do not grow):
-    # the larger ratio is the better bound on the time. By hand: 6 runs with a second axis
-    # tune 7 x 2 x 3 = 42 settings, 10 without one 7 x 2 = 14, and each trains 10 seeds:
-    # 6 x 52 + 10 x 24 = 552 runs x 62 steps x 10 epochs x 2 datasets = 684,480
+    # the larger ratio is the better bound on the time. By hand (round 0 and the 2-point
+    # refinement, x 2 tuning seeds, + 10 final seeds): 10 runs tuning the rate alone
+    # (7 + 2) x 2 + 10 = 28, 5 runs with alpha or momentum (35 + 2) x 2 + 10 = 84, and
+    # momentum+sngrad1 with both (175 + 2) x 2 + 10 = 364: 280 + 420 + 364 = 1,064 runs
+    # x 62 steps x 10 epochs x 2 datasets = 1,319,360
     assert line.startswith("probe.yaml: about 100,000 times the training steps of the default "
-                           "profile (68,448,000,000 run-steps against 684,480)")
+                           "profile (131,936,000,000 run-steps against 1,319,360)")
     assert "that is about 100,000 h" in line
     wide = read_yaml(probe(tmp_path, lambda c: c["model"].update(hidden=[4096, 4096])))
     (line,) = resources.work_warnings(wide, "probe.yaml", pinned())

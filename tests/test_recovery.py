@@ -87,31 +87,39 @@ def test_an_all_diverged_grid_extends_downward_until_the_lower_bound():
             "schedule": "constant", "checkpoint_every": 0, "diverge_loss": 1000.0,
             "snapshot_every": 1,
             "tune": {"seeds": [100, 101], "lr_min": 0.1, "lr_max": 0.32, "lr_per_decade": 2,
-                     "lr_bounds": [0.01, 10.0], "second_points": 1,
+                     "lr_bounds": [0.01, 10.0], "axis_points": 3,
                      "one_minus_momentum": [0.1, 0.5],
+                     "one_minus_momentum_bounds": [0.001, 1.0],
+                     "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]},
                      "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]}}}
     tune = parse_spec(spec).tune
-    for name in ("sgd", "sgd+sngrad1"):
+    for name, alphas in (("sgd", 1), ("sgd+sngrad1", 3)):
         run = parse_run(name)
-        tried = protocol.initial_trials(run, tune, 16, 1.0)
+        first = protocol.tuned_axes(run, tune)[0]
+
+        def step_size(t, first=first):
+            return t.step if first == "step" else t.learning_rate
+
+        tried = protocol.initial_trials(run, tune, 16)
         rounds = []
         while True:
-            new, at_bound = protocol.extension(run, tune, 16, 1.0, tried, None)
+            new, status = protocol.extension(run, tune, 16, tried, None)
             if not new:
                 break
-            assert len(new) == 1 and max(t.learning_rate for t in new) < min(
-                t.learning_rate for t in tried)
-            rounds.append(sorted({round(t.learning_rate, 12) for t in new}))
+            # one step size below all tried, crossed with every tried alpha
+            assert len(new) == alphas and max(map(step_size, new)) < min(map(step_size, tried))
+            rounds.append(sorted({round(step_size(t), 12) for t in new}))
             tried += new
-        assert at_bound  # stopped by the lower bound, and best.json says so
+        assert status == {first: protocol.BOUND}  # stopped by the lower bound
         assert rounds == [[0.031622776602], [0.01]]  # 0.1 / sqrt(10), then the bound
-    # a setting that converges in the extended round ends the search: its lr is the smallest
+    # a setting that converges in the extended round ends the downward search: its lr is the
+    # smallest tried, so the next round goes further down as an ordinary extension
     run = parse_run("sgd")
-    tried = protocol.initial_trials(run, tune, 16, 1.0)
-    new, _ = protocol.extension(run, tune, 16, 1.0, tried, None)
+    tried = protocol.initial_trials(run, tune, 16)
+    new, _ = protocol.extension(run, tune, 16, tried, None)
     tried += new
     lowest = min(range(len(tried)), key=lambda i: tried[i].learning_rate)
-    assert protocol.extension(run, tune, 16, 1.0, tried, lowest)[0][0].learning_rate < (
+    assert protocol.extension(run, tune, 16, tried, lowest)[0][0].learning_rate < (
         tried[lowest].learning_rate)
 
 
@@ -132,8 +140,10 @@ def test_tuning_output_says_all_diverged_at_the_bound(tmp_path):
         "schedule": "constant", "checkpoint_every": 0, "diverge_loss": 1e-9,  # all diverge
         "snapshot_every": 1,
         "tune": {"seeds": [100, 101], "lr_min": 0.1, "lr_max": 0.32, "lr_per_decade": 2,
-                 "lr_bounds": [0.01, 10.0], "second_points": 1,
-                 "one_minus_momentum": [0.1, 0.5],
+                 "lr_bounds": [0.01, 10.0], "axis_points": 3,
+                     "one_minus_momentum": [0.1, 0.5],
+                     "one_minus_momentum_bounds": [0.001, 1.0],
+                     "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]},
                  "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]}}})
     best = tune(data, "sgd", 16, spec, tmp_path / "out")
     assert best["all_diverged"] and best["at_bound"]

@@ -57,8 +57,10 @@ def config_for(profile, datasets=("mnist",), runs=RUNS):
         "train": {"epochs": EPOCHS, "seeds": SEEDS, "backend": "dense", "schedule": "constant",
                   "checkpoint_every": 1, "diverge_loss": 1000.0, "snapshot_every": 1},
         "tune": {"seeds": [100, 101], "lr_min": 0.01, "lr_max": 1.0, "lr_per_decade": 2,
-                 "lr_bounds": [1e-5, 100.0], "second_points": 2,
-                 "one_minus_momentum": [0.01, 0.3],
+                 "lr_bounds": [1e-5, 100.0], "axis_points": 3,
+             "one_minus_momentum_bounds": [0.001, 1.0],
+             "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]},
+             "one_minus_momentum": [0.01, 0.3],
                  "alpha": {"I": [0.1, 10.0], "II": [0.3, 30.0], "III": [0.03, 1.0]}},
     }  # fmt: skip
 

@@ -32,7 +32,9 @@ SPEC = {
     "hidden": [8], "init_seed": 0, "epochs": 3, "seeds": [1, 2], "backend": "dense",
     "schedule": "constant", "checkpoint_every": 0, "diverge_loss": 1000.0, "snapshot_every": 1,
     "tune": {"seeds": [100, 101], "lr_min": 0.03, "lr_max": 0.3, "lr_per_decade": 2,
-             "lr_bounds": [0.01, 1.0], "second_points": 2,
+             "lr_bounds": [0.01, 1.0], "axis_points": 3,
+             "one_minus_momentum_bounds": [0.001, 1.0],
+             "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]},
              "one_minus_momentum": [0.1, 0.5],
              "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]}},
 }
@@ -228,13 +230,18 @@ def test_control_variates_refresh_the_snapshot_and_record_lambda_and_variance(sp
 
 
 def test_tune_train_reference_write_the_contract_files(data_file, tmp_path):
-    # bounds equal to the range: one round (extension is covered by test_protocol)
-    spec = _spec(tune={**SPEC["tune"], "lr_bounds": [0.03, 0.3]})
+    # bounds equal to the ranges: round 0 and the refinement (extension: test_protocol)
+    spec = _spec(tune={**SPEC["tune"], "lr_bounds": [0.03, 0.3],
+                       "one_minus_momentum_bounds": [0.1, 0.5]})
     out = tmp_path / "run"
     best = tune(data_file, "momentum", B, spec, out)
     rows = _read_csv(out / "tuning.csv")
     assert tuple(rows[0]) == TUNING_COLUMNS
-    assert len(rows) == best["trials"] * 2 == 3 * 2 * 2 and best["rounds"] == 1
+    assert len(rows) == best["trials"] * 2 and best["rounds"] == 2
+    assert sum(r["round"] == "0" for r in rows) == 3 * 3 * 2  # n_lr x axis_points x seeds
+    refined = [r for r in rows if r["refine"] == "True"]
+    assert 1 <= len(refined) // 2 <= 2 and {r["round"] for r in refined} == {"1"}
+    assert set(best["axes"]) == {"learning_rate", "momentum"}
     assert tuple(json.loads((out / "best.json").read_text())) == tuple(sorted(BEST_KEYS))
     chosen = [r for r in rows if r["chosen"] == "True"]
     assert len(chosen) == 2 and {r["seed"] for r in chosen} == {"100", "101"}
@@ -277,9 +284,10 @@ def test_fixed_alpha_run_keeps_its_alpha_and_gets_the_same_trials(data_file, tmp
     best = tune(data_file, "sgd+sngrad1@0.1", B, spec, tmp_path / "a")
     assert best["alpha"] == 0.1 and best["run"] == "sgd+sngrad1@0.1"
     assert best["optimizer"] == "sgd+sngrad1"
-    assert best["alpha_scaled"] == pytest.approx(0.1 * best["sigma_ref"])
+    assert best["alpha_scaled"] == 0.1 and best["alpha_reference"] == "absolute"
     rows = _read_csv(tmp_path / "a" / "tuning.csv")
-    assert sum(r["round"] == "0" for r in rows) == 3 * 2 * 2  # n_lr x second_points x seeds
+    assert sum(r["round"] == "0" for r in rows) == 3 * 2  # n_lr x seeds, as sgd
+    assert set(best["axes"]) == {"learning_rate"}
 
 
 def test_all_diverged_tuning_flows_to_train_as_nan_rows(data_file, tmp_path):
@@ -287,8 +295,9 @@ def test_all_diverged_tuning_flows_to_train_as_nan_rows(data_file, tmp_path):
     out = tmp_path / "run"
     best = tune(data_file, "sgd", B, spec, out)
     assert best["all_diverged"] and best["learning_rate"] is None
-    # the grid went down once (0.019, 0.012) until the next rates left lr_bounds' 0.01
-    assert best["rounds"] == 2 and best["at_bound"]
+    # the next rate down, 0.03 / sqrt(10) = 0.0095, leaves lr_bounds' 0.01: no extension
+    assert best["rounds"] == 1 and best["at_bound"]
+    assert best["axes"]["learning_rate"]["status"] == "bound"
     assert {r["chosen"] for r in _read_csv(out / "tuning.csv")} == {"False"}
     train(data_file, "sgd", B, spec, out / "best.json", out)
     metrics = _read_csv(out / "metrics.csv")

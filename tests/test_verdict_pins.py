@@ -37,8 +37,10 @@ TUNE_SPEC = {
     "hidden": [4], "init_seed": TUNE_INIT_SEED, "epochs": 3, "seeds": [1], "backend": "dense",
     "schedule": "constant", "checkpoint_every": 0, "diverge_loss": 1000.0, "snapshot_every": 1,
     "tune": {"seeds": [0, 1], "lr_min": 1e-3, "lr_max": 1.0, "lr_per_decade": 2,
-             "lr_bounds": [1e-3, 1.0], "second_points": 1, "one_minus_momentum": [0.1, 0.5],
-             "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]}},
+             "lr_bounds": [1e-3, 1.0], "axis_points": 3,
+             "one_minus_momentum": [0.1, 0.5], "one_minus_momentum_bounds": [0.001, 1.0],
+             "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]},
+             "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]}},
 }
 
 
@@ -86,16 +88,18 @@ def test_tune_selects_on_the_validation_split_not_the_test_split(flipped_test_fi
     by_setting = {}
     for r in rows:
         by_setting.setdefault(int(r["setting"]), []).append(r)
-    assert len(by_setting) == 7 and best["rounds"] == 1  # 1e-3 .. 1 at 2 per decade, at bound
+    # 1e-3 .. 1 at 2 per decade (the pick interior: no extension), then the refinement
+    assert len(by_setting) == 7 + 2 and best["rounds"] == 2
 
     smallest = by_setting[0]
     assert float(smallest[0]["learning_rate"]) == pytest.approx(1e-3)
     assert [float(r["val_accuracy"]) for r in smallest] == [init_val_accuracy] * 2
 
-    # highest mean validation accuracy (1.0 from lr 0.1 up), ties to the lowest loss: lr = 1
-    assert best["setting"] == 6 and best["learning_rate"] == pytest.approx(1.0)
-    assert best["val_accuracy"] == 1.0 and best["at_bound"]
-    assert {int(r["setting"]) for r in rows if r["chosen"] == "True"} == {6}
+    # validation accuracy 1.0 from lr 0.1 up: tied, and the middle of the tie is lr 0.316
+    assert all(float(r["val_accuracy"]) == 1.0 for s in (4, 5, 6) for r in by_setting[s])
+    assert best["setting"] == 5 and best["learning_rate"] == pytest.approx(10**-0.5)
+    assert best["val_accuracy"] == 1.0 and not best["at_bound"]
+    assert {int(r["setting"]) for r in rows if r["chosen"] == "True"} == {5}
     # validation and test disagree here: the setting worst on validation is best on test
     mean_val = {s: np.mean([float(r["val_accuracy"]) for r in rs])
                 for s, rs in by_setting.items()}
@@ -177,33 +181,33 @@ def test_cv_step_applies_the_coefficient_cov_over_snapshot_variance(backend):
 
 
 def _tune_spec(alpha_ranges):
-    return parse_spec({**TUNE_SPEC, "tune": {**TUNE_SPEC["tune"], "alpha": alpha_ranges,
-                                             "second_points": 3}}).tune
+    return parse_spec({**TUNE_SPEC, "tune": {**TUNE_SPEC["tune"], "alpha": alpha_ranges}}).tune
 
 
 @pytest.mark.parametrize("optimizer", ["sgd+sngrad3", "momentum+sngrad3", "adam+sngrad3"])
-def test_variant_iii_alpha_is_the_scale_free_alpha_over_sigma_ref(optimizer):
-    """Catches variant III converted with 1 / B (variant II's unit), with 1 / sigma_ref^2 or
-    sigma_ref, or over another variant's range. B = 64 and sigma_ref = 0.025 make 1 / B,
-    1 / sigma_ref and 1 / sigma_ref^2 three different numbers, and the three variants' ranges
-    differ."""
-    batch_size, sigma_ref = 64, 0.025
+def test_variant_iii_raw_alpha_is_its_scale_free_alpha_read_relative_to_rms_sigma(optimizer):
+    """Catches variant III converted with 1 / B (variant II's unit), or over another variant's
+    range, or trained with the absolute reference: B = 64 makes 1 / B a different number, and
+    the three variants' ranges differ."""
+    batch_size = 64
     spec = _tune_spec({"I": [0.3, 3.0], "II": [0.5, 50.0], "III": [0.04, 1.0]})
-    assert protocol.alpha_unit("III", batch_size, sigma_ref) == pytest.approx(40.0)
-    trials = protocol.initial_trials(parse_run(optimizer), spec, batch_size, sigma_ref)
+    assert protocol.alpha_unit("III", batch_size) == 1.0
+    assert protocol.alpha_unit("II", batch_size) == pytest.approx(1 / 64)
+    trials = protocol.initial_trials(parse_run(optimizer), spec, batch_size)
     scaled = sorted({t.alpha_scaled for t in trials})
     assert scaled == pytest.approx([0.04, 0.2, 1.0])
-    pairs = sorted({(t.alpha_scaled, t.alpha) for t in trials})
-    assert [a for _, a in pairs] == pytest.approx([1.6, 8.0, 40.0])  # alpha_scaled / 0.025
+    assert all(t.alpha == t.alpha_scaled for t in trials)
+    assert parse_run(optimizer).alpha_reference == "rms"
 
 
-def test_fixed_variant_iii_alpha_reports_alpha_times_sigma_ref_as_scale_free():
+def test_fixed_variant_iii_alpha_is_absolute_and_its_own_scale_free_value():
     """Catches the reverse conversion of a fixed raw alpha (``@a``) done with variant II's
-    batch-size unit: 2 * 0.025 = 0.05, where 2 * 64 would be 128."""
+    batch-size unit (2 * 64 = 128), and a fixed alpha read relative to the step's sigma."""
     spec = _tune_spec({"I": [0.3, 3.0], "II": [0.5, 50.0], "III": [0.04, 1.0]})
-    trials = protocol.initial_trials(parse_run("sgd+sngrad3@2"), spec, 64, 0.025)
+    trials = protocol.initial_trials(parse_run("sgd+sngrad3@2"), spec, 64)
     assert {t.alpha for t in trials} == {2.0}
-    assert [t.alpha_scaled for t in trials] == pytest.approx([0.05] * len(trials))
+    assert [t.alpha_scaled for t in trials] == pytest.approx([2.0] * len(trials))
+    assert parse_run("sgd+sngrad3@2").alpha_reference == "absolute"
 
 
 # ============================================================================ 4. Holm family

@@ -147,6 +147,16 @@ def schema_problems(config: Mapping, schema: Mapping) -> list[str]:
     problems = []
     errors = Draft202012Validator(schema).iter_errors(dict(config))
     for error in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
+        if error.validator in ("oneOf", "anyOf") and error.context:
+            # a value of the right shape for one branch: report that branch's deepest error
+            # (the item out of range), not "valid under none of the given schemas"
+            deepest = max(error.context, key=lambda e: len(e.absolute_path))
+            if len(deepest.absolute_path) > len(error.absolute_path):
+                error = deepest
+            else:
+                problems.append(f"{_key(error.absolute_path)} = {_shown(error.instance)}: "
+                                f"allowed: {error.schema.get('description', 'see the schema')}")
+                continue
         key = _key(error.absolute_path)
         if error.validator == "additionalProperties":
             known = sorted(error.schema.get("properties", {}))

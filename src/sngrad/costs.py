@@ -33,8 +33,11 @@ Per example (B examples per step)
 Per parameter and step (divided by B per example)
     optimizer update: :data:`UPDATE_PER_PARAMETER` (sgd: scale and add = 2, ...);
     variance finish ``max(E[g^2] - mean^2, 0)``: 3 per weight; sngrad factor:
-    :data:`FACTOR_PER_PARAMETER` per variant; cv: covariance finish 2 per weight, Cauchy-Schwarz
-    clip 7, optimal coefficient 5, correction 5 per parameter; svrg: correction 5.
+    :data:`FACTOR_PER_PARAMETER` per variant, and for a run whose alpha is relative to the
+    step's RMS sigma (``RunName.alpha_reference == "rms"``: tuned I and III) the sum of the
+    variances, :data:`RMS_SIGMA_PER_PARAMETER`; cv: covariance finish 2 per weight,
+    Cauchy-Schwarz clip 7, optimal coefficient 5, correction 5 per parameter; svrg:
+    correction 5.
 
 One step, by optimizer (per example, plus the per-parameter terms / B)
     plain (sgd, momentum, adam, adabelief, msvag): ``F + G``
@@ -82,6 +85,11 @@ UPDATE_PER_PARAMETER = {
     "svag": 9,  # the factor m^2 / (m^2 + max(v, 0) / B) (7) and sgd's 2
 }
 FACTOR_PER_PARAMETER = {"I": 6, "II": 12, "III": 6}  # scale_factor and the multiply by it
+# transforms.rms_sigma: max(var, 0) and the add into the sum. Its division by P and sqrt and
+# the guarded alpha / s of transforms.step_alpha are some 20 operations per step, not per
+# parameter, and are left out as negligible (4e-5 of a step of the smoke profile's 64-16-10
+# network at B = 64, the smallest of the profiles).
+RMS_SIGMA_PER_PARAMETER = 2
 VARIANCE_FINISH_PER_WEIGHT = 3  # E[g^2] - mean^2 (2), clamp at 0 (1)
 CV_PER_WEIGHT = 2  # the covariance finish E[g h] - mean snap_mean
 CV_PER_PARAMETER = 7 + 5 + 5  # Cauchy-Schwarz clip, optimal coefficient, correction
@@ -182,6 +190,8 @@ def step_flops(run: str, widths: Sequence[int], batch: int) -> int:
     m = moment_flops(widths)
     if kind == "moments":
         factor = FACTOR_PER_PARAMETER[spec.variant] if spec.variant is not None else 0
+        if spec.alpha_reference == "rms":
+            factor += RMS_SIGMA_PER_PARAMETER
         return (batch * (f + g + m) + (per_param + factor) * p
                 + VARIANCE_FINISH_PER_WEIGHT * p_w)
     return (batch * (2 * (f + g + m) + co_moment_flops(widths))
@@ -318,11 +328,6 @@ class Stage:
     note: str = ""
 
 
-def lr_count(lr_min: float, lr_max: float, per_decade: int) -> int:
-    """n_lr of the tuning grid (:func:`sngrad.train.protocol.lr_count`)."""
-    return math.floor(per_decade * math.log10(lr_max / lr_min) + 1e-9) + 1
-
-
 def noise_batches(batch_size: int, batches: int) -> int:
     """Batches the noise study draws at one batch size (:func:`sngrad.noise.measure.
     n_batches_for`)."""
@@ -364,22 +369,23 @@ def tuning_trial_flops(profile: dict, dataset: str, run: str, batch: int) -> flo
 def profile_stages(profile: dict) -> list[Stage]:
     """The counted work of a profile (a mapping as :func:`sngrad.config.load_profile` returns).
 
-    tuning: the initial grid of every (dataset, run, batch size), tune seeds x trials runs of
-    ``train.epochs`` epochs and one validation pass at the end; final training: every final
-    seed with validation and test passes per epoch; reference: sgd on the first final seed;
-    noise: at each of the 5 reference checkpoints, the exact moments over the training split
-    and the drawn batches of every noise batch size (forward, backward, moments). The
+    tuning: the initial grid and the refinement of every (dataset, run, batch size), tune
+    seeds x settings runs of ``train.epochs`` epochs and one validation pass at the end; final
+    training: every final seed with validation and test passes per epoch; reference: sgd on
+    the first final seed; noise: at each of the 5 reference checkpoints, the exact moments
+    over the training split and the drawn batches of every noise batch size (forward,
+    backward, moments). The
     benchmark is timing-bound (its repeats run until a time is reached) and not counted.
     """
     from sngrad import config as profiles
+    from sngrad.names import parse_run
+    from sngrad.spec import tune_spec
+    from sngrad.train.protocol import trial_count
 
-    train, tune = profile["train"], profile["tune"]
+    train, tune = profile["train"], tune_spec(profile["tune"])
     epochs, every = int(train["epochs"]), int(train["snapshot_every"])
-    trials = lr_count(tune["lr_min"], tune["lr_max"], tune["lr_per_decade"]) * tune[
-        "second_points"]
-    tune_runs = trials * len(tune["seeds"])
+    trials = {run: sum(trial_count(parse_run(run), tune)) for run in profile["optimizers"]}
     totals = {name: [0, 0, 0.0] for name in ("tuning", "final training", "reference", "noise")}
-    extension = [0.0]
 
     def add(name, jobs, work):
         totals[name][0] += jobs
@@ -390,10 +396,10 @@ def profile_stages(profile: dict) -> list[Stage]:
         widths, n_train, n_val, n_test = _cell_shape(profile, dataset)
         for run in profile["optimizers"]:
             for batch in profile["batch_sizes"]:
+                tune_runs = trials[run] * len(tune.seeds)
                 tuned = _training(run, widths, n_train, batch, epochs, every, tune_runs, 0)
                 add("tuning", 1, (tuned[0], tuned[1] + tune_runs * n_val * forward_flops(
                     widths)))
-                extension[0] += tuned[1] * tune["second_points"] / trials
                 add("final training", 1, _training(run, widths, n_train, batch, epochs, every,
                                                    len(train["seeds"]), n_val + n_test))
         ref_batch = profiles.reference_batch_size(profile)
@@ -402,8 +408,10 @@ def profile_stages(profile: dict) -> list[Stage]:
         drawn = sum(b * noise_batches(b, profile["noise"]["batches"])
                     for b in profiles.noise_batch_sizes(profile, dataset))
         add("noise", 1, (0, REFERENCE_CHECKPOINTS * (n_train + drawn) * per_example))
-    notes = {"tuning": f"initial grid, {trials} trials x {len(tune['seeds'])} seeds per cell; "
-                       f"each extension round adds {extension[0]:.3g} FLOPs over all cells",
+    counts = sorted(set(trials.values()))
+    notes = {"tuning": f"initial grid and refinement, {'/'.join(map(str, counts))} settings "
+                       f"x {len(tune.seeds)} seeds per cell; extension rounds (a slab of the "
+                       "grid each, until every axis is interior) not counted",
              "noise": "gradient moments at fixed parameters (no training steps)"}
     return [Stage(name, jobs, steps, flops, notes.get(name, ""))
             for name, (jobs, steps, flops) in totals.items()]

@@ -221,6 +221,7 @@ NOTEBOOK_TABLES: dict[str, tuple[str, ...]] = {
         "analysis/alpha_sensitivity.csv",
         "analysis/alpha_summary.csv",
         "analysis/diverged_settings.csv",
+        "analysis/tuning_axes.csv",
         "analysis/training_length.csv",
         "analysis/shrink.csv",
         "analysis/control_variates.csv",

@@ -8,8 +8,9 @@ followed by ``@<alpha>`` when a sngrad optimizer's alpha is fixed (raw units) in
     digit     := "1" | "2" | "3"          (variant I, II, III of sngrad.transforms)
 
 ``sgd+sngrad1@0.1`` is the optimizer ``sgd+sngrad1`` (base ``sgd``, variant ``I``) with alpha
-fixed at 0.1. An alpha is written in its shortest form (``format(alpha, "g")``), so that one
-run has one spelling in paths, wildcards and CSV cells.
+fixed at 0.1, read in absolute units; a tuned ``sgd+sngrad1`` reads its alpha relative to the
+step's RMS sigma (:attr:`RunName.alpha_reference`). An alpha is written in its shortest form
+(``format(alpha, "g")``), so that one run has one spelling in paths, wildcards and CSV cells.
 
 Two different "bases" appear in the study and are kept apart here:
 
@@ -61,7 +62,7 @@ class RunName(NamedTuple):
     ``optimizer`` is the registry name (``sgd+sngrad1``), ``base`` its base optimizer
     (``sgd``), ``variant`` the sngrad variant (``"I"``..``"III"`` or None), ``cv`` the
     control-variate coefficient (``"optimal"``, 1.0 or None), ``fixed_alpha`` the raw alpha
-    after ``@`` (None: tuned).
+    after ``@`` (None: tuned); :attr:`alpha_reference` follows from them.
     """
 
     optimizer: str
@@ -74,6 +75,20 @@ class RunName(NamedTuple):
     def name(self) -> str:
         """The run name in its shortest form."""
         return format_run(self.optimizer, self.fixed_alpha)
+
+    @property
+    def alpha_reference(self) -> str:
+        """How the run's optimizer reads alpha (``sngrad.transforms.REFERENCES``).
+
+        A run whose alpha is tuned reads the alpha of variants I and III relative to the
+        step's root-mean-square sigma, ``"rms"`` (the study's protocol: a tuned alpha that
+        does not drift as sigma falls during training); a run with ``@alpha`` keeps the
+        prototype's absolute alpha, ``"absolute"``, and so do II (whose alpha is a ratio of
+        squares, without a unit) and every optimizer without a variant.
+        """
+        if self.variant in ("I", "III") and self.fixed_alpha is None:
+            return "rms"
+        return "absolute"
 
 
 def format_alpha(alpha: float) -> str:

@@ -218,6 +218,7 @@ def build_optimizer(
     momentum: float | None = None,
     alpha: float | None = None,
     batch_size: int | None = None,
+    alpha_reference: str = "absolute",
 ) -> optax.GradientTransformationExtraArgs:
     """Build the optimizer called ``name`` (one of :data:`OPTIMIZERS`).
 
@@ -227,9 +228,13 @@ def build_optimizer(
       momentum: in [0, 1), only for momentum and its +sngrad (default 0.9); giving it for
         another optimizer is an error rather than silently ignored, so a tuned value is never
         lost.
-      alpha: the sngrad noise sensitivity (raw units), only for +sngrad names (default
+      alpha: the sngrad noise sensitivity, only for +sngrad names (default
         ``DEFAULT_ALPHA[variant]``); likewise an error for the others.
       batch_size: only for ``svag`` (its factor divides sigma^2 by B), required there.
+      alpha_reference: how a +sngrad name reads ``alpha`` (``sngrad.transforms.REFERENCES``):
+        ``"absolute"`` (the default) in raw units, ``"rms"`` relative to each step's
+        root-mean-square sigma (variants I and III; II reads it as given either way); another
+        value for a name without sngrad is an error.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; call ``opt.update(grad, state, params,
@@ -249,13 +254,16 @@ def build_optimizer(
         raise SngradError(
             f"alpha is only used by +sngrad optimizers; got alpha={alpha!r} for {name!r}"
         )
+    if variant is None and alpha_reference != "absolute":
+        raise SngradError(f"alpha_reference is only used by +sngrad optimizers; got "
+                          f"alpha_reference={alpha_reference!r} for {name!r}")
     if base != "svag" and batch_size is not None:
         raise SngradError(f"batch_size is only used by svag; got {batch_size!r} for {name!r}")
 
     opt = _base_optimizer(base, learning_rate, momentum, batch_size)
     if variant is not None:
         alpha = DEFAULT_ALPHA[variant] if alpha is None else alpha
-        return optax.chain(noise_informed(variant, alpha), opt)
+        return optax.chain(noise_informed(variant, alpha, alpha_reference), opt)
     if coefficient is not None:
         from sngrad.transforms import control_variate  # added with the control variates
 

@@ -75,14 +75,30 @@ def job_mb(layer_widths: list[int], batch: int, runs: int, examples: int) -> flo
 
 
 def _tune_factors(config: Mapping) -> dict[str, int]:
-    """The keys that multiply a tuning job's K, with their factor."""
+    """The keys that multiply the largest tuning round's K (round 0 of the run with the most
+    tuned axes), with their factor."""
     from sngrad.config import training_spec
+    from sngrad.names import parse_run
     from sngrad.spec import parse_spec
-    from sngrad.train.protocol import lr_count
+    from sngrad.train.protocol import lr_count, tuned_axes
 
     tune = parse_spec(training_spec(config)).tune
-    return {"tune.lr_per_decade": lr_count(tune), "tune.second_points": tune.second_points,
+    extra = max(len(tuned_axes(parse_run(run), tune)) - 1 for run in config["optimizers"])
+    return {"tune.lr_per_decade": lr_count(tune), "tune.axis_points": tune.axis_points ** extra,
             "tune.seeds": len(tune.seeds)}
+
+
+def _tune_runs(config: Mapping) -> dict[str, int]:
+    """Per run name: the tuning runs of its search without extension rounds (round 0 and the
+    refinement, times the tuning seeds)."""
+    from sngrad.config import training_spec
+    from sngrad.names import parse_run
+    from sngrad.spec import parse_spec
+    from sngrad.train.protocol import trial_count
+
+    tune = parse_spec(training_spec(config)).tune
+    return {run: sum(trial_count(parse_run(run), tune)) * len(tune.seeds)
+            for run in config["optimizers"]}
 
 
 def _shown(config: Mapping, key: str):
@@ -139,8 +155,7 @@ def work_flops(config: Mapping) -> float:
     from sngrad import costs
     from sngrad.config import noise_batch_sizes, split_sizes
 
-    factors = _tune_factors(config)
-    trials = math.prod(factors.values())
+    tune_runs = _tune_runs(config)
     train = config["train"]
     every = train["snapshot_every"]
     total = 0.0
@@ -150,7 +165,7 @@ def work_flops(config: Mapping) -> float:
         for run in config["optimizers"]:
             for batch in config["batch_sizes"]:
                 epoch = costs.epoch_flops(run, layers, n_train, batch, every)
-                total += (trials + len(train["seeds"])) * train["epochs"] * epoch
+                total += (tune_runs[run] + len(train["seeds"])) * train["epochs"] * epoch
         moments = sum(costs.step_flops("sgd+sngrad1", layers, b)
                       for b in noise_batch_sizes(config, dataset))
         total += NOISE_CHECKPOINTS * config["noise"]["batches"] * moments
@@ -158,17 +173,13 @@ def work_flops(config: Mapping) -> float:
 
 
 def run_steps(config: Mapping) -> int:
-    """Training steps of every run of every tuning and training job (the initial grid: the
-    learning rates x the tuning seeds, x the second axis' points for a run that has one)."""
+    """Training steps of every run of every tuning and training job (tuning: round 0 and the
+    refinement of each run's search, x the tuning seeds; extension rounds not counted)."""
     from sngrad import costs
     from sngrad.config import split_sizes
-    from sngrad.names import parse_run
-    from sngrad.train.protocol import second_axis
 
-    factors = _tune_factors(config)
-    one_axis = factors["tune.lr_per_decade"] * factors["tune.seeds"]
-    runs = [one_axis * (factors["tune.second_points"] if second_axis(parse_run(run)) else 1)
-            + len(config["train"]["seeds"]) for run in config["optimizers"]]
+    runs = [tune_runs + len(config["train"]["seeds"])
+            for tune_runs in _tune_runs(config).values()]
     total = 0
     for dataset in config["datasets"]:
         n_train = split_sizes(config, dataset)[0]

@@ -7,9 +7,15 @@ The workflow builds it from a profile as ``{"hidden", "init_seed", **train, "tun
      "epochs": 20, "seeds": [1, 2, 3], "backend": "dense", "schedule": "constant",
      "checkpoint_every": 5, "diverge_loss": 1000.0, "snapshot_every": 1,
      "tune": {"seeds": [100, 101], "lr_min": 0.001, "lr_max": 1.0, "lr_per_decade": 2,
-              "lr_bounds": [1e-5, 100.0], "second_points": 3,
-              "one_minus_momentum": [0.01, 0.3],
-              "alpha": {"I": [0.1, 10.0], "II": [0.3, 30.0], "III": [0.03, 1.0]}}}
+              "lr_bounds": [1e-5, 100.0], "axis_points": 5,
+              "one_minus_momentum": [0.01, 0.3], "one_minus_momentum_bounds": [0.001, 1.0],
+              "alpha": {"I": [0.1, 10.0], "II": [0.3, 30.0], "III": [0.03, 1.0]},
+              "alpha_bounds": {"I": [0.001, 1000.0], "II": [0.01, 1000.0],
+                               "III": [0.001, 10.0]}}}
+
+``tune.one_minus_momentum`` is a range ``[low, high]`` (1 - m tuned by every momentum-base
+run) or a number (m = 1 - value for every momentum-base run); ``axis_points`` is the number of
+initial grid points of alpha and 1 - m. The protocol is :mod:`sngrad.train.protocol`.
 
 This module has no defaults of its own: the profiles are the one place where values are
 chosen, so every key is required. A missing or unknown key, a wrong type or an out-of-range
@@ -36,8 +42,9 @@ MAX_SEED = 2**32 - 1
 
 TRAIN_KEYS = ("hidden", "init_seed", "epochs", "seeds", "backend", "schedule",
               "checkpoint_every", "diverge_loss", "snapshot_every", "tune")
-TUNE_KEYS = ("seeds", "lr_min", "lr_max", "lr_per_decade", "lr_bounds", "second_points",
-             "one_minus_momentum", "alpha")
+TUNE_KEYS = ("seeds", "lr_min", "lr_max", "lr_per_decade", "lr_bounds", "axis_points",
+             "one_minus_momentum", "one_minus_momentum_bounds", "alpha", "alpha_bounds")
+MIN_AXIS_POINTS = 3  # an interior point from the start; the profiles use 5
 
 
 @dataclass(frozen=True)
@@ -47,9 +54,11 @@ class TuneSpec:
     lr_max: float
     lr_per_decade: int
     lr_bounds: tuple[float, float]
-    second_points: int
-    one_minus_momentum: tuple[float, float]
+    axis_points: int
+    one_minus_momentum: float | tuple[float, float]  # fixed 1 - m, or the tuned range
+    one_minus_momentum_bounds: tuple[float, float]
     alpha: dict[str, tuple[float, float]]  # variant -> scale-free (low, high)
+    alpha_bounds: dict[str, tuple[float, float]]  # variant -> hard bounds of the search
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,8 @@ def _keys(where: str, given: Any, allowed: tuple[str, ...]) -> dict:
     return given
 
 
-def _tune(raw: Any) -> TuneSpec:
+def tune_spec(raw: Any) -> TuneSpec:
+    """Check a decoded ``tune`` section (every key required)."""
     t = _keys("tune.", raw, TUNE_KEYS)
     lr_min = _float("tune.lr_min", t["lr_min"], positive=True)
     lr_max = _float("tune.lr_max", t["lr_max"], positive=True)
@@ -148,19 +158,49 @@ def _tune(raw: Any) -> TuneSpec:
         raise SngradError(
             f"tune.lr_bounds {list(bounds)} must contain [lr_min, lr_max] = [{lr_min}, {lr_max}]"
         )
-    alpha = t["alpha"]
-    if not isinstance(alpha, dict) or sorted(alpha) != sorted(VARIANTS):
-        raise SngradError(f"tune.alpha must be an object with keys I, II, III, got {alpha!r}")
+    alpha = _per_variant("tune.alpha", t["alpha"])
+    alpha_bounds = _per_variant("tune.alpha_bounds", t["alpha_bounds"])
+    for v in VARIANTS:
+        _within(f"tune.alpha_bounds.{v}", alpha_bounds[v], f"tune.alpha.{v}", alpha[v])
+    m_bounds = _range("tune.one_minus_momentum_bounds", t["one_minus_momentum_bounds"],
+                      high=1.0)
+    m_raw = t["one_minus_momentum"]
+    if isinstance(m_raw, list):
+        m = _range("tune.one_minus_momentum", m_raw, high=1.0)
+        if not m[0] < m[1]:
+            raise SngradError(f"tune.one_minus_momentum {m_raw} must have low < high; a "
+                              "fixed momentum is written as one number")
+        _within("tune.one_minus_momentum_bounds", m_bounds, "tune.one_minus_momentum", m)
+    else:
+        m = _float("tune.one_minus_momentum", m_raw, positive=True)
+        if m > 1:
+            raise SngradError(f"tune.one_minus_momentum must lie in (0, 1], got {m}")
+    for v in VARIANTS:
+        if not alpha[v][0] < alpha[v][1]:
+            raise SngradError(f"tune.alpha.{v} {list(alpha[v])} must have low < high")
     return TuneSpec(
         seeds=_seeds("tune.seeds", t["seeds"], at_least=2),
         lr_min=lr_min,
         lr_max=lr_max,
         lr_per_decade=per_decade,
         lr_bounds=bounds,
-        second_points=_int("tune.second_points", t["second_points"], low=1),
-        one_minus_momentum=_range("tune.one_minus_momentum", t["one_minus_momentum"], high=1.0),
-        alpha={v: _range(f"tune.alpha.{v}", alpha[v]) for v in VARIANTS},
+        axis_points=_int("tune.axis_points", t["axis_points"], low=MIN_AXIS_POINTS),
+        one_minus_momentum=m,
+        one_minus_momentum_bounds=m_bounds,
+        alpha=alpha,
+        alpha_bounds=alpha_bounds,
     )
+
+
+def _per_variant(where: str, value: Any) -> dict[str, tuple[float, float]]:
+    if not isinstance(value, dict) or sorted(value) != sorted(VARIANTS):
+        raise SngradError(f"{where} must be an object with keys I, II, III, got {value!r}")
+    return {v: _range(f"{where}.{v}", value[v]) for v in VARIANTS}
+
+
+def _within(where: str, bounds: tuple[float, float], what: str, span: tuple[float, float]):
+    if not bounds[0] <= span[0] or not span[1] <= bounds[1]:
+        raise SngradError(f"{where} {list(bounds)} must contain {what} {list(span)}")
 
 
 def spec_from_dict(raw: Any) -> TrainSpec:
@@ -184,7 +224,7 @@ def spec_from_dict(raw: Any) -> TrainSpec:
         checkpoint_every=_int("checkpoint_every", s["checkpoint_every"], low=0),
         diverge_loss=_float("diverge_loss", s["diverge_loss"], positive=True),
         snapshot_every=_int("snapshot_every", s["snapshot_every"], low=1),
-        tune=_tune(s["tune"]),
+        tune=tune_spec(s["tune"]),
     )
 
 

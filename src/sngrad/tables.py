@@ -54,7 +54,6 @@ SUMMARY_COLUMNS = [
     "momentum",
     "alpha",
     "alpha_scaled",
-    "sigma_ref",
     "val_accuracy",
     "all_diverged",
     "at_bound",

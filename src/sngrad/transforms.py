@@ -12,6 +12,18 @@ Because ``0 <= f <= 1``, ``|mu f| <= |mu|``: the transforms only ever shorten a 
 the gradient, never flip or lengthen it. They are meant to sit first in an ``optax.chain``, in
 front of whatever optimizer consumes the (adjusted) gradient.
 
+The alpha of I and III carries the inverse units of a gradient, and sigma falls by orders of
+magnitude during training, so a fixed alpha that shrinks early stops shrinking later. Its
+*reference* (:data:`REFERENCES`) says how alpha is read, per step (:func:`step_alpha`):
+
+    absolute: alpha as given (the prototype's; the default)
+    rms:      alpha / s with s = sqrt(sum_i sigma_i^2 / P), the root-mean-square sigma of the
+              step over all P coordinates of the gradient (:func:`rms_sigma`)
+
+With "rms", I shrinks the coordinates whose sigma exceeds s / alpha and III zeroes those beyond
+it, whatever the scale of the gradient: multiplying every sigma by c leaves f unchanged. II's
+mu^2 / sigma^2 is a ratio already, without a unit to remove, so II always reads alpha as given.
+
 The second idea removes noise instead of shrinking it: ``control_variate`` subtracts a
 multiple of the batch mean's deviation at an SVRG snapshot, ``mu - lambda (nu - G_snap)``
 (see its docstring), with the per-coordinate optimal ``lambda = cov / snap_var`` from the
@@ -36,6 +48,9 @@ from sngrad.names import VARIANTS
 # original prototype used untuned, and the alpha sweep of the study (0.1 ... 10) brackets it.
 DEFAULT_ALPHA: dict[str, float] = {"I": 1.0, "II": 1.0, "III": 1.0}
 
+# How alpha is read per step (module docstring); "absolute" keeps the prototype's raw alpha.
+REFERENCES = ("absolute", "rms")
+
 
 def _check_variant(variant: Any) -> str:
     if variant not in VARIANTS:
@@ -58,6 +73,12 @@ def _check_alpha(variant: str, alpha: Any) -> None:
             raise SngradError(f"alpha for variant III must be >= 0 (0 is plain SGD), got {value}")
     elif value <= 0:
         raise SngradError(f"alpha for variant {variant} must be > 0, got {value}")
+
+
+def _check_reference(reference: Any) -> str:
+    if reference not in REFERENCES:
+        raise choice_error("alpha reference", reference, REFERENCES)
+    return reference
 
 
 def _safe_std(var: jax.Array) -> jax.Array:
@@ -126,7 +147,61 @@ def scale_factor(variant: str, mean: jax.Array, var: jax.Array, alpha: float) ->
     return 1.0 - jnp.minimum(alpha * sigma, 1.0)
 
 
-def noise_informed(variant: str, alpha: float) -> optax.GradientTransformationExtraArgs:
+def rms_sigma(grad_var) -> jax.Array:
+    """The root-mean-square sigma of a step: ``s = sqrt(sum_i max(var_i, 0) / P)``.
+
+    ``grad_var`` is a pytree of per-example gradient variances; the sum runs over all P
+    coordinates of every leaf (weights and biases alike, as the transforms see them), and a
+    negative round-off variance counts as 0, as in :func:`scale_factor`. ``s = 0`` exactly when
+    every sigma is 0 (or the pytree is empty); ``s`` is finite as long as the sum of the
+    variances is. The derivative with respect to var is finite everywhere, 0 at s = 0 (the
+    guarded sqrt of :func:`_safe_std`). Integer inputs are computed in the default float.
+    """
+    leaves = [jnp.asarray(v) for v in jax.tree.leaves(grad_var)]
+    count = sum(v.size for v in leaves)
+    dtype = jnp.result_type(*leaves) if leaves else jnp.result_type(float)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(float)
+    if count == 0:
+        return jnp.zeros((), dtype)
+    total = sum(jnp.sum(jnp.maximum(v.astype(dtype), 0.0)) for v in leaves)
+    return _safe_std(total / count)
+
+
+def step_alpha(variant: str, alpha, reference: str, grad_var):
+    """The alpha that :func:`scale_factor` takes on one step (module docstring).
+
+    ``"absolute"``, and variant II under either reference: ``alpha`` itself, returned as given.
+    ``"rms"`` for I and III: ``alpha / s`` with ``s = rms_sigma(grad_var)``, the same alpha for
+    every coordinate of the pytree; at ``s = 0`` (no noise anywhere, where every factor is 1
+    whatever alpha is) ``alpha`` itself. ``alpha`` may be traced; it is not validated here
+    (:func:`noise_informed` does that once).
+
+    Value and derivatives are free of NaN: the division is guarded by a double where, so that
+    the branch not taken at s = 0 divides by 1. For ``0 < s < sqrt(tiny)`` (a mean variance
+    below the smallest normal float of the dtype) the slope ``-alpha / s^2`` may overflow, and
+    inf times a zero cotangent is NaN; there the value stays exact and its derivatives are
+    reported as 0. A result beyond the float range saturates at the largest float, so that
+    ``alpha * sigma`` at sigma = 0 stays 0. The result has the dtype of ``alpha / s``: with a
+    Python float alpha, that of the variances.
+    """
+    _check_variant(variant)
+    _check_reference(reference)
+    if reference == "absolute" or variant == "II":
+        return alpha
+    s = rms_sigma(grad_var)
+    positive = s > 0
+    # from sqrt(tiny) up, 1 / s^2 <= 1 / tiny is finite and the slope can be taken
+    sloped = s >= jnp.sqrt(jnp.finfo(s.dtype).tiny)
+    exact = jax.lax.stop_gradient(alpha / jnp.where(positive, s, 1.0))
+    relative = jnp.where(sloped, alpha / jnp.where(sloped, s, 1.0), exact)
+    # a huge alpha over a tiny s saturates: an inf alpha would make alpha * 0 a NaN factor
+    relative = jnp.minimum(relative, jnp.finfo(s.dtype).max)
+    return jnp.where(positive, relative, alpha)
+
+
+def noise_informed(variant: str, alpha: float,
+                   reference: str = "absolute") -> optax.GradientTransformationExtraArgs:
     """Scale the mean gradient by the noise-informed factor of ``variant``.
 
     The transformation is stateless. Its update takes the batch mean gradient as ``updates``
@@ -140,15 +215,23 @@ def noise_informed(variant: str, alpha: float) -> optax.GradientTransformationEx
     ``optax.chain`` forwards ``grad_var`` to every member that takes extra arguments, and the
     optax optimizers ignore it.
 
+    With ``reference="rms"`` the factor of I and III takes ``alpha / s`` on each step, ``s``
+    the root-mean-square sigma over the whole ``grad_var`` pytree (:func:`step_alpha`, once
+    per step for every leaf): alpha is then relative to the step's typical noise and does not
+    drift as sigma falls during training. II reads alpha as given under either reference.
+
     Args:
       variant: "I", "II" or "III".
       alpha: the noise sensitivity; > 0, or >= 0 for variant III (alpha = 0 is the identity).
+      reference: one of :data:`REFERENCES`; "absolute" (the default) is alpha in inverse
+        gradient units, "rms" alpha relative to the step's root-mean-square sigma.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with ``optax.EmptyState``.
     """
     _check_variant(variant)
     _check_alpha(variant, alpha)
+    _check_reference(reference)
 
     def init_fn(params):
         del params
@@ -166,8 +249,10 @@ def noise_informed(variant: str, alpha: float) -> optax.GradientTransformationEx
                 "grad_var must have the same pytree structure as the gradient; got "
                 f"{jax.tree.structure(grad_var)} for {jax.tree.structure(updates)}"
             )
+        # one alpha for the whole pytree: the reference is the step's noise, not a leaf's
+        alpha_now = step_alpha(variant, alpha, reference, grad_var)
         scaled = jax.tree.map(
-            lambda mu, var: mu * scale_factor(variant, mu, var, alpha), updates, grad_var
+            lambda mu, var: mu * scale_factor(variant, mu, var, alpha_now), updates, grad_var
         )
         return scaled, state
 

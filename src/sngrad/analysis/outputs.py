@@ -36,6 +36,7 @@ from sngrad.analysis.tuning import (
     alpha_table,
     diverged_settings,
     lr_summary,
+    tuning_axes,
     tuning_settings,
 )
 from sngrad.names import paired_base, variant_of
@@ -97,6 +98,7 @@ def performance_tables(layout, datasets, runs, batch_sizes, hidden=()) -> dict[s
         if len(alpha)
         else pd.DataFrame(columns=ALPHA_SUMMARY_COLUMNS),
         "diverged_settings.csv": diverged_settings(settings),
+        "tuning_axes.csv": tuning_axes(best),
         "training_length.csv": training_length(metrics)
         if len(metrics)
         else pd.DataFrame(columns=TRAINING_LENGTH_COLUMNS),

@@ -371,7 +371,6 @@ def summary_table(
                             "momentum",
                             "alpha",
                             "alpha_scaled",
-                            "sigma_ref",
                             "val_accuracy",
                         )
                     },
@@ -388,7 +387,7 @@ def summary_table(
                 }
             )
     frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    for key in ("learning_rate", "momentum", "alpha", "alpha_scaled", "sigma_ref", "val_accuracy"):
+    for key in ("learning_rate", "momentum", "alpha", "alpha_scaled", "val_accuracy"):
         frame[key] = pd.to_numeric(frame[key], errors="coerce")
     return frame
 

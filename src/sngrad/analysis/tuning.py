@@ -1,9 +1,11 @@
-"""Tuning and sensitivity: the tuning settings scored, the best and worst, lr and alpha tables.
+"""Tuning and sensitivity: the tuning settings scored, the pick, the per-axis search, lr and
+alpha tables.
 
-Selection (never on the test split). A tuning setting is scored by its mean validation
-accuracy over the tuning seeds; settings with a diverged seed are excluded; ties go to the
-lower mean validation loss, then to the earlier setting. The same rule picks the best and
-worst alpha of the sensitivity table.
+The pick of a cell is the one the tune command made (``chosen`` in tuning.csv, by the tie rule
+of :mod:`sngrad.train.protocol`); it is read, never re-selected here. A setting's score is its
+mean validation accuracy over the tuning seeds (never the test split); settings with a
+diverged seed are excluded. The best and worst alpha of the sensitivity table are the highest
+and lowest score on the pick's alpha line (ties: lower validation loss, then grid order).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def tuning_settings(tuning: pd.DataFrame) -> pd.DataFrame:
                 "momentum",
                 "alpha",
                 "alpha_scaled",
+                "step",
                 "round",
                 "val_accuracy",
                 "val_loss",
@@ -50,7 +53,7 @@ def tuning_settings(tuning: pd.DataFrame) -> pd.DataFrame:
         chosen=as_flag(tuning["chosen"]) if "chosen" in tuning else False,
         order=np.arange(len(tuning)),
     )
-    for column in ("momentum", "alpha", "alpha_scaled", "round"):
+    for column in ("momentum", "alpha", "alpha_scaled", "step", "round"):
         if column not in frame:
             frame[column] = math.nan
     return (
@@ -60,6 +63,7 @@ def tuning_settings(tuning: pd.DataFrame) -> pd.DataFrame:
             momentum=("momentum", "first"),
             alpha=("alpha", "first"),
             alpha_scaled=("alpha_scaled", "first"),
+            step=("step", "first"),
             round=("round", "first"),
             val_accuracy=("val_accuracy", "mean"),
             val_loss=("val_loss", "mean"),
@@ -88,6 +92,12 @@ def select_best(settings: pd.DataFrame):
         ["val_accuracy", "_loss", "order"], ascending=[False, True, True], kind="stable"
     )
     return ranked.index[0]
+
+
+def chosen_setting(settings: pd.DataFrame):
+    """Label of the tune command's pick in one cell of :func:`tuning_settings`, or None."""
+    hit = settings.index[settings["chosen"].astype(bool)]
+    return hit[0] if len(hit) else None
 
 
 def select_worst(settings: pd.DataFrame):
@@ -153,7 +163,7 @@ def lr_summary(settings: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, cell in settings.groupby(CELL, sort=True):
         record = _best_record(best, *key)
-        index = select_best(cell)
+        index = chosen_setting(cell)
         chosen = cell.loc[index] if index is not None else None
         lrs = cell["learning_rate"].astype(float)
         ok = cell[~cell["diverged"].astype(bool)]["val_accuracy"].astype(float)
@@ -217,19 +227,22 @@ ALPHA_COLUMNS = [
 
 
 def alpha_table(settings: pd.DataFrame) -> pd.DataFrame:
-    """For each sngrad run with a tuned alpha: validation accuracy against scale-free alpha at
-    the chosen setting's learning rate, with the best and worst alpha by validation flagged.
+    """For each sngrad run with a tuned alpha: validation accuracy against scale-free alpha on
+    the pick's line (its first-axis value, eta or eta / alpha_scaled, and its momentum), with
+    the best and worst alpha by validation flagged. ``learning_rate`` is the pick's.
     """
     rows = []
     for key, cell in settings.groupby(CELL, sort=True):
         run = key[1]
         if variant_of(run) is None or fixed_alpha(run) is not None:
             continue
-        index = select_best(cell)
+        index = chosen_setting(cell)
         if index is None:
             continue
         lr = float(cell.loc[index, "learning_rate"])
-        line = cell[np.isclose(cell["learning_rate"].astype(float), lr)]
+        line = cell[_same(cell, index, "step" if _has(cell, index, "step") else "learning_rate")]
+        if _has(cell, index, "momentum"):
+            line = line[_same(line, index, "momentum")]
         line = line.sort_values("alpha_scaled")
         best_i, worst_i = select_best(line), select_worst(line)
         for i, r in line.iterrows():
@@ -249,6 +262,50 @@ def alpha_table(settings: pd.DataFrame) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows, columns=ALPHA_COLUMNS)
+
+
+def _has(cell: pd.DataFrame, index, column: str) -> bool:
+    return column in cell and np.isfinite(pd.to_numeric(cell.loc[index, column], errors="coerce"))
+
+
+def _same(cell: pd.DataFrame, index, column: str) -> pd.Series:
+    values = pd.to_numeric(cell[column], errors="coerce").astype(float)
+    return pd.Series(np.isclose(values, float(cell.loc[index, column])), index=cell.index)
+
+
+AXES_COLUMNS = [
+    *CELL,
+    "axis",
+    "n_tried",
+    "tried_low",
+    "tried_high",
+    "pick",
+    "status",
+    "resolution",
+    "trials",
+]
+
+
+def tuning_axes(best: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell and tuned axis, from best.json's ``axes``: the values tried (count and
+    range), the pick, its status (interior, edge, bound, none) and the final resolution (the
+    ratio between neighbouring values), with the cell's number of settings (``trials``)."""
+    rows = []
+    if best is None or best.empty or "axes" not in best:
+        return pd.DataFrame(columns=AXES_COLUMNS)
+    for _, record in best.sort_values(["dataset", "run", "batch_size"]).iterrows():
+        axes = record["axes"] if isinstance(record["axes"], dict) else {}
+        for axis, a in axes.items():
+            tried = [float(v) for v in a["tried"]]
+            rows.append({
+                "dataset": record["dataset"], "optimizer": record["run"],
+                "batch_size": int(record["batch_size"]), "axis": axis, "n_tried": len(tried),
+                "tried_low": min(tried), "tried_high": max(tried),
+                "pick": math.nan if a["pick"] is None else float(a["pick"]),
+                "status": a["status"], "resolution": float(a["resolution"]),
+                "trials": int(record["trials"]),
+            })
+    return pd.DataFrame(rows, columns=AXES_COLUMNS)
 
 
 ALPHA_SUMMARY_COLUMNS = [

@@ -1,7 +1,8 @@
 """The noise study's command: read the reference run and the tuned alphas, measure, write.
 
 ``python -m sngrad noise`` (the workflow's noise rule) checks its inputs (the reference run's
-checkpoints, the ``RUN=best.json`` pairs of the tuned sngrad runs, the batch sizes), runs
+checkpoints, the ``RUN=best.json`` pairs of the tuned sngrad runs, whose ``alpha`` and
+``alpha_reference`` say which alpha and how it is read, the batch sizes), runs
 :func:`sngrad.noise.measure.study_checkpoint` on every checkpoint and writes
 ``results/<profile>/noise/<dataset>.csv`` (columns :func:`sngrad.noise.measure.csv_columns`).
 """
@@ -29,9 +30,11 @@ from sngrad.noise.measure import (
     DEFAULT_BATCH_SIZES,
     DEFAULT_BATCHES,
     FULL_DRAWS_UP_TO,
+    TunedAlpha,
     csv_columns,
     study_checkpoint,
 )
+from sngrad.transforms import REFERENCES
 
 
 def load_reference(directory: str | Path) -> list[tuple[str, int, Params]]:
@@ -105,13 +108,16 @@ def _tuned_variant(run: str) -> str | None:
     return parts.variant if parts.fixed_alpha is None else None
 
 
-def parse_tuned(items: Sequence[str]) -> dict[str, float | None]:
-    """``RUN=best.json`` pairs -> ``{variant: raw alpha or None}``.
+def parse_tuned(items: Sequence[str]) -> dict[str, TunedAlpha]:
+    """``RUN=best.json`` pairs -> ``{variant: TunedAlpha(alpha, reference)}``.
 
     RUN must be a sngrad run of the registry (``<base>+sngrad1|2|3``); its ``best.json`` key
-    ``alpha`` is the raw alpha (null when every setting diverged).
+    ``alpha`` is the tuned alpha (null when every setting diverged) and ``alpha_reference``
+    how the run reads it (``sngrad.transforms.REFERENCES``: "absolute", raw units, or "rms",
+    relative to each step's RMS sigma). A best.json without ``alpha_reference`` (written before
+    the key existed) is read as "absolute"; with a null alpha the reference is not used.
     """
-    tuned: dict[str, float | None] = {}
+    tuned: dict[str, TunedAlpha] = {}
     for item in items:
         run, sep, path = item.partition("=")
         variant = _tuned_variant(run) if sep and path else None
@@ -123,16 +129,23 @@ def parse_tuned(items: Sequence[str]) -> dict[str, float | None]:
         if variant in tuned:
             raise SngradError(f"--tuned gives variant {variant} twice; allowed: once per variant")
         try:
-            alpha = json.loads(Path(path).read_text())["alpha"]
+            best = json.loads(Path(path).read_text())
+            alpha = best["alpha"]
+            reference = best.get("alpha_reference", "absolute")
         except FileNotFoundError:
             raise SngradError(f"--tuned {run}: {path} not found") from None
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise SngradError(f"--tuned {run}: {path} has no 'alpha' ({err})") from None
-        if alpha is not None:
+        if alpha is None:
+            reference = "absolute"  # nothing to read
+        else:
             alpha = float(alpha)
             if not math.isfinite(alpha) or alpha < 0 or (alpha == 0 and variant != "III"):
                 raise SngradError(f"--tuned {run}: alpha {alpha} in {path} is not allowed")
-        tuned[variant] = alpha
+            if reference not in REFERENCES:
+                raise SngradError(f"--tuned {run}: alpha_reference {reference!r} in {path}; "
+                                  f"allowed: {', '.join(REFERENCES)}")
+        tuned[variant] = TunedAlpha(alpha, reference)
     return tuned
 
 

@@ -46,7 +46,13 @@ training split, or on a ReLU that is dead for every example, has no gradient to 
   times loss cotangent of the layer's output) is non-zero for at most one example of the batch,
   counted exactly as ``(A != 0)^T (D != 0)``; ``single_share``: exactly one.
 * For each variant at its tuned alpha and at alpha = 1: the mean factor ``f`` and the share of
-  coordinates with ``f < 1``.
+  coordinates with ``f < 1``. A tuned alpha is read as its run reads it (:class:`TunedAlpha`,
+  ``alpha_reference`` in best.json): ``"absolute"`` as given; ``"rms"`` (tuned I and III) as
+  ``alpha / s_b`` on batch b, ``s_b = sqrt(sum_i v_i / P)`` the root-mean-square sigma over
+  *all* P coordinates of the batch's gradient (every layer's weights and biases, informative or
+  not, as the transform sees them; :func:`sngrad.transforms.step_alpha`). The alpha = 1
+  columns are the prototype's untuned alpha, always absolute. ``alpha_<v>_tuned`` is the alpha
+  of best.json as written (relative to s_b for an "rms" run).
 
 The batches (and signs) of a batch size depend only on the seed and B, so every checkpoint is
 measured on the same examples. Every per-batch scalar is averaged over the batches with its
@@ -63,8 +69,10 @@ Its command line (the workflow's noise rule) is :mod:`sngrad.noise.command`::
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -73,7 +81,7 @@ import numpy as np
 from sngrad.errors import SngradError
 from sngrad.models import Params, cross_entropy
 from sngrad.names import VARIANTS
-from sngrad.transforms import scale_factor
+from sngrad.transforms import scale_factor, step_alpha
 
 DEFAULT_BATCH_SIZES = tuple(2**k for k in range(3, 13))  # 8 ... 4096
 DEFAULT_BATCHES = 32
@@ -275,7 +283,8 @@ def coordinate_summary(mean, var, flip_mean, nonzero, informative, batch_size, f
         coordinate is non-zero.
       informative: (P,) bool, the coordinates taken into account.
       batch_size: B.
-      factors: ``((column_suffix, variant, alpha), ...)``.
+      factors: ``((column_suffix, variant, alpha), ...)``; ``alpha`` a number for every batch,
+        or (n_batches,) numbers, one per batch (:func:`batch_alphas`).
 
     Returns a dict of (n_batches,) float64 arrays named as in the CSV (module docstring).
     Medians and quartiles are taken here with numpy's selection algorithm: an XLA sort of the
@@ -315,7 +324,11 @@ def coordinate_summary(mean, var, flip_mean, nonzero, informative, batch_size, f
         "single_share": np.mean(nonzero == 1, axis=1),
     }
     for suffix, variant, alpha in factors:
-        f = np.asarray(scale_factor(variant, mean, var, alpha))
+        if np.ndim(alpha) == 0:
+            f = np.asarray(scale_factor(variant, mean, var, alpha))
+        else:  # scale_factor takes one alpha: map it over the batches, row by row
+            per_batch = jax.vmap(functools.partial(scale_factor, variant))
+            f = np.asarray(per_batch(mean, var, jnp.asarray(alpha)))
         out[f"factor_mean_{suffix}"] = f.mean(axis=1)
         out[f"shrink_share_{suffix}"] = np.mean(f < 1.0, axis=1)
     return out
@@ -440,11 +453,44 @@ def n_batches_for(batch_size: int, batches: int) -> int:
     return max(min(batches, MIN_BATCHES), batches * FULL_DRAWS_UP_TO // batch_size)
 
 
-def _factor_settings(tuned: Mapping[str, float | None]):
-    """Static ``((suffix, variant, alpha), ...)`` for the program; untuned variants left out."""
-    settings = [(f"{v}_alpha1", v, 1.0) for v in VARIANTS]
-    settings += [(f"{v}_tuned", v, float(tuned[v])) for v in VARIANTS if tuned.get(v) is not None]
+class TunedAlpha(NamedTuple):
+    """A variant's tuned alpha as its best.json gives it: ``alpha`` (None when every setting
+    diverged) and how the run reads it, ``reference`` (``sngrad.transforms.REFERENCES``)."""
+
+    alpha: float | None
+    reference: str = "absolute"
+
+
+def _tuned_alpha(value) -> TunedAlpha:
+    """A ``tuned`` entry: a :class:`TunedAlpha`, or a bare alpha (a number or None), which is
+    read as absolute."""
+    if isinstance(value, TunedAlpha):
+        return value
+    return TunedAlpha(None if value is None else float(value))
+
+
+def _factor_settings(tuned: Mapping[str, TunedAlpha | float | None]):
+    """``((suffix, variant, alpha, reference), ...)``; variants without a tuned alpha left out."""
+    settings = [(f"{v}_alpha1", v, 1.0, "absolute") for v in VARIANTS]
+    for v in VARIANTS:
+        alpha, reference = _tuned_alpha(tuned.get(v))
+        if alpha is not None:
+            settings.append((f"{v}_tuned", v, alpha, reference))
     return tuple(settings)
+
+
+def batch_alphas(variant: str, alpha: float, reference: str, var):
+    """The alpha the transform takes on each batch (:func:`sngrad.transforms.step_alpha`).
+
+    ``var`` is (n_batches, P): each row all P coordinates of one batch's gradient (every
+    layer's weights and biases). ``"absolute"`` gives ``alpha`` itself; ``"rms"`` an
+    (n_batches,) array, ``alpha / s_b`` with ``s_b`` the RMS sigma of row b (the one alpha of
+    II under either reference, broadcast).
+    """
+    if reference == "absolute":
+        return alpha
+    per_batch = jax.vmap(lambda v: step_alpha(variant, alpha, reference, v))
+    return np.asarray(per_batch(jnp.asarray(var, jnp.float32)), np.float64)
 
 
 def study_checkpoint(
@@ -454,12 +500,14 @@ def study_checkpoint(
     batch_sizes: Sequence[int],
     batches: int,
     seed: int,
-    tuned: Mapping[str, float | None],
+    tuned: Mapping[str, TunedAlpha | float | None],
 ) -> list[dict]:
     """Rows (without checkpoint/epoch) for every batch size and group at fixed ``params``.
 
-    The batches of a batch size depend only on (seed, B): every checkpoint sees the same
-    examples, so differences over training are not sampling differences.
+    ``tuned`` maps a variant to its :class:`TunedAlpha` (a bare number is an absolute alpha;
+    a variant left out or None has no tuned columns). The batches of a batch size depend only
+    on (seed, B): every checkpoint sees the same examples, so differences over training are
+    not sampling differences.
     """
     exact = exact_moments(params, x, y)
     sizes = [len(g) for g, _, _ in exact]
@@ -487,6 +535,10 @@ def study_checkpoint(
                 params, x_dev, y_dev, index[part], signs[part], full_mean
             )
             sq_error += np.asarray(sq, np.float64)
+            # the reference of an "rms" alpha is each batch's RMS sigma over all coordinates,
+            # not over a layer or the informative ones: what the transform divides by
+            resolved = tuple((suffix, variant, batch_alphas(variant, alpha, reference, var))
+                             for suffix, variant, alpha, reference in factors)
             mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
             flip, nonzero = np.asarray(flip), np.asarray(nonzero)
             for gi, cut in enumerate(slices):
@@ -497,7 +549,7 @@ def study_checkpoint(
                     nonzero[:, cut],
                     informative[cut],
                     batch,
-                    factors,
+                    resolved,
                 )
                 stats["mean_sq"] = np.sum(mean[:, cut] ** 2, axis=1)
                 stats["var_sum"] = np.sum(var[:, cut], axis=1)
@@ -526,7 +578,7 @@ def study_checkpoint(
                 else:  # a variant without a tuned alpha
                     row[key], row[f"{key}_se"] = math.nan, math.nan
             for v in VARIANTS:
-                alpha = tuned.get(v)
+                alpha = _tuned_alpha(tuned.get(v)).alpha
                 row[f"alpha_{v}_tuned"] = math.nan if alpha is None else float(alpha)
             rows.append(row)
     return rows

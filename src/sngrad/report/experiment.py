@@ -80,10 +80,13 @@ def datasets(layout: Layout, config: dict) -> list[dict]:
 
 
 def tuning_facts(layout: Layout, summary: pd.DataFrame) -> dict:
-    """Diverged tuning settings, cells without a valid setting, cells at a hard bound.
+    """Diverged tuning settings, cells without a valid setting, cells at a hard bound, and per
+    tuned axis the picks that are interior, at an edge of what was tried, or at a hard bound;
+    per run the settings tried and the final resolution of each axis.
 
     From the performance notebook's ``lr_sensitivity.csv`` (settings tried and diverged per
-    cell) and ``diverged_settings.csv`` (the diverged settings themselves, in grid order).
+    cell), ``diverged_settings.csv`` (the diverged settings themselves, in grid order) and
+    ``tuning_axes.csv`` (best.json's record of each tuned axis).
     """
     cells = read_csv(layout.analysis("lr_sensitivity.csv"))
     bad_settings = read_csv(layout.analysis("diverged_settings.csv"))
@@ -118,7 +121,10 @@ def tuning_facts(layout: Layout, summary: pd.DataFrame) -> dict:
         for r in chosen
         if truthy(r["all_diverged"])
     ]
+    axes = read_csv(layout.analysis("tuning_axes.csv"))
     return {
+        "axes": _axis_counts(axes),
+        "runs": _run_searches(axes),
         "diverged": diverged,
         "at_bound": at_bound,
         "no_valid": no_valid,
@@ -126,6 +132,39 @@ def tuning_facts(layout: Layout, summary: pd.DataFrame) -> dict:
         "settings": total,
         "n_diverged": sum(int(d["count"].split()[0]) for d in diverged),
     }
+
+
+AXIS_NAMES = {"learning_rate": "learning rate", "step": "step eta/alpha (I, II)",
+              "alpha": "scale-free alpha", "momentum": "1 - momentum"}
+
+
+def _axis_counts(axes: pd.DataFrame) -> list[dict]:
+    """Per tuned axis: cells, and how many picks are interior, at an edge, at a bound."""
+    rows = []
+    for axis, name in AXIS_NAMES.items():
+        part = axes[axes["axis"] == axis] if len(axes) else axes
+        if not len(part):
+            continue
+        status = part["status"].astype(str)
+        rows.append({"axis": name, "cells": len(part),
+                     **{s: int((status == s).sum()) for s in ("interior", "edge", "bound")}})
+    return rows
+
+
+def _run_searches(axes: pd.DataFrame) -> list[dict]:
+    """Per run: the settings tried per cell (range over cells) and each axis's resolution."""
+    rows = []
+    if not len(axes):
+        return rows
+    for run, part in axes.groupby("optimizer", sort=False):
+        trials = part.drop_duplicates(["dataset", "batch_size"])["trials"].astype(int)
+        spread = f"{trials.min()}" if trials.min() == trials.max() else (
+            f"{trials.min()}-{trials.max()}")
+        resolution = part.drop_duplicates("axis")
+        rows.append({"run": run, "trials": spread,
+                     "resolution": ", ".join(f"{AXIS_NAMES[r['axis']]} x{fmt(r['resolution'], 3)}"
+                                             for r in records(resolution))})
+    return rows
 
 
 def _setting_text(r: dict) -> str:
@@ -151,9 +190,15 @@ def protocol(config: dict) -> dict:
         "lr_range": f"[{fmt(tune.get('lr_min'))}, {fmt(tune.get('lr_max'))}]",
         "lr_per_decade": fmt(tune.get("lr_per_decade")),
         "lr_bounds": span(tune.get("lr_bounds")),
-        "second_points": fmt(tune.get("second_points")),
+        "axis_points": fmt(tune.get("axis_points")),
         "one_minus_momentum": span(tune.get("one_minus_momentum")),
+        "momentum_tuned": isinstance(tune.get("one_minus_momentum"), list | tuple),
+        "fixed_momentum": NA if isinstance(tune.get("one_minus_momentum"), list | tuple | None)
+        else fmt(1 - tune["one_minus_momentum"]),
+        "one_minus_momentum_bounds": span(tune.get("one_minus_momentum_bounds")),
         "alpha": {v: span(alpha.get(v)) for v in ("I", "II", "III")},
+        "alpha_bounds": {v: span((tune.get("alpha_bounds") or {}).get(v))
+                         for v in ("I", "II", "III")},
         "tune_seeds": ", ".join(str(s) for s in tune.get("seeds", [])) or NA,
         "n_tune_seeds": len(tune.get("seeds", [])),
         "final_seeds": ", ".join(str(s) for s in config_value(config, "train.seeds", [])) or NA,

@@ -36,7 +36,7 @@ from sngrad.report import (
     summary,
     theory,
 )
-from sngrad.report.format import NA, fixed, fmt, pct
+from sngrad.report.format import fixed, fmt, pct
 from sngrad.report.read import (
     concat,
 )
@@ -67,9 +67,6 @@ def collect(
         versions=provenance.package_versions(),
     )
     dataset_rows = experiment.datasets(layout, config)
-    for row in dataset_rows:  # one sigma_ref per dataset (the tuning records it in best.json)
-        values = summary_table[summary_table["dataset"] == row["name"]]["sigma_ref"].dropna()
-        row["sigma_ref"] = fmt(values.iloc[0]) if len(values) else NA
     elapsed = reproducibility.elapsed(layout, now)
     dirty = prov["dirty"]
     prov["dirty_text"] = (

@@ -132,7 +132,6 @@ def chosen_rows(summary: pd.DataFrame) -> list[dict]:
             "momentum": fmt(s["momentum"]),
             "alpha": fmt(s["alpha"]),
             "alpha_scaled": fmt(s["alpha_scaled"]),
-            "sigma_ref": fmt(s["sigma_ref"]),
             "val_accuracy": pct(s["val_accuracy"]),
             "flags": ", ".join(
                 f

@@ -5,7 +5,11 @@ is written atomically after training, so an interrupted job leaves no half-writt
 it leaves a checkpoint in ``<out-dir>/.checkpoint-<command>/`` that the same command resumes.
 
 ``tune`` (protocol: :mod:`sngrad.train.protocol`)
-    tuning.csv (one row per setting and tuning seed), best.json, tuning_provenance.json.
+    tuning.csv (one row per setting and tuning seed; ``step`` is eta / alpha_scaled where that
+    is the run's first axis, ``tied`` marks the settings within the tie margin of the best
+    among those the final choice was made from, ``refine`` the refinement round), best.json
+    (the pick in raw units; per tuned axis under ``axes``: the values tried, the pick, its
+    status ``interior``/``bound`` and the final resolution), tuning_provenance.json.
 ``train``
     The chosen setting on every final seed: metrics.csv (per seed and epoch), diagnostics.csv
     (per seed, epoch and layer), budget.csv (per seed: loss and accuracy after the budget
@@ -54,12 +58,14 @@ from sngrad.train.protocol import Trial
 TUNING_COLUMNS = (
     "setting", "learning_rate", "momentum", "alpha", "seed",
     "val_accuracy", "val_loss", "train_loss", "diverged", "chosen", "alpha_scaled", "round",
+    "step", "tied", "refine",
 )
 BEST_KEYS = (
     "optimizer", "run", "batch_size", "learning_rate", "momentum", "alpha", "alpha_scaled",
-    "sigma_ref", "val_accuracy", "val_loss", "all_diverged", "at_bound", "trials",
-    "setting", "rounds",
+    "alpha_reference", "step", "val_accuracy", "val_loss", "all_diverged", "at_bound",
+    "trials", "setting", "rounds", "tie_margin", "tied", "axes",
 )
+EDGE = "edge"  # an axis's pick at an end of what was tried with no bound there (never by tune)
 METRICS_COLUMNS = (
     "dataset", "optimizer", "batch_size", "seed", "epoch", "learning_rate", "momentum", "alpha",
     "train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy", "wall_time",
@@ -161,10 +167,11 @@ def _train_round(splits, run: RunName, batch_size, spec, trials, seeds, ckpt_dir
     fp = _fingerprint("tune", data_sha, run.name, batch_size, spec, configs)
     result = run_sweep(splits, run.optimizer, batch_size, spec, configs, TUNE_MODE,
                        checkpoint_dir=ckpt_dir / "sweep", fingerprint=fp,
+                       alpha_reference=run.alpha_reference,
                        progress=f"tune {run.name} bs{batch_size} round {trials[0].round}")
     shape = (len(trials), len(seeds))
     return {
-        "trials": [t.__dict__ for t in trials],
+        "trials": [t.to_json() for t in trials],
         "val_accuracy": result.final["val_accuracy"].reshape(shape).tolist(),
         "val_loss": result.final["val_loss"].reshape(shape).tolist(),
         "train_loss": result.records["train_loss"][-1].reshape(shape).tolist(),
@@ -175,8 +182,9 @@ def _train_round(splits, run: RunName, batch_size, spec, trials, seeds, ckpt_dir
 
 
 def tune(data_path, run_name: str, batch_size: int, spec: TrainSpec, out_dir, argv=()) -> dict:
-    """Search the setting of one (dataset, run, batch size); write tuning.csv, best.json and
-    tuning_provenance.json into ``out_dir``; return best.json's content."""
+    """Search the setting of one (dataset, run, batch size) by the protocol of
+    :mod:`sngrad.train.protocol`; write tuning.csv, best.json and tuning_provenance.json into
+    ``out_dir``; return best.json's content."""
     started = time.perf_counter()
     ledger.watch_compilation()
     run = parse_run(run_name)
@@ -184,23 +192,21 @@ def tune(data_path, run_name: str, batch_size: int, spec: TrainSpec, out_dir, ar
     splits = _load(data_path, batch_size)
     data_sha = sha256_file(data_path)
     seeds = list(spec.tune.seeds)
-    sigma_ref = protocol.sigma_ref(splits, model_sizes(spec, splits), spec.init_seed)
     ckpt_dir = ckpt.checkpoint_dir(out_dir, "tune")
-    fp = _fingerprint("tune-rounds", data_sha, run.name, batch_size, spec, [],
-                      sigma_ref=sigma_ref)
+    fp = _fingerprint("tune-rounds", data_sha, run.name, batch_size, spec, [])
 
     rounds = _load_rounds(ckpt_dir, fp)
     resumed_rounds = len(rounds)
     trials = [Trial(**t) for r in rounds for t in r["trials"]]
-    if not trials:
-        pending = protocol.initial_trials(run, spec.tune, batch_size, sigma_ref)
-    at_bound = False
+    pending = protocol.initial_trials(run, spec.tune, batch_size)
     while True:
         if rounds:
-            chosen = protocol.select_setting(*_stacked(rounds, ("val_accuracy", "val_loss",
-                                                                "diverged")))
-            pending, at_bound = protocol.extension(run, spec.tune, batch_size, sigma_ref,
-                                                   trials, chosen)
+            if any(t.refine for t in trials):
+                break
+            pick, _ = _select(rounds, trials, grid_only=True)
+            pending, _ = protocol.extension(run, spec.tune, batch_size, trials, pick)
+            if not pending and pick is not None:
+                pending = protocol.refinement(run, spec.tune, batch_size, trials, pick)
             if not pending:
                 break
         rounds.append(_train_round(splits, run, batch_size, spec, pending, seeds, ckpt_dir,
@@ -209,6 +215,8 @@ def tune(data_path, run_name: str, batch_size: int, spec: TrainSpec, out_dir, ar
         _save_rounds(ckpt_dir, fp, rounds)
         ckpt.remove(ckpt_dir / "sweep")  # only after the round is saved: kill-safe
 
+    best = _best(run, batch_size, spec, rounds, trials)
+    chosen, tied = best["setting"], set(best.pop("tied_settings"))
     acc, loss, diverged, train_loss = _stacked(
         rounds, ("val_accuracy", "val_loss", "diverged", "train_loss"))
     rows = [
@@ -216,21 +224,11 @@ def tune(data_path, run_name: str, batch_size: int, spec: TrainSpec, out_dir, ar
          "alpha": t.alpha, "seed": seed, "val_accuracy": _f(acc[i, j]),
          "val_loss": _f(loss[i, j]), "train_loss": _f(train_loss[i, j]),
          "diverged": bool(diverged[i, j]), "chosen": i == chosen,
-         "alpha_scaled": t.alpha_scaled, "round": t.round}
+         "alpha_scaled": t.alpha_scaled, "round": t.round, "step": t.step, "tied": i in tied,
+         "refine": t.refine}
         for i, t in enumerate(trials)
         for j, seed in enumerate(seeds)
     ]
-    best = {"optimizer": run.optimizer, "run": run.name, "batch_size": batch_size,
-            "sigma_ref": sigma_ref, "all_diverged": chosen is None, "at_bound": at_bound,
-            "trials": len(trials), "rounds": len(rounds)}
-    if chosen is None:
-        best.update(setting=None, learning_rate=None, momentum=None, alpha=None,
-                    alpha_scaled=None, val_accuracy=None, val_loss=None)
-    else:
-        t = trials[chosen]
-        best.update(setting=chosen, learning_rate=t.learning_rate, momentum=t.momentum,
-                    alpha=t.alpha, alpha_scaled=t.alpha_scaled,
-                    val_accuracy=_f(acc[chosen].mean()), val_loss=_f(loss[chosen].mean()))
     write_csv(out_dir / "tuning.csv", TUNING_COLUMNS, rows)
     write_json(out_dir / "best.json", {k: best[k] for k in BEST_KEYS})
     write_json(out_dir / "tuning_provenance.json", provenance(
@@ -240,10 +238,69 @@ def tune(data_path, run_name: str, batch_size: int, spec: TrainSpec, out_dir, ar
         train_s=sum(r["train_s"] for r in rounds),
         resumed_rounds=resumed_rounds,
         resumed_from_epoch=max((r["resumed_from_epoch"] for r in rounds), default=0),
-        selection="final-epoch validation accuracy (mean over tune seeds), ties: lower loss",
+        selection=("final-epoch validation accuracy (mean over tune seeds); settings within one "
+                   "standard error of the best are tied, the pick is the tied setting nearest "
+                   "the tied set's mean grid position (sngrad.train.protocol)"),
     ))
     ckpt.remove(ckpt_dir)
     return {k: best[k] for k in BEST_KEYS}
+
+
+def _select(rounds: list[dict], trials: list[Trial], grid_only: bool = False, among=None):
+    """protocol.select over the trained trials (the grid ones only with ``grid_only``)."""
+    scores = _stacked(rounds, ("val_accuracy", "val_loss", "diverged"))
+    if grid_only:
+        among = [i for i, t in enumerate(trials) if not t.refine]
+    return protocol.select(*scores, [t.position for t in trials], among)
+
+
+def _best(run: RunName, batch_size: int, spec: TrainSpec, rounds: list[dict],
+          trials: list[Trial]) -> dict:
+    """best.json's content (and ``tied_settings``): the grid pick, then the refinement's choice
+    among it and its half-step neighbours; the status of every tuned axis."""
+    tune = spec.tune
+    grid_pick, tied = _select(rounds, trials, grid_only=True)
+    pick = grid_pick
+    refined = [i for i, t in enumerate(trials) if t.refine]
+    if grid_pick is not None and refined:
+        pick, tied = _select(rounds, trials, among=[grid_pick, *refined])
+    axes = protocol.tuned_axes(run, tune)
+    grid = [t for t in trials if not t.refine]
+    if grid_pick is None:
+        status = {a: protocol.NO_PICK for a in axes}
+        status[axes[0]] = protocol.BOUND
+    else:
+        status = {a: s if s in (protocol.INTERIOR, protocol.BOUND) else EDGE
+                  for a, s in protocol.axis_status(run, tune, grid, trials[grid_pick]).items()}
+    scores = _stacked(rounds, ("val_accuracy", "val_loss", "diverged"))
+    acc, loss, valid = protocol.valid_settings(*scores)
+    margin = protocol.tie_margin(scores[0], valid)
+    best = {"optimizer": run.optimizer, "run": run.name, "batch_size": batch_size,
+            "alpha_reference": run.alpha_reference, "all_diverged": pick is None,
+            "at_bound": protocol.BOUND in status.values(), "trials": len(trials),
+            "rounds": len(rounds), "tie_margin": margin, "tied": len(tied),
+            "tied_settings": tied, "setting": pick,
+            "axes": {a: {"tried": sorted({_axis_value(t, a) for t in trials}),
+                         "pick": None if pick is None else _axis_value(trials[pick], a),
+                         "status": status[a],
+                         "resolution": protocol.resolution(a, run, tune)}
+                     for a in axes}}
+    if pick is None:
+        best.update(learning_rate=None, momentum=None, alpha=None, alpha_scaled=None,
+                    step=None, val_accuracy=None, val_loss=None)
+    else:
+        t = trials[pick]
+        best.update(learning_rate=t.learning_rate, momentum=t.momentum, alpha=t.alpha,
+                    alpha_scaled=t.alpha_scaled, step=t.step,
+                    val_accuracy=_f(acc[pick]), val_loss=_f(loss[pick]))
+    return best
+
+
+def _axis_value(trial: Trial, axis: str) -> float:
+    """A trial's value on a tuned axis: eta, eta / alpha_scaled, alpha_scaled or 1 - m."""
+    return {"learning_rate": trial.learning_rate, "step": trial.step,
+            "alpha": trial.alpha_scaled,
+            "momentum": None if trial.momentum is None else 1.0 - trial.momentum}[axis]
 
 
 def _stacked(rounds: list[dict], names) -> list[np.ndarray]:
@@ -310,6 +367,7 @@ def train(data_path, run_name: str, batch_size: int, spec: TrainSpec, hparams_pa
         fp = _fingerprint("train", data_sha, run.name, batch_size, spec, configs)
         result = run_sweep(splits, run.optimizer, batch_size, spec, configs, TRAIN_MODE,
                            checkpoint_dir=ckpt_dir, fingerprint=fp,
+                           alpha_reference=run.alpha_reference,
                            progress=f"train {run.name} bs{batch_size}",
                            budget_step=budget.step)
         rec, at_budget = result.records, result.budget

@@ -5,7 +5,8 @@ for the layer's weight matrix W only (biases left out), and averaged over an epo
 the engine (:data:`STEP_COLUMNS`):
 
 - ``factor_mean``: the mean over the weights of the factor f by which the run's optimizer
-  scales the batch mean gradient mu (a sngrad variant at the run's raw alpha, or svag's
+  scales the batch mean gradient mu (a sngrad variant at the alpha its update takes on the
+  step, ``transforms.step_alpha`` over all the parameters, or svag's
   mu^2 / (mu^2 + sigma^2 / B)); ``shrink_share``: the share of weights with f < 1. Together
   they say whether a variant was active at all and how strongly.
 - ``lambda_median``: the median over the weights of a control variate's coefficient lambda
@@ -24,7 +25,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from sngrad.optimizers import svag_factor
-from sngrad.transforms import corrected_variance, scale_factor
+from sngrad.transforms import corrected_variance, scale_factor, step_alpha
 
 STEP_COLUMNS = ("factor_mean", "shrink_share", "lambda_median", "variance_ratio")
 
@@ -37,12 +38,18 @@ def _weights(tree) -> list:
     return [w for w, _ in tree]
 
 
-def shrink_record(spec, mean, var, alpha, batch_size: int) -> dict[str, jnp.ndarray]:
+def shrink_record(spec, mean, var, alpha, batch_size: int, *,
+                  alpha_reference: str = "absolute") -> dict[str, jnp.ndarray]:
     """``factor_mean`` and ``shrink_share`` (L,) of a shrinking optimizer on this step.
 
-    ``spec`` is the parsed optimizer name; ``alpha`` (raw) is used by sngrad variants,
-    ``batch_size`` by svag.
+    ``spec`` is the parsed optimizer name; ``alpha`` and ``alpha_reference`` are used by
+    sngrad variants, ``batch_size`` by svag. The factor takes the alpha the update takes,
+    ``step_alpha`` over the whole variance pytree (weights and biases, as the transform sees
+    it), though only the weights are recorded.
     """
+    if spec.variant is not None:
+        alpha = step_alpha(spec.variant, alpha, alpha_reference, var)
+
     def factor(m, v):
         if spec.variant is not None:
             return scale_factor(spec.variant, m, v, alpha)

@@ -11,6 +11,8 @@ K runs side by side
     The per-run inputs (initial parameters, shuffle key, learning rate, momentum, alpha) are
     arrays with a leading axis K and every program is ``jit(vmap(...))``: a grid of settings
     times the tuning seeds, or the final seeds, train as one program that is compiled once.
+    How alpha is read (``alpha_reference``, absolute or relative to each step's RMS sigma) is
+    the same for the K runs and part of the compiled program.
 
 Seeds
     Final seed s gives ``init_key, shuffle_key = split(PRNGKey(s))`` for every optimizer, so
@@ -219,8 +221,9 @@ class Programs:
     """
 
     def __init__(self, optimizer, backend, batch_size, n_train, sizes, schedule, epochs,
-                 diagnostics_on, diagnostics_every=1, budget=False):
+                 diagnostics_on, diagnostics_every=1, budget=False, alpha_reference="absolute"):
         self.optimizer, self.sizes = optimizer, list(sizes)
+        self.alpha_reference = alpha_reference
         self.batch_size, self.n_train = batch_size, n_train
         self.steps = n_train // batch_size
         self.snapshots = needs_snapshot(optimizer)
@@ -232,7 +235,7 @@ class Programs:
         self.budget = budget
         self.step = make_step(optimizer, backend=backend, batch_size=batch_size,
                               schedule=schedule, total_steps=self.steps * epochs,
-                              diagnostics_on=diagnostics_on)
+                              diagnostics_on=diagnostics_on, alpha_reference=alpha_reference)
         if self.step.kind == "svrg" and self.diagnostics_every > 1:
             self.diagnostics_every = max(self.diagnostics_every, SVRG_DIAGNOSTICS_EVERY)
         self.init = jax.jit(jax.vmap(self._init_one))  # from K stacked initial parameters
@@ -322,9 +325,11 @@ class Programs:
 
 @functools.lru_cache(maxsize=16)
 def programs(optimizer, backend, batch_size, n_train, sizes: tuple, schedule, epochs,
-             diagnostics_on, diagnostics_every=1, budget=False) -> Programs:
+             diagnostics_on, diagnostics_every=1, budget=False,
+             alpha_reference="absolute") -> Programs:
+    # every argument is part of the cache key: "rms" and "absolute" compile different steps
     return Programs(optimizer, backend, batch_size, n_train, sizes, schedule, epochs,
-                    diagnostics_on, diagnostics_every, budget)
+                    diagnostics_on, diagnostics_every, budget, alpha_reference)
 
 
 # ============================================================================ the sweep loop
@@ -372,8 +377,14 @@ def run_sweep(
     progress: str = "",
     on_epoch: Callable[[int, dict], None] | None = None,
     budget_step: int | None = None,
+    alpha_reference: str = "absolute",
 ) -> SweepResult:
     """Train the K ``configs`` side by side for ``spec.epochs`` epochs.
+
+    ``alpha_reference`` is how a +sngrad optimizer reads the configs' alpha
+    (:func:`sngrad.optimizers.build_optimizer`): ``"absolute"`` (the default; raw units) or
+    ``"rms"`` (I and III relative to each step's RMS sigma, what a tuned run of the study
+    uses, :attr:`sngrad.names.RunName.alpha_reference`); the diagnostics follow it.
 
     With ``checkpoint_dir`` and ``spec.checkpoint_every > 0``, the state is saved every
     ``checkpoint_every`` epochs (not after the last, when the caller writes results instead)
@@ -399,7 +410,8 @@ def run_sweep(
                           f"[0, {total_steps}] (the run's steps)")
     progs = programs(optimizer, spec.backend, batch_size, len(splits.y_train),
                      model_sizes(spec, splits), spec.schedule, epochs, mode.diagnostics,
-                     mode.diagnostics_every if mode.diagnostics else 1, budget)
+                     mode.diagnostics_every if mode.diagnostics else 1, budget,
+                     alpha_reference)
     k_star = jnp.int32(budget_step if budget else -1)
     data = device_data(splits, mode, spec.diverge_loss)
     hp = hparam_arrays(optimizer, configs)

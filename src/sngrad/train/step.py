@@ -4,13 +4,15 @@ benchmark times.
 ``step(params, opt_state, batch, hparams, snapshot=None) -> (params, opt_state, record)``
 
 - ``batch = (x, y)``; ``hparams`` maps ``learning_rate`` and, where the optimizer takes them,
-  ``momentum`` and ``alpha`` (raw) to scalars, which may be traced (a vmapped sweep);
+  ``momentum`` and ``alpha`` to scalars, which may be traced (a vmapped sweep); the step's
+  ``alpha_reference`` says whether alpha is raw ("absolute") or relative to each step's RMS
+  sigma ("rms", variants I and III, :func:`sngrad.transforms.step_alpha`);
 - ``snapshot = (snap_params, anchor)`` for control-variate optimizers (``+cv``, ``+svrg``):
   the parameters at the last snapshot and the full-data mean gradient there;
 - ``record`` holds the batch's mean ``loss`` and, when built with ``diagnostics=True``, the
   per-layer (weights only) arrays of :data:`sngrad.train.diagnostics.STEP_COLUMNS`: the mean factor
-  f and the share of coordinates with f < 1 of a shrinking optimizer (sngrad variants at their
-  alpha, svag), and the control variate's variance ratio; NaN where they do not apply.
+  f and the share of coordinates with f < 1 of a shrinking optimizer (sngrad variants at the
+  step's alpha, svag), and the control variate's variance ratio; NaN where they do not apply.
 
 What a step computes, by optimizer (``stats`` cores, no input checks, jit-friendly):
 plain optimizers only the loss and its gradient (``loss_and_grad_core``); +sngrad and svag
@@ -61,14 +63,17 @@ def learning_rate_schedule(learning_rate, schedule: str, total_steps: int):
 
 
 def make_optimizer(optimizer: str, hparams: dict, *, batch_size: int, schedule: str,
-                   total_steps: int) -> optax.GradientTransformationExtraArgs:
-    """The registry optimizer with the (possibly traced) hyper-parameters of ``hparams``."""
+                   total_steps: int,
+                   alpha_reference: str = "absolute") -> optax.GradientTransformationExtraArgs:
+    """The registry optimizer with the (possibly traced) hyper-parameters of ``hparams``;
+    ``alpha_reference`` as in :func:`sngrad.optimizers.build_optimizer`."""
     return build_optimizer(
         optimizer,
         learning_rate_schedule(hparams["learning_rate"], schedule, total_steps),
         momentum=hparams.get("momentum") if has_momentum(optimizer) else None,
         alpha=hparams.get("alpha") if parse_optimizer(optimizer).variant else None,
         batch_size=batch_size if parse_optimizer(optimizer).base == "svag" else None,
+        alpha_reference=alpha_reference,
     )
 
 
@@ -101,9 +106,13 @@ def _mean_core(backend: str):
 
 
 def make_step(optimizer: str, *, backend: str, batch_size: int, schedule: str,
-              total_steps: int, diagnostics_on: bool = True):
+              total_steps: int, diagnostics_on: bool = True, alpha_reference: str = "absolute"):
     """Build the step of the module docstring for one optimizer (not jitted: callers jit,
     vmap or scan it).
+
+    ``alpha_reference`` is how a +sngrad optimizer reads ``hparams["alpha"]``
+    (:func:`sngrad.optimizers.build_optimizer`; "absolute", the default, for every other);
+    the diagnostics' factor takes the same per-step alpha as the update.
 
     The step takes an optional last argument ``diagnose``, a boolean scalar that must not be
     batched (the engine passes ``step_index % k == 0``): where it is False the diagnostics
@@ -122,7 +131,7 @@ def make_step(optimizer: str, *, backend: str, batch_size: int, schedule: str,
 
     def opt_of(hparams):
         return make_optimizer(optimizer, hparams, batch_size=batch_size, schedule=schedule,
-                              total_steps=total_steps)
+                              total_steps=total_steps, alpha_reference=alpha_reference)
 
     def diagnosed(compute, layers, diagnose):
         """``compute()`` where ``diagnose`` (unbatched) holds, else the NaN record."""
@@ -147,7 +156,8 @@ def make_step(optimizer: str, *, backend: str, batch_size: int, schedule: str,
             updates, opt_state = opt.update(grad, opt_state, params, grad_var=var)
             if diagnostics_on:
                 record = diagnosed(lambda: diagnostics.shrink_record(
-                    spec, grad, var, hparams.get("alpha"), batch_size), layers, diagnose)
+                    spec, grad, var, hparams.get("alpha"), batch_size,
+                    alpha_reference=alpha_reference), layers, diagnose)
         elif kind == "svrg":
             # SVRG's update needs the two batch means and the anchor only; the moments are
             # computed for the diagnostics, on the steps that record them.
