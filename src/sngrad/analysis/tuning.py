@@ -145,6 +145,7 @@ LR_COLUMNS = [
     "lr_low",
     "lr_high",
     "chosen_learning_rate",
+    "axis",
     "chosen_position",
     "extension_rounds",
     "at_bound",
@@ -155,8 +156,9 @@ LR_COLUMNS = [
 
 
 def lr_summary(settings: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: how many settings were tried and diverged, the learning-rate range tried,
-    where the chosen rate lies in it (low end, interior, high end), extension rounds,
+    """Per cell: how many settings were tried and diverged, the range tried of the step-size
+    axis (``axis``: ``learning_rate``, or ``step`` = eta / alpha_scaled for I and II with a
+    tuned alpha), where the pick lies in it (low end, interior, high end), extension rounds,
     ``at_bound`` and ``all_diverged`` from ``best.json``, and the share of valid settings whose
     validation accuracy is within one point of the best (a flat optimum has a high share).
     """
@@ -165,14 +167,16 @@ def lr_summary(settings: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
         record = _best_record(best, *key)
         index = chosen_setting(cell)
         chosen = cell.loc[index] if index is not None else None
-        lrs = cell["learning_rate"].astype(float)
+        # the run's step-size axis: eta / alpha_scaled where that is what it tunes (I, II)
+        first = "step" if _has(cell, cell.index[0], "step") else "learning_rate"
+        lrs = cell[first].astype(float)
         ok = cell[~cell["diverged"].astype(bool)]["val_accuracy"].astype(float)
         top = ok.max() if len(ok) else math.nan
         if chosen is None:
             position = "none"
-        elif np.isclose(chosen["learning_rate"], lrs.min()):
+        elif np.isclose(chosen[first], lrs.min()):
             position = "low end"
-        elif np.isclose(chosen["learning_rate"], lrs.max()):
+        elif np.isclose(chosen[first], lrs.max()):
             position = "high end"
         else:
             position = "interior"
@@ -184,9 +188,10 @@ def lr_summary(settings: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
                 "diverged_settings": int(cell["diverged"].astype(bool).sum()),
                 "lr_low": float(lrs.min()),
                 "lr_high": float(lrs.max()),
-                "chosen_learning_rate": float(chosen["learning_rate"])
+                "chosen_learning_rate": float(chosen[first])
                 if chosen is not None
                 else math.nan,
+                "axis": first,
                 "chosen_position": position,
                 "extension_rounds": int(rounds.max()) if rounds.notna().any() else 0,
                 "at_bound": bool(record.get("at_bound", False)),

@@ -160,10 +160,11 @@ def _run_searches(axes: pd.DataFrame) -> list[dict]:
         trials = part.drop_duplicates(["dataset", "batch_size"])["trials"].astype(int)
         spread = f"{trials.min()}" if trials.min() == trials.max() else (
             f"{trials.min()}-{trials.max()}")
-        resolution = part.drop_duplicates("axis")
+        resolution = part.drop_duplicates("axis").set_index("axis")["resolution"]
         rows.append({"run": run, "trials": spread,
-                     "resolution": ", ".join(f"{AXIS_NAMES[r['axis']]} x{fmt(r['resolution'], 3)}"
-                                             for r in records(resolution))})
+                     "resolution": ", ".join(f"{name} x{fmt(resolution[axis], 3)}"
+                                             for axis, name in AXIS_NAMES.items()
+                                             if axis in resolution.index)})
     return rows
 
 

@@ -225,7 +225,8 @@ def lr_rows(layout: Layout) -> list[dict]:
             "batch_size": int(r["batch_size"]),
             "settings": fmt(r["settings"], 6),
             "diverged": fmt(r["diverged_settings"], 6),
-            "range": f"[{fmt(r['lr_low'])}, {fmt(r['lr_high'])}]",
+            "range": f"[{fmt(r['lr_low'])}, {fmt(r['lr_high'])}]"
+            + (" (step $\\eta/\\alpha$)" if r.get("axis") == "step" else ""),
             "chosen": fmt(r["chosen_learning_rate"]),
             "position": r["chosen_position"],
             "rounds": fmt(r["extension_rounds"], 6),
