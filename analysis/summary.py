@@ -15,10 +15,13 @@
 #
 # For every run and batch size: the setting the tuning chose on the validation split and the
 # final test accuracy over the final seeds (`summary.csv`). Then every run against its base
-# optimizer, paired by seed, at equal epochs and at equal counted compute, with a paired t
-# interval, an exact sign-flip p-value and Holm's correction within each family
-# (`paired.csv`). The statistics are `sngrad.analysis` functions (their docstrings state the
-# rules, including how diverged seeds are handled); this notebook only loads, calls and writes.
+# optimizer, paired by seed, by test accuracy and final training loss, at equal epochs and
+# (accuracy) at equal counted compute: an exact sign-flip p-value, Holm's correction within
+# each family, an interval at the level Holm tested the row, the family's smallest detectable
+# difference, and no-op runs set apart (`paired.csv`); per run with a constant-rate arm, the
+# theory's prediction tested (`schedules.csv`). The statistics are `sngrad.analysis` functions
+# (their docstrings state the rules, including how diverged seeds are handled); this notebook
+# only loads, calls and writes.
 
 # %%
 import json
@@ -39,7 +42,8 @@ config_json = "{}"
 layout = Layout(profile, results_root)
 config = json.loads(config_json)
 (dataset,) = datasets
-summary, paired, winners = outputs.dataset_tables(layout, dataset, runs, batch_sizes, config)
+summary, paired, winners, schedules = outputs.dataset_tables(layout, dataset, runs,
+                                                               batch_sizes, config)
 
 # %% [markdown]
 # ## Chosen settings and final test accuracy
@@ -51,12 +55,15 @@ print(summary.to_string())
 # ## Each run against its base, paired by seed
 
 # %%
-shown = ["family", "batch_size", "run", "base", "n_pairs", "diff_mean", "ci_low", "ci_high",
-         "p_signflip", "p_holm", "verdict"]  # fmt: skip
+shown = ["family", "outcome", "batch_size", "run", "base", "no_op", "n_pairs", "diff_mean",
+         "ci_low", "ci_high", "ci_level", "p_signflip", "p_holm", "detectable",
+         "verdict"]  # fmt: skip
 print(paired[shown].to_string())
 
 # %%
-summary_path, paired_path, winners_path = notebook_tables(layout, "summary", dataset)
+summary_path, paired_path, winners_path, schedules_path = notebook_tables(layout, "summary",
+                                                                        dataset)
 write_frame(summary_path, summary)
 write_frame(paired_path, paired)
 write_frame(winners_path, winners)
+write_frame(schedules_path, schedules)

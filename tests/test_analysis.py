@@ -97,19 +97,23 @@ def test_paired_table_against_scipy_with_a_diverged_seed(tmp_path):
     for run, rows in metrics.groupby("optimizer"):
         write_frame(layout.run_file("metrics.csv", "mnist", run, 128), rows)
     config = {"train": {"epochs": EPOCHS}, "model": {"hidden": [16]}}
-    summary, table, best = outputs.dataset_tables(layout, "mnist", runs, [128], config)
+    summary, table, best, _ = outputs.dataset_tables(layout, "mnist", runs, [128], config)
     assert summary.set_index("run").loc["sgd+sngrad1", "n_diverged"] == 1
     pd.testing.assert_frame_equal(best, paired.winners(summary))
+    table = table[table["outcome"] == "test_accuracy"]
     row = table[(table["run"] == "sgd+sngrad1") & (table["family"] == "equal_epochs")].iloc[0]
     keep = np.array([s != 4 for s in SEEDS])
     res = stats.ttest_rel(NOISY[keep], BASE[keep])
-    ci = res.confidence_interval(0.95)
     assert row["n_seeds"] == 10 and row["n_pairs"] == 9
     assert row["n_diverged_run"] == 1 and row["n_diverged_base"] == 0
     assert row["diff_mean"] == pytest.approx(np.mean(NOISY[keep] - BASE[keep]))
-    assert row["ci_low"] == pytest.approx(ci.low)
-    assert row["ci_high"] == pytest.approx(ci.high)
     assert row["p_t"] == pytest.approx(res.pvalue)
+    # the interval inverts the sign-flip test at the level Holm tested the row
+    family = table[table["family"] == "equal_epochs"]
+    level = paired.holm_levels(family["p_signflip"])[list(family["run"]).index("sgd+sngrad1")]
+    low, high = paired.sign_flip_interval(NOISY[keep] - BASE[keep], level)
+    assert (row["ci_low"], row["ci_high"], row["ci_level"]) == pytest.approx(
+        (low, high, 1 - level))
     assert row["p_signflip"] == pytest.approx(paired.sign_flip_p(NOISY[keep] - BASE[keep]))
     assert "diverged" in row["note"]
 
@@ -201,12 +205,12 @@ def test_equal_compute_through_the_files_never_reads_a_timing(tmp_path):
                                    "sgd+sngrad2": WORSE - 0.01}).groupby("optimizer"):
         write_frame(layout.run_file("budget.csv", "mnist", run, 128), rows)
     config = {"train": {"epochs": EPOCHS}, "model": {"hidden": [16]}}
-    _, without, _ = outputs.dataset_tables(layout, "mnist", runs, [128], config)
+    _, without, _, _ = outputs.dataset_tables(layout, "mnist", runs, [128], config)
     write_frame(layout.benchmark(), pd.DataFrame([
         {"network": "784-16-10", "batch_size": 128, "method": run, "median_ms": math.nan,
          "spread": math.nan, "sgd_ms": math.nan, "ratio": math.nan,
          "flag": "reference off by more than the spread"} for run in runs]))
-    _, flagged, _ = outputs.dataset_tables(layout, "mnist", runs, [128], config)
+    _, flagged, _, _ = outputs.dataset_tables(layout, "mnist", runs, [128], config)
     pd.testing.assert_frame_equal(without, flagged)
     compute = without[without["family"] == "equal_compute"].set_index("run")
     assert list(compute.index) == ["sgd+sngrad1", "sgd+sngrad2"]

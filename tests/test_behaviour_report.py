@@ -79,8 +79,9 @@ def _layout(tmp_path):
 
 def test_shrink_rows_give_the_last_epochs_factor(tmp_path):
     """The report's shrink table shows, for the whole network (layer ``all``), the mean
-    factor and the last epoch's factor, each from its own column of shrink.csv: catches
-    factor_last left out (printed as n/a) or taken from another column or layer."""
+    factor, the first and the last epoch's factor, each from its own column of shrink.csv, and
+    each layer's own mean factor: catches factor_last left out (printed as n/a) or taken from
+    another column or layer."""
     layout = _layout(tmp_path)
     pd.DataFrame([
         {"dataset": "mnist", "optimizer": "sgd+sngrad1", "batch_size": 64, "layer": layer,
@@ -90,8 +91,8 @@ def test_shrink_rows_give_the_last_epochs_factor(tmp_path):
     ]).to_csv(layout.analysis("shrink.csv"), index=False)
     (row,) = results.shrink_rows(layout)
     assert (row["run"], row["batch_size"]) == ("sgd+sngrad1", 64)
-    assert (row["factor"], row["factor_last"]) == ("0.75", "0.625")
-    assert (row["share"], row["share_first"], row["share_last"]) == ("25.0", "10.0", "40.0")
+    assert (row["factor"], row["factor_first"], row["factor_last"]) == ("0.75", "0.9", "0.625")
+    assert row["share"] == "25.0" and row["layers"] == "0: 0.5"
 
 
 @pytest.mark.parametrize("machine, expected", [

@@ -73,10 +73,16 @@ def test_quick_and_smoke_use_embedded_data_only():
 
     for name in ("quick", "smoke"):
         assert set(profile(name)["datasets"]) <= set(EMBEDDED), name
-    quick = set(profile("quick")["optimizers"])
-    # quick may cut combinations on momentum/adam to fit its 5 minutes, never a variant on sgd
+    from sngrad.names import parse_run
+
+    runs = profile("quick")["optimizers"]
+    quick = {r for r in runs if parse_run(r).schedule is None}
+    # quick may cut combinations on momentum/adam to fit its time, never a variant on sgd
     assert quick <= COMPARISON
     assert {r for r in COMPARISON if r.startswith("sgd")} <= quick
+    # its constant-rate arm holds sgd, the control variates and the three variants
+    arm = {parse_run(r)._replace(schedule=None).name for r in runs if parse_run(r).schedule}
+    assert arm == {"sgd", "sgd+cv", "sgd+svrg", "sgd+sngrad1", "sgd+sngrad2", "sgd+sngrad3"}
 
 
 def test_paper_profile_is_the_seed_study():

@@ -31,7 +31,7 @@ def test_run_names_split_into_optimizer_and_fixed_alpha():
     assert names.format_run("adam") == "adam"
     for bad, needle in [("sgd@0.1", r"needs a \+sngrad"), ("sgd+sngrad1@x", "must be a number"),
                         ("sgd+sngrad1@-1", "finite and > 0"), ("sgdd", "unknown optimizer"),
-                        ("sgd+sngrad1@0.10", "write the alpha as '0.1'"),
+                        ("sgd+sngrad1@0.10", r"write it as 'sgd\+sngrad1@0.1'"),
                         ("sgd+sngrad1@nan", "finite and > 0")]:
         with pytest.raises(SngradError, match=needle):
             parse_run(bad)

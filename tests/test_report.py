@@ -200,10 +200,12 @@ def test_paired_table_cells_hold_the_right_rows(study):
     layout, _, text = study
     paired = pd.read_csv(layout.paired("mnist"))
     rows = markdown_table(text, "| dataset | B | run | base | pairs | diverged | run %")
-    assert len(rows) == len(paired[paired["family"] == "equal_epochs"])
+    accuracy = paired[(paired["family"] == "equal_epochs")
+                      & (paired["outcome"] == "test_accuracy")]
+    assert len(rows) == len(accuracy)
     for row in rows:
         run = row["run"].strip("`")
-        want = paired[(paired["run"] == run) & (paired["family"] == "equal_epochs")].iloc[0]
+        want = accuracy[accuracy["run"] == run].iloc[0]
         assert row["base"].strip("`") == want["base"] == names.paired_base(run)
         assert row["difference"] == f"{100 * want['diff_mean']:+.2f}"
         assert row["verdict"] == want["verdict"]
@@ -243,7 +245,8 @@ def test_summary_names_the_run_chosen_on_validation(study):
     assert "`adam` on mnist" in summary
     assert "`momentum` on mnist" not in summary
     paired = pd.read_csv(layout.paired("mnist"))
-    counts = paired[paired["family"] == "equal_epochs"]["verdict"].value_counts()
+    counts = paired[(paired["family"] == "equal_epochs")
+                    & (paired["outcome"] == "test_accuracy")]["verdict"].value_counts()
     assert counts["better"] == 1 and counts["worse"] == 1
     assert (f"**{counts['better']} better, {counts['worse']} worse, "
             f"{counts['inconclusive']} inconclusive**") in summary  # fmt: skip
@@ -258,11 +261,14 @@ def test_report_sections_come_from_the_tables(study):
     assert "nan" not in text.lower().replace("nano", "")
     assert "THEORY PARTIAL" not in text  # no theory tables in this tree
     assert "NOISE PARTIAL" in text
-    shrink = markdown_table(text, "| dataset | B | run | share shrunk")
+    shrink = markdown_table(text, "| dataset | B | run | mean $\\bar f$")
     assert {r["run"] for r in shrink} == {"`sgd+sngrad1`", "`sgd+sngrad2@0.05`"}
     # layers of 64 x 16 and 16 x 10 weights shrink 25 % and 75 %: the network shrinks
     share = (0.25 * 64 * 16 + 0.75 * 16 * 10) / (64 * 16 + 16 * 10)
-    assert all(r["share shrunk, mean %"] == f"{100 * share:.1f}" for r in shrink)
+    assert all(r["share with $f < 1$, %"] == f"{100 * share:.1f}" for r in shrink)
+    # the activity measure is the mean factor: 0.6 on every layer, listed per layer too
+    assert all(r["mean $\\bar f$"] == "0.6" and r["per layer"] == "0: 0.6, 1: 0.6"
+               for r in shrink)
     cv = markdown_table(text, "| dataset | B | run | variance ratio")
     assert [r["run"] for r in cv] == ["`sgd+cv`"]
     assert cv[0]["variance ratio (mean over layers and epochs)"] == "0.4"

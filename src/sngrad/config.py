@@ -198,14 +198,25 @@ def split_sizes(config: Mapping, dataset: str) -> tuple[int, int]:
 
 
 def _run_problems(config: Mapping) -> list[str]:
-    from sngrad.names import parse_run
+    from sngrad.names import paired_base, parse_run
 
     problems = []
+    primary = config["train"]["schedule"]
     for i, run in enumerate(config["optimizers"]):
         try:
-            parse_run(run)
+            parts = parse_run(run)
         except SngradError as err:
             problems.append(f"optimizers[{i}] = {_shown(run)}: {err}")
+            continue
+        if parts.schedule == primary:
+            plain = parts._replace(schedule=None).name
+            problems.append(f"optimizers[{i}] = {_shown(run)}: ~{primary} is the profile's own "
+                            f"schedule (train.schedule); allowed: {plain!r}")
+        elif parts.schedule is not None and paired_base(run) is not None and (
+                paired_base(run) not in config["optimizers"]):
+            problems.append(f"optimizers[{i}] = {_shown(run)}: its base {paired_base(run)!r} "
+                            "(the same optimizer family at the same schedule) is not in "
+                            "optimizers; allowed: add it, or drop the arm")
     if REFERENCE_RUN not in config["optimizers"]:
         problems.append(
             f"optimizers = {_shown(config['optimizers'])}: must include {REFERENCE_RUN!r} "

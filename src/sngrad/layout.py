@@ -131,6 +131,10 @@ class Layout:
         """Per batch size, the run with the best final validation accuracy."""
         return f"{self.base}/{dataset}/winners.csv"
 
+    def schedules(self, dataset: str) -> str:
+        """Per run with a constant-rate arm, the theory's prediction tested."""
+        return f"{self.base}/{dataset}/schedules.csv"
+
     # ------------------------------------------------------------------ studies and notebooks
     def noise(self, dataset: str) -> str:
         return f"{self.base}/noise/{dataset}.csv"
@@ -215,7 +219,8 @@ def published_paths(root: str | Path = ".") -> tuple[Path, Path]:
 # its executed copy). The summary notebook runs once per dataset (``{dataset}`` filled in), so a
 # single dataset's target needs nothing from the other datasets.
 NOTEBOOK_TABLES: dict[str, tuple[str, ...]] = {
-    "summary": ("{dataset}/summary.csv", "{dataset}/paired.csv", "{dataset}/winners.csv"),
+    "summary": ("{dataset}/summary.csv", "{dataset}/paired.csv", "{dataset}/winners.csv",
+                "{dataset}/schedules.csv"),
     "performance": (
         "analysis/lr_sensitivity.csv",
         "analysis/alpha_sensitivity.csv",

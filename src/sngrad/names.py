@@ -1,9 +1,12 @@
 """Run names: the one grammar every stage reads, importable without jax.
 
 A *run* is what the study trains and tables: an *optimizer* of the registry, optionally
-followed by ``@<alpha>`` when a sngrad optimizer's alpha is fixed (raw units) instead of tuned::
+followed by ``@<alpha>`` when a sngrad optimizer's alpha is fixed (raw units) instead of tuned,
+and by ``~<schedule>`` when the run's learning-rate schedule is not the profile's own
+(``train.schedule``)::
 
-    run       := optimizer [ "@" alpha ]
+    run       := optimizer [ "@" alpha ] [ "~" schedule ]
+    schedule  := "constant" | "cosine"
     optimizer := base | sngrad_base "+sngrad" digit | "sgd+cv" | "sgd+svrg"
     digit     := "1" | "2" | "3"          (variant I, II, III of sngrad.transforms)
 
@@ -11,6 +14,9 @@ followed by ``@<alpha>`` when a sngrad optimizer's alpha is fixed (raw units) in
 fixed at 0.1, read in absolute units; a tuned ``sgd+sngrad1`` reads its alpha relative to the
 step's RMS sigma (:attr:`RunName.alpha_reference`). An alpha is written in its shortest form
 (``format(alpha, "g")``), so that one run has one spelling in paths, wildcards and CSV cells.
+``sgd+cv~constant`` is ``sgd+cv`` at a constant learning rate in a profile whose schedule
+decays: an *arm* of the study. A run and its paired base always share the schedule
+(``sgd+cv~constant`` is compared with ``sgd~constant``).
 
 Two different "bases" appear in the study and are kept apart here:
 
@@ -30,6 +36,7 @@ from sngrad.errors import SngradError
 BASES = ("sgd", "momentum", "adam", "msvag", "svag", "adabelief")  # registry base optimizers
 PAIRED_BASES = ("sgd", "momentum", "adam")  # what every other run is compared with
 VARIANTS = ("I", "II", "III")  # sngrad variants, as sngrad.transforms names them
+SCHEDULES = ("constant", "cosine")  # learning-rate schedules (sngrad.train.step)
 BACKENDS = ("dense", "vmap", "chunked")  # per-example statistics backends (sngrad.stats)
 # backends of the any-model moments (sngrad.moments): a loss of (params, batch), a flax model
 MODEL_BACKENDS = ("vmap", "chunked")
@@ -62,7 +69,8 @@ class RunName(NamedTuple):
     ``optimizer`` is the registry name (``sgd+sngrad1``), ``base`` its base optimizer
     (``sgd``), ``variant`` the sngrad variant (``"I"``..``"III"`` or None), ``cv`` the
     control-variate coefficient (``"optimal"``, 1.0 or None), ``fixed_alpha`` the raw alpha
-    after ``@`` (None: tuned); :attr:`alpha_reference` follows from them.
+    after ``@`` (None: tuned), ``schedule`` the schedule after ``~`` (None: the profile's);
+    :attr:`alpha_reference` follows from them.
     """
 
     optimizer: str
@@ -70,11 +78,12 @@ class RunName(NamedTuple):
     variant: str | None
     cv: str | float | None
     fixed_alpha: float | None
+    schedule: str | None = None
 
     @property
     def name(self) -> str:
         """The run name in its shortest form."""
-        return format_run(self.optimizer, self.fixed_alpha)
+        return format_run(self.optimizer, self.fixed_alpha, self.schedule)
 
     @property
     def alpha_reference(self) -> str:
@@ -96,9 +105,12 @@ def format_alpha(alpha: float) -> str:
     return format(alpha, "g")
 
 
-def format_run(optimizer: str, fixed_alpha: float | None = None) -> str:
-    """``("sgd+sngrad1", 0.1)`` -> ``"sgd+sngrad1@0.1"``; no alpha -> the optimizer itself."""
-    return optimizer if fixed_alpha is None else f"{optimizer}@{format_alpha(fixed_alpha)}"
+def format_run(optimizer: str, fixed_alpha: float | None = None,
+               schedule: str | None = None) -> str:
+    """``("sgd+sngrad1", 0.1, "constant")`` -> ``"sgd+sngrad1@0.1~constant"``; a part that is
+    None is left out."""
+    name = optimizer if fixed_alpha is None else f"{optimizer}@{format_alpha(fixed_alpha)}"
+    return name if schedule is None else f"{name}~{schedule}"
 
 
 def parse_optimizer(name: str) -> RunName:
@@ -113,30 +125,33 @@ def parse_optimizer(name: str) -> RunName:
 
 
 def parse_run(run: str) -> RunName:
-    """``"sgd+sngrad1@0.1"`` -> ``RunName("sgd+sngrad1", "sgd", "I", None, 0.1)``.
+    """``"sgd+sngrad1@0.1~constant"`` -> ``RunName("sgd+sngrad1", "sgd", "I", None, 0.1,
+    "constant")``.
 
     The alpha is raw, finite and > 0, allowed only after a +sngrad optimizer, and written in
-    its shortest form (:func:`format_alpha`).
+    its shortest form (:func:`format_alpha`); the schedule is one of :data:`SCHEDULES`.
     """
     if not isinstance(run, str):
         raise SngradError(f"run name must be a string, got {run!r}")
-    optimizer, at, text = run.partition("@")
-    parts = parse_optimizer(optimizer)
-    if not at:
-        return parts
-    if parts.variant is None:
-        raise SngradError(f"run {run!r}: a fixed alpha (@a) needs a +sngrad optimizer")
-    try:
-        alpha = float(text)
-    except ValueError:
-        raise SngradError(f"run {run!r}: the alpha after '@' must be a number") from None
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise SngradError(f"run {run!r}: the alpha after '@' must be finite and > 0")
-    parsed = parts._replace(fixed_alpha=alpha)
-    if parsed.name != run:  # one spelling per run, so paths and CSV cells agree
-        raise SngradError(f"run {run!r}: write the alpha as {format_alpha(alpha)!r} "
-                          f"({parsed.name!r})")
-    return parsed
+    head, tilde, schedule = run.partition("~")
+    if tilde and schedule not in SCHEDULES:
+        raise SngradError(f"run {run!r}: unknown schedule {schedule!r} after '~'; valid: "
+                          f"{', '.join(SCHEDULES)}")
+    optimizer, at, text = head.partition("@")
+    parts = parse_optimizer(optimizer)._replace(schedule=schedule if tilde else None)
+    if at:
+        if parts.variant is None:
+            raise SngradError(f"run {run!r}: a fixed alpha (@a) needs a +sngrad optimizer")
+        try:
+            alpha = float(text)
+        except ValueError:
+            raise SngradError(f"run {run!r}: the alpha after '@' must be a number") from None
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise SngradError(f"run {run!r}: the alpha after '@' must be finite and > 0")
+        parts = parts._replace(fixed_alpha=alpha)
+    if parts.name != run:  # one spelling per run, so paths and CSV cells agree
+        raise SngradError(f"run {run!r}: write it as {parts.name!r}")
+    return parts
 
 
 def optimizer_of(run: str) -> str:
@@ -155,10 +170,19 @@ def fixed_alpha(run: str) -> float | None:
 
 
 def paired_base(run: str) -> str | None:
-    """The run ``run`` is compared with (one of :data:`PAIRED_BASES`), or None for those."""
-    optimizer = optimizer_of(run)
+    """The run ``run`` is compared with (one of :data:`PAIRED_BASES`, with the run's own
+    ``~schedule``), or None for those."""
+    parts = parse_run(run)
+    optimizer = parts.optimizer
     if optimizer in _NAMED_PAIRED_BASES:
-        return _NAMED_PAIRED_BASES[optimizer]
-    if "+" in optimizer:
-        return optimizer.partition("+")[0]
-    return None
+        base = _NAMED_PAIRED_BASES[optimizer]
+    elif "+" in optimizer:
+        base = optimizer.partition("+")[0]
+    else:
+        return None
+    return format_run(base, None, parts.schedule)
+
+
+def schedule_of(run: str, primary: str) -> str:
+    """The schedule ``run`` trains with: its ``~schedule``, else the profile's ``primary``."""
+    return parse_run(run).schedule or primary

@@ -35,9 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from sngrad.errors import SngradError, choice_error
-from sngrad.names import BACKENDS, VARIANTS
+from sngrad.names import BACKENDS, SCHEDULES, VARIANTS
 
-SCHEDULES = ("constant", "cosine")
 MAX_SEED = 2**32 - 1
 
 TRAIN_KEYS = ("hidden", "init_seed", "epochs", "seeds", "backend", "schedule",

@@ -11,6 +11,12 @@ SIGNIFICANCE = 0.05
 FAMILIES = ("equal_epochs", "equal_compute")
 
 VERDICTS = ("better", "worse", "inconclusive")
+NO_OP = "no-op"  # the verdict of a run that does not differ from its base (paired.py)
+
+# the compared outcomes, and whether a larger value is better
+OUTCOMES = {"test_accuracy": True, "train_loss": False}
+NO_OP_FACTOR = 0.99  # a sngrad run whose mean factor over training is at least this is a no-op
+POWER = 0.8  # the power at which the smallest detectable effect of a family is stated
 
 FLAT_SHARE = 0.10
 
@@ -21,8 +27,12 @@ PAIRED_COLUMNS = [
     "dataset",
     "batch_size",
     "family",
+    "schedule",
+    "outcome",
     "run",
     "base",
+    "no_op",
+    "mean_factor",
     "epoch_run",
     "epoch_base",
     "cost_run",
@@ -37,9 +47,11 @@ PAIRED_COLUMNS = [
     "diff_std",
     "ci_low",
     "ci_high",
+    "ci_level",
     "p_t",
     "p_signflip",
     "p_holm",
+    "detectable",
     "verdict",
     "note",
 ]

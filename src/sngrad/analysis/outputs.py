@@ -15,13 +15,16 @@ import pandas as pd
 
 from sngrad.analysis.loaders import read_best, read_run_tables
 from sngrad.analysis.paired import (
+    SCHEDULE_COLUMNS,
     paired_table,
+    schedule_contrast,
     summary_table,
     winners,
 )
 from sngrad.analysis.shrink import (
     control_variate_summary,
     layer_weights,
+    mean_factors,
     shrink_summary,
 )
 from sngrad.analysis.training_length import (
@@ -39,7 +42,7 @@ from sngrad.analysis.tuning import (
     tuning_axes,
     tuning_settings,
 )
-from sngrad.names import paired_base, variant_of
+from sngrad.names import paired_base, parse_run, variant_of
 from sngrad.tables import (
     PAIRED_COLUMNS,
     SUMMARY_COLUMNS,
@@ -58,26 +61,36 @@ def network_weights(layout, datasets, hidden) -> dict[str, dict[str, int]]:
 
 
 def dataset_tables(layout, dataset: str, runs, batch_sizes, config: dict):
-    """(summary, paired, winners) of one dataset: what the summary notebook writes.
+    """(summary, paired, winners, schedules) of one dataset: what the summary notebook writes.
 
     ``config`` supplies the epoch count (``train.epochs``); the equal-compute family reads
     every run's ``budget.csv``.
     """
     epochs = (config.get("train") or {}).get("epochs")
+    primary = (config.get("train") or {}).get("schedule", "constant")
     metrics, _ = read_run_tables(layout, [dataset], runs, batch_sizes, "metrics.csv")
     budget, _ = read_run_tables(layout, [dataset], runs, batch_sizes, "budget.csv")
+    diagnostics, _ = read_run_tables(layout, [dataset], runs, batch_sizes, "diagnostics.csv")
     best = read_best(layout, [dataset], runs, batch_sizes)
+    hidden = (config.get("model") or {}).get("hidden", [])
+    factors = mean_factors(shrink_summary(diagnostics,
+                                          network_weights(layout, [dataset], hidden)))
     if metrics.empty and epochs is None:
         summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
     else:
         summary = summary_table(best, metrics, runs, batch_sizes, dataset=dataset, epochs=epochs)
     if metrics.empty:
         paired = pd.DataFrame(columns=PAIRED_COLUMNS)
+        schedules = pd.DataFrame(columns=SCHEDULE_COLUMNS)
     else:
         paired = paired_table(
-            metrics, runs, batch_sizes, dataset=dataset, budget=budget, epochs=epochs
+            metrics, runs, batch_sizes, dataset=dataset, budget=budget, epochs=epochs,
+            factors=factors, primary=primary,
         )
-    return summary, paired, winners(summary)
+        schedules = schedule_contrast(metrics, runs, batch_sizes, dataset=dataset,
+                                      primary=primary, epochs=epochs)
+    no_op = paired[paired["no_op"].astype(bool)][["run", "batch_size"]].drop_duplicates()
+    return summary, paired, winners(summary, no_op.itertuples(index=False)), schedules
 
 
 def performance_tables(layout, datasets, runs, batch_sizes, hidden=()) -> dict[str, pd.DataFrame]:
@@ -113,7 +126,8 @@ def run_groups(runs: Sequence[str]) -> dict[str, list[str]]:
     ``sgd`` with its noise-informed variants (tuned and prototype alpha); ``sgd`` with the
     established relatives (svag, msvag, control variates); ``momentum`` and ``adam`` with
     theirs (adabelief joins adam); anything else under "other runs". A base alone keeps its own
-    group (sgd only once); a profile of bases only is one group, "all runs".
+    group (sgd only once); the ``~schedule`` arms form a group of their own; a profile of
+    bases only is one group, "all runs".
     """
     groups: dict[str, list[str]] = {
         "sgd and its noise-informed variants": [],
@@ -123,6 +137,9 @@ def run_groups(runs: Sequence[str]) -> dict[str, list[str]]:
     }
     names = list(groups)
     for run in runs:
+        if parse_run(run).schedule is not None:
+            groups.setdefault("the runs of another schedule (arms)", []).append(run)
+            continue
         base = paired_base(run) or run
         if base == "sgd":
             key = names[0] if variant_of(run) or run == "sgd" else names[1]

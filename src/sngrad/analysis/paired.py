@@ -1,34 +1,54 @@
-"""Paired statistics: every run against its base, at equal epochs and at equal counted compute.
+"""Paired statistics: every run against its base, per outcome, at equal epochs and at equal
+counted compute.
 
-Paired comparison of a run R with its base b (:func:`base_of`) on one dataset and batch size.
-Every final seed s trains R and b from the same initial weights on the same batches, so the
-accuracies pair by seed: d_s = acc_R(s) - acc_b(s) at the compared epoch, test split. With
-n pairs, mean dbar and standard deviation s_d (ddof 1):
+Paired comparison of a run R with its base b (:func:`sngrad.names.paired_base`) on one
+dataset and batch size. Every final seed s trains R and b from the same initial weights on
+the same batches, so the outcomes pair by seed: d_s = y_R(s) - y_b(s). Two outcomes are
+compared (:data:`sngrad.tables.OUTCOMES`): the test accuracy and the final training loss
+(the mean batch loss of the last epoch; lower is better, so "better" means d < 0). With n
+pairs, mean dbar and standard deviation s_d (ddof 1):
 
-    95 % interval       dbar -+ t_{0.975, n-1} s_d / sqrt(n)          (paired Student t)
     sign-flip p-value   p = #{eps in {-1,+1}^n : |mean(eps * d)| >= |dbar|} / 2^n
+    paired t p-value    p_t, reported beside it
 
 The sign-flip test is exact under the null that each d_s is symmetric about zero (R and b
-exchangeable within a seed); all 2^n patterns are enumerated (n = 10: 1024), so p is a
-multiple of 2^-n and never below 2 / 2^n.
+exchangeable within a seed); all 2^n patterns are enumerated, so p is a multiple of 2^-n and
+never below 2 / 2^n.
 
 Diverged seeds (the rule). A seed whose run or base diverged (``diverged`` set at or before
-the compared epoch, a missing row, or a non-finite accuracy) has no accuracy to difference;
-such pairs are left out of the interval and the test and counted in ``n_diverged_run`` and
+the compared epoch, a missing row, or a non-finite value) has nothing to difference; such
+pairs are left out of the interval and the test and counted in ``n_diverged_run`` and
 ``n_diverged_base``. Leaving them out would flatter an optimizer that diverges, so a run that
 diverged on more seeds than its base is never called better: its verdict is at best
 "inconclusive", with the reason in ``note``.
 
-Families and Holm's correction. Per dataset there are two declared families: every run
-against its base at equal epochs (``family = "equal_epochs"``, all batch sizes), and the same
-at equal counted compute (``"equal_compute"``). Within a family the sign-flip p-values of the
-testable comparisons (at least 2 pairs) get Holm's step-down adjustment
+No-op runs. A run whose mean noise-informed factor over training is at least
+:data:`~sngrad.tables.NO_OP_FACTOR`, or whose final values equal its base's on every seed and
+outcome, is SGD (or its base) under another name: its rows say ``no_op``, keep their
+statistics, and get the verdict "no-op" instead of entering a family.
+
+Families and Holm's correction. Per dataset, schedule and outcome the declared families are
+every non-no-op run against its base at equal epochs (``family = "equal_epochs"``, all batch
+sizes) and, for test accuracy, the same at equal counted compute (``"equal_compute"``). The
+schedule of a row is its run's (``~constant`` arms apart from the profile's own schedule), so
+the decaying runs and the constant-rate arm are separate families.
+Within a family the sign-flip p-values of the testable comparisons (at least 2 pairs) get
+Holm's step-down adjustment
 
     p_(i)^Holm = max_{j <= i} min(1, (m - j + 1) p_(j)),     p_(1) <= ... <= p_(m),
 
 which controls the family-wise error rate at any dependence between the tests. Verdict:
-"better" / "worse" when p^Holm < 0.05 and the mean difference is positive / negative,
+"better" / "worse" when p^Holm < 0.05 and the difference favours the run / the base,
 otherwise "inconclusive".
+
+Intervals that agree with the verdicts. Each row's interval [``ci_low``, ``ci_high``] inverts
+the same sign-flip test (:func:`sign_flip_interval`) at the level at which Holm's procedure
+tested that row (:func:`holm_levels`), with ``ci_level`` = 1 - that level. It excludes zero
+exactly when Holm rejects, so a "better" or "worse" row never has an interval across zero and
+an "inconclusive" one never has an interval beside it (the divergence rule above being the one
+stated exception). Each family also states ``detectable``, the smallest mean difference it
+detects with power :data:`~sngrad.tables.POWER` at its first Holm step
+(:func:`detectable_effect`, from the family's median s_d).
 
 Equal compute (counted). :mod:`sngrad.costs` counts the FLOPs of every step of every optimizer;
 a run's budget step k* is the last step at which its cumulative counted cost is at most its
@@ -51,25 +71,20 @@ from scipy import stats
 
 from sngrad.analysis.loaders import as_flag
 from sngrad.errors import SngradError
-from sngrad.names import paired_base
+from sngrad.names import paired_base, schedule_of
 from sngrad.tables import (
+    NO_OP,
+    NO_OP_FACTOR,
+    OUTCOMES,
     PAIRED_COLUMNS,
+    POWER,
     SIGNIFICANCE,
     SUMMARY_COLUMNS,
 )
 
 CONFIDENCE = 0.95
-
-
-
-
 MAX_EXACT_PAIRS = 20  # 2^20 sign patterns: exact enumeration stays below a second
-
-
-
-
-
-
+_PATTERN_CHUNK = 1 << 16
 
 
 def comparisons(runs: Sequence[str]) -> list[tuple[str, str]]:
@@ -96,13 +111,60 @@ def sign_flip_p(differences: Iterable[float]) -> float:
         )
     observed = abs(d.sum())
     threshold = observed - 1e-12 * max(observed, np.abs(d).sum(), 1e-300)
+    count = sum(int(np.count_nonzero(np.abs(signs @ d) >= threshold))
+                for signs in _sign_patterns(n))
+    return count / (1 << n)
+
+
+def _sign_patterns(n: int):
+    """The 2^n sign vectors in {-1, +1}^n, in chunks of rows."""
     bits = np.arange(n)
-    count, total, chunk = 0, 1 << n, 1 << 16
-    for start in range(0, total, chunk):
-        codes = np.arange(start, min(total, start + chunk))
-        signs = 1.0 - 2.0 * ((codes[:, None] >> bits) & 1)
-        count += int(np.count_nonzero(np.abs(signs @ d) >= threshold))
-    return count / total
+    for start in range(0, 1 << n, _PATTERN_CHUNK):
+        codes = np.arange(start, min(1 << n, start + _PATTERN_CHUNK))
+        yield 1.0 - 2.0 * ((codes[:, None] >> bits) & 1)
+
+
+def sign_flip_interval(differences: Iterable[float], level: float) -> tuple[float, float]:
+    """The shifts delta at which the sign-flip test of d - delta does not reject at ``level``:
+    ``{delta : p(d - delta) >= level}``, an interval around the mean (Hodges & Lehmann 1963
+    invert tests so; here the test is the mean's sign-flip test of :func:`sign_flip_p`).
+
+    Pattern eps, with a = sum eps_i d_i and b = sum eps_i, counts at delta when
+    |a - b delta| >= n |dbar - delta|: for |b| < n that holds between the roots
+    (a - n dbar) / (b - n) and (a + n dbar) / (b + n), an interval around dbar, and for
+    eps = +-1 everywhere always. So p(delta) falls monotonically away from dbar on both sides,
+    and with k = ceil(level 2^n) the interval is [k-th smallest lower root, k-th largest upper
+    root]. Zero lies in it exactly when the test of d itself does not reject. Unbounded
+    (-inf, inf) when even the smallest p, 2 / 2^n, is not below ``level``; NaN for fewer
+    than 2 differences or a level that is not a number.
+    """
+    d = np.asarray(list(differences), dtype=float)
+    n = d.size
+    if n < 2 or not np.isfinite(level):
+        return math.nan, math.nan
+    if n > MAX_EXACT_PAIRS:
+        raise SngradError(f"sign_flip_interval: {n} pairs; exact enumeration allows at most "
+                          f"{MAX_EXACT_PAIRS}")
+    needed = math.ceil(level * (1 << n) - 1e-9)
+    if needed <= 2:
+        return -math.inf, math.inf
+    mean = float(d.mean())
+    lows, highs = [], []
+    for signs in _sign_patterns(n):
+        a, b = signs @ d, signs.sum(axis=1)
+        inner = np.abs(b) < n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r1 = np.where(inner, (a - n * mean) / (b - n), -np.inf)
+            r2 = np.where(inner, (a + n * mean) / (b + n), np.inf)
+        lows.append(np.where(inner, np.minimum(r1, r2), -np.inf))
+        highs.append(np.where(inner, np.maximum(r1, r2), np.inf))
+    low, high = np.concatenate(lows), np.concatenate(highs)
+    ends = (float(np.partition(low, needed - 1)[needed - 1]),
+            float(-np.partition(-high, needed - 1)[needed - 1]))
+    # tied differences put roots exactly at zero; rounding must not move one off it, or zero
+    # would leave an interval whose test does not reject (the tolerance of sign_flip_p)
+    scale = 1e-12 * max(np.abs(d).sum(), 1e-300)
+    return tuple(0.0 if abs(end) <= scale else end for end in ends)
 
 
 def paired_t(differences: Iterable[float], confidence: float = CONFIDENCE) -> dict:
@@ -128,13 +190,18 @@ def paired_t(differences: Iterable[float], confidence: float = CONFIDENCE) -> di
     return out
 
 
+def _ascending(pvalues: Iterable[float]):
+    """(the p-values, an all-NaN array of their shape, the indices of the finite ones in
+    ascending order of p, ties in input order)."""
+    p = np.asarray(list(pvalues), dtype=float)
+    finite = np.flatnonzero(np.isfinite(p))
+    return p, np.full(p.shape, math.nan), finite[np.argsort(p[finite], kind="stable")]
+
+
 def holm(pvalues: Iterable[float]) -> np.ndarray:
     """Holm step-down adjusted p-values; NaN entries stay NaN and are not counted in m."""
-    p = np.asarray(list(pvalues), dtype=float)
-    adjusted = np.full(p.shape, math.nan)
-    testable = np.flatnonzero(np.isfinite(p))
-    m = testable.size
-    order = testable[np.argsort(p[testable], kind="stable")]
+    p, adjusted, order = _ascending(pvalues)
+    m = order.size
     running = 0.0
     for rank, index in enumerate(order):
         running = max(running, min(1.0, (m - rank) * p[index]))
@@ -142,13 +209,56 @@ def holm(pvalues: Iterable[float]) -> np.ndarray:
     return adjusted
 
 
-def verdict(diff_mean: float, p_adjusted: float, level: float = SIGNIFICANCE) -> str:
-    """'better' / 'worse' when the adjusted p is below ``level``, else 'inconclusive'."""
+def holm_levels(pvalues: Iterable[float], level: float = SIGNIFICANCE) -> np.ndarray:
+    """The level at which Holm's step-down procedure tests each p-value (NaN stays NaN).
+
+    With the m finite p-values in ascending order and r the number rejected (p_(i) <
+    level / (m - i + 1) for every i <= r), the i-th is tested at level / (m - i + 1) for
+    i <= r and every other at level / (m - r), where the procedure stopped. A p-value is
+    rejected (its :func:`holm` value below ``level``) exactly when it is below its level,
+    which is what makes an interval at this level agree with the verdict.
+    """
+    p, levels, order = _ascending(pvalues)
+    m = order.size
+    rejected = 0
+    for rank, index in enumerate(order):
+        if p[index] >= level / (m - rank):
+            break
+        rejected += 1
+    for rank, index in enumerate(order):
+        levels[index] = level / (m - min(rank, rejected))
+    return levels
+
+
+def detectable_effect(std: float, n: int, m: int, level: float = SIGNIFICANCE,
+                      power: float = POWER) -> float:
+    """The smallest mean paired difference a family of m comparisons detects with ``power``.
+
+    ``(t_{1 - a/2, n-1} + t_{power, n-1}) std / sqrt(n)`` with a = level / m, the level of
+    Holm's first step: the usual normal-approximation formula of a two-sided paired t-test
+    with t quantiles. Infinite when even the sign-flip test's smallest p-value, 2 / 2^n, is
+    not below a (no effect can be declared with n pairs); NaN without a spread or 2 pairs.
+    """
+    if n < 2 or m < 1 or not np.isfinite(std):
+        return math.nan
+    a = level / m
+    if 2.0 / 2.0**n >= a:
+        return math.inf
+    quantiles = stats.t.ppf(1 - a / 2, n - 1) + stats.t.ppf(power, n - 1)
+    return float(quantiles * std / math.sqrt(n))
+
+
+def verdict(diff_mean: float, p_adjusted: float, level: float = SIGNIFICANCE,
+            higher_is_better: bool = True) -> str:
+    """'better' / 'worse' when the adjusted p is below ``level``, else 'inconclusive'; the
+    sign of the mean difference (run - base) says which, reversed for an outcome where lower
+    is better (a loss)."""
     if not (np.isfinite(p_adjusted) and p_adjusted < level and np.isfinite(diff_mean)):
         return "inconclusive"
-    if diff_mean > 0:
+    gain = diff_mean if higher_is_better else -diff_mean
+    if gain > 0:
         return "better"
-    return "worse" if diff_mean < 0 else "inconclusive"
+    return "worse" if gain < 0 else "inconclusive"
 
 
 def final_epoch(metrics: pd.DataFrame) -> int:
@@ -213,31 +323,50 @@ def compare(run_values: pd.DataFrame, base_values: pd.DataFrame) -> dict:
         "base_mean": float(both["value_base"].mean()) if len(both) else math.nan,
         "diff_mean": t["mean"],
         "diff_std": t["std"],
-        "ci_low": t["low"],
-        "ci_high": t["high"],
         "p_t": t["p"],
         "p_signflip": sign_flip_p(diff) if t["n"] >= 2 else math.nan,
         "note": "; ".join(notes),
+        "_differences": diff,
     }
 
 
 def apply_holm(paired: pd.DataFrame, level: float = SIGNIFICANCE) -> pd.DataFrame:
-    """Holm-adjust ``p_signflip`` within each (dataset, family) and set the verdicts."""
+    """Holm-adjust ``p_signflip`` within each (dataset, family, schedule, outcome), leaving
+    no-op rows
+    out of the family; set the verdicts, each row's interval at the level Holm tested it
+    (``ci_level`` = 1 - that level) and the family's smallest detectable effect."""
     out = paired.copy()
-    out["p_holm"] = math.nan
-    for _, index in out.groupby(["dataset", "family"]).groups.items():
-        out.loc[index, "p_holm"] = holm(out.loc[index, "p_signflip"])
-    verdicts = [verdict(d, p, level) for d, p in zip(out["diff_mean"], out["p_holm"], strict=True)]
-    # a run that diverged more often than its base is never called better (module docstring)
-    more = (out["n_diverged_run"] > out["n_diverged_base"]).to_numpy()
-    for i, v in enumerate(verdicts):
-        if v == "better" and more[i]:
-            verdicts[i] = "inconclusive"
-            note = out.iloc[i]["note"]
-            out.iloc[i, out.columns.get_loc("note")] = (
-                f"{note}; " if note else ""
-            ) + "diverged on more seeds than its base: not called better"
-    out["verdict"] = verdicts
+    for column in ("p_holm", "ci_low", "ci_high", "ci_level", "detectable"):
+        out[column] = math.nan
+    out["verdict"] = NO_OP
+    no_op = out["no_op"].astype(bool).to_numpy()
+    groups = out.groupby(["dataset", "family", "schedule", "outcome"]).groups
+    for (_, _, _, outcome), index in groups.items():
+        index = [i for i in index if not no_op[out.index.get_loc(i)]]
+        if not index:
+            continue
+        p = out.loc[index, "p_signflip"].to_numpy(float)
+        out.loc[index, "p_holm"] = holm(p)
+        levels = holm_levels(p, level)
+        higher = OUTCOMES[outcome]
+        testable = [i for i, lv in zip(index, levels, strict=True) if np.isfinite(lv)]
+        family_std = out.loc[testable, "diff_std"].median() if testable else math.nan
+        family_n = int(out.loc[testable, "n_pairs"].median()) if testable else 0
+        out.loc[index, "detectable"] = detectable_effect(family_std, family_n, len(testable),
+                                                         level)
+        for i, lv in zip(index, levels, strict=True):
+            row = out.loc[i]
+            v = verdict(row["diff_mean"], row["p_holm"], level, higher)
+            # a run that diverged more often than its base is never called better (module
+            # docstring); its interval still shows the converged pairs
+            if v == "better" and row["n_diverged_run"] > row["n_diverged_base"]:
+                v = "inconclusive"
+                out.loc[i, "note"] = (f"{row['note']}; " if row["note"] else "") + (
+                    "diverged on more seeds than its base: not called better")
+            out.loc[i, "verdict"] = v
+            if np.isfinite(lv):
+                low, high = sign_flip_interval(row["_differences"], lv)
+                out.loc[i, ["ci_low", "ci_high", "ci_level"]] = [low, high, 1.0 - lv]
     return out
 
 
@@ -267,48 +396,73 @@ def paired_table(
     dataset: str,
     budget: pd.DataFrame | None = None,
     epochs: int | None = None,
-    column: str = "test_accuracy",
+    factors: dict | None = None,
+    primary: str = "constant",
 ) -> pd.DataFrame:
-    """Every run against its base at equal epochs and at equal counted compute, Holm-adjusted.
+    """Every run against its base, per outcome (:data:`sngrad.tables.OUTCOMES`) at equal
+    epochs and, for test accuracy, at equal counted compute; Holm-adjusted per family, and the
+    families of each schedule apart (``schedule``: the run's ``~schedule`` or ``primary``, the
+    profile's ``train.schedule``).
 
     ``metrics``: one dataset's ``metrics.csv`` rows of all runs; ``budget``: its
-    ``budget.csv`` rows (the evaluation after each run's budget step). Runs whose base is not
-    in ``runs`` are not compared; a (run, base) whose files are missing gets a row with no pairs
-    and a note.
+    ``budget.csv`` rows (the evaluation after each run's budget step; it holds no training
+    loss); ``factors``: {(run, batch size): mean factor over training} of the shrinking runs.
+    A run is a *no-op* (:func:`is_no_op`) when its factor is at least
+    :data:`~sngrad.tables.NO_OP_FACTOR` or its final values equal its base's on every seed;
+    its rows keep their statistics but leave every Holm family and get the verdict "no-op".
+    Runs whose base is not in ``runs`` are not compared; a (run, base) whose files are missing
+    gets a row with no pairs and a note.
     """
     epochs = final_epoch(metrics) if epochs is None else int(epochs)
+    factors = factors or {}
     rows = []
-    at_end = seed_values(metrics, epochs, column)
-    at_budget = (budget_values(budget, column) if budget is not None and len(budget)
+    # an outcome the metrics lack (older files, hand-made tables) is not compared
+    at_end = {outcome: seed_values(metrics, epochs, outcome) for outcome in OUTCOMES
+              if outcome in metrics.columns}
+    at_budget = (budget_values(budget, "test_accuracy") if budget is not None and len(budget)
                  else None)
     for batch_size in batch_sizes:
         for run, base in comparisons(runs):
-            key = {"dataset": dataset, "batch_size": int(batch_size), "run": run, "base": base}
-            run_vals = _select(at_end, run, batch_size)
-            base_vals = _select(at_end, base, batch_size)
-            rows.append(
-                {
-                    **key,
-                    **_family_row(
-                        "equal_epochs", run_vals, base_vals, epochs, epochs,
-                        math.nan, math.nan,
-                    ),
-                }
-            )
+            factor = factors.get((run, int(batch_size)), math.nan)
+            ends = {o: (_select(v, run, batch_size), _select(v, base, batch_size))
+                    for o, v in at_end.items()}
+            no_op = is_no_op(factor, ends.values())
+            key = {"dataset": dataset, "batch_size": int(batch_size), "run": run, "base": base,
+                   "no_op": no_op, "mean_factor": factor,
+                   "schedule": schedule_of(run, primary)}
+            for outcome, (run_vals, base_vals) in ends.items():
+                rows.append({**key, "outcome": outcome, **_family_row(
+                    "equal_epochs", run_vals, base_vals, epochs, epochs, math.nan, math.nan)})
             if at_budget is None:
-                spent = at_end.iloc[:0].assign(epochs=[], cost=[])
+                spent = at_end["test_accuracy"].iloc[:0].assign(epochs=[], cost=[])
             else:
                 spent = at_budget[(at_budget["optimizer"] == run)
                                   & (at_budget["batch_size"] == int(batch_size))]
             e_run = float(spent["epochs"].iloc[0]) if len(spent) else math.nan
             c_run = float(spent["cost"].iloc[0]) if len(spent) else math.nan
-            row = _family_row("equal_compute", spent[["seed", "value", "diverged"]], base_vals,
-                              e_run, epochs, c_run, 1.0)
-            rows.append({**key, **row})
-    table = pd.DataFrame(rows, columns=[c for c in PAIRED_COLUMNS if c != "p_holm"])
+            row = _family_row("equal_compute", spent[["seed", "value", "diverged"]],
+                              ends["test_accuracy"][1], e_run, epochs, c_run, 1.0)
+            rows.append({**key, "outcome": "test_accuracy", **row})
+    internal = [c for c in PAIRED_COLUMNS
+                if c not in ("p_holm", "ci_low", "ci_high", "ci_level", "detectable", "verdict")]
+    table = pd.DataFrame(rows, columns=[*internal, "_differences"])
     if table.empty:
         return pd.DataFrame(columns=PAIRED_COLUMNS)
     return apply_holm(table)[PAIRED_COLUMNS]
+
+
+def is_no_op(factor: float, outcomes) -> bool:
+    """Whether a run does not differ from its base: its mean factor over training is at least
+    :data:`~sngrad.tables.NO_OP_FACTOR`, or on every outcome every common seed's final value
+    equals the base's (both finite, at least one seed)."""
+    if np.isfinite(factor) and factor >= NO_OP_FACTOR:
+        return True
+    for run_vals, base_vals in outcomes:
+        pairs = run_vals.merge(base_vals, on="seed", suffixes=("_run", "_base"))
+        if pairs.empty or not np.array_equal(pairs["value_run"].to_numpy(float),
+                                             pairs["value_base"].to_numpy(float)):
+            return False
+    return True
 
 
 def _select(values: pd.DataFrame, run: str, batch_size) -> pd.DataFrame:
@@ -392,17 +546,97 @@ def summary_table(
     return frame
 
 
-def winners(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, batch_size): the run with the highest final validation accuracy.
+def winners(summary: pd.DataFrame, no_op=()) -> pd.DataFrame:
+    """Per (dataset, batch_size): the run with the highest final validation accuracy, no-op
+    runs (``no_op``: (run, batch size) pairs) left out.
 
     Validation, not test: the summary's "best optimizer" is a selection like any other. Ties
     go to the run listed first. Cells where every run diverged have no winner.
     """
     rows = []
-    for _, cell in summary.groupby(["dataset", "batch_size"], sort=True):
+    left_out = {(run, int(b)) for run, b in no_op}
+    keep = [(r, int(b)) not in left_out for r, b in zip(summary["run"], summary["batch_size"],
+                                                         strict=True)]
+    for _, cell in summary[keep].groupby(["dataset", "batch_size"], sort=True):
         scored = cell[np.isfinite(pd.to_numeric(cell["val_accuracy_final"], errors="coerce"))]
         if scored.empty:
             continue
         top = scored["val_accuracy_final"].max()
         rows.append(scored[scored["val_accuracy_final"] == top].iloc[0])
     return pd.DataFrame(rows).reset_index(drop=True) if rows else summary.iloc[:0]
+
+
+SCHEDULE_COLUMNS = [
+    "dataset", "batch_size", "run", "arm", "outcome", "n_pairs",
+    "decay_mean", "decay_low", "decay_high", "constant_mean", "constant_low", "constant_high",
+    "contrast_mean", "contrast_low", "contrast_high", "p_contrast", "held",
+]
+
+
+def schedule_contrast(metrics: pd.DataFrame, runs: Sequence[str], batch_sizes: Sequence[int],
+                      *, dataset: str, primary: str, epochs: int | None = None,
+                      outcome: str = "train_loss") -> pd.DataFrame:
+    """The theory's prediction, tested per run that has a constant-rate arm.
+
+    For a run R trained under the profile's decaying schedule ``primary`` and as the arm
+    ``R~constant``, with the bases b and ``b~constant``, the seed-wise differences are
+    d_decay(s) = y_R(s) - y_b(s) and d_const(s) = y_R~constant(s) - y_b~constant(s), and the
+    contrast c(s) = d_const(s) - d_decay(s); y is ``outcome`` after the last epoch (the final
+    training loss: the stationary loss the SDE sections predict). The stochastic-differential
+    picture says that at a constant rate a gradient of lower variance lowers the stationary
+    loss (its temperature is eta times the noise over 2), and that a decaying rate, which
+    cools every optimizer towards the same minimum, shrinks that gain. So the prediction holds
+    (``held``) when the constant-rate arm is better than its base (interval below zero for a
+    loss) and the contrast is below zero (its interval too): the gain is larger at a constant
+    rate. Intervals are 95 % sign-flip intervals (:func:`sign_flip_interval`), marginal: the
+    contrasts are not a Holm family, and ``p_contrast`` is the sign-flip p of c. Seeds where
+    any of the four runs diverged are left out.
+    """
+    epochs = final_epoch(metrics) if epochs is None else int(epochs)
+    values = seed_values(metrics, epochs, outcome)
+    sign = 1.0 if OUTCOMES[outcome] else -1.0  # a gain is positive for an accuracy
+    rows = []
+    present = set(runs)
+    for run in runs:
+        parts = _arm_parts(run, primary)
+        if parts is None or not {run, *parts} <= present:
+            continue
+        arm, base, base_arm = parts
+        for batch_size in batch_sizes:
+            frames = [_select(values, r, batch_size).set_index("seed")
+                      for r in (run, base, arm, base_arm)]
+            common = frames[0].index
+            for f in frames[1:]:
+                common = common.intersection(f.index)
+            ok = [s for s in common if not any(f.loc[s, "diverged"] for f in frames)]
+            y = [f.loc[ok, "value"].to_numpy(float) for f in frames]
+            decay, const = y[0] - y[1], y[2] - y[3]
+            contrast = const - decay
+            cells = {}
+            for name, d in (("decay", decay), ("constant", const), ("contrast", contrast)):
+                low, high = sign_flip_interval(d, 1 - CONFIDENCE)
+                cells.update({f"{name}_mean": float(d.mean()) if d.size else math.nan,
+                              f"{name}_low": low, f"{name}_high": high})
+            # both intervals beyond zero on the side of a gain (NaN compares False)
+            if sign > 0:
+                held = cells["constant_low"] > 0 and cells["contrast_low"] > 0
+            else:
+                held = cells["constant_high"] < 0 and cells["contrast_high"] < 0
+            rows.append({"dataset": dataset, "batch_size": int(batch_size), "run": run,
+                         "arm": arm, "outcome": outcome, "n_pairs": len(ok), **cells,
+                         "p_contrast": sign_flip_p(contrast) if len(ok) >= 2 else math.nan,
+                         "held": bool(held)})
+    return pd.DataFrame(rows, columns=SCHEDULE_COLUMNS)
+
+
+def _arm_parts(run: str, primary: str) -> tuple[str, str, str] | None:
+    """(the run's constant-rate arm, its base, the base's arm) for a run of the primary
+    schedule that has a base, else None (or when the primary schedule is constant)."""
+    from sngrad.names import parse_run
+
+    parts = parse_run(run)
+    base = paired_base(run)
+    if parts.schedule is not None or base is None or primary == "constant":
+        return None
+    return (parts._replace(schedule="constant").name, base,
+            parse_run(base)._replace(schedule="constant").name)

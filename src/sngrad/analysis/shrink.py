@@ -162,3 +162,12 @@ def cv_curves(diagnostics: pd.DataFrame) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame = frame[np.isfinite(frame["variance_ratio"]) | np.isfinite(frame["lambda_median"])]
     return frame.groupby([*CELL, "epoch"])[needed].mean().reset_index()
+
+
+def mean_factors(summary: pd.DataFrame) -> dict[tuple[str, int], float]:
+    """{(run, batch size): mean factor over training, network-wide} from
+    :func:`shrink_summary` (its ``all`` layer): what the no-op rule of
+    :mod:`sngrad.analysis.paired` reads."""
+    rows = summary[summary["layer"].astype(str) == ALL_LAYERS] if len(summary) else summary
+    return {(r["optimizer"], int(r["batch_size"])): float(r["factor_mean"])
+            for _, r in rows.iterrows()}

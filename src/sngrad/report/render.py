@@ -56,8 +56,14 @@ def collect(
         summary_table = pd.DataFrame(columns=SUMMARY_COLUMNS)
     if paired_table.empty:
         paired_table = pd.DataFrame(columns=PAIRED_COLUMNS)
-    epochs_rows = results.paired_rows(paired_table, "equal_epochs")
-    compute_rows = results.paired_rows(paired_table, "equal_compute")
+    primary = (config.get("train") or {}).get("schedule", "constant")
+    arm = "constant" if primary != "constant" else None  # the constant-rate arm, if any
+    epochs_rows = results.paired_rows(paired_table, "equal_epochs", schedule=primary)
+    compute_rows = results.paired_rows(paired_table, "equal_compute", schedule=primary)
+    loss_rows = results.paired_rows(paired_table, "equal_epochs", "train_loss", primary)
+    arm_rows = [*results.paired_rows(paired_table, "equal_epochs", schedule=arm),
+                *results.paired_rows(paired_table, "equal_epochs", "train_loss", arm)
+                ] if arm else []
     inputs = reproducibility.expected_inputs(layout, config) if inputs is None else inputs
     prov = reproducibility.input_provenance(inputs)
     prov.update(
@@ -85,6 +91,14 @@ def collect(
         "winners": summary.winners(layout, datasets),
         "paired": epochs_rows,
         "paired_compute": compute_rows,
+        "paired_loss": loss_rows,
+        "findings_loss": summary.findings(loss_rows),
+        "families": results.families(paired_table),
+        "no_op": results.no_op_rows(paired_table),
+        "schedules": results.schedule_rows(layout, datasets),
+        "primary_schedule": primary,
+        "paired_arm": arm_rows,
+        "findings_arm": summary.findings(arm_rows),
         "findings": summary.findings(epochs_rows),
         "findings_compute": summary.findings(compute_rows),
         "prototype_rows": [r for r in epochs_rows if "@" in r["run"]],

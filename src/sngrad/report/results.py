@@ -29,14 +29,38 @@ def _cell_key(dataset, run, batch_size) -> tuple:
     return (str(dataset), str(run), int(batch_size))
 
 
-def paired_rows(paired: pd.DataFrame, family: str) -> list[dict]:
+def _difference(value, outcome: str) -> str:
+    """An accuracy difference in signed points; a loss difference as a signed number."""
+    if outcome == "test_accuracy":
+        return signed_points(value)
+    return NA if missing(value) else ("unbounded" if abs(value) == float("inf")
+                                      else f"{value:+.4f}")
+
+
+def _interval(r: dict) -> str:
+    if missing(r["ci_low"]):
+        return NA
+    if abs(r["ci_low"]) == float("inf"):
+        return "unbounded"
+    level = f" ({pct(r['ci_level'], 2)} %)" if not missing(r.get("ci_level")) else ""
+    return (f"[{_difference(r['ci_low'], r['outcome'])}, "
+            f"{_difference(r['ci_high'], r['outcome'])}]{level}")
+
+
+def paired_rows(paired: pd.DataFrame, family: str, outcome: str = "test_accuracy",
+                schedule: str | None = None) -> list[dict]:
+    """The rows of one family, outcome and (if given) schedule of ``paired.csv``, formatted;
+    no-op rows included (verdict "no-op")."""
     rows = []
-    for r in records(paired[paired["family"] == family] if len(paired) else None):
-        ci = (
-            NA
-            if missing(r["ci_low"])
-            else f"[{signed_points(r['ci_low'])}, {signed_points(r['ci_high'])}]"
-        )
+    chosen = None
+    if len(paired):
+        mask = (paired["family"] == family) & (paired["outcome"] == outcome)
+        if schedule is not None:
+            mask &= paired["schedule"] == schedule
+        chosen = paired[mask]
+    for r in records(chosen):
+        ci = _interval(r)
+        value_text = pct if outcome == "test_accuracy" else (lambda v: fmt(v, 4))
         rows.append(
             {
                 "dataset": r["dataset"],
@@ -47,10 +71,14 @@ def paired_rows(paired: pd.DataFrame, family: str) -> list[dict]:
                 "diverged": f"{int(r['n_diverged_run'])}/{int(r['n_diverged_base'])}",
                 "epochs": f"{fmt(r['epoch_run'], 6)} vs {fmt(r['epoch_base'], 6)}",
                 "cost": fmt(r["cost_run"], 3),
-                "run_mean": pct(r["run_mean"]),
-                "base_mean": pct(r["base_mean"]),
-                "diff": signed_points(r["diff_mean"]),
+                "run_mean": value_text(r["run_mean"]),
+                "base_mean": value_text(r["base_mean"]),
+                "diff": _difference(r["diff_mean"], outcome),
+                "outcome": outcome.replace("_", " "),
                 "ci": ci,
+                "no_op": truthy(r["no_op"]),
+                "factor": fmt(r["mean_factor"], 4),
+                "detectable": _difference(r["detectable"], outcome),
                 "p_signflip": pvalue(r["p_signflip"]),
                 "p_holm": pvalue(r["p_holm"]),
                 "p_t": pvalue(r["p_t"]),
@@ -60,6 +88,61 @@ def paired_rows(paired: pd.DataFrame, family: str) -> list[dict]:
             }
         )
     return rows
+
+
+def families(paired: pd.DataFrame) -> list[dict]:
+    """Per (dataset, family, outcome): its comparisons (no-op rows left out) and the smallest
+    mean difference it detects with the stated power."""
+    out = []
+    if not len(paired):
+        return out
+    kept = paired[~paired["no_op"].astype(bool)]
+    for (dataset, family, outcome), part in kept.groupby(["dataset", "family", "outcome"],
+                                                         sort=True):
+        testable = part[part["n_pairs"] >= 2]
+        if testable.empty:
+            continue
+        out.append({"dataset": dataset, "family": family.replace("_", " "),
+                    "outcome": outcome.replace("_", " "), "m": len(testable),
+                    "pairs": int(testable["n_pairs"].median()),
+                    "detectable": _difference(testable["detectable"].iloc[0], outcome)})
+    return out
+
+
+def schedule_rows(layout: Layout, datasets) -> list[dict]:
+    """The theory's prediction per run with a constant-rate arm (``schedules.csv``)."""
+    rows = []
+    for dataset in datasets:
+        table = read_csv(layout.schedules(dataset))
+        for r in records(table):
+            def span(name, r=r):
+                low, high = r[f"{name}_low"], r[f"{name}_high"]
+                if missing(low):
+                    return NA
+                if abs(low) == float("inf"):
+                    return "unbounded"
+                return f"[{_difference(low, r['outcome'])}, {_difference(high, r['outcome'])}]"
+
+            rows.append({
+                "dataset": r["dataset"], "batch_size": int(r["batch_size"]), "run": r["run"],
+                "arm": r["arm"], "pairs": fmt(r["n_pairs"], 6),
+                **{f"{name}": _difference(r[f"{name}_mean"], r["outcome"])
+                   for name in ("decay", "constant", "contrast")},
+                **{f"{name}_ci": span(name) for name in ("decay", "constant", "contrast")},
+                "p": pvalue(r["p_contrast"]), "held": "yes" if truthy(r["held"]) else "no",
+            })
+    return rows
+
+
+def no_op_rows(paired: pd.DataFrame) -> list[dict]:
+    """The runs set apart as no-ops, once per (dataset, run, batch size)."""
+    if not len(paired):
+        return []
+    rows = paired[paired["no_op"].astype(bool)].drop_duplicates(["dataset", "run", "batch_size"])
+    return [{"dataset": r["dataset"], "run": r["run"], "base": r["base"],
+             "batch_size": int(r["batch_size"]),
+             "factor": NA if missing(r["mean_factor"]) else fmt(r["mean_factor"], 4)}
+            for r in records(rows)]
 
 
 def seed_tables(config, summary: pd.DataFrame, paired: pd.DataFrame) -> list[dict]:
@@ -72,7 +155,9 @@ def seed_tables(config, summary: pd.DataFrame, paired: pd.DataFrame) -> list[dic
     index = {_cell_key(r["dataset"], r["run"], r["batch_size"]): r for r in records(summary)}
     verdicts = {
         _cell_key(r["dataset"], r["run"], r["batch_size"]): r
-        for r in records(paired[paired["family"] == "equal_epochs"] if len(paired) else None)
+        for r in records(paired[(paired["family"] == "equal_epochs")
+                                & (paired["outcome"] == "test_accuracy")]
+                         if len(paired) else None)
     }
     tables = []
     for batch_size in config.get("batch_sizes", []):
@@ -153,17 +238,25 @@ def shrink_rows(layout: Layout) -> list[dict]:
     table = read_csv(layout.analysis("shrink.csv"))
     if table is None or table.empty:
         return []
+    layers = table[table["layer"].astype(str) != ALL_LAYERS]
     whole = table[table["layer"].astype(str) == ALL_LAYERS]
+
+    def per_layer(r) -> str:
+        own = layers[(layers["dataset"] == r["dataset"]) & (layers["optimizer"] == r["optimizer"])
+                     & (layers["batch_size"] == r["batch_size"])].sort_values("layer")
+        return ", ".join(f"{layer}: {fmt(f, 3)}" for layer, f in
+                         zip(own["layer"], own["factor_mean"], strict=True))
+
     return [
         {
             "dataset": r["dataset"],
             "run": r["optimizer"],
             "batch_size": int(r["batch_size"]),
             "share": pct(r["shrink_share"], 1),
-            "share_first": pct(r["shrink_first"], 1),
-            "share_last": pct(r["shrink_last"], 1),
-            "factor": fmt(r["factor_mean"]),
-            "factor_last": fmt(r["factor_last"]),
+            "factor": fmt(r["factor_mean"], 4),
+            "factor_first": fmt(r["factor_first"], 4),
+            "factor_last": fmt(r["factor_last"], 4),
+            "layers": per_layer(r),
         }
         for r in records(whole)
     ]

@@ -9,9 +9,11 @@ from sngrad.tables import VERDICTS
 
 
 def findings(rows: list[dict]) -> dict:
+    """Verdict counts of one family's rows; no-op rows are counted apart (``no_op``)."""
     by = {v: [r for r in rows if r["verdict"] == v] for v in VERDICTS}
     return {
-        "total": len(rows),
+        "total": sum(len(v) for v in by.values()),
+        "no_op": sum(1 for r in rows if r.get("no_op")),
         **{v: len(by[v]) for v in by},
         "better_rows": by["better"],
         "worse_rows": by["worse"],

@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,12 @@ def check_out_dir(out_dir) -> Path:
     return path
 
 
+def own_schedule(spec: TrainSpec, run: RunName) -> TrainSpec:
+    """The spec with the run's ``~schedule`` in place of the profile's (an arm of the study);
+    the spec itself when the run has none."""
+    return spec if run.schedule is None else replace(spec, schedule=run.schedule)
+
+
 def _load(data_path, batch_size: int):
     from sngrad.data import load_splits
 
@@ -188,6 +195,7 @@ def tune(data_path, run_name: str, batch_size: int, spec: TrainSpec, out_dir, ar
     started = time.perf_counter()
     ledger.watch_compilation()
     run = parse_run(run_name)
+    spec = own_schedule(spec, run)
     out_dir = check_out_dir(out_dir)
     splits = _load(data_path, batch_size)
     data_sha = sha256_file(data_path)
@@ -348,6 +356,7 @@ def train(data_path, run_name: str, batch_size: int, spec: TrainSpec, hparams_pa
     started = time.perf_counter()
     ledger.watch_compilation()
     run = parse_run(run_name)
+    spec = own_schedule(spec, run)
     out_dir = check_out_dir(out_dir)
     hp = _checked_hparams(run, load_hparams(hparams_path, run.name, batch_size))
     splits = _load(data_path, batch_size)
