@@ -365,3 +365,46 @@ def test_run_groups_keep_each_base_with_its_variants():
         "sgd and its noise-informed variants": ["sgd", "sgd+sngrad1"],
         "momentum and its variants": ["momentum"],
     }
+
+
+# ----------------------------------------------------------------------------- flagged budgets
+
+
+def test_budget_rows_flag_a_seed_only_if_it_diverged_by_the_budget_epoch():
+    """``budget.csv``'s ``diverged`` is the run's flag at the end of the epoch that holds step
+    k*: a seed that diverged before k* is flagged, one that diverged only after is not. Catches
+    the flag taken from the last epoch (both flagged) or from the epoch before (neither)."""
+    from sngrad import costs
+    from sngrad.train.commands import budget_rows
+
+    budget = costs.budget_step("sgd+svrg", [3, 2, 2], 10, 4, 3)
+    assert (budget.step, budget.steps_per_epoch) == (1, 2)  # k* = 1 lies in epoch 1 of 3
+    diverged = np.array([[True, False, False],    # epoch 1: seed 1 diverged before k*'s end
+                         [True, True, False],     # epoch 2: seed 2 diverged after k*
+                         [True, True, True]])     # epoch 3: seed 3 too
+    values = {f"{s}_{m}": np.array([0.5, 0.6, 0.7]) for s in ("val", "test")
+              for m in ("loss", "accuracy")}
+    rows = budget_rows({"dataset": "toy", "optimizer": "sgd+svrg", "batch_size": 4}, [1, 2, 3],
+                       budget, values, diverged)
+    assert [r["diverged"] for r in rows] == [True, False, False]
+    assert [r["budget_step"] for r in rows] == [1, 1, 1]
+
+
+def test_a_flagged_budget_seed_leaves_the_pairs_and_counts_as_diverged():
+    """In the equal-compute family a seed flagged in budget.csv has no pair and is counted in
+    n_diverged_run; the run is then never called better (it diverged more than its base), while
+    its equal-epochs row, where the seed did not diverge, keeps all ten pairs."""
+    metrics = metrics_frame({"sgd": BASE, "sgd+sngrad1": BASE + 0.05})
+    budget = budget_frame({"sgd+sngrad1": BASE + 0.04})
+    budget.loc[budget["seed"] == 3, "diverged"] = True
+    budget.loc[budget["seed"] == 3, "test_accuracy"] = 0.99  # a finite value that must not count
+    table = paired.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist",
+                                budget=budget)
+    table = table[table["outcome"] == "test_accuracy"]
+    compute = table[table["family"] == "equal_compute"].iloc[0]
+    assert (compute["n_pairs"], compute["n_diverged_run"], compute["n_diverged_base"]) == (9, 1, 0)
+    assert compute["diff_mean"] == pytest.approx(0.04)
+    assert compute["p_holm"] < 0.05 and compute["verdict"] == "inconclusive"
+    assert "not called better" in compute["note"]
+    epochs = table[table["family"] == "equal_epochs"].iloc[0]
+    assert (epochs["n_pairs"], epochs["n_diverged_run"], epochs["verdict"]) == (10, 0, "better")

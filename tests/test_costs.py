@@ -63,6 +63,97 @@ def test_step_flops_of_every_kind_on_the_tiny_network(run, flops):
     assert costs.step_flops(run, TINY, 4) == flops
 
 
+# The rest of the registry, counted the same way: F + G = 74 and M = 45 per example at B = 4,
+# P = 14, P_W = 10; update constants sgd 2, momentum 4, adam 13, adabelief 15; factors I 6,
+# II 12, III 6; the RMS sum of a tuned I or III 2; the variance finish 3 per weight.
+REGISTRY_ROWS = {
+    "adabelief": 4 * 74 + 15 * 14,
+    "sgd+sngrad3": 4 * (74 + 45) + (2 + 6 + 2) * 14 + 3 * 10,
+    "momentum+sngrad1": 4 * (74 + 45) + (4 + 6 + 2) * 14 + 3 * 10,
+    "momentum+sngrad2": 4 * (74 + 45) + (4 + 12) * 14 + 3 * 10,
+    "adam+sngrad1": 4 * (74 + 45) + (13 + 6 + 2) * 14 + 3 * 10,
+    "adam+sngrad2": 4 * (74 + 45) + (13 + 12) * 14 + 3 * 10,
+    "adam+sngrad3": 4 * (74 + 45) + (13 + 6 + 2) * 14 + 3 * 10,
+    "momentum+sngrad1@0.1": 4 * (74 + 45) + (4 + 6) * 14 + 3 * 10,
+    "adam+sngrad3@0.1": 4 * (74 + 45) + (13 + 6) * 14 + 3 * 10,
+    "adam+sngrad2@0.05": 4 * (74 + 45) + (13 + 12) * 14 + 3 * 10,
+    # an arm's schedule changes no count
+    "sgd+cv~constant": 4 * (2 * (74 + 45) + 49) + (2 + 17) * 14 + (6 + 2) * 10,
+}
+
+
+@pytest.mark.parametrize(("run", "flops"), sorted(REGISTRY_ROWS.items()))
+def test_step_flops_of_the_rest_of_the_registry(run, flops):
+    assert costs.step_flops(run, TINY, 4) == flops
+
+
+def test_every_registry_optimizer_has_a_hand_counted_row():
+    from sngrad.names import OPTIMIZERS
+
+    counted = {"sgd", "momentum", "adam", "msvag", "sgd+sngrad1", "momentum+sngrad3",
+               "sgd+sngrad2", "svag", "sgd+svrg", "sgd+cv", *REGISTRY_ROWS}
+    assert set(OPTIMIZERS) <= counted
+
+
+# The default profile's cells: 784-64-10, N = 8000, B = 128 (S = 62 steps, 620 in 10 epochs),
+# anchors before every epoch. By hand: F = (100352 + 64) + (1280 + 10) + 64 (ReLU) + 40 =
+# 101810; G = 30 + 64 + 100416 + 1290 + 1280 (layer 2's input gradient) = 103080;
+# M = (100352 + 784 + 320) + (1280 + 64 + 50) = 102850; C = (100352 + 784 + 384) + (1280 +
+# 64 + 60) = 102924; P_W = 50816, P = 50890; anchor 8000 (F + G) + 8 P. k* is the last t
+# with t c_run (+ anchors before t) <= 620 c_base, recomputed here without sngrad.costs.
+STUDY_COUNTS = {"F": 101810, "G": 103080, "M": 102850, "C": 102924, "PW": 50816, "P": 50890}
+DEFAULT_K_STAR = {
+    "sgd": 620, "momentum": 620, "adam": 620, "sgd+sngrad1": 407, "sgd+sngrad2": 405,
+    "sgd+sngrad3": 407, "momentum+sngrad1": 408, "adam+sngrad1": 410, "sgd+sngrad1@0.1": 408,
+    "sgd+sngrad2@0.05": 405, "sgd+sngrad3@0.1": 408, "svag": 408, "msvag": 599,
+    "adabelief": 617, "sgd+cv": 124, "sgd+svrg": 186,
+}
+
+
+def _k_star_by_hand(run: str) -> int:
+    f, g, m, c, pw, p = (STUDY_COUNTS[k] for k in ("F", "G", "M", "C", "PW", "P"))
+    update = {"sgd": 2, "momentum": 4, "adam": 13, "adabelief": 15, "msvag": 20}
+    factor = {"1": 6, "2": 12, "3": 6}
+    optimizer, _, alpha = run.partition("@")
+    head, _, modifier = optimizer.partition("+")
+
+    def step(name, modifier, alpha):
+        if name == "svag":
+            return 128 * (f + g + m) + 9 * p + 3 * pw
+        if modifier == "svrg":
+            return 256 * (f + g) + 7 * p
+        if modifier == "cv":
+            return 128 * (2 * (f + g + m) + c) + 19 * p + 8 * pw
+        if modifier.startswith("sngrad"):
+            digit = modifier[-1]
+            rms = 2 if digit in "13" and not alpha else 0
+            return 128 * (f + g + m) + (update[name] + factor[digit] + rms) * p + 3 * pw
+        return 128 * (f + g) + update[name] * p
+
+    anchor = 8000 * (f + g) + 8 * p
+    base = {"svag": "sgd", "msvag": "sgd", "adabelief": "adam"}.get(head, head)
+    budget = 620 * step(base, "", "")
+    cost = step(head, modifier, alpha)
+    anchored = modifier in ("cv", "svrg")
+    t = 0
+    while (t + 1) * cost + (t // 62 + 1) * anchor * anchored <= budget:
+        t += 1
+    return t
+
+
+@pytest.mark.parametrize("run", sorted(DEFAULT_K_STAR))
+def test_the_default_profiles_budget_steps_are_pinned(run):
+    import yaml
+
+    assert set(DEFAULT_K_STAR) == set(yaml.safe_load(open("config/default.yaml"))["optimizers"])
+    assert costs.forward_flops(STUDY) == STUDY_COUNTS["F"]
+    assert costs.backward_flops(STUDY) == STUDY_COUNTS["G"]
+    assert costs.moment_flops(STUDY) == STUDY_COUNTS["M"]
+    assert costs.co_moment_flops(STUDY) == STUDY_COUNTS["C"]
+    assert _k_star_by_hand(run) == DEFAULT_K_STAR[run]
+    assert costs.budget_step(run, STUDY, 8000, 128, 10, 1).step == DEFAULT_K_STAR[run]
+
+
 def test_anchor_is_one_forward_and_backward_over_the_training_split():
     assert costs.anchor_flops("sgd+svrg", TINY, 10) == 10 * 74 + 14  # one chunk sum of P
     assert costs.anchor_flops("sgd+cv", TINY, 2049) == 2049 * 74 + 3 * 14  # three chunks
