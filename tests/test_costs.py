@@ -227,6 +227,12 @@ def test_budget_step_is_the_last_affordable_step():
 def test_a_base_meets_its_own_budget_at_its_last_step():
     b = costs.budget_step("adam", STUDY, 8000, 128, 10)
     assert (b.base, b.step, b.steps_total, b.capped) == ("adam", 620, 620, False)
+    assert b.budget_flops == b.run_flops == 620 * costs.step_flops("adam", STUDY, 128)
+
+
+def test_a_layer_of_width_one_is_counted():
+    # 3 -> 1 -> 2: products 6 + 4, bias adds 1 + 2, one ReLU of 1, log-softmax 4 x 2
+    assert costs.forward_flops([3, 1, 2]) == 6 + 4 + 1 + 2 + 1 + 8
 
 
 # ----------------------------------------------------------------------------- the engine

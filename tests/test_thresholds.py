@@ -37,6 +37,9 @@ def test_pooled_noise_scale_by_hand_with_unequal_batch_counts():
     weights = [n * b for n, b in zip(N_BATCHES, SIZES, strict=True)]
     got = noise_summary.pooled_noise_scale(G2, G2_SE, TRACE, TRACE_SE, COV, weights)
     assert got == pytest.approx((r, se), rel=1e-12)
+    # weights of zero (no examples drawn) pool nothing: no estimate, not a division by zero
+    nothing = noise_summary.pooled_noise_scale(G2, G2_SE, TRACE, TRACE_SE, COV, [0, 0, 0])
+    assert all(v != v for v in nothing)  # NaN
     # the covariance term matters here: without it the error would be larger
     no_cov = noise_summary.pooled_noise_scale(G2, G2_SE, TRACE, TRACE_SE, [0, 0, 0], weights)
     assert no_cov[1] > se * 1.1
