@@ -182,6 +182,8 @@ def report_inputs():
             str(p) for p in Path(TEMPLATES).glob("*.md.j2") if str(p) != REPORT_TEMPLATE
         ),
         "data": [L.data_meta(d) for d in DATASETS],
+        # the scope section counts the seed's design from it
+        "seed_design": "config/paper.yaml",
         "runs": [f for d in DATASETS for f in run_files(d, *TUNE_FILES, *TRAIN_FILES)],
         "reference": [L.reference_dir(d) for d in DATASETS],
         "noise": [L.noise(d) for d in DATASETS],
