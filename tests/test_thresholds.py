@@ -78,8 +78,13 @@ def test_the_delta_method_error_matches_the_spread_of_simulated_repeats():
 
 
 @pytest.mark.parametrize(("b_simple", "words"), [
-    (2049.0, "well above 1024"), (2048.0, "inside the seed's range"),
-    (64.0, "inside the seed's range"), (63.9, "well below 128"),
+    (2049.0, "well above the seed's largest batch size 1024"),
+    (2048.0, "above the seed's largest batch size 1024"),
+    (1180.0, "above the seed's largest batch size 1024"),  # last round's text said "inside"
+    (1024.0, "inside the seed's range 128-1024"), (128.0, "inside the seed's range 128-1024"),
+    (127.9, "below the seed's smallest batch size 128"),
+    (64.0, "below the seed's smallest batch size 128"),
+    (63.9, "well below the seed's smallest batch size 128"),
     (0.0, "not measurable"), (math.nan, "not measurable"),
 ])
 def test_the_regime_sentence_on_both_sides_of_each_edge(b_simple, words):

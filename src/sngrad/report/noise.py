@@ -19,23 +19,28 @@ from sngrad.report.format import number, percent, plus_minus
 
 
 def regime(b_simple: float) -> str:
-    """Where the seed's batch sizes 128-1024 stand relative to B_simple."""
+    """Where the seed's batch sizes lo-hi (128-1024) stand relative to B_simple: above the
+    range (every batch size of the seed below B_simple), inside it (lo <= B_simple <= hi), or
+    below it; "well" above or below beyond a factor of 2."""
     lo, hi = SEED_STUDY_BATCH_SIZES
     if not math.isfinite(b_simple) or b_simple <= 0:
         return "not measurable (the unbiased |G|^2 is not positive)"
-    if b_simple > 2 * hi:
+    if b_simple > hi:
+        well = "well " if b_simple > 2 * hi else ""
         return (
-            f"well above {hi}: every batch size of the seed's study is noise-dominated, so a "
-            "larger batch buys almost proportionally fewer steps"
+            f"{well}above the seed's largest batch size {hi}: every batch size of the seed's "
+            "study is below it, in the noise-dominated range where a larger batch buys "
+            "almost proportionally fewer steps"
         )
-    if b_simple < lo / 2:
+    if b_simple < lo:
+        well = "well " if b_simple < lo / 2 else ""
         return (
-            f"well below {lo}: every batch size of the seed's study is past the critical batch "
-            "size, where more examples per step buy little"
+            f"{well}below the seed's smallest batch size {lo}: every batch size of the seed's "
+            "study is above it, where more examples per step buy little"
         )
     return (
-        f"inside the seed's range {lo}-{hi}: the smaller batch sizes there are noise-dominated, "
-        "the larger ones already past the point of diminishing returns"
+        f"inside the seed's range {lo}-{hi}: its smaller batch sizes are in the noise-dominated "
+        "range, its larger ones past the point of diminishing returns"
     )
 
 
