@@ -385,6 +385,12 @@ def test_profile_stages_of_the_smoke_profile():
     assert stages["final training"].example_steps == 3 * 2 * 40 * 64
     assert stages["reference"].example_steps == 40 * 64
     assert stages["reference"].flops == 40 * costs.step_flops("sgd", [64, 16, 10], 64)
+    assert "extension rounds" in stages["tuning"].note and "not counted" in stages["tuning"].note
+    # one tuning run: 40 steps and one validation pass over the 144 validation examples
+    profile = load_profile("config/smoke.yaml")
+    assert costs.tuning_trial_flops(profile, "digits", "sgd+sngrad1", 64) == (
+        40 * costs.step_flops("sgd+sngrad1", [64, 16, 10], 64)
+        + 144 * costs.forward_flops([64, 16, 10]))
     assert [s.jobs for s in stages.values()] == [3, 3, 1, 1]
 
 

@@ -50,7 +50,8 @@ def test_the_trend_of_b_simple_on_both_sides_of_its_thresholds(tmp_path, last, t
 def test_each_cell_holds_its_own_column(tmp_path):
     context = _context(tmp_path, [
         _row("init", 0, 100.0),
-        _row("p100", 10, 300.0, sigma_ratio=1.5, sigma_changes=True, mean_error_slope=-0.75),
+        _row("p100", 10, 300.0, sigma_ratio=1.5, sigma_changes=True, mean_error_slope=-0.7512,
+             mean_error_slope_se=0.0311),
     ], datasets=("toy", "absent"))
     assert context["available"] and context["missing"] == ["absent"]
     (toy,) = context["datasets"]
@@ -65,8 +66,9 @@ def test_each_cell_holds_its_own_column(tmp_path):
     assert first["factor_mean_alpha1_bmax"] == {v: "0.438" for v in VARIANTS}
     assert first["shrink_share_tuned"] == {v: "50.0 %" for v in VARIANTS}
     assert first["shrink_share_alpha1_bmax"] == {v: "25.0 %" for v in VARIANTS}
-    assert toy["mean_error_slope"] == "-0.75 ± 0.03"
-    assert [s["mean_error"] for s in toy["slopes"]] == ["-0.25 ± 0.03", "-0.75 ± 0.03"]
+    # slopes to two significant digits of the error: -0.7512 +- 0.0311 reads -0.75 +- 0.031
+    assert toy["mean_error_slope"] == "-0.75 ± 0.031"
+    assert [s["mean_error"] for s in toy["slopes"]] == ["-0.25 ± 0.03", "-0.75 ± 0.031"]
     assert toy["sigma_rises"] and toy["sigma_changes"] and toy["sigma_ratio"] == "1.5"
     assert (toy["largest_batch_size"], toy["smallest_batch_size"]) == ("1024", "8")
 

@@ -55,9 +55,18 @@ def test_the_noise_summary_weights_each_batch_size_by_the_examples_it_drew():
     })
     (row,) = noise_summary.b_simple_by_checkpoint(frame).to_dict("records")
     assert (row["b_simple"], row["b_simple_se"]) == pytest.approx(_by_hand(), rel=1e-12)
+    assert (row["checkpoint"], row["epoch"], row["layer"]) == ("p50", 5, "all")
+    assert (row["b_simple_exact"], row["b_simple_biased"], row["biased_batch_size"]) == (
+        9.0, 7.0, 64)  # the measured batch size nearest the summary's 128 (64 of 8, 64, 1024)
     for wrong in (SIZES, N_BATCHES):
         value, _ = noise_summary.pooled_noise_scale(G2, G2_SE, TRACE, TRACE_SE, COV, wrong)
         assert abs(value - row["b_simple"]) > 1e-3
+
+
+def test_a_summary_of_no_measured_dataset_is_empty(tmp_path):
+    from sngrad.layout import Layout
+
+    assert noise_summary.summary_table(Layout("t", str(tmp_path)), ["absent"]).empty
 
 
 def test_the_delta_method_error_matches_the_spread_of_simulated_repeats():
