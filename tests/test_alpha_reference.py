@@ -353,3 +353,26 @@ def test_noise_study_reads_an_rms_alpha_per_batch_over_every_coordinate():
         assert r["factor_mean_III_alpha1"] == a["factor_mean_III_alpha1"]
     assert math.isnan(absolute[0]["factor_mean_II_tuned"])
     assert 0 < net["factor_mean_II_tuned"] <= 1
+
+
+def test_variant_two_is_measured_at_the_protocols_alpha_of_each_batch_size(tmp_path):
+    """A II run's best.json with alpha_scaled is read as alpha_scaled / B at every batch size
+    (the tuning protocol's unit), so the noise study's II factor at B equals the absolute
+    factor at alpha_scaled / B; a best.json without alpha_scaled keeps its raw alpha."""
+    path = tmp_path / "ii.json"
+    path.write_text(json.dumps({"alpha": 0.25 / 16, "alpha_scaled": 0.25,
+                                "alpha_reference": "absolute"}))
+    (tuned,) = command.parse_tuned([f"sgd+sngrad2={path}"]).values()
+    assert tuned == measure.TunedAlpha(0.25, "absolute", per_batch_size=True)
+    params, x, y = _mlp_problem()
+    rows = measure.study_checkpoint(params, x, y, [8, 16], 4, 0, {"II": tuned})
+    for batch in (8, 16):
+        fixed = measure.study_checkpoint(params, x, y, [batch], 4, 0, {"II": 0.25 / batch})
+        got = next(r for r in rows if r["layer"] == "all" and r["batch_size"] == batch)
+        want = next(r for r in fixed if r["layer"] == "all")
+        assert got["factor_mean_II_tuned"] == want["factor_mean_II_tuned"]
+    b8, b16 = (next(r for r in rows if r["layer"] == "all" and r["batch_size"] == b)
+               for b in (8, 16))
+    assert b8["factor_mean_II_tuned"] != b16["factor_mean_II_tuned"]
+    path.write_text(json.dumps({"alpha": 0.5}))
+    assert command.parse_tuned([f"sgd+sngrad2={path}"])["II"] == measure.TunedAlpha(0.5)

@@ -116,6 +116,8 @@ def parse_tuned(items: Sequence[str]) -> dict[str, TunedAlpha]:
     how the run reads it (``sngrad.transforms.REFERENCES``: "absolute", raw units, or "rms",
     relative to each step's RMS sigma). A best.json without ``alpha_reference`` (written before
     the key existed) is read as "absolute"; with a null alpha the reference is not used.
+    Variant II with an ``alpha_scaled`` is read in the protocol's unit, ``alpha_scaled / B`` at
+    each batch size B (``TunedAlpha.per_batch_size``).
     """
     tuned: dict[str, TunedAlpha] = {}
     for item in items:
@@ -132,6 +134,7 @@ def parse_tuned(items: Sequence[str]) -> dict[str, TunedAlpha]:
             best = json.loads(Path(path).read_text())
             alpha = best["alpha"]
             reference = best.get("alpha_reference", "absolute")
+            scaled = best.get("alpha_scaled")
         except FileNotFoundError:
             raise SngradError(f"--tuned {run}: {path} not found") from None
         except (ValueError, KeyError, TypeError, AttributeError) as err:
@@ -145,7 +148,12 @@ def parse_tuned(items: Sequence[str]) -> dict[str, TunedAlpha]:
             if reference not in REFERENCES:
                 raise SngradError(f"--tuned {run}: alpha_reference {reference!r} in {path}; "
                                   f"allowed: {', '.join(REFERENCES)}")
-        tuned[variant] = TunedAlpha(alpha, reference)
+        if variant == "II" and alpha is not None and isinstance(scaled, int | float) and (
+                math.isfinite(scaled) and scaled > 0):
+            # the protocol's unit: alpha_scaled / B at every batch size (sngrad.train.protocol)
+            tuned[variant] = TunedAlpha(float(scaled), reference, per_batch_size=True)
+        else:
+            tuned[variant] = TunedAlpha(alpha, reference)
     return tuned
 
 

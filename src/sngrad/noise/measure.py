@@ -51,8 +51,12 @@ training split, or on a ReLU that is dead for every example, has no gradient to 
   ``alpha / s_b`` on batch b, ``s_b = sqrt(sum_i v_i / P)`` the root-mean-square sigma over
   *all* P coordinates of the batch's gradient (every layer's weights and biases, informative or
   not, as the transform sees them; :func:`sngrad.transforms.step_alpha`). The alpha = 1
-  columns are the prototype's untuned alpha, always absolute. ``alpha_<v>_tuned`` is the alpha
-  of best.json as written (relative to s_b for an "rms" run).
+  columns are the prototype's untuned alpha, always absolute. Variant II's tuned alpha is read
+  as the protocol sets it at every batch size, ``alpha_scaled / B`` (``per_batch_size``: its
+  best.json gives ``alpha_scaled``), so it relaxes with B as the SVAG factor does; a run tuned
+  at one B is then measured at the alpha it would have been given at each other B.
+  ``alpha_<v>_tuned`` is the alpha of best.json as written (relative to s_b for an "rms" run,
+  raw at the tuning batch size for II).
 
 The batches (and signs) of a batch size depend only on the seed and B, so every checkpoint is
 measured on the same examples. Every per-batch scalar is averaged over the batches with its
@@ -455,10 +459,13 @@ def n_batches_for(batch_size: int, batches: int) -> int:
 
 class TunedAlpha(NamedTuple):
     """A variant's tuned alpha as its best.json gives it: ``alpha`` (None when every setting
-    diverged) and how the run reads it, ``reference`` (``sngrad.transforms.REFERENCES``)."""
+    diverged) and how the run reads it, ``reference`` (``sngrad.transforms.REFERENCES``);
+    with ``per_batch_size`` the alpha is scale-free and batch size B takes ``alpha / B``
+    (variant II, as the tuning protocol converts it)."""
 
     alpha: float | None
     reference: str = "absolute"
+    per_batch_size: bool = False
 
 
 def _tuned_alpha(value) -> TunedAlpha:
@@ -470,12 +477,13 @@ def _tuned_alpha(value) -> TunedAlpha:
 
 
 def _factor_settings(tuned: Mapping[str, TunedAlpha | float | None]):
-    """``((suffix, variant, alpha, reference), ...)``; variants without a tuned alpha left out."""
-    settings = [(f"{v}_alpha1", v, 1.0, "absolute") for v in VARIANTS]
+    """``((suffix, variant, alpha, reference, per_batch_size), ...)``; variants without a
+    tuned alpha left out."""
+    settings = [(f"{v}_alpha1", v, 1.0, "absolute", False) for v in VARIANTS]
     for v in VARIANTS:
-        alpha, reference = _tuned_alpha(tuned.get(v))
+        alpha, reference, per_batch_size = _tuned_alpha(tuned.get(v))
         if alpha is not None:
-            settings.append((f"{v}_tuned", v, alpha, reference))
+            settings.append((f"{v}_tuned", v, alpha, reference, per_batch_size))
     return tuple(settings)
 
 
@@ -537,8 +545,10 @@ def study_checkpoint(
             sq_error += np.asarray(sq, np.float64)
             # the reference of an "rms" alpha is each batch's RMS sigma over all coordinates,
             # not over a layer or the informative ones: what the transform divides by
-            resolved = tuple((suffix, variant, batch_alphas(variant, alpha, reference, var))
-                             for suffix, variant, alpha, reference in factors)
+            resolved = tuple(
+                (suffix, variant,
+                 batch_alphas(variant, alpha / batch if per_b else alpha, reference, var))
+                for suffix, variant, alpha, reference, per_b in factors)
             mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
             flip, nonzero = np.asarray(flip), np.asarray(nonzero)
             for gi, cut in enumerate(slices):
