@@ -121,7 +121,7 @@ def write_run(layout, dataset, run, *, all_diverged):
         "optimizer": names.optimizer_of(run), "run": run, "batch_size": B,
         "learning_rate": None if all_diverged else 0.1, "momentum": None,
         "alpha": None if variant is None else 0.3, "alpha_scaled": 3.0 if tuned_alpha else None,
-        "sigma_ref": 0.1 if tuned_alpha else None, "val_accuracy": None if all_diverged else 0.86,
+        "val_accuracy": None if all_diverged else 0.86,
         "val_loss": 0.5, "all_diverged": all_diverged, "at_bound": run == "sgd", "trials": 6,
     })  # fmt: skip
     metrics, diagnostics = [], []

@@ -5,7 +5,8 @@ test noticed (issue 24). Each test below fails on one of them:
 
 1. the split the tuning command scores (validation, never test);
 2. the control variate's coefficient inside the training step, lam = cov / snap_var;
-3. the conversion of variant III's scale-free alpha (raw alpha = alpha_scaled / sigma_ref);
+3. the conversion of variant III's scale-free alpha (raw alpha = alpha_scaled, read relative
+   to the step's RMS sigma, never over B);
 4. the Holm family of the paired table when a profile has several batch sizes;
 5. the direction of the summary's "highest final validation accuracy" winner;
 6. the constant 27 of ``sde.variant_ii_variance``, on the map for which the formula is exact.

@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sngrad.errors import SngradError
@@ -366,6 +366,19 @@ def tuning_trial_flops(profile: dict, dataset: str, run: str, batch: int) -> flo
     return flops + n_val * forward_flops(widths)
 
 
+def tuning_runs(profile: Mapping) -> dict[str, int]:
+    """Per run name of a profile: the tuning runs of its search without extension rounds (the
+    settings of round 0 and of the refinement, :func:`sngrad.train.protocol.trial_count`,
+    times the tuning seeds)."""
+    from sngrad.names import parse_run
+    from sngrad.spec import tune_spec
+    from sngrad.train.protocol import trial_count
+
+    tune = tune_spec(profile["tune"])
+    return {run: sum(trial_count(parse_run(run), tune)) * len(tune.seeds)
+            for run in profile["optimizers"]}
+
+
 def profile_stages(profile: dict) -> list[Stage]:
     """The counted work of a profile (a mapping as :func:`sngrad.config.load_profile` returns).
 
@@ -374,17 +387,14 @@ def profile_stages(profile: dict) -> list[Stage]:
     training: every final seed with validation and test passes per epoch; reference: sgd on
     the first final seed; noise: at each of the 5 reference checkpoints, the exact moments
     over the training split and the drawn batches of every noise batch size (forward,
-    backward, moments). The
-    benchmark is timing-bound (its repeats run until a time is reached) and not counted.
+    backward, moments). The benchmark is timing-bound (its repeats run until a time is
+    reached) and not counted.
     """
     from sngrad import config as profiles
-    from sngrad.names import parse_run
-    from sngrad.spec import tune_spec
-    from sngrad.train.protocol import trial_count
 
-    train, tune = profile["train"], tune_spec(profile["tune"])
+    train, seeds = profile["train"], len(profile["tune"]["seeds"])
     epochs, every = int(train["epochs"]), int(train["snapshot_every"])
-    trials = {run: sum(trial_count(parse_run(run), tune)) for run in profile["optimizers"]}
+    runs_of = tuning_runs(profile)
     totals = {name: [0, 0, 0.0] for name in ("tuning", "final training", "reference", "noise")}
 
     def add(name, jobs, work):
@@ -396,7 +406,7 @@ def profile_stages(profile: dict) -> list[Stage]:
         widths, n_train, n_val, n_test = _cell_shape(profile, dataset)
         for run in profile["optimizers"]:
             for batch in profile["batch_sizes"]:
-                tune_runs = trials[run] * len(tune.seeds)
+                tune_runs = runs_of[run]
                 tuned = _training(run, widths, n_train, batch, epochs, every, tune_runs, 0)
                 add("tuning", 1, (tuned[0], tuned[1] + tune_runs * n_val * forward_flops(
                     widths)))
@@ -408,9 +418,9 @@ def profile_stages(profile: dict) -> list[Stage]:
         drawn = sum(b * noise_batches(b, profile["noise"]["batches"])
                     for b in profiles.noise_batch_sizes(profile, dataset))
         add("noise", 1, (0, REFERENCE_CHECKPOINTS * (n_train + drawn) * per_example))
-    counts = sorted(set(trials.values()))
+    counts = sorted({runs // seeds for runs in runs_of.values()})
     notes = {"tuning": f"initial grid and refinement, {'/'.join(map(str, counts))} settings "
-                       f"x {len(tune.seeds)} seeds per cell; extension rounds (a slab of the "
+                       f"x {seeds} seeds per cell; extension rounds (a slab of the "
                        "grid each, until every axis is interior) not counted",
              "noise": "gradient moments at fixed parameters (no training steps)"}
     return [Stage(name, jobs, steps, flops, notes.get(name, ""))

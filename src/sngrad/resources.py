@@ -77,28 +77,14 @@ def job_mb(layer_widths: list[int], batch: int, runs: int, examples: int) -> flo
 def _tune_factors(config: Mapping) -> dict[str, int]:
     """The keys that multiply the largest tuning round's K (round 0 of the run with the most
     tuned axes), with their factor."""
-    from sngrad.config import training_spec
     from sngrad.names import parse_run
-    from sngrad.spec import parse_spec
+    from sngrad.spec import tune_spec
     from sngrad.train.protocol import lr_count, tuned_axes
 
-    tune = parse_spec(training_spec(config)).tune
+    tune = tune_spec(config["tune"])
     extra = max(len(tuned_axes(parse_run(run), tune)) - 1 for run in config["optimizers"])
     return {"tune.lr_per_decade": lr_count(tune), "tune.axis_points": tune.axis_points ** extra,
             "tune.seeds": len(tune.seeds)}
-
-
-def _tune_runs(config: Mapping) -> dict[str, int]:
-    """Per run name: the tuning runs of its search without extension rounds (round 0 and the
-    refinement, times the tuning seeds)."""
-    from sngrad.config import training_spec
-    from sngrad.names import parse_run
-    from sngrad.spec import parse_spec
-    from sngrad.train.protocol import trial_count
-
-    tune = parse_spec(training_spec(config)).tune
-    return {run: sum(trial_count(parse_run(run), tune)) * len(tune.seeds)
-            for run in config["optimizers"]}
 
 
 def _shown(config: Mapping, key: str):
@@ -155,7 +141,7 @@ def work_flops(config: Mapping) -> float:
     from sngrad import costs
     from sngrad.config import noise_batch_sizes, split_sizes
 
-    tune_runs = _tune_runs(config)
+    tune_runs = costs.tuning_runs(config)
     train = config["train"]
     every = train["snapshot_every"]
     total = 0.0
@@ -179,7 +165,7 @@ def run_steps(config: Mapping) -> int:
     from sngrad.config import split_sizes
 
     runs = [tune_runs + len(config["train"]["seeds"])
-            for tune_runs in _tune_runs(config).values()]
+            for tune_runs in costs.tuning_runs(config).values()]
     total = 0
     for dataset in config["datasets"]:
         n_train = split_sizes(config, dataset)[0]

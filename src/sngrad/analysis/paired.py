@@ -71,7 +71,7 @@ from scipy import stats
 
 from sngrad.analysis.loaders import as_flag
 from sngrad.errors import SngradError
-from sngrad.names import paired_base, schedule_of
+from sngrad.names import paired_base, parse_run, schedule_of
 from sngrad.tables import (
     NO_OP,
     NO_OP_FACTOR,
@@ -167,26 +167,25 @@ def sign_flip_interval(differences: Iterable[float], level: float) -> tuple[floa
     return tuple(0.0 if abs(end) <= scale else end for end in ends)
 
 
-def paired_t(differences: Iterable[float], confidence: float = CONFIDENCE) -> dict:
-    """Mean, std (ddof 1), paired-t interval and two-sided t p-value of the differences.
+def paired_t(differences: Iterable[float]) -> dict:
+    """Mean, std (ddof 1) and two-sided paired-t p-value of the differences (the interval
+    of a row is the sign-flip one, :func:`sign_flip_interval`).
 
-    Fewer than 2 differences: interval and p are NaN. Zero spread: the interval is the point
-    and p is 0 (mean not zero) or 1 (mean zero), the limits of the t statistic.
+    Fewer than 2 differences: std and p are NaN. Zero spread: p is 0 (mean not zero) or 1
+    (mean zero), the limits of the t statistic.
     """
     d = np.asarray(list(differences), dtype=float)
     n = d.size
-    mean = float(d.mean()) if n else math.nan
-    out = {"n": n, "mean": mean, "std": math.nan, "low": math.nan, "high": math.nan, "p": math.nan}
+    out = {"n": n, "mean": float(d.mean()) if n else math.nan, "std": math.nan, "p": math.nan}
     if n < 2:
         return out
     std = float(d.std(ddof=1))
     se = std / math.sqrt(n)
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * se
     if se == 0.0:
-        p = 0.0 if mean != 0.0 else 1.0
+        p = 0.0 if out["mean"] != 0.0 else 1.0
     else:
-        p = float(2.0 * stats.t.sf(abs(mean) / se, n - 1))
-    out.update(std=std, low=mean - half, high=mean + half, p=p)
+        p = float(2.0 * stats.t.sf(abs(out["mean"]) / se, n - 1))
+    out.update(std=std, p=p)
     return out
 
 
@@ -632,8 +631,6 @@ def schedule_contrast(metrics: pd.DataFrame, runs: Sequence[str], batch_sizes: S
 def _arm_parts(run: str, primary: str) -> tuple[str, str, str] | None:
     """(the run's constant-rate arm, its base, the base's arm) for a run of the primary
     schedule that has a base, else None (or when the primary schedule is constant)."""
-    from sngrad.names import parse_run
-
     parts = parse_run(run)
     base = paired_base(run)
     if parts.schedule is not None or base is None or primary == "constant":

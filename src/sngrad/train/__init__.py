@@ -24,7 +24,7 @@ _EXPORTS = {
     "programs": "sngrad.train.engine",
     "reference": "sngrad.train.commands",
     "run_sweep": "sngrad.train.engine",
-    "select_setting": "sngrad.train.protocol",
+    "select": "sngrad.train.protocol",
     "train": "sngrad.train.commands",
     "tune": "sngrad.train.commands",
 }

@@ -211,7 +211,7 @@ def tune(data_path, run_name: str, batch_size: int, spec: TrainSpec, out_dir, ar
         if rounds:
             if any(t.refine for t in trials):
                 break
-            pick, _ = _select(rounds, trials, grid_only=True)
+            pick, _ = _select(_stacked(rounds, SCORES), trials, _grid(trials))
             pending, _ = protocol.extension(run, spec.tune, batch_size, trials, pick)
             if not pending and pick is not None:
                 pending = protocol.refinement(run, spec.tune, batch_size, trials, pick)
@@ -254,11 +254,16 @@ def tune(data_path, run_name: str, batch_size: int, spec: TrainSpec, out_dir, ar
     return {k: best[k] for k in BEST_KEYS}
 
 
-def _select(rounds: list[dict], trials: list[Trial], grid_only: bool = False, among=None):
-    """protocol.select over the trained trials (the grid ones only with ``grid_only``)."""
-    scores = _stacked(rounds, ("val_accuracy", "val_loss", "diverged"))
-    if grid_only:
-        among = [i for i, t in enumerate(trials) if not t.refine]
+SCORES = ("val_accuracy", "val_loss", "diverged")  # what the selection reads, per round
+
+
+def _grid(trials: list[Trial]) -> list[int]:
+    """The indices of the trials of the grid rounds (every round but the refinement)."""
+    return [i for i, t in enumerate(trials) if not t.refine]
+
+
+def _select(scores, trials: list[Trial], among: list[int]):
+    """protocol.select over the trials ``among`` from the stacked ``scores``."""
     return protocol.select(*scores, [t.position for t in trials], among)
 
 
@@ -267,11 +272,12 @@ def _best(run: RunName, batch_size: int, spec: TrainSpec, rounds: list[dict],
     """best.json's content (and ``tied_settings``): the grid pick, then the refinement's choice
     among it and its half-step neighbours; the status of every tuned axis."""
     tune = spec.tune
-    grid_pick, tied = _select(rounds, trials, grid_only=True)
+    scores = _stacked(rounds, SCORES)
+    grid_pick, tied = _select(scores, trials, _grid(trials))
     pick = grid_pick
     refined = [i for i, t in enumerate(trials) if t.refine]
     if grid_pick is not None and refined:
-        pick, tied = _select(rounds, trials, among=[grid_pick, *refined])
+        pick, tied = _select(scores, trials, [grid_pick, *refined])
     axes = protocol.tuned_axes(run, tune)
     grid = [t for t in trials if not t.refine]
     if grid_pick is None:
@@ -280,7 +286,6 @@ def _best(run: RunName, batch_size: int, spec: TrainSpec, rounds: list[dict],
     else:
         status = {a: s if s in (protocol.INTERIOR, protocol.BOUND) else EDGE
                   for a, s in protocol.axis_status(run, tune, grid, trials[grid_pick]).items()}
-    scores = _stacked(rounds, ("val_accuracy", "val_loss", "diverged"))
     acc, loss, valid = protocol.valid_settings(*scores)
     margin = protocol.tie_margin(scores[0], valid)
     best = {"optimizer": run.optimizer, "run": run.name, "batch_size": batch_size,
