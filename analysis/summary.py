@@ -19,9 +19,10 @@
 # (accuracy) at equal counted compute: an exact sign-flip p-value, Holm's correction within
 # each family, an interval at the level Holm tested the row, the family's smallest detectable
 # difference, and no-op runs set apart (`paired.csv`); per run with a constant-rate arm, the
-# theory's prediction tested (`schedules.csv`). The statistics are `sngrad.analysis` functions
-# (their docstrings state the rules, including how diverged seeds are handled); this notebook
-# only loads, calls and writes.
+# theory's prediction tested (`schedules.csv`); per run with a base, how its difference changes
+# from the smallest to the largest batch size (`batch_trend.csv`). The statistics are
+# `sngrad.analysis` functions (their docstrings state the rules, including how diverged seeds
+# are handled); this notebook only loads, calls and writes.
 
 # %%
 import json
@@ -42,8 +43,8 @@ config_json = "{}"
 layout = Layout(profile, results_root)
 config = json.loads(config_json)
 (dataset,) = datasets
-summary, paired, winners, schedules = outputs.dataset_tables(layout, dataset, runs,
-                                                               batch_sizes, config)
+summary, paired, winners, schedules, trend = outputs.dataset_tables(layout, dataset, runs,
+                                                                      batch_sizes, config)
 
 # %% [markdown]
 # ## Chosen settings and final test accuracy
@@ -61,9 +62,13 @@ shown = ["family", "outcome", "batch_size", "run", "base", "no_op", "n_pairs", "
 print(paired[shown].to_string())
 
 # %%
-summary_path, paired_path, winners_path, schedules_path = notebook_tables(layout, "summary",
-                                                                        dataset)
-write_frame(summary_path, summary)
-write_frame(paired_path, paired)
-write_frame(winners_path, winners)
-write_frame(schedules_path, schedules)
+# %% [markdown]
+# ## Each run's difference from its base, smallest against largest batch size
+
+# %%
+print(trend.to_string())
+
+# %%
+paths = notebook_tables(layout, "summary", dataset)
+for path, table in zip(paths, (summary, paired, winners, schedules, trend), strict=True):
+    write_frame(path, table)

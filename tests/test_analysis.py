@@ -97,7 +97,7 @@ def test_paired_table_against_scipy_with_a_diverged_seed(tmp_path):
     for run, rows in metrics.groupby("optimizer"):
         write_frame(layout.run_file("metrics.csv", "mnist", run, 128), rows)
     config = {"train": {"epochs": EPOCHS}, "model": {"hidden": [16]}}
-    summary, table, best, _ = outputs.dataset_tables(layout, "mnist", runs, [128], config)
+    summary, table, best, _, _ = outputs.dataset_tables(layout, "mnist", runs, [128], config)
     assert summary.set_index("run").loc["sgd+sngrad1", "n_diverged"] == 1
     pd.testing.assert_frame_equal(best, paired.winners(summary))
     table = table[table["outcome"] == "test_accuracy"]
@@ -205,12 +205,12 @@ def test_equal_compute_through_the_files_never_reads_a_timing(tmp_path):
                                    "sgd+sngrad2": WORSE - 0.01}).groupby("optimizer"):
         write_frame(layout.run_file("budget.csv", "mnist", run, 128), rows)
     config = {"train": {"epochs": EPOCHS}, "model": {"hidden": [16]}}
-    _, without, _, _ = outputs.dataset_tables(layout, "mnist", runs, [128], config)
+    _, without, _, _, _ = outputs.dataset_tables(layout, "mnist", runs, [128], config)
     write_frame(layout.benchmark(), pd.DataFrame([
         {"network": "784-16-10", "batch_size": 128, "method": run, "median_ms": math.nan,
          "spread": math.nan, "sgd_ms": math.nan, "ratio": math.nan,
          "flag": "reference off by more than the spread"} for run in runs]))
-    _, flagged, _, _ = outputs.dataset_tables(layout, "mnist", runs, [128], config)
+    _, flagged, _, _, _ = outputs.dataset_tables(layout, "mnist", runs, [128], config)
     pd.testing.assert_frame_equal(without, flagged)
     compute = without[without["family"] == "equal_compute"].set_index("run")
     assert list(compute.index) == ["sgd+sngrad1", "sgd+sngrad2"]

@@ -63,11 +63,11 @@ def test_seed_learning_rate_cells_name_the_chosen_alpha():
     ])
     config = {"optimizers": ["sgd", "sgd+sngrad1", "sgd+sngrad2@0.05"],
               "datasets": ["mnist"], "batch_sizes": [64]}
-    (table,) = results.seed_tables(config, summary, pd.DataFrame())
-    assert table["columns"] == ["sgd", "sgd+sngrad1", "sgd+sngrad2@0.05"]
-    mnist = next(r for r in table["lr_rows"] if r["dataset"] == "MNIST")
-    assert mnist["cells"] == [
-        "0.1", "0.3, $\\alpha$ 25 (scale-free 0.5)", "0.03, $\\alpha$ 0.05"]
+    table = results.seed_tables(config, summary, pd.DataFrame())
+    assert table["runs"] == ["sgd", "sgd+sngrad1", "sgd+sngrad2@0.05"]
+    mnist = {r["run"]: r["cells"] for r in table["lr_rows"] if r["dataset"] == "MNIST"}
+    assert mnist == {"sgd": ["0.1"], "sgd+sngrad1": ["0.3, $\\alpha$ 25 (scale-free 0.5)"],
+                     "sgd+sngrad2@0.05": ["0.03, $\\alpha$ 0.05"]}
 
 
 def _layout(tmp_path):

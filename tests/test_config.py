@@ -11,7 +11,7 @@ from sngrad.cli import main
 from sngrad.errors import SngradError
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILES = ("default", "quick", "smoke", "paper")
+PROFILES = ("default", "quick", "smoke", "paper", "scale")
 SCHEMA = yaml.safe_load(profiles.SCHEMA.read_text())
 COMPARISON = {
     "sgd", "momentum", "adam",
@@ -53,7 +53,7 @@ def smoke(**changes) -> dict:
 @pytest.mark.parametrize("name", PROFILES)
 def test_every_profile_is_complete_and_passes(name):
     config = profiles.load_profile(ROOT / "config" / f"{name}.yaml")
-    assert set(config) == set(SCHEMA["required"])
+    assert set(SCHEMA["required"]) <= set(config) <= set(SCHEMA["properties"])
     assert config["profile"] == name
     assert profiles.reserved_name_problem(config, name, profile("default")) is None
 
@@ -83,6 +83,23 @@ def test_quick_and_smoke_use_embedded_data_only():
     # its constant-rate arm holds sgd, the control variates and the three variants
     arm = {parse_run(r)._replace(schedule=None).name for r in runs if parse_run(r).schedule}
     assert arm == {"sgd", "sgd+cv", "sgd+svrg", "sgd+sngrad1", "sgd+sngrad2", "sgd+sngrad3"}
+
+
+def test_quick_trains_two_batch_sizes():
+    assert len(profile("quick")["batch_sizes"]) >= 2
+
+
+def test_scale_profile_is_the_seed_network_on_one_gpu_in_about_ten_minutes():
+    from sngrad import costs
+
+    config = profile("scale")
+    assert config["model"]["hidden"] == [1024, 1024, 1024]
+    assert config["batch_sizes"] == [128, 1024]
+    assert config["data"]["train_size"] is None  # the full training set
+    assert config["accelerator"]["memory_mb"] > 0
+    counted = sum(stage.flops for stage in costs.profile_stages(config))
+    # extension rounds come on top of the counted work, so it plans for well under 10 minutes
+    assert 3 * 60 < counted / costs.GPU_SUSTAINED_FLOPS < 8 * 60
 
 
 def test_paper_profile_is_the_seed_study():

@@ -422,3 +422,28 @@ def test_host_median_equals_the_device_median_of_each_layer():
     host = engine._host_median([np.asarray(w) for w, _ in lam])
     np.testing.assert_array_equal(host, np.asarray(device))
     assert host.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", ["paper", "scale"])
+def test_the_readme_quotes_the_counted_cost_of_the_paper_and_scale_profiles(name):
+    """The README's figures for the paper and scale profiles are what `config cost` counts
+    now: a change to the profile or to the counting that leaves the README behind fails."""
+    import re
+    from pathlib import Path
+
+    from sngrad.config import load_profile
+
+    root = Path(__file__).resolve().parents[1]
+    stages = costs.profile_stages(load_profile(root / "config" / f"{name}.yaml"))
+    flops = sum(s.flops for s in stages)
+    readme = " ".join((root / "README.md").read_text().split())
+    if name == "paper":
+        jobs, steps = sum(s.jobs for s in stages), sum(s.example_steps for s in stages)
+        quoted = re.search(r"counts (\S+) jobs, (\S+) example-steps and (\S+) FLOPs", readme)
+        assert quoted, "the README's paper-profile cost sentence is gone"
+        assert quoted.groups() == (f"{jobs:,}", f"{steps:.2g}".replace("+", ""),
+                                   f"{flops:.3g}".replace("+", ""))
+        assert f"about {flops / costs.GPU_SUSTAINED_FLOPS / 3600:,.0f} GPU-hours" in readme
+    else:
+        assert f"`config cost` counts {flops:.2g} FLOPs".replace("+", "") in readme
+        assert f"about {flops / costs.GPU_SUSTAINED_FLOPS / 60:.0f} min at" in readme

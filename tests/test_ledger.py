@@ -86,6 +86,26 @@ def test_record_writes_the_entry_named_as_the_log_and_removes_its_side_files(tmp
     assert ledger.read_entries(Layout("quick")) == [got]
 
 
+def test_the_jobs_table_lists_every_entry_in_the_order_the_jobs_finished(tmp_path):
+    import csv
+
+    layout = Layout("scale", str(tmp_path / "results"))
+    late = ledger.entry(stage="train", job="mnist/sgd/bs1024", wall_s=40.0, cpu_s=39.0,
+                        threads=1, phases_record={"compile_s": 5.0, "scan_s": 30.0},
+                        finished_unix=20.0)
+    early = ledger.entry(stage="notebooks", job="theory", wall_s=12.0, cpu_s=11.0, threads=1,
+                         phases_record=None, finished_unix=10.0)
+    write_json(layout.ledger("train", "mnist", "sgd", "bs1024"), late)
+    write_json(layout.ledger("notebooks", "theory"), early)
+    out = tmp_path / "jobs.csv"
+    assert ledger.cli(["jobs", "--profile", "scale", "--results-root",
+                       str(tmp_path / "results"), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["job"] for r in rows] == ["theory", "mnist/sgd/bs1024"]
+    assert list(rows[0]) == list(ledger.JOB_COLUMNS)
+    assert float(rows[1]["wall_s"]) == 40.0 and rows[0]["scan_s"] == ""
+
+
 def test_a_log_outside_the_layout_is_refused():
     with pytest.raises(ValueError, match="not a job log"):
         Layout.of_log("results/quick/train/x.log")

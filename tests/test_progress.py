@@ -11,7 +11,7 @@ import yaml
 
 from sngrad import resources
 from sngrad.cli import main
-from sngrad.config import DEFAULT_PROFILE, load_profile, read_yaml
+from sngrad.config import DEFAULT_PROFILE, load_profile, read_yaml, split_sizes
 from sngrad.data import Splits
 from sngrad.spec import parse_spec
 from sngrad.train import TRAIN_MODE, RunConfig, run_sweep
@@ -202,8 +202,28 @@ def test_the_key_that_multiplies_the_runs_is_named(tmp_path):
     assert line.startswith("resources.mem_mb.train = 200: a train job on mnist")
 
 
+def test_jobs_sharing_a_gpu_are_held_to_its_memory(tmp_path):
+    """With an accelerator, ``jobs`` tune or train jobs at once (their arrays, without the
+    interpreter) must fit its memory: the line names accelerator.memory_mb and the GPU."""
+    config = read_yaml("config/scale.yaml")
+    assert resources.memory_problems(config, machine=24000.0) == []
+    one = resources.job_mb(resources.widths(config, "mnist"), 1024, 10,
+                           sum(split_sizes(config, "mnist"))) - resources.BASELINE_MB
+    config["accelerator"].update(memory_mb=int(3.5 * one), jobs=4)  # 3 train jobs fit, 4 not
+    lines = resources.memory_problems(config, machine=10**7)
+    train = next(line for line in lines if " train job(s)" in line)
+    assert train.startswith(f"accelerator.memory_mb = {int(3.5 * one)}: 4 train job(s) on "
+                            f"mnist at once need at least {4 * one:,.0f} MB of "
+                            f"{config['accelerator']['name']} (10 vmapped run(s)")
+    assert train.endswith("allowed: fewer accelerator.jobs, or a network, batch size and run "
+                          "count that fit")
+    config["accelerator"].update(jobs=3)
+    assert not any(" train job(s)" in line
+                   for line in resources.memory_problems(config, machine=10**7))
+
+
 def test_the_shipped_profiles_fit(capsys):
-    for name in ("smoke", "quick", "default", "paper"):
+    for name in ("smoke", "quick", "default", "paper", "scale"):
         load_profile(f"config/{name}.yaml")
     assert "error" not in capsys.readouterr().err
     assert resources.memory_problems(pinned(), machine=4000.0) == []

@@ -219,23 +219,37 @@ def test_paired_table_cells_hold_the_right_rows(study):
 
 
 def test_seed_tables_fill_the_seed_readme(study):
+    """The seed's two tables: one row per (dataset, run), one column per batch size; the seed's
+    datasets this profile does not train say why, the sngrad cells carry the paired verdict."""
     layout, _, text = study
     summary = pd.read_csv(layout.summary("mnist")).set_index("run")
-    rows = {r["dataset"]: r for r in markdown_table(text, "| dataset | `sgd` |")}
-    assert set(rows) == {"MNIST", "Fashion MNIST", "CIFAR10"}
-    assert rows["MNIST"]["`sgd`"].startswith("0.1")
-    assert rows["MNIST"]["`sgd`"].endswith("†")  # sgd's best.json says at_bound
-    assert "not run: needs the paper profile" in rows["CIFAR10"]["`sgd`"]
-    assert rows["Fashion MNIST"]["`sgd`"] == results.NOT_IN_PROFILE
+    column = f"B = {B}"
+    header = f"| dataset | run | {column} |"
+    lr = markdown_table(text, header)
+    rows = {(r["dataset"], r["run"]): r[column] for r in lr}
+    assert {d for d, _ in rows} == {"MNIST", "Fashion MNIST", "CIFAR10"}
+    assert rows[("MNIST", "`sgd`")].startswith("0.1")
+    assert rows[("MNIST", "`sgd`")].endswith("†")  # sgd's best.json says at_bound
+    assert "not run: needs the paper profile" in rows[("CIFAR10", "every run")]
+    assert rows[("Fashion MNIST", "every run")] == results.NOT_IN_PROFILE
     lines = text.splitlines()
-    second = [i for i, line in enumerate(lines) if line.startswith("| dataset | `sgd` |")][1]
-    acc = {r["dataset"]: r for r in markdown_table("\n".join(lines[second:]), "| dataset |")}
+    second = [i for i, line in enumerate(lines) if line.startswith(header)][1]
+    acc = {(r["dataset"], r["run"]): r[column]
+           for r in markdown_table("\n".join(lines[second:]), header)}
     s = summary.loc["sgd+sngrad1"]
-    cell = acc["MNIST"]["`sgd+sngrad1`"]
+    cell = acc[("MNIST", "`sgd+sngrad1`")]
     mean, std = 100 * s["test_accuracy_mean"], 100 * s["test_accuracy_std"]
     assert cell.startswith(f"{mean:.2f} ± {std:.2f}")
     assert "(better," in cell
-    assert acc["MNIST"]["`sgd`"].startswith(f"{100 * summary.loc['sgd', 'test_accuracy_mean']:.2f}")
+    assert acc[("MNIST", "`sgd`")].startswith(
+        f"{100 * summary.loc['sgd', 'test_accuracy_mean']:.2f}")
+
+
+def test_one_batch_size_says_the_trend_is_not_measured(study):
+    _, _, text = study
+    section = text.split("## Batch size:")[1].split("## What a step costs")[0]
+    assert f"This profile trains one batch size, B = {B}, so it says nothing" in section
+    assert "batch_size_trend.png" not in section
 
 
 def test_summary_names_the_run_chosen_on_validation(study):

@@ -78,7 +78,7 @@ def test_lint_reports_nothing():
 # ----------------------------------------------------------------------------- dry runs
 
 
-@pytest.mark.parametrize("name", ["default", "quick", "paper", "smoke"])
+@pytest.mark.parametrize("name", ["default", "quick", "paper", "scale", "smoke"])
 def test_fresh_copy_plans_every_job_of_the_profile(fresh, name):
     args = ["-n"] if name == "default" else ["-n", "--configfile", f"config/{name}.yaml"]
     out = snakemake(*args, cwd=fresh)
@@ -89,7 +89,7 @@ def test_fresh_copy_plans_every_job_of_the_profile(fresh, name):
     datasets = len(config["datasets"])
     runs = datasets * len(config["optimizers"]) * len(config["batch_sizes"])
     per_dataset = {"data", "reference", "noise", "summary"}
-    once = {"performance", "gradient_noise", "theory", "report", "all"}  # no benchmark
+    once = {"performance", "gradient_noise", "batch_sizes", "theory", "report", "all"}
     expected = {"tune": runs, "train": runs}
     expected |= {rule: datasets for rule in per_dataset} | {rule: 1 for rule in once}
     if name == "default":
@@ -132,9 +132,10 @@ def test_jobs_that_need_no_training_come_first_and_costly_cells_before_cheap(fre
             priorities[(rule, name.group(1))] = int(found.group(1)) if found else 0
     def of(rule, part=""):
         return [v for (r, path), v in priorities.items() if r == rule and part in path]
-    early = min(of("data") + of("theory") + of("reference") + of("noise") + of("tune", "/sgd/"))
+    reference = f"/sgd/bs{profile('quick')['batch_sizes'][0]}/"  # the reference run's cell
+    early = min(of("data") + of("theory") + of("reference") + of("noise") + of("tune", reference))
     others = [v for (r, path), v in priorities.items()
-              if r in ("tune", "train") and "/sgd/" not in path]
+              if r in ("tune", "train") and reference not in path]
     assert others and early > max(others)
     cv, sngrad1, adam = (of("tune", f"/{run}/") for run in ("sgd+cv", "sgd+sngrad1", "adam"))
     assert min(cv) > max(sngrad1) > max(adam)
@@ -278,7 +279,7 @@ def test_every_job_of_the_run_has_a_ledger_entry_whose_phases_fit_its_wall_time(
     training jobs spent time in both, and the report prints the stages."""
     from collections import Counter
 
-    from sngrad.layout import Layout
+    from sngrad.layout import NOTEBOOKS, Layout
     from sngrad.ledger import read_entries
 
     work, _ = smoke_run
@@ -288,7 +289,8 @@ def test_every_job_of_the_run_has_a_ledger_entry_whose_phases_fit_its_wall_time(
     stages = Counter(e["stage"] for e in entries)
     assert stages["tune"] == stages["train"] == cells
     assert stages["data"] == stages["reference"] == stages["noise"] == len(config["datasets"])
-    assert stages["notebooks"] == 3 + len(config["datasets"])  # and one summary per dataset
+    # every notebook of the figure manifest once, and the summary once per dataset
+    assert stages["notebooks"] == len(NOTEBOOKS) + len(config["datasets"])
     for e in entries:
         measured = (e["compile_s"] or 0.0) + (e["scan_s"] or 0.0)
         assert e["wall_s"] > 0 and e["cpu_s"] > 0, e

@@ -61,6 +61,13 @@ _FIGURES = (
            "Gradient noise scale B_simple (unbiased) at each checkpoint"),
     Figure("shrink_vs_batch", "gradient_noise",
            "Share of coordinates each variant shrinks, against the batch size"),
+    # analysis/batch_sizes.py: the study over batch sizes
+    Figure("batch_size_trend", "batch_sizes",
+           "Each run's paired difference in test accuracy from its base against the batch"
+           " size, with Holm-level intervals"),
+    Figure("lr_vs_batch_size", "batch_sizes",
+           "Chosen learning rate against the batch size, beside linear and square-root"
+           " scaling"),
     # analysis/theory.py: the theory checks
     Figure("theory_stationary_1d", "theory",
            "Stationary variance of SGD on a 1-D quadratic against the exact and the"
@@ -134,6 +141,10 @@ class Layout:
     def schedules(self, dataset: str) -> str:
         """Per run with a constant-rate arm, the theory's prediction tested."""
         return f"{self.base}/{dataset}/schedules.csv"
+
+    def batch_trend(self, dataset: str) -> str:
+        """Per run with a base, the change of its paired difference over the batch sizes."""
+        return f"{self.base}/{dataset}/batch_trend.csv"
 
     # ------------------------------------------------------------------ studies and notebooks
     def noise(self, dataset: str) -> str:
@@ -220,7 +231,7 @@ def published_paths(root: str | Path = ".") -> tuple[Path, Path]:
 # single dataset's target needs nothing from the other datasets.
 NOTEBOOK_TABLES: dict[str, tuple[str, ...]] = {
     "summary": ("{dataset}/summary.csv", "{dataset}/paired.csv", "{dataset}/winners.csv",
-                "{dataset}/schedules.csv"),
+                "{dataset}/schedules.csv", "{dataset}/batch_trend.csv"),
     "performance": (
         "analysis/lr_sensitivity.csv",
         "analysis/alpha_sensitivity.csv",
@@ -232,6 +243,7 @@ NOTEBOOK_TABLES: dict[str, tuple[str, ...]] = {
         "analysis/control_variates.csv",
     ),
     "gradient_noise": (f"analysis/{NOISE_SUMMARY}",),
+    "batch_sizes": ("analysis/lr_scaling.csv",),
     "theory": ("theory/checks.csv", "theory/stationary_1d.csv", "theory/summary.json"),
 }
 

@@ -198,6 +198,27 @@ def read_entries(layout: Layout) -> list[dict]:
     return entries
 
 
+JOB_COLUMNS = ("stage", "job", *COLUMNS, "threads", "finished_unix")
+
+
+def write_jobs(layout: Layout, out: str | Path) -> int:
+    """Every ledger entry of a profile as one CSV row (:data:`JOB_COLUMNS`, in the order the
+    jobs finished): the measured wall time of each job. Returns the number of rows."""
+    import csv
+    import io
+
+    from sngrad.io import write_text
+
+    entries = sorted(read_entries(layout), key=lambda e: e.get("finished_unix") or 0.0)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=JOB_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(entries)
+    write_text(out, buffer.getvalue())
+    return len(entries)
+
+
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sngrad.ledger")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -205,7 +226,15 @@ def cli(argv: list[str] | None = None) -> int:
     rec.add_argument("--log", required=True, help="the job's log: logs/<profile>/<stage>/...")
     rec.add_argument("--started", required=True, help="$EPOCHREALTIME when the job started")
     rec.add_argument("--threads", required=True, type=int)
+    jobs = sub.add_parser("jobs", help="every job's ledger entry of a profile as a CSV")
+    jobs.add_argument("--profile", required=True)
+    jobs.add_argument("--results-root", default="results")
+    jobs.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    if args.command == "jobs":
+        count = write_jobs(Layout(args.profile, args.results_root), args.out)
+        print(f"wrote {args.out}: {count} jobs")
+        return 0
     try:
         record(args.log, args.started, times_file(args.log), args.threads)
     except (SngradError, OSError, ValueError) as err:

@@ -13,8 +13,10 @@ Memory of a tuning or training job (a lower bound: what the arrays alone take)
     (parameters, gradient and update of every run; each layer's activations of a batch kept
     for the backward pass and again squared for the moments; one evaluation chunk; the
     splits on the device; the interpreter with jax loaded). A job whose lower bound exceeds
-    its ``resources.mem_mb`` or this machine's memory cannot run, and the check names the key
-    that drives the size: the limit itself (or ``data.train_size``) if the splits and the
+    its ``resources.mem_mb`` or this machine's memory cannot run; with an ``accelerator``
+    (a GPU, where the arrays live), ``accelerator.jobs`` such jobs at once, without the
+    interpreter's BASELINE_MB, must also fit its ``accelerator.memory_mb``. The check names
+    the key that drives the size: the limit itself (or ``data.train_size``) if the splits and the
     interpreter alone do not fit, ``model.hidden`` if one run's parameters do not, else
     ``batch_sizes`` if one run's activations do not, else the key that multiplies K.
 
@@ -103,6 +105,7 @@ def memory_problems(config: Mapping, machine: float | None = None) -> list[str]:
     seeds = len(config["train"]["seeds"])
     jobs = {"tune": (math.prod(tune.values()), tune), "train": (seeds, {"train.seeds": seeds})}
     batch = max(config["batch_sizes"])
+    device = config.get("accelerator")
     problems = []
     for stage, (runs, factors) in jobs.items():
         limit = config["resources"]["mem_mb"][stage]
@@ -114,6 +117,18 @@ def memory_problems(config: Mapping, machine: float | None = None) -> list[str]:
             if machine is not None:
                 over.append((f"this machine's {machine:.0f} MB", machine))
             exceeded = [text for text, mb in over if need > mb]
+            if device is not None:
+                on_device = device["jobs"] * (need - BASELINE_MB)
+                if on_device > device["memory_mb"]:
+                    problems.append(
+                        f"accelerator.memory_mb = {device['memory_mb']}: {device['jobs']} "
+                        f"{stage} job(s) on {dataset} at once need at least {on_device:,.0f} MB "
+                        f"of {device['name']} ({runs:,} vmapped run(s) of "
+                        f"{parameters(layers):,} parameters, batch {batch}, each); allowed: "
+                        "fewer accelerator.jobs, or a network, batch size and run count that "
+                        "fit"
+                    )
+                    break
             if not exceeded:
                 continue
             smallest = min(mb for _, mb in over)
@@ -196,11 +211,20 @@ def work_warnings(config: Mapping, source: str, default: Mapping) -> list[str]:
         hours = ratio * DEFAULT_BUDGET_MIN / 60
         amount = f"{ours:.2g} FLOP against {theirs:.2g}" if unit == "counted work" else (
             f"{ours:,} run-steps against {theirs:,}")
+        device = config.get("accelerator")
+        if device is not None:
+            from sngrad.costs import GPU_SUSTAINED_FLOPS
+
+            planned = (f"; planned for {device['name']}: about "
+                       f"{flops[0] / GPU_SUSTAINED_FLOPS / 60:,.0f} min of counted work at an "
+                       f"assumed sustained {GPU_SUSTAINED_FLOPS / 1e12:g} TFLOP/s")
+        else:
+            planned = ""
         lines.append(
             f"{source}: about {ratio:,.0f} times the {unit} of the default profile "
             f"({amount}); at the default's pace (its {DEFAULT_BUDGET_MIN:.0f}-minute budget) "
-            "that is about "
-            f"{hours:,.0f} h; check train.epochs, the seeds, the tuning grid and noise.batches"
+            f"that is about {hours:,.0f} h on this CPU{planned}; check train.epochs, the "
+            "seeds, the tuning grid and noise.batches"
         )
     bench = benchmark_repeats(config) / benchmark_repeats(default)
     if bench >= WORK_WARNING_RATIO:

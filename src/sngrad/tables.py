@@ -20,6 +20,11 @@ POWER = 0.8  # the power at which the smallest detectable effect of a family is 
 
 FLAT_SHARE = 0.10
 
+# how a run's paired difference from its base changes from the smallest to the largest batch
+# size (batch_trend.csv): its gain larger, smaller, or no change the interval detects
+TREND_DIRECTIONS = ("larger at the large batch", "smaller at the large batch",
+                    "no detectable change")
+
 ALL_LAYERS = "all"
 
 

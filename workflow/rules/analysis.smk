@@ -70,6 +70,29 @@ rule gradient_noise:
         NOTEBOOK
 
 
+rule batch_sizes:
+    """The trend over batch sizes: paired differences and chosen learning rates, every dataset."""
+    input:
+        source=notebook_source("batch_sizes"),
+        summaries=[f for d in DATASETS for f in notebook_tables(L, "summary", d)],
+        best=[f for d in DATASETS for f in run_files(d, "best.json")],
+    output:
+        *notebook_tables(L, "batch_sizes"),
+        *L.figures("batch_sizes"),
+        notebook=L.notebook("batch_sizes"),
+    params:
+        parameters=notebook_parameters(DATASETS),
+    conda:
+        CONDA_ENV
+    log:
+        L.log("notebooks", "batch_sizes"),
+    threads: threads_for("analysis")
+    resources:
+        mem_mb=mem_for("analysis"),
+    shell:
+        NOTEBOOK
+
+
 rule theory:
     """Theory checks and figures (SGD as an SDE, stationary densities); no training data."""
     input:

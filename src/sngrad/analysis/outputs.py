@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sngrad.analysis.batch_trend import TREND_COLUMNS, batch_trend
 from sngrad.analysis.loaders import read_best, read_run_tables
 from sngrad.analysis.paired import (
     SCHEDULE_COLUMNS,
@@ -61,7 +62,8 @@ def network_weights(layout, datasets, hidden) -> dict[str, dict[str, int]]:
 
 
 def dataset_tables(layout, dataset: str, runs, batch_sizes, config: dict):
-    """(summary, paired, winners, schedules) of one dataset: what the summary notebook writes.
+    """(summary, paired, winners, schedules, trend) of one dataset: what the summary notebook
+    writes (``trend``: :func:`sngrad.analysis.batch_trend.batch_trend`).
 
     ``config`` supplies the epoch count (``train.epochs``); the equal-compute family reads
     every run's ``budget.csv``.
@@ -82,6 +84,7 @@ def dataset_tables(layout, dataset: str, runs, batch_sizes, config: dict):
     if metrics.empty:
         paired = pd.DataFrame(columns=PAIRED_COLUMNS)
         schedules = pd.DataFrame(columns=SCHEDULE_COLUMNS)
+        trend = pd.DataFrame(columns=TREND_COLUMNS)
     else:
         paired = paired_table(
             metrics, runs, batch_sizes, dataset=dataset, budget=budget, epochs=epochs,
@@ -89,8 +92,11 @@ def dataset_tables(layout, dataset: str, runs, batch_sizes, config: dict):
         )
         schedules = schedule_contrast(metrics, runs, batch_sizes, dataset=dataset,
                                       primary=primary, epochs=epochs)
+        trend = batch_trend(metrics, runs, batch_sizes, dataset=dataset, primary=primary,
+                            epochs=epochs, factors=factors)
     no_op = paired[paired["no_op"].astype(bool)][["run", "batch_size"]].drop_duplicates()
-    return summary, paired, winners(summary, no_op.itertuples(index=False)), schedules
+    return (summary, paired, winners(summary, no_op.itertuples(index=False)), schedules,
+            trend)
 
 
 def performance_tables(layout, datasets, runs, batch_sizes, hidden=()) -> dict[str, pd.DataFrame]:

@@ -31,12 +31,21 @@ REFERENCES: tuple[dict[str, str], ...] = (
     {"key": "Goodfellow, 2015",
      "entry": "Ian Goodfellow. Efficient per-example gradient computations. arXiv:1510.01799, "
               "2015."},
+    {"key": "Goyal et al., 2017",
+     "entry": "Priya Goyal, Piotr Dollár, Ross Girshick, Pieter Noordhuis, Lukasz Wesolowski, "
+              "Aapo Kyrola, Andrew Tulloch, Yangqing Jia and Kaiming He. Accurate, large "
+              "minibatch SGD: training ImageNet in 1 hour. arXiv:1706.02677, 2017 (linear "
+              "scaling of the learning rate)."},
     {"key": "Hastie et al., 2009",
      "entry": "Trevor Hastie, Robert Tibshirani and Jerome Friedman. The Elements of "
               "Statistical Learning, 2nd edition. Springer, 2009 (section 7.10)."},
     {"key": "Holm, 1979",
      "entry": "Sture Holm. A simple sequentially rejective multiple test procedure. "
               "Scandinavian Journal of Statistics 6(2), 65-70, 1979."},
+    {"key": "Hoffer et al., 2017",
+     "entry": "Elad Hoffer, Itay Hubara and Daniel Soudry. Train longer, generalize better: "
+              "closing the generalization gap in large batch training of neural networks. "
+              "NIPS 2017 (square-root scaling of the learning rate)."},
     {"key": "Johnson & Zhang, 2013",
      "entry": "Rie Johnson and Tong Zhang. Accelerating stochastic gradient descent using "
               "predictive variance reduction. NIPS 2013."},

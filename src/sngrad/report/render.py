@@ -26,6 +26,7 @@ from sngrad.errors import SngradError
 from sngrad.io import write_text
 from sngrad.layout import Layout
 from sngrad.report import (
+    batch_sizes,
     experiment,
     figures,
     implementation,
@@ -89,6 +90,7 @@ def collect(
         "batch_sizes": list(config.get("batch_sizes", [])),
         "protocol": experiment.protocol(config),
         "seed_tables": results.seed_tables(config, summary_table, paired_table),
+        "batch": batch_sizes.report_context(layout, config),
         "chosen": results.chosen_rows(summary_table),
         "winners": summary.winners(layout, datasets),
         "paired": epochs_rows,

@@ -48,7 +48,7 @@ def expected_inputs(layout: Layout, config: dict) -> list[str]:
                 ]
         files += notebook_tables(layout, "summary", d)
         files.append(layout.noise(d))
-    for notebook in ("performance", "gradient_noise", "theory"):
+    for notebook in ("performance", "gradient_noise", "batch_sizes", "theory"):
         files += notebook_tables(layout, notebook)
     files += [layout.figure(name) for name in FIGURES]
     files += [layout.benchmark(), layout.benchmark_engine(), layout.run_started()]

@@ -145,11 +145,14 @@ def no_op_rows(paired: pd.DataFrame) -> list[dict]:
             for r in records(rows)]
 
 
-def seed_tables(config, summary: pd.DataFrame, paired: pd.DataFrame) -> list[dict]:
-    """The seed README's two tables per batch size: learning rate and accuracy."""
+def seed_tables(config, summary: pd.DataFrame, paired: pd.DataFrame) -> dict:
+    """The seed README's two tables, learning rate and test accuracy, with one column per batch
+    size: one row per (dataset, run) for ``sgd`` and every ``sgd+sngrad`` run; a dataset of
+    the seed that this profile does not train gets one row saying why."""
     runs = list(config.get("optimizers", []))
     sngrad = [r for r in runs if optimizer_of(r).startswith("sgd+sngrad")]
     columns = (["sgd"] if "sgd" in runs else []) + sngrad
+    batch_sizes = [int(b) for b in config.get("batch_sizes", [])]
     configured = list(config.get("datasets", []))
     rows_of = list(SEED_DATASETS) + [d for d in configured if d not in SEED_DATASETS]
     index = {_cell_key(r["dataset"], r["run"], r["batch_size"]): r for r in records(summary)}
@@ -159,18 +162,18 @@ def seed_tables(config, summary: pd.DataFrame, paired: pd.DataFrame) -> list[dic
                                 & (paired["outcome"] == "test_accuracy")]
                          if len(paired) else None)
     }
-    tables = []
-    for batch_size in config.get("batch_sizes", []):
-        lr_rows, acc_rows = [], []
-        for dataset in rows_of:
-            label = SEED_DATASETS.get(dataset, dataset)
-            if dataset not in configured:
-                why = PAPER_ONLY.get(dataset, NOT_IN_PROFILE)
-                lr_rows.append({"dataset": label, "cells": [why] * len(columns)})
-                acc_rows.append({"dataset": label, "cells": [why] * len(columns)})
-                continue
+    lr_rows, acc_rows = [], []
+    for dataset in rows_of:
+        label = SEED_DATASETS.get(dataset, dataset)
+        if dataset not in configured:
+            why = PAPER_ONLY.get(dataset, NOT_IN_PROFILE)
+            for rows in (lr_rows, acc_rows):
+                rows.append({"dataset": label, "run": "every run",
+                             "cells": [why] * len(batch_sizes)})
+            continue
+        for run in columns:
             lr_cells, acc_cells = [], []
-            for run in columns:
+            for batch_size in batch_sizes:
                 s = index.get(_cell_key(dataset, run, batch_size))
                 if s is None:
                     lr_cells.append("not run")
@@ -184,12 +187,10 @@ def seed_tables(config, summary: pd.DataFrame, paired: pd.DataFrame) -> list[dic
                 if int(s["n_diverged"]):
                     cell += f", {int(s['n_diverged'])} of {int(s['n_seeds'])} seeds diverged"
                 acc_cells.append(cell)
-            lr_rows.append({"dataset": label, "cells": lr_cells})
-            acc_rows.append({"dataset": label, "cells": acc_cells})
-        tables.append(
-            {"batch_size": batch_size, "columns": columns, "lr_rows": lr_rows, "acc_rows": acc_rows}
-        )
-    return tables
+            lr_rows.append({"dataset": label, "run": run, "cells": lr_cells})
+            acc_rows.append({"dataset": label, "run": run, "cells": acc_cells})
+    return {"batch_sizes": batch_sizes, "runs": columns, "lr_rows": lr_rows,
+            "acc_rows": acc_rows}
 
 
 def _lr_cell(s: dict) -> str:
