@@ -24,6 +24,14 @@
 # a small-noise expansion); those carry in `expected_error` the relative size of what was
 # dropped, computed from the exact theory where it is known.
 #
+# The pass rule holds each measurement to its own Monte Carlo standard error $\delta$:
+# $z = (m - p) / \sqrt{\delta^2 + (f p)^2}$ for a measurement $m$ of a prediction $p$, with a
+# small relative floor $f$ = `FLOOR` (`sde.z_score`), and an exact check passes when
+# $|z| \le$ `Z_BOUND`. Leading-order checks show their $z$ too but are not counted. A check
+# that names a wrong `alternative` (a constant it has to tell apart from the right one) counts
+# only where its error bar can separate the two (`sde.resolves`); otherwise it is reported as
+# not resolved at this scale.
+#
 # Sections: (a) 1-D quadratic, discrete recursion against its continuous-time limit;
 # (b) temperature and batch size; (c) a double well against the Gibbs density;
 # (d) two parameters: several temperatures, preconditioning, a coupled quadratic;
@@ -59,24 +67,29 @@ seed = 0
 OUT = Path(out_dir)
 FIGS = Path(figures_dir)
 KEY = jax.random.key(seed)
-TOLERANCE = 0.05  # the agreement every check is held to (relative error)
+# The pass rule's relative floor and bound (sde.py says why these values).
+FLOOR, Z_BOUND = sde.FLOOR, sde.Z_BOUND
 DPI = 110
 
-# (chains per group, burn-in steps, measured steps) per section; for (g) (chains, batches per
-# chain). "default" must stay under about 90 s on one CPU core; "smoke" only exercises the
-# code; "paper" tightens the error bars.
+# (chains per group, burn-in steps, measured steps) per section; for "e_map" (chains, steps of
+# the truncated map, steps of the real one; burn-ins follow from the relaxation rate); for (g)
+# and "g_factor" (chains, batches per chain). "default" must stay under about 90 s on one CPU
+# core; "smoke" only exercises the code; "paper" tightens the error bars.
 SIZES = {
     "smoke": {"a": (150, 1000, 1500), "b": (100, 500, 1500), "c": (300, 5000, 8000),
-              "d": (300, 1500, 3000), "e": (300, 1000, 2000), "g": (100, 60)},
+              "d": (300, 1500, 3000), "e": (300, 1000, 2000), "e_map": (500, 1500, 2000),
+              "g": (100, 60), "g_factor": (200, 100)},
     "default": {"a": (500, 1000, 4000), "b": (250, 500, 3000), "c": (1000, 6000, 20000),
-                "d": (1000, 2000, 6000), "e": (1000, 1000, 4000), "g": (200, 100)},
+                "d": (1000, 2000, 6000), "e": (1000, 1000, 4000), "e_map": (2000, 2500, 3500),
+                "g": (200, 100), "g_factor": (1000, 400)},
     "paper": {"a": (2000, 1000, 8000), "b": (1000, 500, 6000), "c": (4000, 6000, 40000),
-              "d": (4000, 2000, 12000), "e": (3000, 1000, 8000), "g": (500, 200)},
+              "d": (4000, 2000, 12000), "e": (3000, 1000, 8000), "e_map": (4000, 5000, 8000),
+              "g": (500, 200), "g_factor": (2000, 1000)},
 }
 if scale not in SIZES:
     raise ValueError(f"scale must be one of {sorted(SIZES)}, got {scale!r}")
 SIZE = SIZES[scale]
-PARAMS: dict = {"tolerance": TOLERANCE}  # every setting the report quotes, so none is typed twice
+PARAMS: dict = {"floor": FLOOR, "z_bound": Z_BOUND}  # every setting the report quotes, once
 CHECKS: list[dict] = []
 
 
@@ -94,28 +107,64 @@ KINDS = ("exact", "leading-order")
 
 
 def check(name, section, claim, predicted, measured, mc_se, *, kind="exact",
-          expected_error=None, scale=None, eta=None, k=None, noise_var=None, batch_size=None):
+          expected_error=None, scale=None, alternative=None, eta=None, k=None, noise_var=None,
+          batch_size=None):
     """Record one quantitative claim.
 
-    The relative error is |measured - predicted| / |predicted|, or / ``scale`` for a claim
-    whose prediction is 0 (the scale then names the effect that should be absent). ``kind``
-    "exact" claims pass when the relative error is within TOLERANCE; "leading-order" claims
-    state ``expected_error``, the relative size of the terms the prediction drops, and are
-    not counted as passes or failures.
+    ``mc_se`` is the Monte Carlo standard error of measured - predicted. The relative error is
+    |measured - predicted| / |predicted|, or / ``scale`` for a claim whose prediction is 0
+    (the scale then names the effect that should be absent); z is ``sde.z_score`` with FLOOR.
+    "exact" claims pass when |z| <= Z_BOUND; "leading-order" claims state ``expected_error``,
+    the relative size of the terms the prediction drops, and are not counted as passes or
+    failures. ``alternative``: a wrong value the check must tell apart from the prediction;
+    where its error bar cannot (``sde.resolves``) the check is neither passed nor failed.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if (kind == "leading-order") != (expected_error is not None):
         raise ValueError(f"{name}: a leading-order check needs expected_error, an exact one none")
-    predicted, measured = float(predicted), float(measured)
+    predicted, measured, mc_se = float(predicted), float(measured), float(mc_se)
     rel = abs(measured - predicted) / (abs(predicted) if scale is None else float(scale))
+    z = sde.z_score(predicted, measured, mc_se, FLOOR, scale)
+    resolved = alternative is None or sde.resolves(predicted, alternative, mc_se, FLOOR,
+                                                   Z_BOUND, scale)
     CHECKS.append({
         "name": name, "section": section, "kind": kind, "claim": claim, "predicted": predicted,
-        "measured": measured, "rel_error": rel, "mc_se": float(mc_se),
+        "measured": measured, "rel_error": rel, "mc_se": mc_se,
         "expected_error": math.nan if expected_error is None else abs(float(expected_error)),
-        "within_5pct": bool(rel <= TOLERANCE), "eta": eta, "k": k, "noise_var": noise_var,
+        "scale": math.nan if scale is None else float(scale),
+        "z": z, "z_bound": Z_BOUND, "floor": FLOOR,
+        "passed": bool(abs(z) <= Z_BOUND) if kind == "exact" and resolved else None,
+        "alternative": math.nan if alternative is None else float(alternative),
+        "z_alternative": math.nan if alternative is None else sde.z_score(
+            alternative, measured, mc_se, FLOOR, scale),
+        "resolved": bool(resolved), "eta": eta, "k": k, "noise_var": noise_var,
         "batch_size": batch_size,
     })
+
+
+def z_of(name):
+    """The z of a recorded check, or None if there is no check of that name."""
+    return next((c["z"] for c in CHECKS if c["name"] == name), None)
+
+
+def n_passed(prefix="", section=None):
+    """How many exact checks named ``prefix``... (of ``section``, if given) passed."""
+    return sum(c["passed"] is True for c in CHECKS
+               if c["name"].startswith(prefix) and section in (None, c["section"]))
+
+
+def identity(name, label, run, i, **context):
+    """Check E[theta_i u_i] = E[u_i^2] / 2 on coordinate i of ``run``.
+
+    Both sides are measured on the same steps, so the standard error is that of their
+    per-chain difference; the spread of either side alone is far larger and would hide a
+    wrong accumulation of theta u or u^2.
+    """
+    difference = run.mean_theta_u[:, i] - run.mean_u2[:, i] / 2
+    check(name, "e", f"E[theta u] = E[u^2]/2, {label} (SE of the paired difference)",
+          run.mean_u2[:, i].mean() / 2, run.mean_theta_u[:, i].mean(),
+          sde.mean_and_se(difference)[1], **context)
 
 
 THEORY_FIGURES = {f.name for f in layout.figures_of("theory")}
@@ -137,8 +186,11 @@ def save(fig, name):
 # $x_{t+1} = x_t - \eta (k x_t + \xi_t)$ with $\operatorname{Var}\xi = s^2$. Squaring and taking
 # expectations at stationarity gives the exact variance $\eta s^2 / (k(2-\eta k))$; the
 # continuous-time (Ornstein-Uhlenbeck) model gives $\eta s^2 / (2k)$. Their ratio
-# $2/(2-\eta k)$ is the error of the SDE picture; it is harmless for small $\eta k$ and
-# unbounded as $\eta k \to 2$.
+# $2/(2-\eta k)$ is unbounded as $\eta k \to 2$.
+#
+# *SDE error*, one definition for the table and the figure: the relative error of the SDE's
+# variance against the exact variance $V$ of the discrete recursion,
+# $(V_\text{sde} - V)/V = -\eta k/2$; measured, the same with the simulated variance for $V$.
 
 # %%
 ETA_K = np.array([0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0, 1.3, 1.6, 1.8, 1.9])
@@ -154,12 +206,16 @@ for g, ek in enumerate(ETA_K):
     rows_1d.append({"eta": eta, "k": K_1D, "noise_var": S2_1D,
                     "predicted_discrete": sde.discrete_variance(eta, K_1D, S2_1D),
                     "predicted_sde": sde.sde_variance(eta, K_1D, S2_1D),
-                    "measured": v[0], "mc_se": se[0]})
+                    "measured": v[0], "mc_se": se[0], "check": f"a_discrete_etak_{tag(ek)}"})
     check(f"a_discrete_etak_{tag(ek)}", "a",
           f"1-D quadratic, eta k = {ek:g}: Var = eta s^2 / (k (2 - eta k))",
           rows_1d[-1]["predicted_discrete"], v[0], se[0], eta=eta, k=K_1D, noise_var=S2_1D)
 stationary_1d = pd.DataFrame(rows_1d)
-stationary_1d["sde_rel_error"] = (stationary_1d.predicted_sde / stationary_1d.measured - 1).abs()
+# the SDE error as defined above, exact (-eta k / 2) and measured, with the latter's SE
+stationary_1d["sde_error"] = stationary_1d.predicted_sde / stationary_1d.predicted_discrete - 1
+stationary_1d["sde_error_measured"] = stationary_1d.predicted_sde / stationary_1d.measured - 1
+stationary_1d["sde_error_se"] = (stationary_1d.predicted_sde * stationary_1d.mc_se
+                                 / stationary_1d.measured**2)
 
 # The SDE is a claim only where it should hold (smallest eta k); elsewhere its error is the
 # discrete factor 2 / (2 - eta k), which is itself checked as a ratio.
@@ -177,8 +233,7 @@ for ek in (1.0, 1.9):
           eta=row["eta"], k=K_1D, noise_var=S2_1D)
 PARAMS["a"] = {"k": K_1D, "noise_var": S2_1D, "eta_k_min": float(ETA_K[0]),
                "eta_k_max": float(ETA_K[-1]), "n_eta": len(ETA_K), "ratio_eta_k": [1.0, 1.9],
-               "n_discrete_within": int(sum(c["within_5pct"] for c in CHECKS
-                                            if c["name"].startswith("a_discrete")))}
+               "n_discrete_passed": n_passed("a_discrete")}
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -191,11 +246,12 @@ ax1.errorbar(ETA_K, stationary_1d.measured, 2 * stationary_1d.mc_se, fmt="o", ms
 ax1.set(xscale="log", yscale="log", xlabel=r"$\eta k$", ylabel="stationary variance",
         title="1-D quadratic: stationary variance")
 ax1.legend(fontsize=8)
-ax2.plot(grid, 2 / (2 - grid) - 1, label=r"predicted: $\eta k/(2-\eta k)$")
-ax2.errorbar(ETA_K, stationary_1d.measured / stationary_1d.predicted_sde - 1,
-             2 * stationary_1d.mc_se / stationary_1d.predicted_sde, fmt="o", color="k", ms=4,
-             label="simulation (±2 SE)")
-ax2.set(xscale="log", yscale="log", xlabel=r"$\eta k$", ylabel="relative error of the SDE",
+# the SDE error (V_sde - V) / V is negative: plot its size on log axes
+ax2.plot(grid, grid / 2, label=r"exact: $\eta k/2$")
+ax2.errorbar(ETA_K, -stationary_1d.sde_error_measured, 2 * stationary_1d.sde_error_se, fmt="o",
+             color="k", ms=4, label=r"simulation, $V$ measured (±2 SE)")
+ax2.set(xscale="log", yscale="log", xlabel=r"$\eta k$",
+        ylabel=r"$-$SDE error $= (V - V_{sde})/V$",
         title="The SDE error grows with $\\eta k$")
 ax2.legend(fontsize=8)
 fig.tight_layout()
@@ -235,7 +291,7 @@ PARAMS["b"] = {"per_example_var": C_B, "k": K_B, "batches": BATCHES,
                "etas": [float(e) for e in ETAS_B], "eta_fixed": ETA_FIXED,
                "fixed_checks": [f"b_eta_{tag(ETA_FIXED)}_B_{B}" for B in BATCHES],
                "n_checks": len(BATCHES) * len(ETAS_B),
-               "n_within": int(sum(c["within_5pct"] for c in CHECKS if c["section"] == "b"))}
+               "n_passed": n_passed(section="b")}
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -404,10 +460,8 @@ for g, (scheme, h) in enumerate(SCHEMES.items()):
               f"{scheme} steps: T_{i + 1} = eta_i s_i^2 / (2 - eta_i k_i)",
               temps_d[scheme][2][i], K_D[i] * v[i], K_D[i] * se[i], eta=float(h[i]),
               k=float(K_D[i]), noise_var=float(S_D[i] ** 2))
-        tu, tu_se = sde.mean_and_se(sub.mean_theta_u[:, i])
-        check(f"e_identity_{scheme}_x{i + 1}", "e", f"E[theta u] = E[u^2]/2, {scheme} steps",
-              sub.mean_u2[:, i].mean() / 2, tu, tu_se, eta=float(h[i]), k=float(K_D[i]),
-              noise_var=float(S_D[i] ** 2))
+        identity(f"e_identity_{scheme}_x{i + 1}", f"{scheme} steps", sub, i, eta=float(h[i]),
+                 k=float(K_D[i]), noise_var=float(S_D[i] ** 2))
 
 # Coupled quadratics: (1) equal steps with correlated noise, (2) eta_i = eta' / s_i^2 with
 # diagonal noise, where the continuous-time law is Gibbs: Sigma = (eta'/2) A^{-1}.
@@ -493,16 +547,27 @@ save(fig, "theory_two_temperatures")
 # of $\mu$: the step is linear in the gradient with a random gain $a$, and
 # $\operatorname{Var}x = E[a^2]s^2 / (k(2E[a]-kE[a^2]))$ exactly. Where I's clip is active
 # ($\alpha\sigma > 1$) its leading-order picture is RMSProp-like,
-# $T = \eta\sigma/(2\alpha B)$. Variant II moves by $\eta\mu^3/(\alpha\hat\sigma^2)$ near
-# the minimum; a small-noise expansion (`sde.variant_ii_variance`) predicts its variance. The
-# identity
-# $E[\theta_i u_i] = E[u_i^2]/2$ (Yaida 2018) is checked for every method.
+# $T = \eta\sigma/(2\alpha B)$. Variant II moves by $c\mu^3$, $c = \eta/(\alpha\hat\sigma^2)$,
+# wherever its clip is inactive. That takes $\alpha B \gg 1$: at the minimum
+# $\mu^2/\hat\sigma^2 \approx 1/B$, and the clip acts once it exceeds $\alpha$. Here
+# $\alpha B = 64$, where the clipped batches carry a share of $E[u^2]$ of 4e-5
+# (`sde.variant_ii_clip_share`; 5e-3 at $\alpha B = 32$, visible at this precision). Its
+# stationary variance is the small-$\gamma$ series of `sde.variant_ii_series`,
+# $\gamma = k\eta/(\alpha(B-5))$; the next cell asks which map the closed form with the
+# constant 27 is exact for. The identity $E[\theta_i u_i] = E[u_i^2]/2$ (Yaida 2018) is
+# checked for every method.
 
 # %%
 SIGMA_E = np.array([0.5, 4.0])  # per-example gradient noise std of the two coordinates
 K_E = np.array([1.0, 1.0])
 B_E, ETA_E = 32, 0.1
-ALPHA_E = {"sgd": 1.0, "I": 1.0, "II": 1.0, "III": 0.2}
+ALPHA_E = {"sgd": 1.0, "I": 1.0, "II": 2.0, "III": 0.2}
+# Variant II's formulas need its clip inactive (alpha B >> 1): hold the clipped batches' share
+# of E[u^2], which is about the relative error it causes, to a tenth of the floor.
+CLIP_SHARE_II = sde.variant_ii_clip_share(ALPHA_E["II"], B_E)
+if not CLIP_SHARE_II < FLOOR / 10:
+    raise ValueError(f"variant II at alpha B = {ALPHA_E['II'] * B_E:g} is outside its formulas' "
+                     f"validity: clip share {CLIP_SHARE_II:.2g} >= {FLOOR / 10:g}")
 n_chains, burn, steps = SIZE["e"]
 loss_e = sde.Quadratic.diagonal(K_E)
 s2_e = SIGMA_E**2 / B_E
@@ -518,22 +583,23 @@ for m_i, (method, alpha) in enumerate(ALPHA_E.items()):
             pred[i] = sde.discrete_variance(ETA_E, K_E[i], s2_e[i])
             claim = "plain SGD: Var = eta s^2 / (k (2 - eta k)), s^2 = sigma^2 / B"
         elif method == "II":
-            pred[i] = sde.variant_ii_variance(K_E[i], SIGMA_E[i], B_E, alpha, ETA_E)
-            claim = "variant II: small-noise expansion of the cubic step (derived here)"
+            terms = sde.variant_ii_series(K_E[i], SIGMA_E[i], B_E, alpha, ETA_E)
+            pred[i] = terms[:3].sum()
+            claim = ("variant II: series V0 (1 + 5 gamma + a_2 gamma^2) of the cubic step "
+                     "(derived here)")
         else:
             m1, m2 = sde.sngrad_gain_moments(method, SIGMA_E[i], B_E, alpha, ETA_E)
             pred[i] = sde.random_gain_variance(K_E[i], s2_e[i], m1, m2)
             claim = f"variant {method}: exact random-gain variance"
-        # II's prediction is a small-noise expansion: dropped terms of relative order
-        # k^2 V / s^2 (sde.variant_ii_variance); the others are exact for Gaussian noise.
-        order = dict(kind="leading-order", expected_error=K_E[i] ** 2 * pred[i] / s2_e[i]) \
+        # II's prediction is a truncated asymptotic series: its error is the first term left
+        # out, plus the clip's share; the others are exact for Gaussian noise.
+        order = dict(kind="leading-order",
+                     expected_error=abs(terms[3]) / pred[i] + CLIP_SHARE_II) \
             if method == "II" else {}
         check(f"e_{method}_x{i + 1}", "e", claim, pred[i], v[i], se[i], eta=ETA_E,
               k=float(K_E[i]), noise_var=float(s2_e[i]), batch_size=B_E, **order)
-        tu, tu_se = sde.mean_and_se(run.mean_theta_u[:, i])
-        check(f"e_identity_{method}_x{i + 1}", "e", f"E[theta u] = E[u^2]/2, {method}",
-              run.mean_u2[:, i].mean() / 2, tu, tu_se, eta=ETA_E, k=float(K_E[i]),
-              noise_var=float(s2_e[i]), batch_size=B_E)
+        identity(f"e_identity_{method}_x{i + 1}", method, run, i, eta=ETA_E, k=float(K_E[i]),
+                 noise_var=float(s2_e[i]), batch_size=B_E)
     results_e[method] = {"T": K_E * v, "T_se": K_E * se, "T_pred": K_E * pred,
                          "theta_u": run.mean_theta_u.mean(0), "half_u2": run.mean_u2.mean(0) / 2}
 
@@ -557,6 +623,16 @@ PARAMS["e"] = {"sigma": SIGMA_E.tolist(), "k": K_E.tolist(), "batch_size": B_E, 
                "I_discrete_factor": float(results_e["I"]["T_pred"][clip_i] / random_gain_sde_T),
                "II_over_sgd": (results_e["II"]["T"] / results_e["sgd"]["T"]).tolist(),
                "II_leading_ratio": 5 / (ALPHA_E["II"] * B_E),
+               "II_alpha_B": ALPHA_E["II"] * B_E, "II_clip_share": CLIP_SHARE_II,
+               "II_clip_share_alpha_1": sde.variant_ii_clip_share(1.0, B_E),
+               # a_p of Var x = V0 sum_p a_p gamma^p: 1, 5, a_2, a_3
+               "II_series_coefficients": sde.variant_ii_coefficients(B_E).tolist(),
+               "II_gamma": sde.variant_ii_gamma(K_E[0], SIGMA_E[0], B_E, ALPHA_E["II"], ETA_E),
+               # the closed form with 27 against the real step's series, relative
+               "II_formula27_error": float(
+                   sde.variant_ii_variance(K_E[0], SIGMA_E[0], B_E, ALPHA_E["II"], ETA_E)
+                   / sde.variant_ii_series(K_E[0], SIGMA_E[0], B_E, ALPHA_E["II"], ETA_E)[:3].sum()
+                   - 1),
                # T_2 / T_1 per method: how far each is from a single temperature
                "temperature_ratio": {m: float(r["T"][1] / r["T"][0]) for m, r in results_e.items()}}
 
@@ -588,6 +664,93 @@ ax2.set(xscale="log", yscale="log", xlabel=r"$E[u_i^2]/2$", ylabel=r"$E[\theta_i
 ax2.legend(fontsize=8)
 fig.tight_layout()
 save(fig, "theory_sngrad_variants")
+
+# %% [markdown]
+# ### (e') Which map the constant 27 is exact for
+#
+# Near its minimum variant II moves by $u = c(kx+\xi)^3$. The closed form
+# $V = 15E[c^2]s^6/(6kE[c]s^2 - 27k^2E[c^2]s^4)$ (`sde.variant_ii_variance`) solves
+# $2E[xu] = E[u^2]$ exactly for the *truncated* map $u = c(\xi^3 + 3kx\xi^2)$. For the real
+# step $E[u^2]$ has 45 in place of 27 (the cross term of $\xi^3$ with $3k^2x^2\xi$ adds 18), but
+# $E[xu]$ gains $k^3E[x^4] = 3k^3V^2$, of the same order, which takes 15 back: the real step's
+# first correction has the constant 30, $V = V_0(1 + 5\gamma + \dots)$, against
+# $V_0(1 + 4.5\gamma + \dots)$ for 27 and $V_0(1 + 7.5\gamma + \dots)$ for 45; the higher terms
+# follow from the moment hierarchy (`sde.variant_ii_series`). Two simulations settle it: the
+# truncated map where the 27-term is 30 % of the denominator ($\gamma = 0.067$, the map of
+# tests/test_verdict_pins.py), an exact check of 27; and the real simulator at $\gamma = 0.01$,
+# inside the clip's validity condition and where the series still converges, against the
+# series, with 27 and 45 beside it.
+
+# %%
+MAP_TRUNC = {"k": 1.0, "sigma": 1.0, "batch_size": 32, "alpha": 1.0, "eta": 1.8}
+GAMMA_REAL = 0.01
+MAP_REAL = {"k": 1.0, "sigma": 1.0, "batch_size": B_E, "alpha": ALPHA_E["II"]}
+MAP_REAL["eta"] = GAMMA_REAL * MAP_REAL["alpha"] * (MAP_REAL["batch_size"] - 5) / MAP_REAL["k"]
+CONSTANTS = (27, 30, 45)
+n_chains, steps_trunc, steps_real = SIZE["e_map"]
+
+
+def closed_form(const, k, sigma, batch_size, alpha, eta):
+    """``sde.variant_ii_variance`` with its constant 27 replaced by ``const``."""
+    c1, c2 = sde.sngrad_gain_moments("II", sigma, batch_size, alpha, eta)
+    s2 = sigma**2 / batch_size
+    return 15 * c2 * s2**3 / (6 * k * c1 * s2 - const * k * k * c2 * s2 * s2)
+
+
+def relaxation_burn_in(m, relaxations=10):
+    """Steps for x^2 to forget the start x = 0: the step's linear restoring rate is
+    r = 3 k E[c] s^2, so after n steps what is left of the start is exp(-2 r n)."""
+    c1, _ = sde.sngrad_gain_moments("II", m["sigma"], m["batch_size"], m["alpha"], m["eta"])
+    return math.ceil(relaxations / (3 * m["k"] * c1 * m["sigma"] ** 2 / m["batch_size"]))
+
+
+def map_summary(m, measured, se):
+    """Predictions over the common leading term V0, and the z of the measurement against each."""
+    v0 = sde.variant_ii_series(**m, n_terms=1)[0]
+    forms = {str(c): closed_form(c, **m) for c in CONSTANTS}
+    return {**m, "gamma": sde.variant_ii_gamma(**m), "measured_over_v0": measured / v0,
+            "se_over_v0": se / v0, "formula_over_v0": {c: f / v0 for c, f in forms.items()},
+            "z_formula": {c: sde.z_score(f, measured, se, FLOOR) for c, f in forms.items()}}
+
+
+v_trunc, se_trunc = sde.simulate_truncated_variant_ii(
+    jax.random.fold_in(section_key("e"), 10), curvature=MAP_TRUNC["k"],
+    sigma=MAP_TRUNC["sigma"], batch_size=MAP_TRUNC["batch_size"], alpha=MAP_TRUNC["alpha"],
+    eta=MAP_TRUNC["eta"], n_chains=n_chains, burn_in=relaxation_burn_in(MAP_TRUNC),
+    n_steps=steps_trunc)
+s2_trunc = MAP_TRUNC["sigma"] ** 2 / MAP_TRUNC["batch_size"]
+check("e_II_truncated_map", "e",
+      "truncated variant II map x' = x - c (xi^3 + 3 k x xi^2): Var x = 15 E[c^2] s^6 / "
+      "(6 k E[c] s^2 - 27 k^2 E[c^2] s^4), exact",
+      sde.variant_ii_variance(**MAP_TRUNC), v_trunc, se_trunc, eta=MAP_TRUNC["eta"],
+      k=MAP_TRUNC["k"], noise_var=s2_trunc, batch_size=MAP_TRUNC["batch_size"])
+
+CLIP_SHARE_REAL = sde.variant_ii_clip_share(MAP_REAL["alpha"], MAP_REAL["batch_size"])
+if not CLIP_SHARE_REAL < FLOOR / 10:
+    raise ValueError(f"the real-map run is outside variant II's validity: {CLIP_SHARE_REAL:.2g}")
+run = sde.simulate(jax.random.fold_in(section_key("e"), 11),
+                   sde.Quadratic.diagonal([MAP_REAL["k"]]), n_chains=n_chains,
+                   burn_in=relaxation_burn_in(MAP_REAL), n_steps=steps_real, eta=MAP_REAL["eta"],
+                   method="II", alpha=MAP_REAL["alpha"], per_example_std=[MAP_REAL["sigma"]],
+                   batch_size=MAP_REAL["batch_size"])
+v_real, se_real = (float(a[0]) for a in run.variance())
+terms_real = sde.variant_ii_series(**MAP_REAL)
+s2_real = MAP_REAL["sigma"] ** 2 / MAP_REAL["batch_size"]
+check("e_II_real_map", "e",
+      f"real variant II step at gamma = {GAMMA_REAL:g}: series V0 (1 + 5 gamma + a_2 gamma^2)",
+      terms_real[:3].sum(), v_real, se_real, kind="leading-order",
+      expected_error=abs(terms_real[3]) / terms_real[:3].sum() + CLIP_SHARE_REAL,
+      eta=MAP_REAL["eta"], k=MAP_REAL["k"], noise_var=s2_real, batch_size=MAP_REAL["batch_size"])
+PARAMS["e_map"] = {
+    "truncated": {**map_summary(MAP_TRUNC, v_trunc, se_trunc),
+                  # the 27-term's share of the closed form's denominator
+                  "share_27": 27 * sde.variant_ii_gamma(**MAP_TRUNC) / 6},
+    "real": {**map_summary(MAP_REAL, v_real, se_real), "clip_share": CLIP_SHARE_REAL,
+             "alpha_b": MAP_REAL["alpha"] * MAP_REAL["batch_size"],
+             # the series to 1, 2, 3, 4 terms, over V0
+             "series_over_v0": (np.cumsum(terms_real) / terms_real[0]).tolist(),
+             "z_series": sde.z_score(terms_real[:3].sum(), v_real, se_real, FLOOR)},
+}
 
 # %% [markdown]
 # ## (f) The lecture-note pictures
@@ -678,7 +841,10 @@ save(fig, "theory_lecture_quadratic")
 # curvature and target noise give jointly Gaussian pairs whose covariance is known in closed
 # form at every distance $\delta = \theta - \theta_\text{snap}$ (`sde.NoisyQuadratic`). Checked:
 # the variance at $\lambda^*$, at SVRG's $\lambda = 1$, and with $\lambda$ estimated on the same
-# batch, which for Gaussian pairs costs exactly the factor $(B-2)/(B-3)$.
+# batch, which for Gaussian pairs costs exactly the factor $(B-2)/(B-3)$. At $B = 16$ that factor
+# is within 0.5 % of the wrong $(B-1)/(B-2)$, closer than these checks resolve; a separate run
+# at $B = 8$, where the two differ by 2.8 %, measures the factor itself, paired against the
+# $\lambda^*$ estimate on the same batches, and counts only if its error bar separates them.
 #
 # *Bias of the estimated coefficient.* With $h = z$, $g = z + c(z^2-1) + $ noise
 # (`sde.SkewedPairs`) the residual of $g$ given $h$ is uncorrelated with $h$ but not independent
@@ -734,6 +900,25 @@ for i, delta in enumerate(DELTAS_G):
               predicted_g[name][i], row[f"var_{name}"], row[f"se_{name}"], batch_size=B_G)
 distance_g = pd.DataFrame(rows_g)
 
+# The factor (B-2)/(B-3) itself at B = 8, against the wrong (B-1)/(B-2): the excess of the
+# same-batch (or previous-batch) squared error over the lambda* one on the same batches is
+# V* / (B - 3), V* the exact variance at lambda*; pairing removes most of the batch noise.
+B_FACTOR = 8
+pairs_factor = sde.SkewedPairs(snap_std=(1.0,), slope=(1.0,), skew=(0.0,), noise=(0.5,))
+n_chains, n_batches = SIZE["g_factor"]
+run_factor = sde.simulate_control_variates(jax.random.fold_in(section_key("g"), 2), pairs_factor,
+                                           batch_sizes=(B_FACTOR,), n_chains=n_chains,
+                                           n_batches=n_batches)[B_FACTOR]
+v_star = float(sde.cv_variance(pairs_factor, B_FACTOR, 1.0)[0])  # lambda* = slope = 1
+for name, which in (("same_batch", "the same batch"), ("lagged", "the previous batch")):
+    excess, excess_se = sde.mean_and_se(run_factor.sq_error[name][:, 0]
+                                        - run_factor.sq_error["optimal"][:, 0])
+    check(f"g_{name}_factor_B_{B_FACTOR}", "g",
+          f"B = {B_FACTOR}: lambda from {which} multiplies the variance at lambda* by "
+          "(B-2)/(B-3), not (B-1)/(B-2) (paired)",
+          (B_FACTOR - 2) / (B_FACTOR - 3), 1 + excess / v_star, excess_se / v_star,
+          alternative=(B_FACTOR - 1) / (B_FACTOR - 2), batch_size=B_FACTOR)
+
 # %%
 BATCHES_G = (16, 32, 64, 128, 256)
 SKEW_G = 0.5
@@ -774,6 +959,10 @@ PARAMS["g"] = {
     "clipped_bias_times_B": (bias_g.clipped * bias_g.B).tolist(),
     "lambda_range": list(LAMBDA_RANGE), "lagged_first_lambda": LAGGED_FIRST_LAMBDA,
     "n_batches": N_CHAINS_G * N_BATCHES_G,
+    "factor_batch_size": B_FACTOR, "factor_n_batches": n_chains * n_batches,
+    "factor_wrong": (B_FACTOR - 1) / (B_FACTOR - 2),
+    # how far (B-2)/(B-3) is from the wrong (B-1)/(B-2) at the distance table's B
+    "same_batch_factor_gap": (B_G - 2) / (B_G - 3) / ((B_G - 1) / (B_G - 2)) - 1,
     # the tables of the report, as ratios to the raw mean's predicted variance
     "distance_table": [
         {"delta": r["delta"], "rho2": r["rho2"], "lambda_star": r["lambda_star"],
@@ -782,12 +971,16 @@ PARAMS["g"] = {
          **{f"{n}_meas": float(r[f"var_{n}"] / predicted_g["raw"][i])
             for n in ("raw", "optimal", "same_batch", "svrg", "lagged")},
          **{f"{n}_se": float(r[f"se_{n}"] / predicted_g["raw"][i])
-            for n in ("raw", "optimal", "same_batch", "svrg", "lagged")}}
+            for n in ("raw", "optimal", "same_batch", "svrg", "lagged")},
+         **{f"{n}_z": z_of(f"g_{n}_delta_{tag(r['delta'])}")
+            for n in ("optimal", "same_batch", "svrg", "lagged")}}
         for i, r in enumerate(rows_g)],
-    "bias_table": [{k: float(v) for k, v in r.items()} for r in rows_bias],
+    "bias_table": [{**{k: float(v) for k, v in r.items()},
+                    "same_batch_z": z_of(f"g_bias_same_batch_B_{r['B']}"),
+                    "lagged_z": z_of(f"g_bias_lagged_B_{r['B']}")} for r in rows_bias],
     "lagged_max_rel_bias": max(c["rel_error"] for c in CHECKS
                                if c["name"].startswith("g_bias_lagged")),
-    "lagged_max_z": float((bias_g.lagged.abs() / bias_g.lagged_se).max()),
+    "lagged_max_z": max(abs(c["z"]) for c in CHECKS if c["name"].startswith("g_bias_lagged")),
     # the same-batch bias against the noise the optimal correction leaves in the batch mean
     "bias_over_remaining_std": (bias_g.predicted.abs() / np.sqrt(
         [sde.cv_variance(pairs_g, B, 1.0)[0] for B in BATCHES_G])).tolist(),
@@ -845,26 +1038,39 @@ leading = checks[checks.kind == "leading-order"]
 write_frame(OUT / "checks.csv", checks)
 write_frame(OUT / "stationary_1d.csv", stationary_1d[[
     "eta", "k", "noise_var", "predicted_discrete", "predicted_sde", "measured", "mc_se",
-    "sde_rel_error"]])
-identity = checks[checks.name.str.startswith("e_identity")]
+    "sde_error", "sde_error_measured", "sde_error_se", "check"]])
+identity_checks = checks[checks.name.str.startswith("e_identity")]
+outcome = {c["name"]: c["passed"] for c in CHECKS if c["kind"] == "exact"}
+# the spread of the exact checks' relative Monte Carlo errors (deterministic ones left out)
+rel_se = (exact.mc_se / exact.predicted.abs())[(exact.mc_se > 0) & (exact.predicted != 0)]
 summary = {
     "scale": scale, "seed": seed, "sizes": {k: list(v) for k, v in SIZE.items()},
     "wall_time_s": time.time() - START, "n_checks": len(checks),
+    "floor": FLOOR, "z_bound": Z_BOUND,
+    # what the rule means: P(|z| > Z_BOUND) for a correct prediction (Gaussian z), and the
+    # largest relative SE at which a prediction 3 % off still fails
+    "false_failure_per_check": math.erfc(Z_BOUND / math.sqrt(2)),
+    "catches_3pct_below_se": math.sqrt((0.03 / Z_BOUND) ** 2 - (1.03 * FLOOR) ** 2),
     # passes are counted over the exact checks only; leading-order ones are reported with
-    # their expected error and are not a pass or a failure
-    "n_exact": len(exact), "n_exact_passed": int(exact.within_5pct.sum()),
-    "failed": exact.loc[~exact.within_5pct, "name"].tolist(),
+    # their expected error and their z, and are not a pass or a failure
+    "n_exact": len(exact),
+    "n_exact_passed": sum(p is True for p in outcome.values()),
+    "failed": [n for n, p in outcome.items() if p is False],
+    "unresolved": [n for n, p in outcome.items() if p is None],
+    "max_abs_z_exact": float(exact.z.abs().max()),
+    "exact_rel_se_range": [float(rel_se.min()), float(rel_se.max())],
     "n_leading_order": len(leading),
-    "leading_order_within_5pct": int(leading.within_5pct.sum()),
-    "n_within_5pct": int(checks.within_5pct.sum()),
-    "max_sde_rel_error": float(stationary_1d.sde_rel_error.max()),
-    "identity": {"n": len(identity), "n_within": int(identity.within_5pct.sum()),
-                 "max_rel_error": float(identity.rel_error.max())},
+    "leading_order_within_bound": int((leading.z.abs() <= Z_BOUND).sum()),
+    "max_abs_sde_error": float(stationary_1d.sde_error.abs().max()),
+    "identity": {"n": len(identity_checks), "n_passed": n_passed("e_identity"),
+                 "max_abs_z": float(identity_checks.z.abs().max()),
+                 "max_rel_error": float(identity_checks.rel_error.max())},
     "jax_version": jax.__version__, "params": PARAMS,
 }
 # numpy scalars -> plain JSON numbers (NaN becomes null in write_json)
 write_json(OUT / "summary.json", json.loads(json.dumps(summary, default=float)))
-print(f"{len(checks)} checks: {summary['n_exact_passed']} of {len(exact)} exact ones within "
-      f"5 %, {len(leading)} leading-order; {summary['wall_time_s']:.1f} s ({scale})")
-checks.loc[:, ["name", "kind", "predicted", "measured", "rel_error", "expected_error", "mc_se",
-               "within_5pct"]]
+print(f"{len(checks)} checks: {summary['n_exact_passed']} of {len(exact)} exact ones pass "
+      f"(|z| <= {Z_BOUND:g}), failed {summary['failed']}, not resolved {summary['unresolved']}; "
+      f"{len(leading)} leading-order; {summary['wall_time_s']:.1f} s ({scale})")
+checks.loc[:, ["name", "kind", "predicted", "measured", "mc_se", "rel_error", "expected_error",
+               "z", "passed"]]

@@ -307,13 +307,17 @@ def test_every_job_of_the_run_has_a_ledger_entry_whose_phases_fit_its_wall_time(
 
 @pytest.mark.slow
 def test_smoke_theory_table_holds_and_the_report_quotes_each_row(smoke_run):
-    """Every exact check of the smoke run's theory table agrees within its tolerance (or, at
-    this small scale, within 4 Monte Carlo standard errors), the summary counts what the table
-    says, and the rendered report's table of checks holds each check's own numbers in its own
-    row. Catches a simulator or a closed form that drifted from the other, a summary that
-    miscounts, and a template that shows one check's numbers in another's row."""
+    """Every exact check of the smoke run's theory table passes its own rule, |z| <= bound with
+    z recomputed from the row (``sde.z_score``), or says that its error bar cannot separate its
+    prediction from its stated wrong value, and then counts as neither; the summary counts what
+    the table says, and the rendered report's table of checks holds each check's own numbers,
+    z and verdict in its own row. Catches a simulator or a closed form that drifted from the
+    other, a z that is not the rule's, a summary that miscounts, and a template that shows one
+    check's numbers in another's row."""
     import json
+    import math
 
+    from sngrad import sde
     from sngrad.report.format import fmt, pct
 
     work, _ = smoke_run
@@ -321,21 +325,38 @@ def test_smoke_theory_table_holds_and_the_report_quotes_each_row(smoke_run):
     with (base / "theory" / "checks.csv").open() as handle:
         checks = list(csv.DictReader(handle))
     summary = json.loads((base / "theory" / "summary.json").read_text())
-    tolerance = summary["params"]["tolerance"]
+    floor, bound = summary["floor"], summary["z_bound"]
     exact = [c for c in checks if c["kind"] == "exact"]
     assert exact and summary["scale"] == "smoke"
-    for c in exact:
+    verdicts = {}
+    for c in checks:
         predicted, measured, se = (float(c[k]) for k in ("predicted", "measured", "mc_se"))
-        error = abs(measured - predicted)
+        scale = float(c["scale"]) if c["scale"] else None
+        z = sde.z_score(predicted, measured, se, floor, scale)
+        assert float(c["z"]) == pytest.approx(z), c["name"]
+        assert (float(c["floor"]), float(c["z_bound"])) == (floor, bound), c["name"]
         if predicted:
-            assert float(c["rel_error"]) == pytest.approx(error / abs(predicted)), c["name"]
-        assert float(c["rel_error"]) <= tolerance or error <= 4 * se, c
-    within = {c["name"] for c in exact if c["within_5pct"] == "True"}
-    assert summary["n_exact"] == len(exact) and summary["n_exact_passed"] == len(within)
-    assert set(summary["failed"]) == {c["name"] for c in exact} - within
+            relative = abs(measured - predicted) / abs(predicted)
+            assert float(c["rel_error"]) == pytest.approx(relative), c["name"]
+        if c["kind"] != "exact":
+            assert c["passed"] == "" and not math.isnan(float(c["expected_error"])), c
+            verdicts[c["name"]] = "(not counted)"
+        elif c["alternative"]:
+            resolved = sde.resolves(predicted, float(c["alternative"]), se, floor, bound, scale)
+            assert c["resolved"] == str(resolved), c
+        if c["kind"] == "exact" and c["resolved"] == "True":
+            assert c["passed"] == "True" and abs(z) <= bound, c
+            verdicts[c["name"]] = "yes"
+        elif c["kind"] == "exact":
+            assert c["passed"] == "", c
+            verdicts[c["name"]] = "not resolved at this scale"
+    passed = {c["name"] for c in exact if c["passed"] == "True"}
+    assert summary["n_exact"] == len(exact) and summary["n_exact_passed"] == len(passed)
+    assert summary["failed"] == []
+    assert set(summary["unresolved"]) == {c["name"] for c in exact} - passed
 
     text = (base / "report.md").read_text()
-    counts = rf"{summary['n_exact_passed']} of the\s+{summary['n_exact']} exact checks"
+    counts = rf"{summary['n_exact_passed']}\s+of the\s+{summary['n_exact']} exact checks pass"
     assert re.search(counts, text)
     for c in checks:
         rows = [line for line in text.splitlines() if line.startswith(f"| `{c['name']}` |")]
@@ -345,6 +366,7 @@ def test_smoke_theory_table_holds_and_the_report_quotes_each_row(smoke_run):
         assert cells[3:6] == [fmt(float(c["predicted"]), 4), fmt(float(c["measured"]), 4),
                               fmt(float(c["mc_se"]), 2)], c["name"]
         assert cells[6] == f"{pct(float(c['rel_error']), 2)} %", c["name"]
+        assert cells[8:11] == [fmt(float(c["z"]), 2), fmt(bound, 2), verdicts[c["name"]]], c
 
 
 @pytest.mark.slow
