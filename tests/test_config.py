@@ -61,11 +61,19 @@ def test_every_profile_is_complete_and_passes(name):
 def test_default_profile_is_the_study_on_real_data():
     config = profile("default")
     assert config["datasets"] == ["mnist", "fashion_mnist"]
-    assert config["batch_sizes"] == [128]
+    assert {128, 1024} <= set(config["batch_sizes"])  # the seed's smallest and largest
+    assert config["train"]["schedule"] == "cosine"  # the primary endpoint
+    from sngrad.names import parse_run
+
+    runs = config["optimizers"]
+    primary = {r for r in runs if parse_run(r).schedule is None}
     # the 60-minute budget may cut combinations on momentum/adam, never a variant on sgd
-    assert set(config["optimizers"]) <= COMPARISON
-    assert {r for r in COMPARISON if r.startswith("sgd")} <= set(config["optimizers"])
-    assert len(config["train"]["seeds"]) >= 10 and len(config["tune"]["seeds"]) == 2
+    assert primary <= COMPARISON
+    assert {r for r in COMPARISON if r.startswith("sgd")} <= primary
+    # the constant-rate arm: sgd, the control variates and the three variants
+    arm = {parse_run(r)._replace(schedule=None).name for r in runs if parse_run(r).schedule}
+    assert arm == {"sgd", "sgd+cv", "sgd+svrg", "sgd+sngrad1", "sgd+sngrad2", "sgd+sngrad3"}
+    assert len(config["train"]["seeds"]) == 20 and len(config["tune"]["seeds"]) == 2
 
 
 def test_quick_and_smoke_use_embedded_data_only():
