@@ -14,6 +14,8 @@ far above the few hundred u that B <= 5 examples and these depths produce.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -226,3 +228,57 @@ def test_the_users_model_is_left_untouched():
     flax_moments(model, loss_fn, batch)
     assert model.inp.dot_general is None or model.inp.dot_general is jax.lax.dot_general
     np.testing.assert_array_equal(model(batch[0]), before)
+
+
+@pytest.mark.parametrize("backend", ["auto", "fast", "vmap", "chunked"])
+@pytest.mark.parametrize(("reduce", "received"), [
+    (jnp.mean, "a scalar"),
+    (lambda losses: losses[:, None], "shape (4, 1)"),
+    (lambda losses: losses[:2], "shape (2,)"),
+    (lambda losses: (losses, losses), "a tuple"),
+])
+def test_a_loss_that_is_not_one_per_example_is_one_line_naming_its_shape(backend, reduce,
+                                                                        received):
+    """A batch-mean loss gave the fast path wrong moments silently and the per-example
+    backends an IndexError; a (B, 1) loss failed under vmap with a TypeError."""
+    model, batch = SeqMLP(nnx.Rngs(0)), _batch("mlp", 0, 4, False)
+
+    def bad_loss(model, batch):
+        return reduce(loss_fn(model, batch))
+
+    with pytest.raises(SngradError) as err:
+        flax_moments(model, bad_loss, batch, backend=backend)
+    line = str(err.value)
+    assert "\n" not in line
+    assert line.startswith(f"loss_fn returned {received}; expected the per-example losses, "
+                           "shape (4,) for this batch of 4")
+    with pytest.raises(SngradError, match=re.escape(f"loss_fn returned {received}")):
+        fast_path_plan(model, bad_loss, batch)
+
+
+def test_a_new_but_equal_loss_per_call_does_not_compile_again():
+    """A loss written inline (a new lambda, a new partial) on every call used to recompile
+    every call; one capturing a different object is a different program."""
+    import functools
+
+    from sngrad.moments import flax_nnx
+
+    def inline():
+        return lambda m, b: loss_fn(m, b)  # a new function object per call, the same code
+
+    model, batch = SeqMLP(nnx.Rngs(0)), _batch("mlp", 0, 4, False)
+    first = flax_moments(model, inline(), batch)
+    size = flax_nnx._moments_core._cache_size()
+    for _ in range(3):
+        again = flax_moments(model, inline(), batch)
+        flax_moments(model, functools.partial(loss_fn), batch)
+    assert flax_nnx._moments_core._cache_size() == size + 1  # the lambdas, then the partial
+    np.testing.assert_array_equal(jax.tree.leaves(first.var)[0], jax.tree.leaves(again.var)[0])
+
+    def scaled(factor):
+        return lambda m, b: factor * loss_fn(m, b)
+
+    twice, thrice = (flax_moments(model, scaled(jnp.float32(f)), batch) for f in (2.0, 3.0))
+    assert flax_nnx._moments_core._cache_size() == size + 3  # a captured value is a new loss
+    np.testing.assert_allclose(jax.tree.leaves(thrice.mean)[0],
+                               1.5 * jax.tree.leaves(twice.mean)[0], rtol=1e-5)

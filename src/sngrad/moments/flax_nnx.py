@@ -1,7 +1,8 @@
 """Per-example gradient moments of a flax NNX model, exact and near the cost of SGD.
 
 The user gives an ``nnx.Module`` and ``loss_fn(model, batch)``, which returns the B
-per-example losses of a batch (a pytree whose leaves share the leading example axis). The
+per-example losses of a batch (a pytree whose leaves share the leading example axis), shape
+(B,): any other shape, a batch mean above all, is a one-line error on every backend. The
 moments are those of :mod:`sngrad.moments.generic` over the model's ``nnx.Param`` state, and
 come back as ``nnx.State`` objects shaped like ``nnx.state(model, nnx.Param)``, the structure
 ``nnx.grad`` returns, so they feed an optax optimizer directly.
@@ -239,6 +240,31 @@ def _fast_layer_co_moments(inputs, scaled, snap_inputs, snap_scaled, fast, leaf_
     return out
 
 
+def _check_losses(graphdef, params, rest, loss_fn, batch) -> None:
+    """One loss per example: ``loss_fn`` must return shape (B,), or a one-line error names
+    the shape it returned. Abstract evaluation only; inside the jitted core it runs when a
+    (model, loss, batch shape) is first traced, so later calls pay nothing. Without it a
+    batch-mean loss would give the fast path wrong moments silently (the taps would see one
+    summed loss) and the per-example backends an IndexError."""
+    expected = (batch_size(batch),)
+    got = jax.eval_shape(lambda p: loss_fn(nnx.merge(graphdef, p, rest), batch), params)
+    shape = getattr(got, "shape", None)
+    if shape == expected:
+        return
+    if shape is None:
+        received, hint = f"a {type(got).__name__}", "return the array of losses alone"
+    elif shape == ():
+        received, hint = "a scalar", "return the losses before averaging over the batch"
+    elif shape == (*expected, 1):
+        received, hint = f"shape {shape}", "drop the trailing axis (e.g. losses[:, 0])"
+    else:
+        received, hint = f"shape {shape}", "return one loss per example of the batch"
+    raise SngradError(
+        f"loss_fn returned {received}; expected the per-example losses, shape {expected} "
+        f"for this batch of {expected[0]}: {hint}"
+    )
+
+
 def _example_loss(graphdef, rest, loss_fn):
     def example_loss(params, example):
         model = nnx.merge(graphdef, params, rest)
@@ -266,6 +292,7 @@ def _fallback_example_loss(graphdef, rest, loss_fn, treedef, leaves, positions):
 )
 def _moments_core(graphdef, params, rest, batch, snap, *, loss_fn, backend, chunk_size,
                   fallback):
+    _check_losses(graphdef, params, rest, loss_fn, batch)
     if backend in ("vmap", "chunked"):
         example_loss = _example_loss(graphdef, rest, loss_fn)
         if snap is None:
@@ -331,9 +358,50 @@ def _moments_core(graphdef, params, rest, batch, snap, *, loss_fn, backend, chun
 FALLBACKS = ("chunked", "vmap")
 
 
+class _SameLoss:
+    """``loss_fn`` as a static argument of the jitted core that equals every other function
+    made from the same code with the same captured objects, so that a loss written inline (a
+    new lambda or ``functools.partial`` per call) does not compile again on every call.
+
+    Two functions are the same loss when they share code, globals, defaults and closure cells
+    holding the identical objects (captured values are compared by identity, never by value:
+    the jitted program bakes them in, so a new array must mean a new program); two
+    ``functools.partial`` objects when their function is the same loss and their arguments
+    are identical. Anything else is compared as itself."""
+
+    __slots__ = ("fn", "key")
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.key = self._key(fn)
+
+    @classmethod
+    def _key(cls, fn):
+        if isinstance(fn, functools.partial):
+            keywords = tuple(sorted((k, id(v)) for k, v in fn.keywords.items()))
+            return ("partial", cls._key(fn.func), tuple(map(id, fn.args)), keywords)
+        code = getattr(fn, "__code__", None)
+        if code is None or getattr(fn, "__self__", None) is not None:
+            return ("object", id(fn))
+        cells = tuple(id(c.cell_contents) for c in fn.__closure__ or ())
+        defaults = tuple(map(id, fn.__defaults__ or ()))
+        kwdefaults = tuple(sorted((k, id(v)) for k, v in (fn.__kwdefaults__ or {}).items()))
+        return ("function", code, id(fn.__globals__), cells, defaults, kwdefaults)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, _SameLoss) and self.key == other.key
+
+
 def fast_path_plan(model: nnx.Module, loss_fn, batch) -> FastPathPlan:
     """Which layers of ``model`` take the fast path and which parameters fall back (and why)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    _check_losses(graphdef, params, rest, loss_fn, batch)
     return _plan(graphdef, params, rest, loss_fn, batch)[2]
 
 
@@ -375,5 +443,5 @@ def flax_moments(model: nnx.Module, loss_fn, batch, *, backend: str = "auto",
                 "snapshot's parameters differ in structure or shape from model's; allowed: "
                 "a model of the same architecture"
             )
-    return _moments_core(graphdef, params, rest, batch, snap, loss_fn=loss_fn,
+    return _moments_core(graphdef, params, rest, batch, snap, loss_fn=_SameLoss(loss_fn),
                          backend=backend, chunk_size=chunk_size, fallback=fallback)
