@@ -282,3 +282,47 @@ def test_a_new_but_equal_loss_per_call_does_not_compile_again():
     assert flax_nnx._moments_core._cache_size() == size + 3  # a captured value is a new loss
     np.testing.assert_allclose(jax.tree.leaves(thrice.mean)[0],
                                1.5 * jax.tree.leaves(twice.mean)[0], rtol=1e-5)
+
+
+class Stateful(nnx.Module):
+    """Dropout and BatchNorm between two dense layers."""
+
+    def __init__(self, rngs, dropout=True, norm=True):
+        self.inp = nnx.Linear(5, 8, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs) if dropout else None
+        self.norm = nnx.BatchNorm(8, rngs=rngs) if norm else None
+        self.out = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.inp(x)
+        if self.drop is not None:
+            h = self.drop(h)
+        if self.norm is not None:
+            h = self.norm(h)
+        return self.out(h)
+
+
+@pytest.mark.parametrize("backend", ["auto", "vmap"])
+@pytest.mark.parametrize(("dropout", "norm", "named"), [
+    (True, False, "drop (Dropout)"), (False, True, "norm (BatchNorm)"),
+    (True, True, "drop (Dropout), norm (BatchNorm)"),
+])
+def test_dropout_or_batchnorm_in_training_mode_is_one_line_saying_call_eval(backend, dropout,
+                                                                           norm, named):
+    """They failed on every backend with flax's trace-level error and no word from sngrad;
+    in eval mode the moments are those of vmap(grad), as for any model."""
+    model = Stateful(nnx.Rngs(0), dropout, norm)
+    x = jax.random.normal(jax.random.key(1), (4, 5))
+    batch = (x, jnp.array([0, 1, 2, 0]))
+    with pytest.raises(SngradError) as err:
+        flax_moments(model, loss_fn, batch, backend=backend)
+    line = str(err.value)
+    assert "\n" not in line
+    assert f"(layers in training mode: {named})" in line and "call model.eval()" in line
+    with pytest.raises(SngradError, match=re.escape("call model.eval()")):
+        fast_path_plan(model, loss_fn, batch)
+    model.eval()
+    got = flax_moments(model, loss_fn, batch, backend=backend)
+    ref = flax_moments(model, loss_fn, batch, backend="vmap")
+    for a, b in zip(jax.tree.leaves(got.var), jax.tree.leaves(ref.var), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)

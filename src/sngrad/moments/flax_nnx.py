@@ -28,7 +28,9 @@ fallback parameters), at the cost of one more forward and backward pass per chun
 :func:`fast_path_plan` says which layers take the fast path and which parameters fall back.
 
 Assumption shared by every backend: example j's loss depends on example j only (no batch
-statistics such as ``BatchNorm`` in training mode); the fast path additionally assumes that
+statistics such as ``BatchNorm`` in training mode; a layer that changes the model's state
+while traced, ``Dropout`` or ``BatchNorm`` in training mode, is a one-line error that says to
+call ``model.eval()`` first); the fast path additionally assumes that
 a layer's kernel is used by that layer alone. Linen models are supported by the generic
 backends (:func:`sngrad.moments.per_example_moments` with ``model.apply``), not by this fast path.
 """
@@ -41,6 +43,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.errors import TraceContextError
 from jax import lax
 
 from sngrad.errors import SngradError, choice_error
@@ -247,7 +250,10 @@ def _check_losses(graphdef, params, rest, loss_fn, batch) -> None:
     batch-mean loss would give the fast path wrong moments silently (the taps would see one
     summed loss) and the per-example backends an IndexError."""
     expected = (batch_size(batch),)
-    got = jax.eval_shape(lambda p: loss_fn(nnx.merge(graphdef, p, rest), batch), params)
+    try:
+        got = jax.eval_shape(lambda p: loss_fn(nnx.merge(graphdef, p, rest), batch), params)
+    except TraceContextError as err:
+        raise _stateful_error(nnx.merge(graphdef, params, rest), err) from None
     shape = getattr(got, "shape", None)
     if shape == expected:
         return
@@ -262,6 +268,34 @@ def _check_losses(graphdef, params, rest, loss_fn, batch) -> None:
     raise SngradError(
         f"loss_fn returned {received}; expected the per-example losses, shape {expected} "
         f"for this batch of {expected[0]}: {hint}"
+    )
+
+
+def _training_mode_layers(model) -> list[str]:
+    """``path (Dropout)`` / ``path (BatchNorm)`` of every layer left in training mode."""
+    found = []
+    for path, module in nnx.iter_modules(model):
+        name = "/".join(map(str, path))
+        if isinstance(module, nnx.Dropout) and not module.deterministic and module.rate > 0:
+            found.append(f"{name} (Dropout)")
+        elif isinstance(module, nnx.BatchNorm) and not module.use_running_average:
+            found.append(f"{name} (BatchNorm)")
+    return found
+
+
+def _stateful_error(model, err: TraceContextError) -> SngradError:
+    """flax's trace-level error of a layer that changes the model's state while traced
+    (Dropout's random stream, BatchNorm's batch statistics), as one line that says what to do.
+    Such a layer also breaks what every backend assumes: example j's loss depends on example
+    j alone (batch statistics mix the examples)."""
+    layers = _training_mode_layers(model)
+    where = (f"layers in training mode: {', '.join(layers)}" if layers
+             else f"flax: {str(err).splitlines()[0]}")
+    return SngradError(
+        "loss_fn changes the model's state while sngrad traces it (" + where + "); per-example "
+        "moments need each example's loss to depend on that example alone and the model to "
+        "stay as it is: call model.eval() before computing them (Dropout off, BatchNorm on its "
+        "running averages), then model.train() to go on training"
     )
 
 
