@@ -20,8 +20,10 @@ padding, dilation and feature groups. Per-example gradients of the whole model n
 
 A Linear or Conv layer stays off the fast path, and its parameters fall back, when it is
 called more than once per forward pass (shared weights), when its product does not see the
-example axis first (``Conv`` flattens extra batch axes into one), or when it uses
-``dot_general_cls``. All other parameters (``LayerNorm``, ``Embed``, anything custom) fall
+example axis first (``Conv`` flattens extra batch axes into one), when it uses
+``dot_general_cls``, or when its fast moments differ from exact ``vmap(grad)`` ones on a check
+batch the first time a (model, loss, shapes) is seen (:func:`_verified`: a kernel read outside
+its layer, a masked kernel, an example axis matched by length alone). All other parameters (``LayerNorm``, ``Embed``, anything custom) fall
 back too. Fallback: exact moments of the fallback leaves only, from ``vmap(grad)`` over
 chunks of examples (:func:`sngrad.moments.generic.chunked_moments`), memory O(chunk x
 fallback parameters), at the cost of one more forward and backward pass per chunk.
@@ -126,8 +128,9 @@ def _forward(graphdef, params, rest, loss_fn, batch, paths, taps):
     return loss_fn(model, batch), calls
 
 
-def _plan(graphdef, params, rest, loss_fn, batch):
-    """``(fast layer paths, their tap shapes, FastPathPlan)`` from one abstract forward pass."""
+def _plan(graphdef, params, rest, loss_fn, batch, refused=()):
+    """``(fast layer paths, their tap shapes, FastPathPlan)`` from one abstract forward pass;
+    ``refused``: ``(layer path, reason)`` pairs kept off the fast path (:func:`_verified`)."""
     model = nnx.merge(graphdef, params, rest)
     candidates = tuple(path for path, m in nnx.iter_modules(model) if _is_candidate(m))
     seen = {}
@@ -142,9 +145,12 @@ def _plan(graphdef, params, rest, loss_fn, batch):
     owner = {path: type(m).__name__ for path, m in nnx.iter_modules(model)}
     leaf_paths = [_key_path(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     fast, shapes, reasons = [], {}, {}
+    refused = dict(refused)
     for path in candidates:
         uses = seen.get(path, [])
-        if len(uses) != 1:
+        if path in refused:
+            reason = f"{owner[path]} {refused[path]}"
+        elif len(uses) != 1:
             reason = f"{owner[path]} called {len(uses)} times per forward pass"
         elif uses[0][0][0] != n or uses[0][1][0] != n:
             reason = f"{owner[path]} whose product does not see the example axis first"
@@ -322,10 +328,11 @@ def _fallback_example_loss(graphdef, rest, loss_fn, treedef, leaves, positions):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("graphdef", "loss_fn", "backend", "chunk_size", "fallback")
+    jax.jit,
+    static_argnames=("graphdef", "loss_fn", "backend", "chunk_size", "fallback", "refused"),
 )
 def _moments_core(graphdef, params, rest, batch, snap, *, loss_fn, backend, chunk_size,
-                  fallback):
+                  fallback, refused=()):
     _check_losses(graphdef, params, rest, loss_fn, batch)
     if backend in ("vmap", "chunked"):
         example_loss = _example_loss(graphdef, rest, loss_fn)
@@ -337,7 +344,7 @@ def _moments_core(graphdef, params, rest, batch, snap, *, loss_fn, backend, chun
             return vmap_cv_moments(example_loss, params, snap, batch)
         return chunked_cv_moments(example_loss, params, snap, batch, chunk_size)
 
-    fast, shapes, plan = _plan(graphdef, params, rest, loss_fn, batch)
+    fast, shapes, plan = _plan(graphdef, params, rest, loss_fn, batch, refused)
     if backend == "fast" and plan.fallback:
         names = ", ".join(f"{name} ({why})" for name, why in plan.fallback)
         raise SngradError(
@@ -390,6 +397,92 @@ def _moments_core(graphdef, params, rest, batch, snap, *, loss_fn, backend, chun
 
 
 FALLBACKS = ("chunked", "vmap")
+VERIFY_TOLERANCE = 1e-3  # relative to a leaf's scale; the faults it exists for are 50-100 %
+_VERIFIED: dict = {}  # (graphdef, loss, shapes) -> refused layers: one check per structure
+
+
+def _check_batch(batch):
+    """The batch with example 1 replaced by a copy of example 0 (same shape, so the same plan):
+    a duplicated pair is where a product that mixes the example axis with another shows."""
+    if batch_size(batch) < 2:
+        return batch
+    return jax.tree.map(lambda a: a.at[1].set(a[0]), batch)
+
+
+def _signature(tree) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((jnp.shape(a), jnp.result_type(a)) for a in leaves)
+
+
+def _verified(graphdef, params, rest, loss_fn, batch, chunk_size) -> tuple:
+    """The Linear and Conv layers whose fast moments are wrong for this model and input shape:
+    ``((layer path, reason), ...)``, empty when the fast path is exact.
+
+    A layer's product can be intercepted and still not carry the layer's whole gradient: a
+    kernel also read outside its layer (tied weights), an example axis found by a shape match
+    that is not the example axis (a time-major input with T == B), a kernel masked inside the
+    layer. So on the first call for a (model structure, loss, batch and parameter shapes) the
+    fast moments of a check batch (:func:`_check_batch`, the real shape) are compared with
+    exact ``vmap(grad)`` moments over chunks at the same precision; a layer whose mean or
+    variance differs by more than :data:`VERIFY_TOLERANCE` of the leaf's scale (max |mean|,
+    max E[g^2]) leaves the fast path with that reason. Cost: one fast and one chunked
+    per-example pass over one batch, once per key (cached for the process)."""
+    key = (graphdef, loss_fn, _signature(batch), _signature(params))
+    if key in _VERIFIED:
+        return _VERIFIED[key]
+    with jax.ensure_compile_time_eval():
+        refused = _compare_on_check_batch(graphdef, *_concrete(params, rest, batch), loss_fn,
+                                          chunk_size)
+    _VERIFIED[key] = refused
+    return refused
+
+
+def _concrete(params, rest, batch):
+    """``(params, rest, batch)``, with stand-ins of the same shapes and dtypes where they are
+    traced (``flax_moments`` called inside the user's ``jit``): the faults the check looks for
+    are structural, so random weights and inputs show them as well as the real ones
+    (floating leaves normal x 0.1, integer leaves zero: a valid label and index)."""
+    if not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((params, rest, batch))):
+        return params, rest, batch
+    keys = iter(jax.random.split(jax.random.key(0), len(jax.tree.leaves((params, batch))) + 1))
+
+    def stand_in(a):
+        if not isinstance(a, jax.core.Tracer):
+            return a
+        if jnp.issubdtype(a.dtype, jnp.floating):
+            return 0.1 * jax.random.normal(next(keys), a.shape, a.dtype)
+        return jnp.zeros(a.shape, a.dtype)
+
+    return tuple(jax.tree.map(stand_in, tree) for tree in (params, rest, batch))
+
+
+def _compare_on_check_batch(graphdef, params, rest, batch, loss_fn, chunk_size) -> tuple:
+    check = _check_batch(batch)
+    fast_paths = _plan(graphdef, params, rest, loss_fn, check)[0]
+    refused = []
+    if fast_paths:
+        common = {"loss_fn": loss_fn, "chunk_size": chunk_size, "fallback": "chunked"}
+        got = _moments_core(graphdef, params, rest, check, None, backend="auto", **common)
+        ref = _moments_core(graphdef, params, rest, check, None, backend="chunked", **common)
+        flat = jax.tree_util.tree_flatten_with_path(ref.mean)[0]
+        paths = [_key_path(kp) for kp, _ in flat]
+        pairs = zip(paths, jax.tree.leaves(got.mean), jax.tree.leaves(ref.mean),
+                    jax.tree.leaves(got.var), jax.tree.leaves(ref.var), strict=True)
+        worst = {}
+        for leaf, m, m_ref, v, v_ref in pairs:
+            owner = next((p for p in fast_paths if leaf[: len(p)] == p), None)
+            if owner is None:
+                continue
+            mean_scale = float(jnp.max(jnp.abs(m_ref))) + 1e-30
+            var_scale = float(jnp.max(m_ref**2 + v_ref)) + 1e-30
+            error = max(float(jnp.max(jnp.abs(m - m_ref))) / mean_scale,
+                        float(jnp.max(jnp.abs(v - v_ref))) / var_scale)
+            worst[owner] = max(worst.get(owner, 0.0), error)
+        refused = [(path, f"whose fast moments differ from vmap(grad) by {error:.0%} of their "
+                          "scale on a check batch (a kernel read outside its layer, a masked "
+                          "kernel, or an example axis found by shape alone)")
+                   for path, error in worst.items() if error > VERIFY_TOLERANCE]
+    return tuple(refused)
 
 
 class _SameLoss:
@@ -435,8 +528,10 @@ class _SameLoss:
 def fast_path_plan(model: nnx.Module, loss_fn, batch) -> FastPathPlan:
     """Which layers of ``model`` take the fast path and which parameters fall back (and why)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    loss_fn = _SameLoss(loss_fn)
     _check_losses(graphdef, params, rest, loss_fn, batch)
-    return _plan(graphdef, params, rest, loss_fn, batch)[2]
+    refused = _verified(graphdef, params, rest, loss_fn, batch, 32)
+    return _plan(graphdef, params, rest, loss_fn, batch, refused)[2]
 
 
 def flax_moments(model: nnx.Module, loss_fn, batch, *, backend: str = "auto",
@@ -477,5 +572,11 @@ def flax_moments(model: nnx.Module, loss_fn, batch, *, backend: str = "auto",
                 "snapshot's parameters differ in structure or shape from model's; allowed: "
                 "a model of the same architecture"
             )
-    return _moments_core(graphdef, params, rest, batch, snap, loss_fn=_SameLoss(loss_fn),
-                         backend=backend, chunk_size=chunk_size, fallback=fallback)
+    loss_fn = _SameLoss(loss_fn)
+    refused = ()
+    if backend in ("auto", "fast"):
+        _check_losses(graphdef, params, rest, loss_fn, batch)
+        refused = _verified(graphdef, params, rest, loss_fn, batch, chunk_size)
+    return _moments_core(graphdef, params, rest, batch, snap, loss_fn=loss_fn,
+                         backend=backend, chunk_size=chunk_size, fallback=fallback,
+                         refused=refused)
