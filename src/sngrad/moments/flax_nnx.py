@@ -23,10 +23,11 @@ called more than once per forward pass (shared weights), when its product does n
 example axis first (``Conv`` flattens extra batch axes into one), when it uses
 ``dot_general_cls``, or when its fast moments differ from exact ``vmap(grad)`` ones on a check
 batch the first time a (model, loss, shapes) is seen (:func:`_verified`: a kernel read outside
-its layer, a masked kernel, an example axis matched by length alone). All other parameters (``LayerNorm``, ``Embed``, anything custom) fall
-back too. Fallback: exact moments of the fallback leaves only, from ``vmap(grad)`` over
-chunks of examples (:func:`sngrad.moments.generic.chunked_moments`), memory O(chunk x
-fallback parameters), at the cost of one more forward and backward pass per chunk.
+its layer, a masked kernel, an example axis matched by length alone). All other parameters
+(``LayerNorm``, ``Embed``, anything custom) fall back too. Fallback: exact moments of the
+fallback leaves only, from ``vmap(grad)`` over chunks of examples
+(:func:`sngrad.moments.generic.chunked_moments`), memory O(chunk x fallback parameters), at
+the cost of one more forward and backward pass per chunk.
 :func:`fast_path_plan` says which layers take the fast path and which parameters fall back.
 
 Assumption shared by every backend: example j's loss depends on example j only (no batch
