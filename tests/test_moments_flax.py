@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from sngrad.errors import SngradError
 from sngrad.models import cross_entropy
-from sngrad.moments import fast_path_plan, flax_moments
+from sngrad.moments import fast_path_plan, flax_grad_norms, flax_moments
 
 TOL = 1e-4
 SETTINGS = settings(max_examples=3, deadline=None, derandomize=True)
@@ -430,3 +430,41 @@ def test_verification_inside_the_users_jit_checks_stand_ins_of_the_same_shapes()
     ref = flax_moments(model, _squared_error, (x, x), backend="vmap")
     for a, b in zip(jax.tree.leaves(got.var), jax.tree.leaves(ref.var), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+
+def _reference_norms(model, batch, loss=None):
+    """Per-example squared norms of each parameter from nnx.grad per example, in float64."""
+    loss = loss or loss_fn
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def one(p, example):
+        example = jax.tree.map(lambda a: a[None], example)
+        return loss(nnx.merge(graphdef, p, rest), example)[0]
+
+    grads = jax.vmap(jax.grad(one), in_axes=(None, 0))(params, batch)
+    return [np.sum(np.asarray(g, np.float64).reshape(g.shape[0], -1) ** 2, axis=1)
+            for g in jax.tree.leaves(grads)]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("repeated", [False, True])
+def test_per_example_gradient_norms_match_per_example_gradients(family, repeated):
+    """Every family (dense on (B, features) and on sequences, strided and grouped
+    convolutions, LayerNorm and Embed through the fallback), distinct and repeated examples."""
+    model = FAMILIES[family][0](nnx.Rngs(0))
+    batch = _batch(family, 2, 5, repeated)
+    got = jax.tree.leaves(flax_grad_norms(model, loss_fn, batch, chunk_size=2))
+    ref = _reference_norms(model, batch)
+    assert len(got) == len(ref)
+    for a, b in zip(got, ref, strict=True):
+        assert a.shape == (5,)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7 * max(b.max(), 1e-12))
+
+
+def test_gradient_norms_of_a_verified_off_layer_are_exact():
+    model = Tied(nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(4), (4, 5))
+    got = jax.tree.leaves(flax_grad_norms(model, _squared_error, (x, x)))
+    for a, b in zip(got, _reference_norms(model, (x, x), _squared_error), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9)

@@ -40,6 +40,7 @@ _EXPORTS = {
     "per_example_moments": "sngrad.moments",
     "Moments": "sngrad.moments",
     "flax_moments": "sngrad.moments",
+    "flax_grad_norms": "sngrad.moments",
     "fast_path_plan": "sngrad.moments",
 }
 

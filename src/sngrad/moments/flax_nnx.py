@@ -581,3 +581,71 @@ def flax_moments(model: nnx.Module, loss_fn, batch, *, backend: str = "auto",
     return _moments_core(graphdef, params, rest, batch, snap, loss_fn=loss_fn,
                          backend=backend, chunk_size=chunk_size, fallback=fallback,
                          refused=refused)
+
+
+def _squared_norms(grads) -> jax.Array:
+    """Per-example squared norms of a stack of per-example gradients (axis 0: examples)."""
+    return jnp.sum(jnp.square(grads).reshape(grads.shape[0], -1), axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "loss_fn", "chunk_size", "refused"))
+def _norms_core(graphdef, params, rest, batch, *, loss_fn, chunk_size, refused):
+    fast, shapes, _ = _plan(graphdef, params, rest, loss_fn, batch, refused)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    paths = [_key_path(kp) for kp, _ in flat]
+    leaves = [leaf for _, leaf in flat]
+    leaf_index = set(paths)
+    _, inputs, scaled = _taps_pass(graphdef, params, rest, loss_fn, batch, fast, shapes)
+    norms = {}
+    for path in fast:
+        a, kernel, op = inputs[path]
+        d = scaled[path] * a.shape[0]
+        with_bias = _has_bias(leaf_index, path)
+        if _is_plain_dense(op, a):
+            # example j's kernel gradient is the outer product a_j d_j^T: its squared norm is
+            # |a_j|^2 |d_j|^2, and no per-example gradient is formed (Goodfellow, 2015)
+            d2 = jnp.sum(jnp.square(d), axis=1)
+            norms[(*path, "kernel")] = jnp.sum(jnp.square(a), axis=1) * d2
+            if with_bias:
+                norms[(*path, "bias")] = d2
+        else:
+            grads = _layer_grads(a, kernel, op, scaled[path], with_bias)
+            norms[(*path, "kernel")] = _squared_norms(grads[0])
+            if with_bias:
+                norms[(*path, "bias")] = _squared_norms(grads[1])
+    positions = [i for i, p in enumerate(paths) if p not in norms]
+    if positions:
+        example_loss = _fallback_example_loss(graphdef, rest, loss_fn, treedef, leaves,
+                                              positions)
+
+        def one(example):
+            grads = jax.grad(example_loss)([leaves[i] for i in positions], example)
+            return [jnp.sum(jnp.square(g)) for g in grads]
+
+        per_example = lax.map(one, batch, batch_size=chunk_size)
+        for i, value in zip(positions, per_example, strict=True):
+            norms[paths[i]] = value
+    return jax.tree_util.tree_unflatten(treedef, [norms[p] for p in paths])
+
+
+def flax_grad_norms(model: nnx.Module, loss_fn, batch, *, chunk_size: int = 32):
+    """Per-example squared gradient norms of every parameter of an NNX model: a tree shaped
+    like ``nnx.state(model, nnx.Param)`` whose leaves are (B,) arrays, ``|g_j|^2`` of that
+    parameter for each example j (sum the leaves for the whole model's norm). What DP-SGD's
+    clipping and gradient-noise diagnostics read; BackPACK calls it BatchL2Grad.
+
+    Exact, from the same one forward and one backward pass as :func:`flax_moments` on the
+    fast layers (a plain dense layer never forms a per-example gradient: ``|a_j|^2 |d_j|^2``),
+    and from ``vmap(grad)`` over chunks of ``chunk_size`` examples for every other parameter;
+    the same checks as :func:`flax_moments` (the loss's shape, verified plans, stateful
+    layers)."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise SngradError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    if not isinstance(model, nnx.Module):
+        raise SngradError(f"model is a {type(model).__name__}; allowed: a flax.nnx.Module")
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    loss_fn = _SameLoss(loss_fn)
+    _check_losses(graphdef, params, rest, loss_fn, batch)
+    refused = _verified(graphdef, params, rest, loss_fn, batch, chunk_size)
+    return _norms_core(graphdef, params, rest, batch, loss_fn=loss_fn, chunk_size=chunk_size,
+                       refused=refused)
