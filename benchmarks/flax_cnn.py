@@ -12,8 +12,8 @@ training steps of the same model in one process, each ending with an optax SGD u
                (mean and sum of squared deviations), then noise_informed and SGD
 
 Time: median of ``--repeats`` steps after one warm-up; memory: XLA's compiled memory
-analysis (temporaries + arguments + outputs - aliased). Kept short (a few seconds of steps
-per variant) because the machine may be shared; run with ``nice``.
+analysis (temporaries + arguments + outputs - aliased). The load average is printed before
+and after: a figure worth quoting comes from a run with the machine to itself.
 
     python benchmarks/flax_cnn.py [--repeats 10] [--batch 128]
 """
@@ -21,6 +21,7 @@ per variant) because the machine may be shared; run with ``nice``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -115,6 +116,8 @@ def main(argv=None) -> None:
              jax.random.randint(k2, (args.batch,), 0, 10))
     n_params = sum(p.size for p in jax.tree.leaves(params))
     plan = fast_path_plan(model, loss_fn, batch)
+    # step times mean nothing on a busy machine: say how busy it was, before and after
+    print("load average (1, 5, 15 min) before: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     print(f"fmnist_2c2d: {n_params} parameters, B = {args.batch}, jax {jax.__version__}, "
           f"{jax.devices()[0].platform}; fast layers {', '.join(plan.fast)}; "
           f"fallback {plan.fallback or 'none'}")
@@ -136,6 +139,7 @@ def main(argv=None) -> None:
     for name, t, mem in rows:
         print(f"{name:<12} {t * 1e3:8.1f} {t / base_t:7.2f} {mem / 2**20:9.1f} "
               f"{mem / base_m:6.2f}")
+    print("load average (1, 5, 15 min) after: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
 if __name__ == "__main__":
