@@ -1,4 +1,4 @@
-"""Per-example gradient moments of a flax NNX model, exact and near the cost of SGD.
+"""Per-example gradient moments of a flax NNX model, exact, at a small multiple of an SGD step.
 
 The user gives an ``nnx.Module`` and ``loss_fn(model, batch)``, which returns the B
 per-example losses of a batch (a pytree whose leaves share the leading example axis), shape
