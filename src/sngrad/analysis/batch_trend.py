@@ -36,6 +36,7 @@ import pandas as pd
 
 from sngrad.analysis.paired import (
     CONFIDENCE,
+    common_seed_values,
     comparisons,
     final_epoch,
     seed_values,
@@ -59,11 +60,6 @@ SCALING_COLUMNS = [
 RULES = {"linear": 1.0, "square root": 0.5, "constant": 0.0}
 
 
-def _seed_table(values: pd.DataFrame, run: str, batch_size: int) -> pd.DataFrame:
-    mask = (values["optimizer"] == run) & (values["batch_size"] == int(batch_size))
-    return values[mask].set_index("seed")[["value", "diverged"]]
-
-
 def batch_trend(metrics: pd.DataFrame, runs: Sequence[str], batch_sizes: Sequence[int], *,
                 dataset: str, primary: str, epochs: int | None = None,
                 factors: dict | None = None) -> pd.DataFrame:
@@ -81,12 +77,8 @@ def batch_trend(metrics: pd.DataFrame, runs: Sequence[str], batch_sizes: Sequenc
     for outcome, higher_is_better in OUTCOMES.items():
         values = seed_values(metrics, epochs, outcome)
         for run, base in comparisons(runs):
-            frames = [_seed_table(values, r, b) for b in (low, high) for r in (run, base)]
-            common = frames[0].index
-            for f in frames[1:]:
-                common = common.intersection(f.index)
-            ok = [s for s in common if not any(bool(f.loc[s, "diverged"]) for f in frames)]
-            y = [f.loc[ok, "value"].to_numpy(float) for f in frames]
+            y = common_seed_values(values, [(r, b) for b in (low, high) for r in (run, base)])
+            n_pairs = len(y[0])
             d_low, d_high = y[0] - y[1], y[2] - y[3]
             change = d_high - d_low
             c_low, c_high = sign_flip_interval(change, 1 - CONFIDENCE)
@@ -101,12 +93,12 @@ def batch_trend(metrics: pd.DataFrame, runs: Sequence[str], batch_sizes: Sequenc
             rows.append({
                 "dataset": dataset, "run": run, "base": base,
                 "schedule": schedule_of(run, primary), "outcome": outcome,
-                "batch_size_low": low, "batch_size_high": high, "n_pairs": len(ok),
-                "diff_low": float(d_low.mean()) if len(ok) else math.nan,
-                "diff_high": float(d_high.mean()) if len(ok) else math.nan,
-                "change_mean": float(change.mean()) if len(ok) else math.nan,
+                "batch_size_low": low, "batch_size_high": high, "n_pairs": n_pairs,
+                "diff_low": float(d_low.mean()) if n_pairs else math.nan,
+                "diff_high": float(d_high.mean()) if n_pairs else math.nan,
+                "change_mean": float(change.mean()) if n_pairs else math.nan,
                 "change_low": c_low, "change_high": c_high,
-                "p_change": sign_flip_p(change) if len(ok) >= 2 else math.nan,
+                "p_change": sign_flip_p(change) if n_pairs >= 2 else math.nan,
                 "direction": direction,
                 "factor_low": factors.get((run, low), math.nan),
                 "factor_high": factors.get((run, high), math.nan),

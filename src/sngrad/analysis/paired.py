@@ -464,6 +464,17 @@ def is_no_op(factor: float, outcomes) -> bool:
     return True
 
 
+def common_seed_values(values: pd.DataFrame, cells) -> list[np.ndarray]:
+    """The :func:`seed_values` of each (run, batch size) cell on the seeds every cell ran and
+    none diverged on, in one order: the pairing of a contrast of several trainings."""
+    frames = [_select(values, run, batch_size).set_index("seed") for run, batch_size in cells]
+    common = frames[0].index
+    for f in frames[1:]:
+        common = common.intersection(f.index)
+    ok = [s for s in common if not any(bool(f.loc[s, "diverged"]) for f in frames)]
+    return [f.loc[ok, "value"].to_numpy(float) for f in frames]
+
+
 def _select(values: pd.DataFrame, run: str, batch_size) -> pd.DataFrame:
     mask = (values["optimizer"] == run) & (values["batch_size"] == int(batch_size))
     return values[mask][["seed", "value", "diverged"]]
@@ -602,13 +613,8 @@ def schedule_contrast(metrics: pd.DataFrame, runs: Sequence[str], batch_sizes: S
             continue
         arm, base, base_arm = parts
         for batch_size in batch_sizes:
-            frames = [_select(values, r, batch_size).set_index("seed")
-                      for r in (run, base, arm, base_arm)]
-            common = frames[0].index
-            for f in frames[1:]:
-                common = common.intersection(f.index)
-            ok = [s for s in common if not any(f.loc[s, "diverged"] for f in frames)]
-            y = [f.loc[ok, "value"].to_numpy(float) for f in frames]
+            y = common_seed_values(values, [(r, batch_size) for r in (run, base, arm, base_arm)])
+            n_pairs = len(y[0])
             decay, const = y[0] - y[1], y[2] - y[3]
             contrast = const - decay
             cells = {}
@@ -622,8 +628,8 @@ def schedule_contrast(metrics: pd.DataFrame, runs: Sequence[str], batch_sizes: S
             else:
                 held = cells["constant_high"] < 0 and cells["contrast_high"] < 0
             rows.append({"dataset": dataset, "batch_size": int(batch_size), "run": run,
-                         "arm": arm, "outcome": outcome, "n_pairs": len(ok), **cells,
-                         "p_contrast": sign_flip_p(contrast) if len(ok) >= 2 else math.nan,
+                         "arm": arm, "outcome": outcome, "n_pairs": n_pairs, **cells,
+                         "p_contrast": sign_flip_p(contrast) if n_pairs >= 2 else math.nan,
                          "held": bool(held)})
     return pd.DataFrame(rows, columns=SCHEDULE_COLUMNS)
 

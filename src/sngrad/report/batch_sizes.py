@@ -12,17 +12,10 @@ import math
 from collections.abc import Sequence
 
 from sngrad.layout import NOISE_SUMMARY, Layout
-from sngrad.report.format import NA, fmt, missing, number, plus_minus, pvalue, signed_points
+from sngrad.report.format import NA, fmt, missing, number, plus_minus, pvalue
 from sngrad.report.read import concat, read_csv, records
+from sngrad.report.results import difference
 from sngrad.tables import TREND_DIRECTIONS
-
-
-def _change(value, outcome: str) -> str:
-    if missing(value):
-        return NA
-    if abs(float(value)) == math.inf:
-        return "unbounded"
-    return signed_points(value) if outcome == "test_accuracy" else f"{float(value):+.4f}"
 
 
 def trend_rows(layout: Layout, datasets: Sequence[str]) -> list[dict]:
@@ -30,17 +23,17 @@ def trend_rows(layout: Layout, datasets: Sequence[str]) -> list[dict]:
     out = []
     for r in records(concat(layout.batch_trend(d) for d in datasets)):
         outcome = r["outcome"]
+        low, high = (difference(r[f"change_{end}"], outcome) for end in ("low", "high"))
         interval = (NA if missing(r["change_low"]) else
-                    "unbounded" if abs(r["change_low"]) == math.inf else
-                    f"[{_change(r['change_low'], outcome)}, {_change(r['change_high'], outcome)}]")
+                    "unbounded" if abs(r["change_low"]) == math.inf else f"[{low}, {high}]")
         out.append({
             "dataset": r["dataset"], "run": r["run"], "base": r["base"],
             "schedule": r["schedule"], "outcome": outcome.replace("_", " "),
             "low": int(r["batch_size_low"]), "high": int(r["batch_size_high"]),
             "pairs": fmt(r["n_pairs"], 6),
-            "diff_low": _change(r["diff_low"], outcome),
-            "diff_high": _change(r["diff_high"], outcome),
-            "change": _change(r["change_mean"], outcome), "interval": interval,
+            "diff_low": difference(r["diff_low"], outcome),
+            "diff_high": difference(r["diff_high"], outcome),
+            "change": difference(r["change_mean"], outcome), "interval": interval,
             "p": pvalue(r["p_change"]), "direction": r["direction"],
             "factor_low": fmt(r["factor_low"], 3), "factor_high": fmt(r["factor_high"], 3),
             "detected": r["direction"] in TREND_DIRECTIONS[:2],

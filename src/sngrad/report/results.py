@@ -29,12 +29,14 @@ def _cell_key(dataset, run, batch_size) -> tuple:
     return (str(dataset), str(run), int(batch_size))
 
 
-def _difference(value, outcome: str) -> str:
-    """An accuracy difference in signed points; a loss difference as a signed number."""
-    if outcome == "test_accuracy":
-        return signed_points(value)
-    return NA if missing(value) else ("unbounded" if abs(value) == float("inf")
-                                      else f"{value:+.4f}")
+def difference(value, outcome: str) -> str:
+    """An accuracy difference in signed points; a loss difference as a signed number; an
+    infinite end of an interval "unbounded"."""
+    if missing(value):
+        return NA
+    if abs(float(value)) == float("inf"):
+        return "unbounded"
+    return signed_points(value) if outcome == "test_accuracy" else f"{float(value):+.4f}"
 
 
 def _interval(r: dict) -> str:
@@ -43,8 +45,8 @@ def _interval(r: dict) -> str:
     if abs(r["ci_low"]) == float("inf"):
         return "unbounded"
     level = f" ({pct(r['ci_level'], 2)} %)" if not missing(r.get("ci_level")) else ""
-    return (f"[{_difference(r['ci_low'], r['outcome'])}, "
-            f"{_difference(r['ci_high'], r['outcome'])}]{level}")
+    return (f"[{difference(r['ci_low'], r['outcome'])}, "
+            f"{difference(r['ci_high'], r['outcome'])}]{level}")
 
 
 def paired_rows(paired: pd.DataFrame, family: str, outcome: str = "test_accuracy",
@@ -73,12 +75,12 @@ def paired_rows(paired: pd.DataFrame, family: str, outcome: str = "test_accuracy
                 "cost": fmt(r["cost_run"], 3),
                 "run_mean": value_text(r["run_mean"]),
                 "base_mean": value_text(r["base_mean"]),
-                "diff": _difference(r["diff_mean"], outcome),
+                "diff": difference(r["diff_mean"], outcome),
                 "outcome": outcome.replace("_", " "),
                 "ci": ci,
                 "no_op": truthy(r["no_op"]),
                 "factor": fmt(r["mean_factor"], 4),
-                "detectable": _difference(r["detectable"], outcome),
+                "detectable": difference(r["detectable"], outcome),
                 "p_signflip": pvalue(r["p_signflip"]),
                 "p_holm": pvalue(r["p_holm"]),
                 "p_t": pvalue(r["p_t"]),
@@ -105,7 +107,7 @@ def families(paired: pd.DataFrame) -> list[dict]:
         out.append({"dataset": dataset, "family": family.replace("_", " "),
                     "outcome": outcome.replace("_", " "), "m": len(testable),
                     "pairs": int(testable["n_pairs"].median()),
-                    "detectable": _difference(testable["detectable"].iloc[0], outcome)})
+                    "detectable": difference(testable["detectable"].iloc[0], outcome)})
     return out
 
 
@@ -121,12 +123,12 @@ def schedule_rows(layout: Layout, datasets) -> list[dict]:
                     return NA
                 if abs(low) == float("inf"):
                     return "unbounded"
-                return f"[{_difference(low, r['outcome'])}, {_difference(high, r['outcome'])}]"
+                return f"[{difference(low, r['outcome'])}, {difference(high, r['outcome'])}]"
 
             rows.append({
                 "dataset": r["dataset"], "batch_size": int(r["batch_size"]), "run": r["run"],
                 "arm": r["arm"], "pairs": fmt(r["n_pairs"], 6),
-                **{f"{name}": _difference(r[f"{name}_mean"], r["outcome"])
+                **{f"{name}": difference(r[f"{name}_mean"], r["outcome"])
                    for name in ("decay", "constant", "contrast")},
                 **{f"{name}_ci": span(name) for name in ("decay", "constant", "contrast")},
                 "p": pvalue(r["p_contrast"]), "held": "yes" if truthy(r["held"]) else "no",
