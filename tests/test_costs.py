@@ -2,6 +2,7 @@
 the lean SVRG step."""
 
 import csv
+import math
 import subprocess
 import sys
 
@@ -394,6 +395,43 @@ def test_profile_stages_of_the_smoke_profile():
         40 * costs.step_flops("sgd+sngrad1", [64, 16, 10], 64)
         + 144 * costs.forward_flops([64, 16, 10]))
     assert [s.jobs for s in stages.values()] == [3, 3, 1, 1]
+    # programs: a tuning job runs two (round 0, the refinement), of 3 x 2, 9 x 2 or 3 x 2 runs
+    # then 2 x 2; a training job one of the 2 final seeds; the reference one of one run
+    assert [s.program_steps for s in stages.values()] == [3 * 2 * 40, 3 * 40, 40, 0]
+    assert [s.run_steps for s in stages.values()] == [(5 + 11 + 5) * 2 * 40, 3 * 2 * 40, 40, 0]
+
+
+def test_the_time_estimate_adds_the_per_step_overhead_of_every_program_and_run_step():
+    from sngrad import resources
+    from sngrad.config import DEFAULT_PROFILE, load_profile, read_yaml
+
+    profile = load_profile("config/smoke.yaml")
+    profile["train"]["epochs"] = 1000000  # a tiny network trained long: steps, not FLOPs
+    stages = costs.profile_stages(profile)
+    flops = sum(s.flops for s in stages)
+    programs, runs = sum(s.program_steps for s in stages), sum(s.run_steps for s in stages)
+    overhead = costs.StepOverhead(per_step=2e-6, per_run=5e-6)
+    default = read_yaml(DEFAULT_PROFILE)
+    text, core_hours = costs.cost_report(profile, 1e10, 2, overhead, default)
+    assert core_hours == pytest.approx((flops / 1e10 + 2e-6 * programs + 5e-6 * runs) / 3600)
+    assert "2.0 us + 5.0 us x K per step of a program training K runs" in text
+    assert f"{core_hours:,.2f} core-hours" in text
+    minutes = resources.benchmark_minutes(profile, default)
+    assert minutes == resources.DEFAULT_BENCHMARK_MIN * resources.benchmark_repeats(
+        profile) / resources.benchmark_repeats(default)
+    assert "benchmark (`make bench`, not part of a run): 3 timed repeats" in text
+    without, hours = costs.cost_report(profile, None, 2)
+    assert math.isnan(hours) and "core-hours" not in without and "benchmark" not in without
+
+
+def test_the_per_step_overhead_is_calibrated_on_the_engines_program():
+    from sngrad.config import load_profile
+
+    overhead = costs.calibrate_step_overhead(load_profile("config/smoke.yaml"), steps=32,
+                                             epochs=2)
+    assert math.isfinite(overhead.per_step) and math.isfinite(overhead.per_run)
+    assert overhead.per_step >= 0 and overhead.per_run >= 0
+    assert 0 < overhead.seconds(1, 16) < 1.0  # a step of 16 tiny runs: well under a second
 
 
 def test_profile_noise_batch_counts_agree_with_the_noise_study():

@@ -407,6 +407,28 @@ def test_single_target_rebuild_redoes_only_that_file(smoke_run):
     assert result_tables(work) == metrics  # the same numbers again
 
 
+@pytest.mark.slow
+def test_a_result_deleted_after_its_report_is_remade_by_the_plain_command(smoke_run):
+    work, _ = smoke_run
+    metrics = work / "results" / "smoke" / "digits" / "sgd" / "bs64" / "metrics.csv"
+    kept, stat = metrics.read_bytes(), metrics.stat()
+    planned = snakemake("-n", *SMOKE, cwd=work).stdout  # other tests may have left work
+    metrics.unlink()
+    try:
+        plan = snakemake("-n", *SMOKE, cwd=work)
+        counts = job_counts(plan.stdout)
+        # its job, and everything that reads it after (nothing upstream: no tuning again)
+        assert counts["train"] == 1 and counts["report"] == 1 and "tune" not in counts, counts
+        assert "train" not in (job_counts(planned) if "Job stats:" in planned else {})
+        text = plan.stdout + plan.stderr
+        assert "Missing output files" in text and "bs64/metrics.csv" in text
+    finally:
+        metrics.write_bytes(kept)
+        os.utime(metrics, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = snakemake("-n", *SMOKE, cwd=work).stdout
+    assert "Nothing to be done" in planned or job_counts(again) == job_counts(planned)
+
+
 # ----------------------------------------------------------------------------- run lock
 
 

@@ -318,13 +318,16 @@ TEST_EXAMPLES = {"mnist": 10000, "fashion_mnist": 10000, "cifar10": 10000}  # of
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of a profile: its jobs, example-steps (examples through a training step) and
-    counted FLOPs; ``note`` says what is left out."""
+    """One stage of a profile: its jobs, example-steps (examples through a training step),
+    counted FLOPs, program steps (steps of its compiled training programs, each advancing K
+    runs at once) and run-steps (program steps x K); ``note`` says what is left out."""
 
     name: str
     jobs: int
     example_steps: int
     flops: float
+    program_steps: int
+    run_steps: int
     note: str = ""
 
 
@@ -387,44 +390,54 @@ def profile_stages(profile: dict) -> list[Stage]:
     training: every final seed with validation and test passes per epoch; reference: sgd on
     the first final seed; noise: at each of the 5 reference checkpoints, the exact moments
     over the training split and the drawn batches of every noise batch size (forward,
-    backward, moments). The benchmark is timing-bound (its repeats run until a time is
-    reached) and not counted.
+    backward, moments). A tuning job runs one program per round (round 0, the refinement),
+    of its settings x tuning seeds; a training job one of the final seeds; the reference one
+    of one run. The benchmark is timing-bound and counted apart
+    (:func:`sngrad.resources.benchmark_minutes`).
     """
     from sngrad import config as profiles
+    from sngrad.names import parse_run
+    from sngrad.spec import tune_spec
+    from sngrad.train.protocol import trial_count
 
-    train, seeds = profile["train"], len(profile["tune"]["seeds"])
+    train, tune = profile["train"], tune_spec(profile["tune"])
+    seeds = len(tune.seeds)
     epochs, every = int(train["epochs"]), int(train["snapshot_every"])
-    runs_of = tuning_runs(profile)
-    totals = {name: [0, 0, 0.0] for name in ("tuning", "final training", "reference", "noise")}
+    rounds = {run: trial_count(parse_run(run), tune) for run in profile["optimizers"]}
+    totals = {name: [0, 0, 0.0, 0, 0]
+              for name in ("tuning", "final training", "reference", "noise")}
 
-    def add(name, jobs, work):
-        totals[name][0] += jobs
-        totals[name][1] += work[0]
-        totals[name][2] += work[1]
+    def add(name, jobs, work, steps=0, runs=()):
+        """``runs``: the K of each program of the job, ``steps`` steps each."""
+        for i, value in enumerate((jobs, *work, steps * len(runs), steps * sum(runs))):
+            totals[name][i] += value
 
     for dataset in profile["datasets"]:
         widths, n_train, n_val, n_test = _cell_shape(profile, dataset)
         for run in profile["optimizers"]:
             for batch in profile["batch_sizes"]:
-                tune_runs = runs_of[run]
+                steps = epochs * steps_per_epoch(n_train, batch)
+                tune_runs = sum(rounds[run]) * seeds
                 tuned = _training(run, widths, n_train, batch, epochs, every, tune_runs, 0)
                 add("tuning", 1, (tuned[0], tuned[1] + tune_runs * n_val * forward_flops(
-                    widths)))
+                    widths)), steps, [count * seeds for count in rounds[run]])
                 add("final training", 1, _training(run, widths, n_train, batch, epochs, every,
-                                                   len(train["seeds"]), n_val + n_test))
+                                                   len(train["seeds"]), n_val + n_test),
+                    steps, [len(train["seeds"])])
         ref_batch = profiles.reference_batch_size(profile)
-        add("reference", 1, _training("sgd", widths, n_train, ref_batch, epochs, every, 1, 0))
+        add("reference", 1, _training("sgd", widths, n_train, ref_batch, epochs, every, 1, 0),
+            epochs * steps_per_epoch(n_train, ref_batch), [1])
         per_example = forward_flops(widths) + backward_flops(widths) + moment_flops(widths)
         drawn = sum(b * noise_batches(b, profile["noise"]["batches"])
                     for b in profiles.noise_batch_sizes(profile, dataset))
         add("noise", 1, (0, REFERENCE_CHECKPOINTS * (n_train + drawn) * per_example))
-    counts = sorted({runs // seeds for runs in runs_of.values()})
+    counts = sorted({sum(r) for r in rounds.values()})
     notes = {"tuning": f"initial grid and refinement, {'/'.join(map(str, counts))} settings "
                        f"x {seeds} seeds per cell; extension rounds (a slab of the "
                        "grid each, until every axis is interior) not counted",
              "noise": "gradient moments at fixed parameters (no training steps)"}
-    return [Stage(name, jobs, steps, flops, notes.get(name, ""))
-            for name, (jobs, steps, flops) in totals.items()]
+    return [Stage(name, jobs, examples, flops, programs, runs, notes.get(name, ""))
+            for name, (jobs, examples, flops, programs, runs) in totals.items()]
 
 
 def calibrate_flops(widths: Sequence[int], batch: int, seconds: float = 2.0) -> float:
@@ -467,34 +480,119 @@ def calibrate_flops(widths: Sequence[int], batch: int, seconds: float = 2.0) -> 
     return best
 
 
+# The network and batch the per-step overhead is timed on: their arithmetic (a few thousand
+# FLOPs a step) is a rounding error next to what a step costs beyond it.
+OVERHEAD_WIDTHS = (4, 4, 2)
+OVERHEAD_BATCH = 8
+OVERHEAD_RUNS = (1, 16)  # the K of the two timings the line a + b K goes through
+
+
+@dataclass(frozen=True)
+class StepOverhead:
+    """Seconds one step of a compiled training program costs beyond its FLOPs, with K runs
+    vmapped in it: ``per_step + per_run * K`` (gathering the batch, the update, the
+    diagnostics' branch, the scan's bookkeeping)."""
+
+    per_step: float
+    per_run: float
+
+    def seconds(self, program_steps: int, run_steps: int) -> float:
+        return self.per_step * program_steps + self.per_run * run_steps
+
+
+def calibrate_step_overhead(profile: Mapping, steps: int = 256, epochs: int = 3) -> StepOverhead:
+    """The engine's own training program (:func:`sngrad.train.engine.run_sweep`, the
+    profile's backend, diagnostics and snapshots as in a training job, a constant rate) on
+    random data, at K = 1 and K = 16 runs of the network OVERHEAD_WIDTHS: the fastest epoch
+    of ``epochs`` (contention only adds time) over its ``steps`` steps gives the time of a
+    step at each K, and the line through both its two coefficients. Imports jax."""
+    import contextlib
+    import dataclasses
+    import io
+    import json
+
+    import numpy as np
+
+    from sngrad import config as profiles
+    from sngrad.data import Splits
+    from sngrad.spec import parse_spec
+    from sngrad.train.engine import TRAIN_MODE, RunConfig, run_sweep
+
+    d_in, *hidden, classes = OVERHEAD_WIDTHS
+    rng = np.random.default_rng(0)
+
+    def part(n):
+        return (rng.standard_normal((n, d_in)).astype(np.float32),
+                rng.integers(0, classes, n).astype(np.int32))
+
+    splits = Splits(*part(steps * OVERHEAD_BATCH), *part(64), *part(64), num_classes=classes,
+                    name="random")
+    spec = dataclasses.replace(parse_spec(json.loads(profiles.training_spec(profile))),
+                               hidden=tuple(hidden), epochs=epochs, schedule="constant",
+                               checkpoint_every=0)
+    per_step = []
+    for k in OVERHEAD_RUNS:
+        configs = [RunConfig(0.01, None, None, seed) for seed in range(k)]
+        with contextlib.redirect_stderr(io.StringIO()):  # the sweep's progress lines
+            wall = run_sweep(splits, "sgd", OVERHEAD_BATCH, spec, configs, TRAIN_MODE).records[
+                "wall_time"]
+        per_step.append(float(np.min(np.diff(np.concatenate([[0.0], wall])))) / steps)
+    (k1, k2), (t1, t2) = OVERHEAD_RUNS, per_step
+    per_run = max((t2 - t1) / (k2 - k1), 0.0)
+    return StepOverhead(max(t1 - per_run * k1, 0.0), per_run)
+
+
 def _hours(seconds: float) -> str:
     if seconds >= 360:
         return f"{seconds / 3600:,.1f} h"
     return f"{seconds / 60:,.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
-def cost_report(profile: dict, rate: float | None, cores: int) -> tuple[str, float]:
-    """The printed table and the estimated core-hours (NaN without a calibration)."""
+def cost_report(profile: dict, rate: float | None, cores: int,
+                overhead: StepOverhead | None = None,
+                default: Mapping | None = None) -> tuple[str, float]:
+    """The printed table and the estimated core-hours (NaN without a calibration): the counted
+    FLOPs at the calibrated ``rate``, plus the calibrated per-step ``overhead`` of every
+    program step and run-step; the benchmark's minutes scaled from the ``default`` profile's."""
+    from sngrad import resources
+
     stages = profile_stages(profile)
     total = sum(s.flops for s in stages)
     lines = [f"profile {profile.get('profile', '?')}: counted training work "
              f"(sngrad.costs; FLOPs of matrix products and elementwise passes)",
-             f"{'stage':<16}{'jobs':>6}{'example-steps':>16}{'FLOPs':>12}  note"]
+             f"{'stage':<16}{'jobs':>6}{'example-steps':>16}{'run-steps':>14}{'FLOPs':>12}  note"]
     for s in stages:
-        lines.append(f"{s.name:<16}{s.jobs:>6}{s.example_steps:>16,}{s.flops:>12.3g}  {s.note}")
+        lines.append(f"{s.name:<16}{s.jobs:>6}{s.example_steps:>16,}{s.run_steps:>14,}"
+                     f"{s.flops:>12.3g}  {s.note}")
     lines.append(f"{'total':<16}{sum(s.jobs for s in stages):>6}"
-                 f"{sum(s.example_steps for s in stages):>16,}{total:>12.3g}")
+                 f"{sum(s.example_steps for s in stages):>16,}"
+                 f"{sum(s.run_steps for s in stages):>14,}{total:>12.3g}")
     core_hours = math.nan
     if rate:
-        core_s = total / rate
+        arithmetic_s = total / rate
+        per_step_s = 0.0 if overhead is None else overhead.seconds(
+            sum(s.program_steps for s in stages), sum(s.run_steps for s in stages))
+        core_s = arithmetic_s + per_step_s
         core_hours = core_s / 3600
         lines.append(f"this machine: {rate / 1e9:.1f} GFLOP/s per core (best sustained matmul "
-                     f"rate of the study's shapes, calibrated now) -> {core_hours:,.2f} "
-                     f"core-hours, about {_hours(core_s / cores)} on {cores} cores "
-                     "(training work only, at the matrix-product rate, a lower bound on the time: "
-                     "compilation, data, analysis and report come on top)")
+                     "rate of the study's shapes, calibrated now)")
+        if overhead is not None:
+            widths = "-".join(map(str, OVERHEAD_WIDTHS))
+            lines.append(f"  and {overhead.per_step * 1e6:.1f} us + {overhead.per_run * 1e6:.1f} "
+                         "us x K per step of a program training K runs (the engine's step "
+                         f"beyond its FLOPs, calibrated now on a {widths} network)")
+        lines.append(f"  -> {core_hours:,.2f} core-hours ({_hours(arithmetic_s)} of arithmetic, "
+                     f"{_hours(per_step_s)} of per-step overhead), about "
+                     f"{_hours(core_s / cores)} on {cores} cores (training work only, a lower "
+                     "bound on the time: compilation, data, analysis and report come on top)")
     lines.append(f"GPU: {_hours(total / GPU_SUSTAINED_FLOPS)} at an assumed sustained "
                  f"{GPU_SUSTAINED_FLOPS / 1e12:g} TFLOP/s (costs.GPU_SUSTAINED_FLOPS)")
+    if default is not None:
+        lines.append(f"benchmark (`make bench`, not part of a run): "
+                     f"{resources.benchmark_repeats(profile):,} timed repeats (repeats x "
+                     "networks x batch sizes), about "
+                     f"{_hours(60 * resources.benchmark_minutes(profile, default))} at the "
+                     "default profile's measured pace")
     return "\n".join(lines), core_hours
 
 
@@ -528,7 +626,13 @@ def cost_command(profile_arg: str, *, calibrate: bool = True, cores: int | None 
     spec = get_spec(profile["datasets"][0])
     widths = [spec.feature_dim, *profile["model"]["hidden"], spec.num_classes]
     rate = calibrate_flops(widths, profile["batch_sizes"][0]) if calibrate else None
-    text, core_hours = cost_report(profile, rate, cores or os.cpu_count() or 1)
+    overhead = calibrate_step_overhead(profile) if calibrate else None
+    try:
+        default = profiles.read_yaml(profiles.DEFAULT_PROFILE)
+    except (OSError, SngradError):
+        default = None  # not run from the repository: no default to scale the benchmark by
+    text, core_hours = cost_report(profile, rate, cores or os.cpu_count() or 1, overhead,
+                                   default)
     print(text)
     if ask and core_hours > CONFIRM_CORE_HOURS and interactive():
         answer = input(f"{core_hours:,.0f} core-hours exceeds {CONFIRM_CORE_HOURS:g}: "

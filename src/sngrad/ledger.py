@@ -92,6 +92,14 @@ def _write_phases(path: str) -> None:
         pass  # the ledger is bookkeeping: never fail a finished job over it
 
 
+def flush() -> None:
+    """Write :func:`phases` now if :func:`watch` is on (for a process that ends without its
+    exit handlers)."""
+    path = os.environ.get(PHASES_ENV)
+    if path and _watching["exit"]:
+        _write_phases(path)
+
+
 def watch() -> None:
     """Under the workflow (``$SNGRAD_PHASES`` set): write :func:`phases` there at exit."""
     path = os.environ.get(PHASES_ENV)

@@ -32,5 +32,9 @@ def describe(err: OSError) -> str:
     if err.filename2 is not None:
         where = f"{where} -> {err.filename2}"
     what = err.strerror or type(err).__name__
-    advice = _ADVICE.get(err.errno, "check the path and its permissions, then rerun")
-    return f"{where}: {what}; {advice}"
+    return f"{where}: {what}; {advice(err.errno)}"
+
+
+def advice(code: int | None) -> str:
+    """What to do about an error of number ``code`` (an ``errno`` value)."""
+    return _ADVICE.get(code, "check the path and its permissions, then rerun")

@@ -21,8 +21,9 @@ Memory of a tuning or training job (a lower bound: what the arrays alone take)
     ``batch_sizes`` if one run's activations do not, else the key that multiplies K.
 
 Work
-    Two counts of every job of the profile: the counted FLOPs of :mod:`sngrad.costs` (the
-    initial tuning round, extension rounds on top; the final training runs; the noise study's
+    Two counts of every job of the profile, both those of `config cost`
+    (:func:`sngrad.costs.profile_stages`): the counted FLOPs (tuning's round 0 and refinement,
+    extension rounds on top; the final training runs; the reference run; the noise study's
     per-example moments at the reference checkpoints), and the run-steps, one per training
     step of each of a job's K runs. A small network's time goes to the per-step work of the
     program (gathering the batch, the update, the diagnostics' branch) rather than to matrix
@@ -44,7 +45,6 @@ MB = 2**20
 STATE_COPIES = 3  # parameters, gradient, updated parameters of every run
 BASELINE_MB = 200  # a python with jax loaded, measured on the CPU backend (jax 0.10)
 EVAL_CHUNK = 1024  # examples per evaluation step (sngrad.train.engine.EVAL_CHUNK)
-NOISE_CHECKPOINTS = 5  # init, epoch1, p25, p50, p100 (sngrad.train.commands)
 WORK_WARNING_RATIO = 10.0
 DEFAULT_BUDGET_MIN = 60.0  # the default profile's budget on 2 cores (config/default.yaml)
 DEFAULT_BENCHMARK_MIN = 10.0  # the default profile's benchmark, measured alone on 2 cores
@@ -152,48 +152,32 @@ def memory_problems(config: Mapping, machine: float | None = None) -> list[str]:
 
 
 def work_flops(config: Mapping) -> float:
-    """Counted FLOPs of the profile's jobs (see the module docstring)."""
+    """Counted FLOPs of the profile's jobs (:func:`sngrad.costs.profile_stages`, the count
+    `config cost` prints)."""
     from sngrad import costs
-    from sngrad.config import noise_batch_sizes, split_sizes
 
-    tune_runs = costs.tuning_runs(config)
-    train = config["train"]
-    every = train["snapshot_every"]
-    total = 0.0
-    for dataset in config["datasets"]:
-        layers = widths(config, dataset)
-        n_train = split_sizes(config, dataset)[0]
-        for run in config["optimizers"]:
-            for batch in config["batch_sizes"]:
-                epoch = costs.epoch_flops(run, layers, n_train, batch, every)
-                total += (tune_runs[run] + len(train["seeds"])) * train["epochs"] * epoch
-        moments = sum(costs.step_flops("sgd+sngrad1", layers, b)
-                      for b in noise_batch_sizes(config, dataset))
-        total += NOISE_CHECKPOINTS * config["noise"]["batches"] * moments
-    return total
+    return sum(stage.flops for stage in costs.profile_stages(config))
 
 
 def run_steps(config: Mapping) -> int:
-    """Training steps of every run of every tuning and training job (tuning: round 0 and the
-    refinement of each run's search, x the tuning seeds; extension rounds not counted)."""
+    """Training steps of every run of every tuning, training and reference job (tuning: round
+    0 and the refinement of each run's search, x the tuning seeds; extension rounds not
+    counted), as :func:`sngrad.costs.profile_stages` counts them."""
     from sngrad import costs
-    from sngrad.config import split_sizes
 
-    runs = [tune_runs + len(config["train"]["seeds"])
-            for tune_runs in costs.tuning_runs(config).values()]
-    total = 0
-    for dataset in config["datasets"]:
-        n_train = split_sizes(config, dataset)[0]
-        for batch in config["batch_sizes"]:
-            per_run = config["train"]["epochs"] * costs.steps_per_epoch(n_train, batch)
-            total += sum(runs) * per_run
-    return total
+    return sum(stage.run_steps for stage in costs.profile_stages(config))
 
 
 def benchmark_repeats(config: Mapping) -> int:
     """Timed repeats of the benchmark: repeats x networks x batch sizes."""
     bench = config["benchmark"]
     return bench["repeats"] * len(bench["networks"]) * len(bench["batch_sizes"])
+
+
+def benchmark_minutes(config: Mapping, default: Mapping) -> float:
+    """The benchmark's minutes, scaled by its timed repeats from the default profile's
+    measured DEFAULT_BENCHMARK_MIN."""
+    return DEFAULT_BENCHMARK_MIN * benchmark_repeats(config) / benchmark_repeats(default)
 
 
 def work_warnings(config: Mapping, source: str, default: Mapping) -> list[str]:
@@ -232,7 +216,7 @@ def work_warnings(config: Mapping, source: str, default: Mapping) -> list[str]:
             f"{source}: the benchmark (`make bench`, not part of a run) times about {bench:,.0f} "
             f"times the default's repeats x networks x batch sizes; at the default's "
             f"{DEFAULT_BENCHMARK_MIN:.0f} minutes that is about "
-            f"{bench * DEFAULT_BENCHMARK_MIN / 60:,.1f} h; check benchmark.repeats"
+            f"{benchmark_minutes(config, default) / 60:,.1f} h; check benchmark.repeats"
         )
     return lines
 

@@ -222,7 +222,7 @@ def run_log(stage):
 
 
 def notebook_parameters(datasets, **extra):
-    """The papermill parameters every analysis notebook takes (JSON for `papermill -y`)."""
+    """The papermill parameters every analysis notebook takes (JSON for sngrad.notebook)."""
     values = {
         "profile": L.profile,
         "results_root": L.root,
@@ -236,13 +236,13 @@ def notebook_parameters(datasets, **extra):
 
 
 # Papermill executes each analysis notebook from its jupytext source (converted on the fly,
-# so no intermediate notebook file); `-k python3` is the venv's kernel and the log keeps the
-# cell outputs, so that a failing notebook explains itself.
+# so no intermediate notebook file), through sngrad.notebook: the venv's kernel, the cell
+# outputs in the log, and a failure's cause (a full disk, a missing file) as its last line.
 NOTEBOOK = python(
     "-m jupytext --to ipynb --output - {input.source:q} 2> {log} | "
     + PYTHON
-    + " -m papermill - {output.notebook:q} -k python3 --log-output "
-    "-y {params.parameters:q} >> {log} 2>&1"
+    + " -m sngrad notebook {output.notebook:q} --source {input.source:q} "
+    "--parameters {params.parameters:q} >> {log} 2>&1"
 )
 
 

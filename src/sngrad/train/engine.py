@@ -63,7 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sngrad import ledger
+from sngrad import interrupt, ledger
 from sngrad.errors import SngradError
 from sngrad.models import cross_entropy, mlp_apply, mlp_init
 from sngrad.optimizers import has_momentum, needs_snapshot, parse_optimizer
@@ -441,6 +441,7 @@ def run_sweep(
     bar = EpochProgress(progress, spec.epochs, start)  # a bar, or lines in a log
     try:
         for epoch in range(start, spec.epochs):
+            interrupt.check()  # a Ctrl-C that a garbage-collection callback swallowed
             tick, tick_cpu = time.perf_counter(), time.process_time()
             if progs.snapshots and epoch % spec.snapshot_every == 0:
                 state = snapshot_fn(state, data)
