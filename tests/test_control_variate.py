@@ -206,9 +206,9 @@ def test_output_is_finite_for_every_finite_input(coef, mean, snap_mean, snap_var
 def test_same_batch_lambda_is_biased_by_order_one_over_b_and_lagged_is_not():
     """Per-example pairs h = z, g = z + c (z^2 - 1) + e (z, e standard normal): E g = E h = 0,
     lam* = 1, and the same-batch estimate's bias is exactly -2 c / B for the unclipped
-    coefficient (see sngrad.sde.control_variate_bias). Each coordinate of one update is an
-    independent batch; the bias is measured against lam = 1 on the same batches, which is
-    unbiased and shares most of the noise."""
+    coefficient (see sngrad.theory.control_variates.cv_same_batch_bias). Each coordinate of one
+    update is an independent batch; the bias is measured against lam = 1 on the same batches,
+    which is unbiased and shares most of the noise."""
     c, batch, n = 0.5, 32, 200_000
     rng = np.random.default_rng(0)
 

@@ -410,3 +410,39 @@ def test_the_report_imports_no_jax_and_no_analysis():
             "             or m.startswith(('sngrad.analysis', 'sngrad.noise', 'sngrad.train')))\n"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_signed_count_and_array_format_through_the_one_vocabulary():
+    assert report_format.signed(-0.012345) == "-0.0123"
+    assert report_format.signed(0.5, 2) == "+0.50"
+    assert report_format.count(2913290) == "2,913,290"
+    assert report_format.array([[1.0, 0.6], [0.6, 0.8]]) == "[[1, 0.6], [0.6, 0.8]]"
+    assert report_format.array([0.2, 0.2]) == "[0.2, 0.2]"
+    for helper in (report_format.signed, report_format.count, report_format.array):
+        assert helper(float("nan")) == "n/a"
+
+
+def test_equal_compute_epochs_print_three_significant_digits():
+    """Mean epochs of a run stopped at the base's compute are fractional: '6.58 vs 10', not
+    '6.58065 vs 10'; a loss difference keeps its sign and four decimals."""
+    row = {"family": "equal_compute", "outcome": "test_loss", "dataset": "digits",
+           "batch_size": 64, "run": "sgd+sngrad1", "base": "sgd", "n_pairs": 2, "n_seeds": 2,
+           "n_diverged_run": 0, "n_diverged_base": 0, "epoch_run": 6.580645, "epoch_base": 10.0,
+           "cost_run": 1.52, "run_mean": 0.3, "base_mean": 0.31, "diff_mean": -0.012345,
+           "ci_low": -0.02, "ci_high": 0.001, "ci_level": 0.95, "no_op": False,
+           "mean_factor": 0.93, "detectable": 0.01, "p_signflip": 0.5, "p_holm": 1.0,
+           "p_t": 0.4, "verdict": "inconclusive", "note": None}
+    (out,) = results.paired_rows(pd.DataFrame([row]), "equal_compute", "test_loss")
+    assert out["epochs"] == "6.58 vs 10"
+    assert out["diff"] == "-0.0123"
+
+
+def test_tuning_bounds_print_plain_numbers():
+    """A hard bound of 1000 reads "1000" (``format.number``), not fmt's "1e+03"."""
+    from sngrad.report import experiment
+
+    tune = {"alpha_bounds": {"I": [0.001, 1000.0]}, "lr_bounds": [1e-5, 100.0]}
+    protocol = experiment.protocol({"tune": tune})
+    assert protocol["alpha_bounds"]["I"] == "[0.001, 1000]"
+    assert protocol["lr_bounds"] == "[1e-05, 100]"
+    assert protocol["alpha_bounds"]["II"] == "n/a"

@@ -1,9 +1,9 @@
 """Which map variant II's closed form is exact for, and what the real step obeys instead.
 
-``sde.variant_ii_variance`` (constant 27) is exact for the truncated map
+``variant_ii_variance`` (constant 27) is exact for the truncated map
 x' = x - c (xi^3 + 3 k x xi^2); the real step x' = x - c (k x + xi)^3 has the first correction
-V0 (1 + 5 gamma), i.e. the constant 30, and higher terms from ``sde.variant_ii_series``. Its
-formulas hold while the clip is inactive, alpha B >> 1 (``sde.variant_ii_clip_share``).
+V0 (1 + 5 gamma), i.e. the constant 30, and higher terms from ``variant_ii_series``. Its
+formulas hold while the clip is inactive, alpha B >> 1 (``variant_ii_clip_share``).
 """
 
 from fractions import Fraction
@@ -13,19 +13,30 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sngrad import sde
+from sngrad.theory.pass_rule import FLOOR, Z_BOUND, passes
+from sngrad.theory.processes import Quadratic
+from sngrad.theory.simulate import simulate
+from sngrad.theory.variant_maps import (
+    simulate_truncated_variant_ii,
+    sngrad_gain_moments,
+    variant_ii_clip_share,
+    variant_ii_coefficients,
+    variant_ii_gamma,
+    variant_ii_series,
+    variant_ii_variance,
+)
 
 
 def test_the_first_correction_of_the_real_step_has_the_constant_30():
     """a_1 = 5 for every B (45 in E[u^2] less 15 from k^3 E[x^4] in E[x u]), while the closed
     form expands as V0 / (1 - 4.5 gamma)."""
     for B in (24, 32, 64, 1001):
-        assert sde.variant_ii_coefficients(B)[:2].tolist() == [1.0, 5.0]
+        assert variant_ii_coefficients(B)[:2].tolist() == [1.0, 5.0]
     k, sigma, B, alpha, eta = 1.0, 0.7, 32, 2.0, 0.3
-    gamma = sde.variant_ii_gamma(k, sigma, B, alpha, eta)
+    gamma = variant_ii_gamma(k, sigma, B, alpha, eta)
     assert gamma == pytest.approx(k * eta / (alpha * (B - 5)))
-    v0 = sde.variant_ii_series(k, sigma, B, alpha, eta, n_terms=1)[0]
-    assert sde.variant_ii_variance(k, sigma, B, alpha, eta) == pytest.approx(
+    v0 = variant_ii_series(k, sigma, B, alpha, eta, n_terms=1)[0]
+    assert variant_ii_variance(k, sigma, B, alpha, eta) == pytest.approx(
         v0 / (1 - 4.5 * gamma))
 
 
@@ -38,8 +49,8 @@ def test_the_second_correction_matches_the_hand_expansion():
         r3, r4 = Fraction(n - 4, n - 6), Fraction((n - 4) ** 2, (n - 6) * (n - 8))
         m4 = (5250 - 9450 * r3 + 10395 * r4) / 12
         a2 = (Fraction(3375, 4) - 2 * m4) / 15
-        assert sde.variant_ii_coefficients(B)[2] == pytest.approx(float(a2), rel=1e-12)
-    assert sde.variant_ii_coefficients(200_001, 3)[2] == pytest.approx(-151 / 12, rel=1e-3)
+        assert variant_ii_coefficients(B)[2] == pytest.approx(float(a2), rel=1e-12)
+    assert variant_ii_coefficients(200_001, 3)[2] == pytest.approx(-151 / 12, rel=1e-3)
 
 
 @pytest.mark.parametrize("alpha, batch_size", [(1.0, 32), (2.0, 32), (1.0, 16)])
@@ -50,22 +61,22 @@ def test_clip_share_matches_a_direct_quadrature(alpha, batch_size):
     tail = 2 * (stats.norm.pdf(t) * (t**5 + 5 * t**3 + 15 * t) + 15 * stats.norm.sf(t))
     weight = stats.chi2.pdf(q, n) / q**2
     direct = np.trapezoid(tail * weight, q) / (15 * np.trapezoid(weight, q))
-    assert sde.variant_ii_clip_share(alpha, batch_size) == pytest.approx(direct, rel=1e-4)
+    assert variant_ii_clip_share(alpha, batch_size) == pytest.approx(direct, rel=1e-4)
 
 
 def test_truncated_map_obeys_27_and_not_30():
     """At gamma = 0.067 (the 27-term 30 % of the denominator) the truncated map passes the
     closed form and fails it with 30 in place of 27."""
     m = {"k": 1.0, "sigma": 1.0, "batch_size": 32, "alpha": 1.0, "eta": 1.8}
-    measured, se = sde.simulate_truncated_variant_ii(
+    measured, se = simulate_truncated_variant_ii(
         jax.random.key(27), curvature=m["k"], sigma=m["sigma"], batch_size=m["batch_size"],
         alpha=m["alpha"], eta=m["eta"], n_chains=2000, burn_in=60, n_steps=1500)
-    c1, c2 = sde.sngrad_gain_moments("II", m["sigma"], m["batch_size"], m["alpha"], m["eta"])
+    c1, c2 = sngrad_gain_moments("II", m["sigma"], m["batch_size"], m["alpha"], m["eta"])
     s2 = m["sigma"] ** 2 / m["batch_size"]
     with_30 = 15 * c2 * s2**3 / (6 * m["k"] * c1 * s2 - 30 * m["k"] ** 2 * c2 * s2**2)
-    right = sde.variant_ii_variance(**m)
-    assert sde.passes(right, measured, se, sde.FLOOR, sde.Z_BOUND), (measured, se, right)
-    assert not sde.passes(with_30, measured, se, sde.FLOOR, sde.Z_BOUND), (measured, with_30)
+    right = variant_ii_variance(**m)
+    assert passes(right, measured, se, FLOOR, Z_BOUND), (measured, se, right)
+    assert not passes(with_30, measured, se, FLOOR, Z_BOUND), (measured, with_30)
 
 
 def test_real_step_follows_its_series_and_not_the_45_closed_form():
@@ -74,15 +85,15 @@ def test_real_step_follows_its_series_and_not_the_45_closed_form():
     45 (what a naive expansion gives) is 3.3 % off and fails."""
     k, sigma, B, alpha = 1.0, 1.0, 32, 2.0
     eta = 0.01 * alpha * (B - 5) / k
-    assert sde.variant_ii_clip_share(alpha, B) < 1e-4
-    run = sde.simulate(jax.random.key(45), sde.Quadratic.diagonal([k]), n_chains=2000,
-                       burn_in=400, n_steps=2500, eta=eta, method="II", alpha=alpha,
-                       per_example_std=[sigma], batch_size=B)
+    assert variant_ii_clip_share(alpha, B) < 1e-4
+    run = simulate(jax.random.key(45), Quadratic.diagonal([k]), n_chains=2000,
+                   burn_in=400, n_steps=2500, eta=eta, method="II", alpha=alpha,
+                   per_example_std=[sigma], batch_size=B)
     v, se = (float(a[0]) for a in run.variance())
-    terms = sde.variant_ii_series(k, sigma, B, alpha, eta)
+    terms = variant_ii_series(k, sigma, B, alpha, eta)
     series = terms[:3].sum()
-    assert abs(v - series) <= sde.Z_BOUND * se + abs(terms[3]), (v, se, series)
-    c1, c2 = sde.sngrad_gain_moments("II", sigma, B, alpha, eta)
+    assert abs(v - series) <= Z_BOUND * se + abs(terms[3]), (v, se, series)
+    c1, c2 = sngrad_gain_moments("II", sigma, B, alpha, eta)
     s2 = sigma**2 / B
     with_45 = 15 * c2 * s2**3 / (6 * k * c1 * s2 - 45 * k**2 * c2 * s2**2)
-    assert not sde.passes(with_45, v, se, sde.FLOOR, sde.Z_BOUND), (v, se, with_45)
+    assert not passes(with_45, v, se, FLOOR, Z_BOUND), (v, se, with_45)

@@ -9,7 +9,7 @@ test noticed (issue 24). Each test below fails on one of them:
    to the step's RMS sigma, never over B);
 4. the Holm family of the paired table when a profile has several batch sizes;
 5. the direction of the summary's "highest final validation accuracy" winner;
-6. the constant 27 of ``sde.variant_ii_variance``, on the map for which the formula is exact.
+6. the constant 27 of ``variant_ii_variance``, on the map for which the formula is exact.
 """
 
 import csv
@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sngrad import sde
 from sngrad.analysis.paired import paired_table, winners
 from sngrad.data import Splits, save_splits
 from sngrad.models import cross_entropy, mlp_apply, mlp_init
 from sngrad.names import parse_run
 from sngrad.spec import parse_spec
+from sngrad.theory.variant_maps import sngrad_gain_moments, variant_ii_variance
 from sngrad.train import protocol, tune
 from sngrad.train.step import make_step
 
@@ -314,7 +314,7 @@ def _truncated_variant_ii_variance(seed=0, n_chains=2000, burn_in=500, n_steps=3
     xi and sigma_hat independent of each other and of x (the batch mean and the population
     variance of B Gaussian examples are independent). It is variant II's step c mu^3 on
     L = k x^2 / 2, mu = k x + xi, with the terms of order x^2 and x^3 of mu^3 dropped: the
-    truncation ``sde.variant_ii_variance`` makes, so that for this map its formula is exact.
+    truncation ``variant_ii_variance`` makes, so that for this map its formula is exact.
     """
     rng = np.random.default_rng(seed)
     s = MAP_SIGMA / math.sqrt(MAP_B)
@@ -342,7 +342,7 @@ def test_variant_ii_variance_is_exact_on_the_map_it_solves():
     formula with no dropped term. Here the 27-term is 30 % of the denominator, so 27 -> 9
     lowers the prediction by 22 % and 27 -> 45 raises it by 40 %; the tolerance is 4 standard
     errors (about 1 %)."""
-    c1, c2 = sde.sngrad_gain_moments("II", MAP_SIGMA, MAP_B, MAP_ALPHA, MAP_ETA)
+    c1, c2 = sngrad_gain_moments("II", MAP_SIGMA, MAP_B, MAP_ALPHA, MAP_ETA)
     s2 = MAP_SIGMA**2 / MAP_B
     # E[c] and E[c^2] are the moments of eta / (alpha sigma_hat^2): with q ~ chi-square(n),
     # E[1/q] = 1 / (n - 2) and E[1/q^2] = 1 / ((n - 2)(n - 4)), n = B - 1
@@ -352,7 +352,7 @@ def test_variant_ii_variance_is_exact_on_the_map_it_solves():
     share = 27 * MAP_K * c2 * s2 / (6 * c1)
     assert share == pytest.approx(0.3)
 
-    predicted = sde.variant_ii_variance(MAP_K, MAP_SIGMA, MAP_B, MAP_ALPHA, MAP_ETA)
+    predicted = variant_ii_variance(MAP_K, MAP_SIGMA, MAP_B, MAP_ALPHA, MAP_ETA)
     measured, se = _truncated_variant_ii_variance()
     assert abs(measured - predicted) <= 4 * se, (measured, se, predicted)
     assert 4 * se < 0.02 * predicted  # precise enough to tell a 22 % change apart

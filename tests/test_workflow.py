@@ -308,7 +308,7 @@ def test_every_job_of_the_run_has_a_ledger_entry_whose_phases_fit_its_wall_time(
 @pytest.mark.slow
 def test_smoke_theory_table_holds_and_the_report_quotes_each_row(smoke_run):
     """Every exact check of the smoke run's theory table passes its own rule, |z| <= bound with
-    z recomputed from the row (``sde.z_score``), or says that its error bar cannot separate its
+    z recomputed from the row (``z_score``), or says that its error bar cannot separate its
     prediction from its stated wrong value, and then counts as neither; the summary counts what
     the table says, and the rendered report's table of checks holds each check's own numbers,
     z and verdict in its own row. Catches a simulator or a closed form that drifted from the
@@ -317,8 +317,8 @@ def test_smoke_theory_table_holds_and_the_report_quotes_each_row(smoke_run):
     import json
     import math
 
-    from sngrad import sde
     from sngrad.report.format import fmt, pct
+    from sngrad.theory.pass_rule import resolves, z_score
 
     work, _ = smoke_run
     base = work / "results" / "smoke"
@@ -332,7 +332,7 @@ def test_smoke_theory_table_holds_and_the_report_quotes_each_row(smoke_run):
     for c in checks:
         predicted, measured, se = (float(c[k]) for k in ("predicted", "measured", "mc_se"))
         scale = float(c["scale"]) if c["scale"] else None
-        z = sde.z_score(predicted, measured, se, floor, scale)
+        z = z_score(predicted, measured, se, floor, scale)
         assert float(c["z"]) == pytest.approx(z), c["name"]
         assert (float(c["floor"]), float(c["z_bound"])) == (floor, bound), c["name"]
         if predicted:
@@ -342,7 +342,7 @@ def test_smoke_theory_table_holds_and_the_report_quotes_each_row(smoke_run):
             assert c["passed"] == "" and not math.isnan(float(c["expected_error"])), c
             verdicts[c["name"]] = "(not counted)"
         elif c["alternative"]:
-            resolved = sde.resolves(predicted, float(c["alternative"]), se, floor, bound, scale)
+            resolved = resolves(predicted, float(c["alternative"]), se, floor, bound, scale)
             assert c["resolved"] == str(resolved), c
         if c["kind"] == "exact" and c["resolved"] == "True":
             assert c["passed"] == "True" and abs(z) <= bound, c

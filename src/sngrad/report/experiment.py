@@ -7,7 +7,7 @@ import pandas as pd
 
 from sngrad.layout import Layout
 from sngrad.names import variant_of
-from sngrad.report.format import NA, fmt, missing
+from sngrad.report.format import NA, fmt, missing, number
 from sngrad.report.read import (
     config_value,
     read_csv,
@@ -184,8 +184,8 @@ def protocol(config: dict) -> dict:
     tune = config.get("tune", {}) or {}
     alpha = tune.get("alpha", {}) or {}
 
-    def span(pair):
-        return f"[{fmt(pair[0])}, {fmt(pair[1])}]" if isinstance(pair, list | tuple) else NA
+    def span(pair):  # a hard bound of 1000 reads "1000", not "1e+03"
+        return f"[{number(pair[0])}, {number(pair[1])}]" if isinstance(pair, list | tuple) else NA
 
     return {
         "lr_range": f"[{fmt(tune.get('lr_min'))}, {fmt(tune.get('lr_max'))}]",

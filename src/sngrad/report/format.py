@@ -3,7 +3,10 @@
 Missing values (None, "", NaN) read "n/a", never "nan". Accuracies and other shares of the
 results tables are printed as bare percentages with fixed decimals (:func:`pct`: 0.9734 ->
 "97.34"; differences :func:`signed_points`); the gradient-noise section prints shares with a
-unit (:func:`percent`: "97.3 %") and its numbers with a standard error (:func:`plus_minus`)."""
+unit (:func:`percent`: "97.3 %") and its numbers with a standard error (:func:`plus_minus`).
+Other numbers: :func:`fmt` or :func:`number` (significant digits), :func:`fixed` (fixed decimals),
+:func:`signed` (a difference with its sign), :func:`count` (an exact count, 2,913,290) and
+:func:`array` (a vector or matrix of settings, each entry through :func:`fmt`)."""
 
 from __future__ import annotations
 
@@ -41,6 +44,24 @@ def pct(x, decimals: int = 2) -> str:
 def signed_points(x, decimals: int = 2) -> str:
     """A difference of fractions in percentage points with its sign (+0.12)."""
     return NA if missing(x) else f"{100 * float(x):+.{decimals}f}"
+
+
+def signed(x, decimals: int = 4) -> str:
+    """A difference with its sign and fixed decimals (-0.01234 -> -0.0123)."""
+    return NA if missing(x) else f"{float(x):+.{decimals}f}"
+
+
+def count(n) -> str:
+    """An exact count with thousands separators (2913290 -> 2,913,290)."""
+    return NA if missing(n) else f"{int(n):,}"
+
+
+def array(x, digits: int = 3) -> str:
+    """A vector or matrix (nested lists) with every entry through :func:`fmt`:
+    [[1.0, 0.6], [0.6, 0.8]] -> [[1, 0.6], [0.6, 0.8]]."""
+    if isinstance(x, list | tuple):
+        return "[" + ", ".join(array(v, digits) for v in x) + "]"
+    return fmt(x, digits)
 
 
 def pvalue(p) -> str:

@@ -39,7 +39,7 @@ from sngrad.report import (
     summary,
     theory,
 )
-from sngrad.report.format import fixed, fmt, pct
+from sngrad.report.format import array, fixed, fmt, pct
 from sngrad.report.read import (
     concat,
 )
@@ -152,6 +152,7 @@ def render_report(
     env.filters["fmt"] = fmt
     env.filters["pct"] = pct
     env.filters["fixed"] = fixed
+    env.filters["array"] = array
     context = collect(layout, config, out, inputs=inputs, now=now)
     text = env.get_template(template.name).render(**context)
     write_text(out, text)

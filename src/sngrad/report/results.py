@@ -7,7 +7,17 @@ import pandas as pd
 
 from sngrad.layout import Layout
 from sngrad.names import fixed_alpha, optimizer_of
-from sngrad.report.format import NA, fmt, mean_std, missing, pct, pvalue, signed_points
+from sngrad.report.format import (
+    NA,
+    fmt,
+    mean_std,
+    missing,
+    number,
+    pct,
+    pvalue,
+    signed,
+    signed_points,
+)
 from sngrad.report.read import (
     read_csv,
     records,
@@ -36,7 +46,7 @@ def difference(value, outcome: str) -> str:
         return NA
     if abs(float(value)) == float("inf"):
         return "unbounded"
-    return signed_points(value) if outcome == "test_accuracy" else f"{float(value):+.4f}"
+    return signed_points(value) if outcome == "test_accuracy" else signed(value, 4)
 
 
 def _interval(r: dict) -> str:
@@ -71,7 +81,7 @@ def paired_rows(paired: pd.DataFrame, family: str, outcome: str = "test_accuracy
                 "base": r["base"],
                 "pairs": f"{int(r['n_pairs'])}/{int(r['n_seeds'])}",
                 "diverged": f"{int(r['n_diverged_run'])}/{int(r['n_diverged_base'])}",
-                "epochs": f"{fmt(r['epoch_run'], 6)} vs {fmt(r['epoch_base'], 6)}",
+                "epochs": f"{number(r['epoch_run'])} vs {number(r['epoch_base'])}",
                 "cost": fmt(r["cost_run"], 3),
                 "run_mean": value_text(r["run_mean"]),
                 "base_mean": value_text(r["base_mean"]),

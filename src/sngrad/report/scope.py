@@ -21,7 +21,7 @@ from pathlib import Path
 from sngrad import costs
 from sngrad.config import read_yaml, split_sizes
 from sngrad.errors import SngradError
-from sngrad.report.format import NA, number
+from sngrad.report.format import NA, count, fmt, number
 
 SEED_DESIGN = Path(__file__).resolve().parents[3] / "config" / "paper.yaml"
 COMPUTE_RUN = "sgd"  # the run whose counted compute per run the table shows
@@ -85,11 +85,6 @@ def _ratio(seed_value: float, value: float) -> str:
     return f"{number(seed_value / value, 3)}x"
 
 
-def _count(n: int) -> str:
-    """An exact count with thousands separators (2,913,290)."""
-    return f"{int(n):,}"
-
-
 def _sizes(sizes) -> str:
     return ", ".join(str(b) for b in sizes)
 
@@ -113,21 +108,21 @@ def rows(profile: Mapping, seed: Mapping) -> tuple[list[dict], dict]:
     out = [
         ("network (" + on + ")", "-".join(map(str, a["widths"])),
          "-".join(map(str, b["widths"])), None),
-        (f"parameters per network ({on})", _count(a["parameters"]), _count(b["parameters"]),
+        (f"parameters per network ({on})", count(a["parameters"]), count(b["parameters"]),
          "parameters"),
-        (f"training examples ({on})", _count(a["train_examples"]),
-         _count(b["train_examples"]), "train_examples"),
+        (f"training examples ({on})", count(a["train_examples"]),
+         count(b["train_examples"]), "train_examples"),
         ("epochs", str(a["epochs"]), str(b["epochs"]), "epochs"),
         ("batch sizes", _sizes(a["batch_sizes"]), _sizes(b["batch_sizes"]), "batch_sizes"),
         (f"steps per run at B = {a['batch_sizes'][0]} / {b['batch_sizes'][0]}",
-         _count(a["steps_small"]), _count(b["steps_small"]), "steps_small"),
+         count(a["steps_small"]), count(b["steps_small"]), "steps_small"),
         (f"steps per run at B = {a['batch_sizes'][-1]} / {b['batch_sizes'][-1]}",
-         _count(a["steps_large"]), _count(b["steps_large"]), "steps_large"),
+         count(a["steps_large"]), count(b["steps_large"]), "steps_large"),
         ("datasets", ", ".join(a["datasets"]), ", ".join(b["datasets"]), "datasets"),
         ("final seeds per run", str(a["seeds"]), str(b["seeds"]), "seeds"),
         (f"counted compute per run (`{COMPUTE_RUN}`, one seed, B = {a['batch_sizes'][0]} / "
-         f"{b['batch_sizes'][0]}, {on})", f"{a['flops_run']:.3g} FLOP",
-         f"{b['flops_run']:.3g} FLOP", "flops_run"),
+         f"{b['batch_sizes'][0]}, {on})", f"{fmt(a['flops_run'], 3)} FLOP",
+         f"{fmt(b['flops_run'], 3)} FLOP", "flops_run"),
     ]
     table = [
         {"quantity": q, "profile": p, "seed": s,
@@ -168,8 +163,8 @@ def report_context(config: Mapping, seed_design: str | Path = SEED_DESIGN) -> di
         ],
         "profile": {
             "epochs": str(mine["epochs"]),
-            "train_examples": _count(mine["train_examples"]),
-            "parameters": _count(mine["parameters"]),
+            "train_examples": count(mine["train_examples"]),
+            "parameters": count(mine["parameters"]),
             "network": "-".join(map(str, mine["widths"])),
             "batch_sizes": _sizes(mine["batch_sizes"]),
             "datasets": ", ".join(mine["datasets"]),
