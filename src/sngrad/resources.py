@@ -155,6 +155,7 @@ def work_flops(config: Mapping) -> float:
     """Counted FLOPs of the profile's jobs (see the module docstring)."""
     from sngrad import costs
     from sngrad.config import noise_batch_sizes, split_sizes
+    from sngrad.names import parse_run
 
     tune_runs = costs.tuning_runs(config)
     train = config["train"]
@@ -163,11 +164,11 @@ def work_flops(config: Mapping) -> float:
     for dataset in config["datasets"]:
         layers = widths(config, dataset)
         n_train = split_sizes(config, dataset)[0]
-        for run in config["optimizers"]:
+        for run in map(parse_run, config["optimizers"]):
             for batch in config["batch_sizes"]:
                 epoch = costs.epoch_flops(run, layers, n_train, batch, every)
-                total += (tune_runs[run] + len(train["seeds"])) * train["epochs"] * epoch
-        moments = sum(costs.step_flops("sgd+sngrad1", layers, b)
+                total += (tune_runs[run.name] + len(train["seeds"])) * train["epochs"] * epoch
+        moments = sum(costs.step_flops(parse_run("sgd+sngrad1"), layers, b)
                       for b in noise_batch_sizes(config, dataset))
         total += NOISE_CHECKPOINTS * config["noise"]["batches"] * moments
     return total
