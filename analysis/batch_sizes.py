@@ -31,7 +31,7 @@ from matplotlib.lines import Line2D
 from sngrad.analysis import batch_trend, loaders
 from sngrad.io import save_figure, write_frame
 from sngrad.layout import Layout, notebook_tables
-from sngrad.names import schedule_of
+from sngrad.names import parse_run
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -42,6 +42,8 @@ batch_sizes = [64]
 config_json = "{}"
 
 # %%
+# the run names parsed once, where the notebook reads them (the files and colours go by name)
+parsed = {run: parse_run(run) for run in runs}
 layout = Layout(profile, results_root)
 config = json.loads(config_json)
 primary = config.get("train", {}).get("schedule", "constant")
@@ -171,7 +173,7 @@ for j, dataset in enumerate(datasets):
         line = here[here["run"] == run].sort_values("batch_size") if len(here) else here
         if line.empty:
             continue
-        dashed = schedule_of(run, primary) != primary
+        dashed = parsed[run].schedule_or(primary) != primary
         ax.plot(line["batch_size"], line["learning_rate"], "o-" if not dashed else "s-.",
                 color=COLOURS[run], lw=1.0, ms=3)  # fmt: skip
         shown.add(run)

@@ -34,6 +34,7 @@ from sngrad import costs
 from sngrad.analysis import loaders, outputs, shrink, training_length, tuning
 from sngrad.io import save_figure, write_frame
 from sngrad.layout import Layout, notebook_tables
+from sngrad.names import parse_run
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -44,6 +45,8 @@ batch_sizes = [64]
 config_json = "{}"
 
 # %%
+# the run names parsed once, where the notebook reads them (the files and colours go by name)
+parsed = {run: parse_run(run) for run in runs}
 layout = Layout(profile, results_root)
 config = json.loads(config_json)
 hidden = config.get("model", {}).get("hidden", [])
@@ -124,7 +127,8 @@ def cell_rows(frame, dataset, batch_size, run=None):
 # not diverged, bands one standard deviation.
 
 # %%
-groups = outputs.run_groups(runs)
+groups = {group: [run.name for run in members]  # the frames and colours go by name
+          for group, members in outputs.run_groups(list(parsed.values())).items()}
 fig, axes = grid(2 * len(groups), len(cells), height=2.4)
 shown = set()
 if not metrics.empty:
@@ -268,6 +272,7 @@ shown = set()
 test_curves = (
     training_length.curves(metrics, "test_accuracy") if not metrics.empty else pd.DataFrame()
 )
+SGD = parse_run("sgd")  # what every run's cost is read against
 for j, (dataset, batch_size) in enumerate(cells):
     ax = axes[0, j]
     meta = data_meta(dataset)
@@ -277,7 +282,7 @@ for j, (dataset, batch_size) in enumerate(cells):
             continue
         widths = [meta["feature_dim"], *hidden, meta["num_classes"]]
         n_train = meta["sizes"]["train"]
-        cost = costs.cost_ratio(run, "sgd", widths, n_train, batch_size, snapshot_every)
+        cost = costs.cost_ratio(parsed[run], SGD, widths, n_train, batch_size, snapshot_every)
         curve = curve.sort_values("epoch")
         compute = curve["epoch"] * cost
         ax.plot(compute, curve["mean"], color=COLOURS[run], lw=1.3)
@@ -377,7 +382,7 @@ save_figure(fig, layout.figure("control_variates"))
 # ## Tables
 
 # %%
-tables = outputs.performance_tables(layout, datasets, runs, batch_sizes, hidden)
+tables = outputs.performance_tables(layout, datasets, list(parsed.values()), batch_sizes, hidden)
 for path in notebook_tables(layout, "performance"):
     write_frame(path, tables[Path(path).name])
 print(tables["training_length.csv"].to_string())

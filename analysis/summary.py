@@ -30,6 +30,7 @@ import json
 from sngrad.analysis import outputs
 from sngrad.io import write_frame
 from sngrad.layout import Layout, notebook_tables
+from sngrad.names import parse_run
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -43,7 +44,8 @@ config_json = "{}"
 layout = Layout(profile, results_root)
 config = json.loads(config_json)
 (dataset,) = datasets
-summary, paired, winners, schedules, trend = outputs.dataset_tables(layout, dataset, runs,
+parsed = [parse_run(run) for run in runs]  # the run names, parsed once where they are read
+summary, paired, winners, schedules, trend = outputs.dataset_tables(layout, dataset, parsed,
                                                                       batch_sizes, config)
 
 # %% [markdown]

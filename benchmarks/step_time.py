@@ -148,11 +148,12 @@ def _peer_step(batch_size: int):
 
 
 def _step_of(method: str, batch_size: int):
+    from sngrad.names import parse_run
     from sngrad.train.step import make_step
 
     if method == "vmap+aggregating":
         return _peer_step(batch_size)
-    return make_step(method, backend="dense", batch_size=batch_size, schedule="constant",
+    return make_step(parse_run(method), backend="dense", batch_size=batch_size, schedule="constant",
                      total_steps=1, diagnostics_on=False)
 
 
@@ -250,6 +251,7 @@ def throughput_worker(args) -> dict:
     import numpy as np
 
     from sngrad.data import Splits
+    from sngrad.names import parse_run
     from sngrad.spec import parse_spec
     from sngrad.train.engine import TRAIN_MODE, TUNE_MODE, RunConfig, run_sweep
 
@@ -276,7 +278,7 @@ def throughput_worker(args) -> dict:
     configs = [RunConfig(LEARNING_RATE * (1 + 0.01 * i), None, alpha, 1 + i, init_seed=0)
                for i in range(k)]
     mode = TRAIN_MODE if args.mode == "train" else TUNE_MODE
-    result = run_sweep(splits, args.worker, batch, spec, configs, mode)
+    result = run_sweep(splits, parse_run(args.worker), batch, spec, configs, mode)
     examples = k * args.steps * batch * args.epochs
     return {"examples_per_s": examples / result.train_s, "train_s": result.train_s,
             "compile_s": result.compile_s}
@@ -326,6 +328,7 @@ def engine_worker(args) -> dict:
 
     from sngrad import costs
     from sngrad.data import Splits
+    from sngrad.names import parse_run
     from sngrad.train import engine
 
     sizes, batch, k = args.network, args.batch, args.runs_one
@@ -339,8 +342,9 @@ def engine_worker(args) -> dict:
                        diagnostics_every=max(every, 1))
     data = engine.device_data(splits, mode, 1e3)
     calls = {}
+    runs = {method: parse_run(method) for method in args.methods}  # the methods, parsed once
     for method in args.methods:
-        progs = engine.Programs(method, "dense", batch, n_train, list(sizes), "constant", 0,
+        progs = engine.Programs(runs[method], "dense", batch, n_train, list(sizes), "constant", 0,
                                 mode.diagnostics, mode.diagnostics_every, True)
         hp = {"learning_rate": jnp.full((k,), LEARNING_RATE, jnp.float32)}
         if method in ALPHA:
@@ -388,7 +392,7 @@ def engine_worker(args) -> dict:
     for method, samples in per_step.items():
         out["rows"][method] = {"step_s": min(samples), "median_s": statistics.median(samples),
                                "spread": spread(samples), "attempts": attempts[method],
-                               "counted_flops": k * costs.step_flops(method, sizes, batch)}
+                               "counted_flops": k * costs.step_flops(runs[method], sizes, batch)}
     return out
 
 

@@ -62,13 +62,15 @@ def _learning_rates(k: int) -> list[float]:
 
 def _sweep(args, lrs: list[float]) -> float:
     """Train one config per learning rate side by side; return the training seconds."""
+    from sngrad.names import parse_run
     from sngrad.train.engine import TUNE_MODE, RunConfig, run_sweep
 
     splits = _splits(args.n_train, args.dim, args.classes)
-    alpha = 1.0 if "+sngrad" in args.optimizer else None
+    run = parse_run(args.optimizer)
+    alpha = 1.0 if run.variant else None
     configs = [RunConfig(lr, None, alpha, 1, init_seed=0) for lr in lrs]
-    result = run_sweep(splits, args.optimizer, args.batch_size, _spec(args.hidden, args.epochs),
-                       configs, TUNE_MODE)
+    result = run_sweep(splits, run, args.batch_size, _spec(args.hidden, args.epochs), configs,
+                       TUNE_MODE)
     return result.train_s
 
 

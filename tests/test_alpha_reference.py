@@ -21,7 +21,7 @@ from sngrad.errors import SngradError
 from sngrad.models import mlp_init
 from sngrad.names import parse_run
 from sngrad.noise import command, measure
-from sngrad.optimizers import build_optimizer, parse_optimizer
+from sngrad.optimizers import build_optimizer
 from sngrad.spec import TrainSpec
 from sngrad.train import diagnostics
 from sngrad.train.engine import TRAIN_MODE, RunConfig, programs, run_sweep
@@ -206,20 +206,19 @@ def test_names_stay_importable_without_jax():
 
 
 def test_shrink_record_takes_the_rms_of_weights_and_biases():
-    spec = parse_optimizer("sgd+sngrad1")
+    # a tuned I reads alpha relative to the RMS sigma (the run's alpha_reference)
     # I at alpha / s = 1 / sqrt(3): f = 1 / max(sigma / sqrt(3), 1) = sqrt(3)/2, 1, 1, 1/sqrt(3)
-    rec = diagnostics.shrink_record(spec, MU, VAR, 1.0, 4, alpha_reference="rms")
+    rec = diagnostics.shrink_record(parse_run("sgd+sngrad1"), MU, VAR, 1.0, 4)
     assert float(rec["factor_mean"][0]) == pytest.approx((S / 2 + 2 + 1 / S) / 4, rel=1e-6)
     assert float(rec["shrink_share"][0]) == pytest.approx(0.5)
     # the weights alone would give s = sqrt(14 / 4) and f = 0.935 for sigma = 2
     assert float(rec["factor_mean"][0]) != pytest.approx(
         (math.sqrt(3.5) / 2 + 2 + math.sqrt(3.5) / 3) / 4, rel=1e-3)
-    # absolute at alpha = 1: f = 1/2, 1, 1, 1/3 (test_diagnostics), unchanged by default
-    absolute = diagnostics.shrink_record(spec, MU, VAR, 1.0, 4)
+    # a fixed alpha is absolute, at alpha = 1: f = 1/2, 1, 1, 1/3 (test_diagnostics)
+    absolute = diagnostics.shrink_record(parse_run("sgd+sngrad1@1"), MU, VAR, 1.0, 4)
     assert float(absolute["factor_mean"][0]) == pytest.approx((0.5 + 2 + 1 / 3) / 4)
     # III: f = 1 - min(sigma / sqrt(3), 1) = 0, 1 - 1/sqrt(3), 1, 0
-    rec = diagnostics.shrink_record(parse_optimizer("sgd+sngrad3"), MU, VAR, 1.0, 4,
-                                    alpha_reference="rms")
+    rec = diagnostics.shrink_record(parse_run("sgd+sngrad3"), MU, VAR, 1.0, 4)
     assert float(rec["factor_mean"][0]) == pytest.approx((2 - 1 / S) / 4, rel=1e-6)
     assert float(rec["shrink_share"][0]) == pytest.approx(0.75)
 
@@ -236,8 +235,8 @@ def test_the_step_update_and_its_diagnostics_take_the_same_rms_alpha():
     x, y = jnp.asarray(splits.x_train[:B]), jnp.asarray(splits.y_train[:B])
     params = mlp_init(jax.random.PRNGKey(0), [5, 6, 3])
     hp = {"learning_rate": jnp.float32(0.1), "alpha": jnp.float32(1.0)}
-    step = jax.jit(make_step("sgd+sngrad1", backend="dense", batch_size=B, schedule="constant",
-                             total_steps=0, alpha_reference="rms"))
+    step = jax.jit(make_step(parse_run("sgd+sngrad1"), backend="dense", batch_size=B,
+                             schedule="constant", total_steps=0))
     new, _, record = step(params, step.init(params, hp), (x, y), hp)
     _, mean, var = stats.dense_stats(params, x, y)
     leaves = [np.asarray(v, np.float64).ravel() for v in jax.tree.leaves(var)]
@@ -253,16 +252,14 @@ def test_the_step_update_and_its_diagnostics_take_the_same_rms_alpha():
         assert float(f_mean) == pytest.approx(float(fw.mean()), rel=1e-5)
 
 
-def test_engine_rms_runs_differ_and_absolute_is_the_default_bit_for_bit():
+def test_engine_reads_alpha_as_the_run_says():
+    """A tuned sgd+sngrad1 reads alpha relative to the RMS sigma, sgd+sngrad1@1 in raw
+    units; with the same configs (alpha = 1) the two train differently."""
     splits = toy_splits()
     configs = [RunConfig(0.1, None, 1.0, s) for s in (1, 2)]
-    default = run_sweep(splits, "sgd+sngrad1", B, SPEC, configs, TRAIN_MODE)
-    absolute = run_sweep(splits, "sgd+sngrad1", B, SPEC, configs, TRAIN_MODE,
-                         alpha_reference="absolute")
-    rms = run_sweep(splits, "sgd+sngrad1", B, SPEC, configs, TRAIN_MODE, alpha_reference="rms")
-    for name, values in default.records.items():
-        if name != "wall_time":
-            np.testing.assert_array_equal(values, absolute.records[name], err_msg=name)
+    tuned, fixed = parse_run("sgd+sngrad1"), parse_run("sgd+sngrad1@1")
+    absolute = run_sweep(splits, fixed, B, SPEC, configs, TRAIN_MODE)
+    rms = run_sweep(splits, tuned, B, SPEC, configs, TRAIN_MODE)
     # alpha = 1 in raw units is above most of this network's sigmas: at most a few weights
     # are shrunk; relative to the RMS sigma it shrinks those with sigma > s in every layer
     share, share_absolute = rms.records["shrink_share"], absolute.records["shrink_share"]
@@ -270,9 +267,9 @@ def test_engine_rms_runs_differ_and_absolute_is_the_default_bit_for_bit():
     assert np.all((share > share_absolute) & (share > 0.1) & (share < 1))
     assert np.all(rms.records["factor_mean"] < absolute.records["factor_mean"])
     assert not np.array_equal(rms.records["train_loss"], absolute.records["train_loss"])
-    key = ("sgd+sngrad1", "dense", B, 96, (5, 6, 3), "constant", 0, True, 4, False)
-    assert programs(*key, "rms") is not programs(*key, "absolute")
-    assert programs(*key, "rms").alpha_reference == "rms"
+    key = ("dense", B, 96, (5, 6, 3), "constant", 0, True, 4, False)
+    assert programs(tuned, *key) is not programs(fixed, *key)
+    assert programs(tuned, *key).run.alpha_reference == "rms"
 
 
 # ----------------------------------------------------------------------------- noise study

@@ -14,6 +14,7 @@ from sngrad.analysis import outputs, paired, shrink, training_length, tuning
 from sngrad.errors import SngradError
 from sngrad.io import write_frame
 from sngrad.layout import Layout
+from sngrad.names import parse_run
 
 SEEDS = list(range(1, 11))
 EPOCHS = 4
@@ -51,10 +52,13 @@ RNG = np.random.default_rng(0)
 BASE = 0.90 + 0.01 * RNG.standard_normal(10)
 WORSE = BASE - 0.02 + 0.003 * RNG.standard_normal(10)  # clearly below the base on every seed
 NOISY = BASE + 0.01 * RNG.standard_normal(10)
+PAIR = [parse_run("sgd"), parse_run("sgd+sngrad1")]  # a run and its base, parsed
 
 
 def test_comparisons_pair_runs_with_their_base_when_present():
-    assert paired.comparisons(["sgd+sngrad1", "adam+sngrad1", "sgd"]) == [("sgd+sngrad1", "sgd")]
+    runs = [parse_run(run) for run in ("sgd+sngrad1", "adam+sngrad1", "sgd",
+                                       "sgd+cv~constant", "sgd~constant")]
+    assert paired.comparisons(runs) == [(runs[0], runs[2]), (runs[3], runs[4])]
 
 
 def test_sign_flip_p_is_exact_for_small_n():
@@ -88,6 +92,7 @@ def test_holm_matches_a_hand_computation():
 
 def test_paired_table_against_scipy_with_a_diverged_seed(tmp_path):
     runs = ["sgd", "sgd+sngrad1", "sgd+sngrad2"]
+    parsed = [parse_run(run) for run in runs]  # as the summary notebook parses them
     metrics = metrics_frame(
         {"sgd": BASE, "sgd+sngrad1": NOISY, "sgd+sngrad2": WORSE},
         diverged={"sgd+sngrad1": {4: 3}},
@@ -97,7 +102,7 @@ def test_paired_table_against_scipy_with_a_diverged_seed(tmp_path):
     for run, rows in metrics.groupby("optimizer"):
         write_frame(layout.run_file("metrics.csv", "mnist", run, 128), rows)
     config = {"train": {"epochs": EPOCHS}, "model": {"hidden": [16]}}
-    summary, table, best, _, _ = outputs.dataset_tables(layout, "mnist", runs, [128], config)
+    summary, table, best, _, _ = outputs.dataset_tables(layout, "mnist", parsed, [128], config)
     assert summary.set_index("run").loc["sgd+sngrad1", "n_diverged"] == 1
     pd.testing.assert_frame_equal(best, paired.winners(summary))
     table = table[table["outcome"] == "test_accuracy"]
@@ -133,7 +138,7 @@ def test_a_run_that_diverges_more_is_never_called_better():
     metrics = metrics_frame(
         {"sgd": BASE, "sgd+sngrad1": better}, diverged={"sgd+sngrad1": {1: 2, 2: 2}}
     )
-    table = paired.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
+    table = paired.paired_table(metrics, PAIR, [128], dataset="mnist")
     row = table[table["family"] == "equal_epochs"].iloc[0]
     assert row["diff_mean"] > 0 and row["p_holm"] < 0.05
     assert row["verdict"] == "inconclusive"
@@ -158,7 +163,7 @@ def test_equal_compute_pairs_the_run_at_its_budget_step_with_the_base_at_the_end
     metrics = metrics_frame({"sgd": BASE, "sgd+sngrad1": NOISY})
     at_budget = NOISY - 0.05  # the run's accuracy after k* steps, below its final one
     budget = budget_frame({"sgd+sngrad1": at_budget})
-    table = paired.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist",
+    table = paired.paired_table(metrics, PAIR, [128], dataset="mnist",
                                 budget=budget)
     row = table[table["family"] == "equal_compute"].iloc[0]
     assert row["epoch_run"] == pytest.approx(2.6) and row["epoch_base"] == EPOCHS
@@ -175,14 +180,14 @@ def test_equal_compute_verdicts_depend_on_counted_costs_only():
     file gives "no final runs" (files missing), never a row short of a timing."""
     metrics = metrics_frame({"sgd": BASE, "sgd+sngrad1": WORSE})
     budget = budget_frame({"sgd+sngrad1": WORSE})
-    first = paired.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist",
+    first = paired.paired_table(metrics, PAIR, [128], dataset="mnist",
                                 budget=budget)
-    again = paired.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist",
+    again = paired.paired_table(metrics, PAIR, [128], dataset="mnist",
                                 budget=budget.sample(frac=1.0, random_state=3))
     pd.testing.assert_frame_equal(first, again)
     row = first[first["family"] == "equal_compute"].iloc[0]
     assert row["verdict"] == "worse"
-    missing = paired.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
+    missing = paired.paired_table(metrics, PAIR, [128], dataset="mnist")
     gone = missing[missing["family"] == "equal_compute"].iloc[0]
     assert gone["n_pairs"] == 0 and "missing" in gone["note"]
     assert gone["verdict"] == "inconclusive"
@@ -193,6 +198,7 @@ def test_equal_compute_through_the_files_never_reads_a_timing(tmp_path):
     missing, or present with every row flagged, changes nothing, and no equal-compute row
     lacks its cost or its pairs."""
     runs = ["sgd", "sgd+sngrad1", "sgd+sngrad2"]
+    parsed = [parse_run(run) for run in runs]  # as the summary notebook parses them
     finals = {"sgd": BASE, "sgd+sngrad1": NOISY, "sgd+sngrad2": WORSE}
     layout = Layout("t", str(tmp_path))
     for run, rows in metrics_frame(finals).groupby("optimizer"):
@@ -205,12 +211,12 @@ def test_equal_compute_through_the_files_never_reads_a_timing(tmp_path):
                                    "sgd+sngrad2": WORSE - 0.01}).groupby("optimizer"):
         write_frame(layout.run_file("budget.csv", "mnist", run, 128), rows)
     config = {"train": {"epochs": EPOCHS}, "model": {"hidden": [16]}}
-    _, without, _, _, _ = outputs.dataset_tables(layout, "mnist", runs, [128], config)
+    _, without, _, _, _ = outputs.dataset_tables(layout, "mnist", parsed, [128], config)
     write_frame(layout.benchmark(), pd.DataFrame([
         {"network": "784-16-10", "batch_size": 128, "method": run, "median_ms": math.nan,
          "spread": math.nan, "sgd_ms": math.nan, "ratio": math.nan,
          "flag": "reference off by more than the spread"} for run in runs]))
-    _, flagged, _, _, _ = outputs.dataset_tables(layout, "mnist", runs, [128], config)
+    _, flagged, _, _, _ = outputs.dataset_tables(layout, "mnist", parsed, [128], config)
     pd.testing.assert_frame_equal(without, flagged)
     compute = without[without["family"] == "equal_compute"].set_index("run")
     assert list(compute.index) == ["sgd+sngrad1", "sgd+sngrad2"]
@@ -229,7 +235,7 @@ def test_equal_compute_through_the_files_never_reads_a_timing(tmp_path):
 
 def test_paired_table_copes_with_a_run_without_files():
     metrics = metrics_frame({"sgd": BASE})
-    table = paired.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
+    table = paired.paired_table(metrics, PAIR, [128], dataset="mnist")
     row = table[table["family"] == "equal_epochs"].iloc[0]
     assert row["n_pairs"] == 0 and math.isnan(row["diff_mean"])
     assert row["verdict"] == "inconclusive" and "missing" in row["note"]
@@ -312,7 +318,7 @@ def test_summary_table_counts_diverged_seeds_and_missing_runs():
     metrics = metrics_frame({"sgd": BASE}, diverged={"sgd": {3: 1}})
     best = pd.DataFrame([{"run": "sgd", "batch_size": 128, "learning_rate": 0.1,
                           "all_diverged": False, "at_bound": True}])  # fmt: skip
-    table = paired.summary_table(best, metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist")
+    table = paired.summary_table(best, metrics, PAIR, [128], dataset="mnist")
     sgd = table[table["run"] == "sgd"].iloc[0]
     assert sgd["n_diverged"] == 1 and sgd["at_bound"]
     keep = np.array([s != 3 for s in SEEDS])
@@ -348,20 +354,24 @@ def test_shrink_and_control_variate_summaries():
     assert summary["variance_ratio_last"] == pytest.approx(0.3)
 
 
+def _groups(*runs):
+    """run_groups of the parsed runs, by name."""
+    groups = outputs.run_groups([parse_run(run) for run in runs])
+    return {group: [run.name for run in members] for group, members in groups.items()}
+
+
 def test_run_groups_keep_each_base_with_its_variants():
-    groups = outputs.run_groups(
-        ["sgd", "sgd+sngrad1", "svag", "sgd+cv", "momentum", "momentum+sngrad1", "adam",
-         "adabelief", "sgd+sngrad2@0.05"]
-    )  # fmt: skip
+    groups = _groups("sgd", "sgd+sngrad1", "svag", "sgd+cv", "momentum", "momentum+sngrad1",
+                     "adam", "adabelief", "sgd+sngrad2@0.05")
     assert groups == {
         "sgd and its noise-informed variants": ["sgd", "sgd+sngrad1", "sgd+sngrad2@0.05"],
         "sgd and its relatives": ["sgd", "svag", "sgd+cv"],
         "momentum and its variants": ["momentum", "momentum+sngrad1"],
         "adam and its relatives": ["adam", "adabelief"],
     }
-    assert outputs.run_groups(["sgd", "adam"]) == {"all runs": ["sgd", "adam"]}
+    assert _groups("sgd", "adam") == {"all runs": ["sgd", "adam"]}
     # a base without variants keeps a group of its own; sgd is drawn once
-    assert outputs.run_groups(["sgd", "sgd+sngrad1", "momentum"]) == {
+    assert _groups("sgd", "sgd+sngrad1", "momentum") == {
         "sgd and its noise-informed variants": ["sgd", "sgd+sngrad1"],
         "momentum and its variants": ["momentum"],
     }
@@ -375,9 +385,10 @@ def test_budget_rows_flag_a_seed_only_if_it_diverged_by_the_budget_epoch():
     k*: a seed that diverged before k* is flagged, one that diverged only after is not. Catches
     the flag taken from the last epoch (both flagged) or from the epoch before (neither)."""
     from sngrad import costs
+    from sngrad.names import parse_run
     from sngrad.train.commands import budget_rows
 
-    budget = costs.budget_step("sgd+svrg", [3, 2, 2], 10, 4, 3)
+    budget = costs.budget_step(parse_run("sgd+svrg"), [3, 2, 2], 10, 4, 3)
     assert (budget.step, budget.steps_per_epoch) == (1, 2)  # k* = 1 lies in epoch 1 of 3
     diverged = np.array([[True, False, False],    # epoch 1: seed 1 diverged before k*'s end
                          [True, True, False],     # epoch 2: seed 2 diverged after k*
@@ -398,7 +409,7 @@ def test_a_flagged_budget_seed_leaves_the_pairs_and_counts_as_diverged():
     budget = budget_frame({"sgd+sngrad1": BASE + 0.04})
     budget.loc[budget["seed"] == 3, "diverged"] = True
     budget.loc[budget["seed"] == 3, "test_accuracy"] = 0.99  # a finite value that must not count
-    table = paired.paired_table(metrics, ["sgd", "sgd+sngrad1"], [128], dataset="mnist",
+    table = paired.paired_table(metrics, PAIR, [128], dataset="mnist",
                                 budget=budget)
     table = table[table["outcome"] == "test_accuracy"]
     compute = table[table["family"] == "equal_compute"].iloc[0]

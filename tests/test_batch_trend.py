@@ -10,11 +10,13 @@ import pytest
 from sngrad.analysis import batch_trend
 from sngrad.io import write_frame
 from sngrad.layout import NOISE_SUMMARY, Layout
+from sngrad.names import parse_run
 from sngrad.report import batch_sizes as section
 from sngrad.tables import TREND_DIRECTIONS
 
 LARGER, SMALLER, UNCHANGED = TREND_DIRECTIONS
 SEEDS = range(1, 9)  # 8 pairs: the smallest sign-flip p is 2 / 256, below 0.05
+PAIR = [parse_run("sgd"), parse_run("sgd+sngrad1")]  # a run and its base, parsed
 
 
 def metrics(gain_low, gain_high, *, loss_gain_high=0.0, diverged=()):
@@ -39,7 +41,7 @@ def metrics(gain_low, gain_high, *, loss_gain_high=0.0, diverged=()):
 
 
 def trend(frame, **kw):
-    table = batch_trend.batch_trend(frame, ["sgd", "sgd+sngrad1"], [256, 32], dataset="d",
+    table = batch_trend.batch_trend(frame, PAIR, [256, 32], dataset="d",
                                     primary="cosine", **kw)
     return {r["outcome"]: r for r in table.to_dict("records")}
 
@@ -89,7 +91,7 @@ def test_factors_are_reported_at_each_end():
 
 def test_one_batch_size_has_no_trend():
     frame = metrics(0.0, 0.02)
-    table = batch_trend.batch_trend(frame, ["sgd", "sgd+sngrad1"], [32], dataset="d",
+    table = batch_trend.batch_trend(frame, PAIR, [32], dataset="d",
                                     primary="cosine")
     assert table.empty and list(table.columns) == batch_trend.TREND_COLUMNS
 
@@ -143,7 +145,7 @@ def test_the_exponent_is_the_least_squares_slope():
 
 def test_the_report_states_the_trend_and_where_each_batch_size_stands(tmp_path):
     layout = Layout("p", str(tmp_path))
-    table = batch_trend.batch_trend(metrics(0.0, 0.02), ["sgd", "sgd+sngrad1"], [32, 256],
+    table = batch_trend.batch_trend(metrics(0.0, 0.02), PAIR, [32, 256],
                                     dataset="d", primary="cosine")
     write_frame(layout.batch_trend("d"), table)
     write_frame(layout.analysis(NOISE_SUMMARY), pd.DataFrame([

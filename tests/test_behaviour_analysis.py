@@ -14,6 +14,7 @@ import pytest
 
 from sngrad import tables
 from sngrad.analysis import paired, shrink, training_length, tuning
+from sngrad.names import parse_run
 
 EPOCHS = 7  # quarter = ceil(7 / 4) = 2 epochs
 LOSS = {1: [2.0, 2.4, 9.0], 5: [1.0, 1.2, 9.0], 7: [0.9, 1.1, 9.0]}  # three seeds
@@ -77,7 +78,8 @@ def test_summary_table_copies_the_chosen_setting_of_its_own_cell():
     metrics = pd.concat([_metrics().assign(optimizer=run, batch_size=bs,
                                            test_accuracy=0.5, val_accuracy=0.5)
                          for run, bs in [("sgd", 64), ("sgd+sngrad1", 64), ("sgd+sngrad1", 128)]])
-    table = paired.summary_table(best, metrics, ["sgd", "sgd+sngrad1"], [64, 128],
+    table = paired.summary_table(best, metrics, [parse_run("sgd"),
+                                                  parse_run("sgd+sngrad1")], [64, 128],
                                    dataset="mnist")
     for _, want in best.iterrows():
         got = table[(table["run"] == want["run"]) & (table["batch_size"] == want["batch_size"])]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from sngrad.data import Splits, save_splits
+from sngrad.names import parse_run
 from sngrad.spec import parse_spec
 from sngrad.train import commands, tune
 from sngrad.train.engine import SweepResult
@@ -83,7 +84,7 @@ def test_tune_chooses_by_mean_over_seeds_excludes_diverged_and_refines(
     best.json for another setting than the one selected."""
     monkeypatch.setattr(commands, "run_sweep", _fake_sweep)
     out = tmp_path / "run"
-    best = tune(data_file, "sgd", 8, parse_spec(SPEC), out)
+    best = tune(data_file, parse_run("sgd"), 8, parse_spec(SPEC), out)
 
     with open(out / "tuning.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -162,7 +163,7 @@ def test_tune_extends_alpha_records_every_axis_and_trains_variant_one_at_step_ti
     tuning.csv whose step column is not eta / alpha, and a variant I run handed eta = step."""
     monkeypatch.setattr(commands, "run_sweep", _peaked_sweep)
     out = tmp_path / "run"
-    best = tune(data_file, "sgd+sngrad1", 8, parse_spec(SPEC), out)
+    best = tune(data_file, parse_run("sgd+sngrad1"), 8, parse_spec(SPEC), out)
     axes = best["axes"]
     assert set(axes) == {"step", "alpha"}
     assert axes["alpha"]["status"] == axes["step"]["status"] == "interior"

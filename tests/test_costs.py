@@ -16,6 +16,7 @@ from conftest import toy_splits
 from sngrad import costs, stats
 from sngrad.data import save_splits
 from sngrad.errors import SngradError
+from sngrad.names import parse_run
 from sngrad.optimizers import build_optimizer
 from sngrad.spec import parse_spec
 from sngrad.train import engine
@@ -61,7 +62,7 @@ def test_tiny_network_counts_by_hand():
     ("sgd+cv", 4 * (2 * (74 + 45) + 49) + (2 + 17) * 14 + (6 + 2) * 10),
 ])
 def test_step_flops_of_every_kind_on_the_tiny_network(run, flops):
-    assert costs.step_flops(run, TINY, 4) == flops
+    assert costs.step_flops(parse_run(run), TINY, 4) == flops
 
 
 # The rest of the registry, counted the same way: F + G = 74 and M = 45 per example at B = 4,
@@ -85,7 +86,7 @@ REGISTRY_ROWS = {
 
 @pytest.mark.parametrize(("run", "flops"), sorted(REGISTRY_ROWS.items()))
 def test_step_flops_of_the_rest_of_the_registry(run, flops):
-    assert costs.step_flops(run, TINY, 4) == flops
+    assert costs.step_flops(parse_run(run), TINY, 4) == flops
 
 
 def test_every_registry_optimizer_has_a_hand_counted_row():
@@ -154,15 +155,16 @@ def test_the_default_profiles_budget_steps_are_pinned(run):
     assert costs.moment_flops(STUDY) == STUDY_COUNTS["M"]
     assert costs.co_moment_flops(STUDY) == STUDY_COUNTS["C"]
     assert _k_star_by_hand(run) == DEFAULT_K_STAR[run]
-    assert costs.budget_step(run, STUDY, 8000, 128, 10, 1).step == DEFAULT_K_STAR[run]
+    assert costs.budget_step(parse_run(run), STUDY, 8000, 128, 10, 1).step == DEFAULT_K_STAR[run]
 
 
 def test_anchor_is_one_forward_and_backward_over_the_training_split():
-    assert costs.anchor_flops("sgd+svrg", TINY, 10) == 10 * 74 + 14  # one chunk sum of P
-    assert costs.anchor_flops("sgd+cv", TINY, 2049) == 2049 * 74 + 3 * 14  # three chunks
-    assert costs.anchor_flops("sgd+sngrad1", TINY, 10) == 0
+    # one chunk sum of P; three chunks
+    assert costs.anchor_flops(parse_run("sgd+svrg"), TINY, 10) == 10 * 74 + 14
+    assert costs.anchor_flops(parse_run("sgd+cv"), TINY, 2049) == 2049 * 74 + 3 * 14
+    assert costs.anchor_flops(parse_run("sgd+sngrad1"), TINY, 10) == 0
     # epoch: S = 10 // 4 = 2 steps and the anchor every second epoch
-    assert costs.epoch_flops("sgd+svrg", TINY, 10, 4, 2) == 2 * 690 + 754 / 2
+    assert costs.epoch_flops(parse_run("sgd+svrg"), TINY, 10, 4, 2) == 2 * 690 + 754 / 2
 
 
 def test_moment_floor_is_one_extra_weight_gradient_product():
@@ -170,15 +172,15 @@ def test_moment_floor_is_one_extra_weight_gradient_product():
     assert round(costs.moment_floor(DEEP), 2) == 1.37
     # the full counts (elementwise work included) stay within 2 % of the floor
     for widths, floor in ((STUDY, 1.50), (DEEP, 1.37)):
-        ratio = costs.cost_ratio("sgd+sngrad1", "sgd", widths, 8000, 128)
+        ratio = costs.cost_ratio(parse_run("sgd+sngrad1"), parse_run("sgd"), widths, 8000, 128)
         assert floor <= round(ratio, 2) <= floor + 0.02
 
 
 def test_counts_are_integers_and_the_same_in_a_fresh_process():
-    here = [costs.step_flops(r, DEEP, 128) for r in ("sgd", "sgd+cv", "svag")]
+    here = [costs.step_flops(parse_run(r), DEEP, 128) for r in ("sgd", "sgd+cv", "svag")]
     assert all(isinstance(v, int) for v in here)
-    code = ("from sngrad import costs; import sys; "
-            "print([costs.step_flops(r, [784, 1024, 1024, 1024, 10], 128) "
+    code = ("from sngrad import costs; from sngrad.names import parse_run; import sys; "
+            "print([costs.step_flops(parse_run(r), [784, 1024, 1024, 1024, 10], 128) "
             "for r in ('sgd', 'sgd+cv', 'svag')]); print('jax' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split("\n")
@@ -188,13 +190,13 @@ def test_counts_are_integers_and_the_same_in_a_fresh_process():
 
 def test_bad_inputs_are_one_line_errors():
     with pytest.raises(SngradError, match="widths"):
-        costs.step_flops("sgd", [784], 128)
+        costs.step_flops(parse_run("sgd"), [784], 128)
     with pytest.raises(SngradError, match="batch"):
-        costs.step_flops("sgd", TINY, 0)
+        costs.step_flops(parse_run("sgd"), TINY, 0)
     with pytest.raises(SngradError, match="unknown"):
-        costs.step_flops("sgd+sngrad9", TINY, 4)
+        parse_run("sgd+sngrad9")  # a run name is parsed before it is counted
     with pytest.raises(SngradError, match="batch size 20"):
-        costs.budget_step("sgd+svrg", TINY, 10, 20, 3)
+        costs.budget_step(parse_run("sgd+svrg"), TINY, 10, 20, 3)
 
 
 # ----------------------------------------------------------------------------- budget step
@@ -203,7 +205,7 @@ def test_bad_inputs_are_one_line_errors():
 def test_budget_step_by_hand():
     # S = 2 steps per epoch, 3 epochs: sgd spends 6 x 324 = 1944. svrg spends 690 per step
     # and 754 per anchor (before epochs 0, 1, 2): C(1) = 1444 <= 1944 < C(2) = 2134.
-    b = costs.budget_step("sgd+svrg", TINY, 10, 4, 3)
+    b = costs.budget_step(parse_run("sgd+svrg"), TINY, 10, 4, 3)
     assert (b.base, b.step, b.steps_total, b.budget_flops, b.run_flops) == (
         "sgd", 1, 6, 1944, 1444)
     assert not b.capped and b.epochs == 0.5
@@ -212,6 +214,7 @@ def test_budget_step_by_hand():
 def test_budget_step_is_the_last_affordable_step():
     for run in ("sgd+sngrad1", "sgd+sngrad2@0.05", "svag", "msvag", "sgd+cv", "sgd+svrg",
                 "adam+sngrad1", "momentum+sngrad1", "adabelief"):
+        run = parse_run(run)
         b = costs.budget_step(run, STUDY, 8000, 128, 10, 1)
 
         def spent(t, run=run):
@@ -222,15 +225,15 @@ def test_budget_step_is_the_last_affordable_step():
     # sgd: 128 (F + G) + 2 P = 26327700 per step, 620 steps: budget 16323174000.
     # sgd+sngrad1 (rms): 128 (F + G + M) + (2 + 6 + 2) P + 3 P_W = 40052068 per step, and
     # 16323174000 / 40052068 = 407.55 (408 for the absolute sgd+sngrad1@a, 39950288 per step)
-    assert costs.budget_step("sgd+sngrad1", STUDY, 8000, 128, 10).step == 407
-    assert costs.budget_step("sgd+sngrad1@0.5", STUDY, 8000, 128, 10).step == 408
-    assert costs.budget_step("sgd+cv", STUDY, 8000, 128, 10).step == 124
+    assert costs.budget_step(parse_run("sgd+sngrad1"), STUDY, 8000, 128, 10).step == 407
+    assert costs.budget_step(parse_run("sgd+sngrad1@0.5"), STUDY, 8000, 128, 10).step == 408
+    assert costs.budget_step(parse_run("sgd+cv"), STUDY, 8000, 128, 10).step == 124
 
 
 def test_a_base_meets_its_own_budget_at_its_last_step():
-    b = costs.budget_step("adam", STUDY, 8000, 128, 10)
+    b = costs.budget_step(parse_run("adam"), STUDY, 8000, 128, 10)
     assert (b.base, b.step, b.steps_total, b.capped) == ("adam", 620, 620, False)
-    assert b.budget_flops == b.run_flops == 620 * costs.step_flops("adam", STUDY, 128)
+    assert b.budget_flops == b.run_flops == 620 * costs.step_flops(parse_run("adam"), STUDY, 128)
 
 
 def test_a_layer_of_width_one_is_counted():
@@ -258,8 +261,8 @@ def _params_after(splits, optimizer, config, steps, hp):
     batches (no vmap, no scan)."""
     init_key, shuffle_key = engine.run_keys(config)
     params = engine.mlp_init(jnp.asarray(init_key), [splits.x_train.shape[1], 6, 3])
-    step = jax.jit(make_step(optimizer, backend="dense", batch_size=B, schedule="constant",
-                             total_steps=0, diagnostics_on=False))
+    step = jax.jit(make_step(parse_run(optimizer), backend="dense", batch_size=B,
+                             schedule="constant", total_steps=0, diagnostics_on=False))
     opt_state = step.init(params, hp)
     per_epoch = len(splits.y_train) // B
     data = {"x_train": jnp.asarray(splits.x_train), "y_train": jnp.asarray(splits.y_train)}
@@ -284,7 +287,8 @@ def test_engine_evaluates_the_parameters_after_exactly_k_star_steps(optimizer, k
     splits = toy_splits()
     spec = parse_spec(SPEC)
     configs = [RunConfig(0.1, None, 0.5 if "sngrad" in optimizer else None, s) for s in (1, 2)]
-    result = run_sweep(splits, optimizer, B, spec, configs, TRAIN_MODE, budget_step=k_star)
+    result = run_sweep(splits, parse_run(optimizer), B, spec, configs, TRAIN_MODE,
+                       budget_step=k_star)
     hp = {"learning_rate": jnp.float32(0.1)}
     if "sngrad" in optimizer:
         hp["alpha"] = jnp.float32(0.5)
@@ -305,7 +309,7 @@ def test_budget_at_the_last_step_equals_the_final_epoch():
     splits = toy_splits()
     spec = parse_spec(SPEC)
     configs = [RunConfig(0.1, None, None, s) for s in (1, 2)]
-    result = run_sweep(splits, "sgd", B, spec, configs, TRAIN_MODE, budget_step=12)
+    result = run_sweep(splits, parse_run("sgd"), B, spec, configs, TRAIN_MODE, budget_step=12)
     for key in ("val_loss", "val_accuracy", "test_loss", "test_accuracy"):
         np.testing.assert_array_equal(result.budget[key], result.records[key][-1])
 
@@ -314,8 +318,8 @@ def test_sparse_diagnostics_leave_the_training_unchanged():
     splits = toy_splits()
     spec = parse_spec(SPEC)
     configs = [RunConfig(0.1, None, None, s) for s in (1, 2)]
-    every = run_sweep(splits, "sgd+cv", B, spec, configs, Mode(("val",), (), True, 1))
-    sparse = run_sweep(splits, "sgd+cv", B, spec, configs, Mode(("val",), (), True, 4))
+    every = run_sweep(splits, parse_run("sgd+cv"), B, spec, configs, Mode(("val",), (), True, 1))
+    sparse = run_sweep(splits, parse_run("sgd+cv"), B, spec, configs, Mode(("val",), (), True, 4))
     for key in ("train_loss", "val_loss", "val_accuracy", "lambda_median"):
         np.testing.assert_array_equal(every.records[key], sparse.records[key])
     # the variance ratio is averaged over steps 0 and 4 of each epoch instead of all six
@@ -330,8 +334,8 @@ def test_lean_svrg_step_takes_the_update_of_the_full_control_variate_step():
     snap = engine.mlp_init(jax.random.PRNGKey(1), [5, 6, 3])
     anchor = jax.tree.map(lambda p: 0.01 * jnp.ones_like(p), params)
     hp = {"learning_rate": jnp.float32(0.1)}
-    step = jax.jit(make_step("sgd+svrg", backend="dense", batch_size=B, schedule="constant",
-                             total_steps=0, diagnostics_on=False))
+    step = jax.jit(make_step(parse_run("sgd+svrg"), backend="dense", batch_size=B,
+                             schedule="constant", total_steps=0, diagnostics_on=False))
     lean, _, record = step(params, step.init(params, hp), (x, y), hp, (snap, anchor))
     # the reference: the full CVStats and every keyword, as the step computed them before
     # (jitted too, so that both are compiled alike)
@@ -364,11 +368,11 @@ def test_train_writes_budget_rows(tmp_path):
                     '"learning_rate": 0.1, "momentum": null, "alpha": null, '
                     '"all_diverged": false}')
     out = tmp_path / "run"
-    train(data, "sgd+svrg", B, parse_spec(SPEC), best, out)
+    train(data, parse_run("sgd+svrg"), B, parse_spec(SPEC), best, out)
     with open(out / "budget.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == BUDGET_COLUMNS
-    expected = costs.budget_step("sgd+svrg", [5, 6, 3], 96, B, 2)
+    expected = costs.budget_step(parse_run("sgd+svrg"), [5, 6, 3], 96, B, 2)
     assert [int(r["seed"]) for r in rows] == [1, 2]
     assert {int(r["budget_step"]) for r in rows} == {expected.step}
     assert {r["base"] for r in rows} == {"sgd"}
@@ -387,12 +391,12 @@ def test_profile_stages_of_the_smoke_profile():
     assert stages["tuning"].example_steps == (5 + 11 + 5) * 2 * 40 * 64
     assert stages["final training"].example_steps == 3 * 2 * 40 * 64
     assert stages["reference"].example_steps == 40 * 64
-    assert stages["reference"].flops == 40 * costs.step_flops("sgd", [64, 16, 10], 64)
+    assert stages["reference"].flops == 40 * costs.step_flops(parse_run("sgd"), [64, 16, 10], 64)
     assert "extension rounds" in stages["tuning"].note and "not counted" in stages["tuning"].note
     # one tuning run: 40 steps and one validation pass over the 144 validation examples
     profile = load_profile("config/smoke.yaml")
-    assert costs.tuning_trial_flops(profile, "digits", "sgd+sngrad1", 64) == (
-        40 * costs.step_flops("sgd+sngrad1", [64, 16, 10], 64)
+    assert costs.tuning_trial_flops(profile, "digits", parse_run("sgd+sngrad1"), 64) == (
+        40 * costs.step_flops(parse_run("sgd+sngrad1"), [64, 16, 10], 64)
         + 144 * costs.forward_flops([64, 16, 10]))
     assert [s.jobs for s in stages.values()] == [3, 3, 1, 1]
     # programs: a tuning job runs two (round 0, the refinement), of 3 x 2, 9 x 2 or 3 x 2 runs

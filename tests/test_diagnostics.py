@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sngrad.optimizers import parse_optimizer
+from sngrad.names import parse_run
 from sngrad.stats import CVStats
 from sngrad.train import diagnostics
 
@@ -18,15 +18,15 @@ def test_shrink_record_of_each_variant_and_svag_on_known_statistics():
     mu = [_layer([[1.0, -2.0], [0.0, 3.0]], b=[100.0, 100.0])]  # biases are left out
     var = [_layer([[4.0, 1.0], [0.0, 9.0]], b=[1e6, 1e6])]
     # I, alpha = 1: f = 1 / max(sigma, 1) = 0.5, 1, 1, 1/3
-    rec = diagnostics.shrink_record(parse_optimizer("sgd+sngrad1"), mu, var, 1.0, 4)
+    rec = diagnostics.shrink_record(parse_run("sgd+sngrad1@1"), mu, var, 1.0, 4)
     assert float(rec["factor_mean"][0]) == pytest.approx((0.5 + 1 + 1 + 1 / 3) / 4)
     assert float(rec["shrink_share"][0]) == pytest.approx(0.5)
     # II, alpha = 1: f = min(mu^2 / sigma^2, 1) = 0.25, 1, 1 (sigma = 0), 1
-    rec = diagnostics.shrink_record(parse_optimizer("adam+sngrad2"), mu, var, 1.0, 4)
+    rec = diagnostics.shrink_record(parse_run("adam+sngrad2"), mu, var, 1.0, 4)
     assert float(rec["factor_mean"][0]) == pytest.approx((0.25 + 3) / 4)
     assert float(rec["shrink_share"][0]) == pytest.approx(0.25)
     # svag, B = 4: f = mu^2 / (mu^2 + var / 4) = 1/2, 4/4.25, 1, 9/11.25
-    rec = diagnostics.shrink_record(parse_optimizer("svag"), mu, var, None, 4)
+    rec = diagnostics.shrink_record(parse_run("svag"), mu, var, None, 4)
     expected = [0.5, 4 / 4.25, 1.0, 9 / 11.25]
     assert float(rec["factor_mean"][0]) == pytest.approx(np.mean(expected), rel=1e-6)
     assert float(rec["shrink_share"][0]) == pytest.approx(0.75)

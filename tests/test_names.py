@@ -55,12 +55,62 @@ def test_paired_base_follows_the_contract():
         "adam": None,
     }
     for run, base in cases.items():
-        assert names.paired_base(run) == base, run
-    assert names.fixed_alpha("sgd+sngrad1@0.1") == 0.1
-    assert names.fixed_alpha("sgd+sngrad1") is None
-    assert names.variant_of("sgd+sngrad3@0.1") == "III"
-    assert names.variant_of("sgd+cv") is None
-    assert names.optimizer_of("sgd+sngrad2@0.05") == "sgd+sngrad2"
+        paired = parse_run(run).paired_base
+        assert (paired.name if paired else None) == base, run
+        assert paired is None or paired == parse_run(base)  # the value its name parses to
+    assert parse_run("sgd+sngrad1@0.1").fixed_alpha == 0.1
+    assert parse_run("sgd+sngrad1").fixed_alpha is None
+    assert parse_run("sgd+sngrad3@0.1").variant == "III"
+    assert parse_run("sgd+cv").variant is None
+    assert parse_run("sgd+sngrad2@0.05").optimizer == "sgd+sngrad2"
+
+
+# what the engine, the step, the registry and the cost model ask of a parsed run
+ASKED = {
+    # run: (needs_variance, needs_snapshot, has_momentum, step_kind, alpha_reference)
+    "sgd": (False, False, False, "plain", "absolute"),
+    "momentum": (False, False, True, "plain", "absolute"),
+    "adam": (False, False, False, "plain", "absolute"),
+    "msvag": (False, False, False, "plain", "absolute"),
+    "adabelief": (False, False, False, "plain", "absolute"),
+    "svag": (True, False, False, "moments", "absolute"),
+    "sgd+sngrad1": (True, False, False, "moments", "rms"),
+    "sgd+sngrad1@0.1": (True, False, False, "moments", "absolute"),
+    "sgd+sngrad2": (True, False, False, "moments", "absolute"),
+    "momentum+sngrad3": (True, False, True, "moments", "rms"),
+    "momentum+sngrad2@0.05~constant": (True, False, True, "moments", "absolute"),
+    "adam+sngrad3": (True, False, False, "moments", "rms"),
+    "sgd+cv": (False, True, False, "cv", "absolute"),
+    "sgd+svrg~constant": (False, True, False, "svrg", "absolute"),
+}
+
+
+@pytest.mark.parametrize(("run", "asked"), sorted(ASKED.items()))
+def test_a_parsed_run_answers_what_the_code_asks(run, asked):
+    parts = parse_run(run)
+    assert (parts.needs_variance, parts.needs_snapshot, parts.has_momentum, parts.step_kind,
+            parts.alpha_reference) == asked
+    assert str(parts) == parts.name == run  # the canonical spelling, in paths and CSV cells
+    assert f"{parts}" == run
+
+
+def test_every_registry_optimizer_is_asked():
+    # the parametrised table above covers each kind of optimizer; every registry name parses
+    # and answers the same questions as its parsed optimizer does
+    for name in OPTIMIZERS:
+        run, optimizer = parse_run(name), parse_optimizer(name)
+        assert run == optimizer
+        assert run.step_kind in ("plain", "moments", "cv", "svrg")
+        assert run.needs_snapshot == (run.step_kind in ("cv", "svrg"))
+        assert run.needs_variance == (run.step_kind == "moments")
+
+
+def test_paired_base_keeps_the_schedule_and_drops_the_alpha():
+    assert parse_run("sgd+sngrad1@0.1~constant").paired_base == parse_run("sgd~constant")
+    assert parse_run("adabelief~cosine").paired_base.name == "adam~cosine"
+    assert parse_run("sgd~constant").paired_base is None
+    assert parse_run("sgd+cv~constant").schedule_or("cosine") == "constant"
+    assert parse_run("sgd+cv").schedule_or("cosine") == "cosine"
 
 
 @pytest.mark.parametrize("module", ["sngrad.config", "sngrad.names", "sngrad.layout"])

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from sngrad.analysis import paired
+from sngrad.names import parse_run
 from sngrad.tables import NO_OP, PAIRED_COLUMNS
 
 
@@ -36,7 +37,8 @@ def _table(runs: dict, factors=None) -> pd.DataFrame:
         for s in SEEDS:
             acc, loss = BASE[("sgd", s)]
             values[(run, s)] = shift(s, acc, loss)
-    return paired.paired_table(_metrics(values), ["sgd", *runs], [16], dataset="toy",
+    parsed = [parse_run(run) for run in ("sgd", *runs)]
+    return paired.paired_table(_metrics(values), parsed, [16], dataset="toy",
                                factors=factors or {})
 
 

@@ -13,6 +13,7 @@ from sngrad import resources
 from sngrad.cli import main
 from sngrad.config import DEFAULT_PROFILE, load_profile, read_yaml, split_sizes
 from sngrad.data import Splits
+from sngrad.names import parse_run
 from sngrad.spec import parse_spec
 from sngrad.train import TRAIN_MODE, RunConfig, run_sweep
 from sngrad.train.progress import EpochProgress, duration, loss_summary
@@ -103,7 +104,8 @@ def test_a_sweep_writes_one_line_per_epoch_to_its_log_and_the_same_results(capsy
     every = progress_module.EVERY_S
     progress_module.EVERY_S = 0.0  # a line at every epoch of this fast sweep
     try:
-        with_lines = run_sweep(splits, "sgd", 16, spec, configs, TRAIN_MODE, progress="train t")
+        with_lines = run_sweep(splits, parse_run("sgd"), 16, spec, configs, TRAIN_MODE,
+                               progress="train t")
     finally:
         progress_module.EVERY_S = every
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("sngrad: progress")]
@@ -112,7 +114,7 @@ def test_a_sweep_writes_one_line_per_epoch_to_its_log_and_the_same_results(capsy
     for line, epoch_loss in zip(lines, losses, strict=True):
         assert float(LINE.match(line)["loss"]) == pytest.approx(np.median(epoch_loss), rel=1e-3)
         assert LINE.match(line)["k"] == "2"
-    again = run_sweep(splits, "sgd", 16, spec, configs, TRAIN_MODE)
+    again = run_sweep(splits, parse_run("sgd"), 16, spec, configs, TRAIN_MODE)
     np.testing.assert_array_equal(again.records["train_loss"], losses)
 
 

@@ -145,7 +145,7 @@ def test_tuning_output_says_all_diverged_at_the_bound(tmp_path):
                      "one_minus_momentum_bounds": [0.001, 1.0],
                      "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]},
                  "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]}}})
-    best = tune(data, "sgd", 16, spec, tmp_path / "out")
+    best = tune(data, parse_run("sgd"), 16, spec, tmp_path / "out")
     assert best["all_diverged"] and best["at_bound"]
     assert best["trials"] == 4 and best["rounds"] == 3  # 0.1 and 0.32, then 0.032, then 0.01
     rates = sorted({float(r.split(",")[1]) for r in

@@ -27,6 +27,7 @@ SEEDS = list(range(1, 11))
 EPOCHS = 4
 B = 64
 RUNS = ["sgd", "sgd+sngrad1", "sgd+sngrad2@0.05", "adam", "adabelief", "sgd+cv", "momentum"]
+PARSED = [names.parse_run(run) for run in RUNS]  # as the notebooks parse their runs
 
 # final test accuracy per seed; sgd+sngrad1 better than sgd on every seed, adabelief worse
 # than adam on every seed, the others mixed
@@ -87,10 +88,10 @@ def write_tree(root, profile="fixture", *, all_diverged=False, datasets=("mnist"
     }))  # fmt: skip
     write_json(f"{layout.base}/run_started.json", {"started_unix": 1_000_000.0})
     for dataset in datasets:
-        tables = outputs.dataset_tables(layout, dataset, RUNS, [B], config)
+        tables = outputs.dataset_tables(layout, dataset, PARSED, [B], config)
         for path, table in zip(notebook_tables(layout, "summary", dataset), tables, strict=True):
             write_frame(path, table)
-    tables = outputs.performance_tables(layout, list(datasets), RUNS, [B], [16])
+    tables = outputs.performance_tables(layout, list(datasets), PARSED, [B], [16])
     for path in notebook_tables(layout, "performance"):
         write_frame(path, tables[Path(path).name])
     Path(layout.figures_dir()).mkdir(parents=True, exist_ok=True)
@@ -99,8 +100,9 @@ def write_tree(root, profile="fixture", *, all_diverged=False, datasets=("mnist"
 
 
 def write_run(layout, dataset, run, *, all_diverged):
-    variant = names.variant_of(run)
-    tuned_alpha = variant is not None and names.fixed_alpha(run) is None
+    parts = names.parse_run(run)
+    variant = parts.variant
+    tuned_alpha = variant is not None and parts.fixed_alpha is None
     rows = []
     for k, lr in enumerate([0.01, 0.1, 1.0]):
         for a, scaled in enumerate([1.0, 3.0] if tuned_alpha else [math.nan]):
@@ -118,7 +120,7 @@ def write_run(layout, dataset, run, *, all_diverged):
     path = Path(layout.run_file("tuning.csv", dataset, run, B))
     write_frame(path, pd.DataFrame(rows))
     write_json(layout.run_file("best.json", dataset, run, B), {
-        "optimizer": names.optimizer_of(run), "run": run, "batch_size": B,
+        "optimizer": parts.optimizer, "run": run, "batch_size": B,
         "learning_rate": None if all_diverged else 0.1, "momentum": None,
         "alpha": None if variant is None else 0.3, "alpha_scaled": 3.0 if tuned_alpha else None,
         "val_accuracy": None if all_diverged else 0.86,
@@ -206,7 +208,7 @@ def test_paired_table_cells_hold_the_right_rows(study):
     for row in rows:
         run = row["run"].strip("`")
         want = accuracy[accuracy["run"] == run].iloc[0]
-        assert row["base"].strip("`") == want["base"] == names.paired_base(run)
+        assert row["base"].strip("`") == want["base"] == names.parse_run(run).paired_base.name
         assert row["difference"] == f"{100 * want['diff_mean']:+.2f}"
         assert row["verdict"] == want["verdict"]
         assert row["pairs"] == f"{want['n_pairs']}/{want['n_seeds']}"

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from sngrad.data import Splits, save_splits
+from sngrad.names import parse_run
 
 EPOCHS = 100  # long enough (about a second of training) to be killed between checkpoints
 SPEC = {"hidden": [32, 32], "init_seed": 0, "epochs": EPOCHS, "seeds": [1, 2],
@@ -137,13 +138,13 @@ def test_stateful_optimizers_resume_byte_identical_in_process(data_file, tmp_pat
     best.write_text(json.dumps({"run": optimizer, "batch_size": 8, "learning_rate": 0.01,
                                 "momentum": 0.9 if optimizer == "momentum" else None}))
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    train(data_file, optimizer, 8, spec, best, reference)
+    train(data_file, parse_run(optimizer), 8, spec, best, reference)
     restore = _interrupt_after_epoch(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
-        train(data_file, optimizer, 8, spec, best, resumed)
+        train(data_file, parse_run(optimizer), 8, spec, best, resumed)
     assert not (resumed / "metrics.csv").exists()
     restore()
-    train(data_file, optimizer, 8, spec, best, resumed)
+    train(data_file, parse_run(optimizer), 8, spec, best, resumed)
     assert json.loads((resumed / "provenance.json").read_text())["resumed_from_epoch"] == 4
     for name in ("metrics.csv", "diagnostics.csv"):
         assert _rows(resumed / name) == _rows(reference / name), name
@@ -156,13 +157,13 @@ def test_tune_interrupted_in_process_resumes_to_identical_results(data_file, tmp
 
     spec = parse_spec({**SPEC, "epochs": 12, "checkpoint_every": 4})
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    tune(data_file, "sgd+sngrad1", 8, spec, reference)
+    tune(data_file, parse_run("sgd+sngrad1"), 8, spec, reference)
     restore = _interrupt_after_epoch(monkeypatch, 8)
     with pytest.raises(KeyboardInterrupt):
-        tune(data_file, "sgd+sngrad1", 8, spec, resumed)
+        tune(data_file, parse_run("sgd+sngrad1"), 8, spec, resumed)
     assert not (resumed / "best.json").exists()
     restore()
-    tune(data_file, "sgd+sngrad1", 8, spec, resumed)
+    tune(data_file, parse_run("sgd+sngrad1"), 8, spec, resumed)
     assert json.loads((resumed / "tuning_provenance.json").read_text())["resumed_from_epoch"] == 8
     assert _rows(resumed / "tuning.csv") == _rows(reference / "tuning.csv")
     assert (resumed / "best.json").read_text() == (reference / "best.json").read_text()
@@ -236,15 +237,15 @@ def test_train_resumes_from_a_truncated_checkpoint_by_starting_over(data_file, t
     best.write_text(json.dumps({"run": "sgd+sngrad1", "batch_size": 8, "learning_rate": 0.01,
                                 "alpha": 1.0}))
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    train(data_file, "sgd+sngrad1", 8, spec, best, reference)
+    train(data_file, parse_run("sgd+sngrad1"), 8, spec, best, reference)
     restore = _interrupt_after_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        train(data_file, "sgd+sngrad1", 8, spec, best, resumed)
+        train(data_file, parse_run("sgd+sngrad1"), 8, spec, best, resumed)
     restore()
     saved = ckpt.checkpoint_dir(resumed, "train") / ckpt.FILE_NAME
     saved.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
     capsys.readouterr()
-    train(data_file, "sgd+sngrad1", 8, spec, best, resumed)
+    train(data_file, parse_run("sgd+sngrad1"), 8, spec, best, resumed)
     assert "ignoring unreadable checkpoint" in capsys.readouterr().err
     assert json.loads((resumed / "provenance.json").read_text())["resumed_from_epoch"] == 0
     for name in ("metrics.csv", "diagnostics.csv"):

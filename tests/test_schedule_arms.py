@@ -12,7 +12,7 @@ import yaml
 from sngrad.analysis import paired
 from sngrad.config import rule_problems
 from sngrad.errors import SngradError
-from sngrad.names import format_run, paired_base, parse_run, schedule_of
+from sngrad.names import format_run, parse_run
 from sngrad.spec import parse_spec
 from sngrad.train.commands import own_schedule
 
@@ -21,11 +21,12 @@ def test_a_schedule_suffix_is_part_of_the_run_name_and_of_its_base():
     run = parse_run("sgd+sngrad1@0.1~constant")
     assert (run.optimizer, run.fixed_alpha, run.schedule) == ("sgd+sngrad1", 0.1, "constant")
     assert run.name == "sgd+sngrad1@0.1~constant" == format_run("sgd+sngrad1", 0.1, "constant")
-    assert paired_base("sgd+cv~constant") == "sgd~constant"
-    assert paired_base("adabelief~constant") == "adam~constant"
-    assert paired_base("sgd~constant") is None and paired_base("sgd+cv") == "sgd"
-    assert schedule_of("sgd+cv~constant", "cosine") == "constant"
-    assert schedule_of("sgd+cv", "cosine") == "cosine"
+    assert parse_run("sgd+cv~constant").paired_base.name == "sgd~constant"
+    assert parse_run("adabelief~constant").paired_base.name == "adam~constant"
+    assert parse_run("sgd~constant").paired_base is None
+    assert parse_run("sgd+cv").paired_base.name == "sgd"
+    assert parse_run("sgd+cv~constant").schedule_or("cosine") == "constant"
+    assert parse_run("sgd+cv").schedule_or("cosine") == "cosine"
     # the arm's alpha reference follows its alpha, not its schedule
     assert parse_run("sgd+sngrad1~constant").alpha_reference == "rms"
     for bad, text in (("sgd~step", "unknown schedule 'step'"), ("sgd~", "unknown schedule ''"),
@@ -83,7 +84,7 @@ def test_an_arm_run_is_the_constant_rate_run_bit_for_bit(tmp_path):
         out = tmp_path / f"{run}-{schedule}"
         write_json(out / "best.json", {"run": run, "batch_size": 16, "learning_rate": 0.1,
                                        "momentum": None, "alpha": None, "all_diverged": False})
-        train(data, run, 16, spec, out / "best.json", out)
+        train(data, parse_run(run), 16, spec, out / "best.json", out)
         outs[(run, schedule)] = pd.read_csv(out / "metrics.csv")
     arm, constant = outs[("sgd~constant", "cosine")], outs[("sgd", "constant")]
     assert set(arm["optimizer"]) == {"sgd~constant"}
@@ -99,6 +100,7 @@ def _metrics(values: dict) -> pd.DataFrame:
 
 
 RUNS = ["sgd", "sgd+cv", "sgd~constant", "sgd+cv~constant"]
+PARSED = [parse_run(run) for run in RUNS]
 
 
 def test_the_prediction_holds_when_the_constant_rate_gain_is_larger():
@@ -109,7 +111,7 @@ def test_the_prediction_holds_when_the_constant_rate_gain_is_larger():
     table = paired.schedule_contrast(_metrics({
         "sgd": base, "sgd+cv": base - 0.01 + noise,
         "sgd~constant": base + 0.1, "sgd+cv~constant": base + 0.1 - 0.05 + noise / 2,
-    }), RUNS, [16], dataset="toy", primary="cosine")
+    }), PARSED, [16], dataset="toy", primary="cosine")
     (row,) = table.to_dict("records")
     assert (row["run"], row["arm"], row["n_pairs"]) == ("sgd+cv", "sgd+cv~constant", 10)
     assert row["decay_mean"] == pytest.approx(-0.01 + noise.mean())
@@ -127,7 +129,7 @@ def test_the_prediction_fails_when_the_gain_is_the_same_under_both_schedules():
     table = paired.schedule_contrast(_metrics({
         "sgd": base, "sgd+cv": base - 0.03 + noise,
         "sgd~constant": base + 0.1, "sgd+cv~constant": base + 0.1 - 0.03 - noise[::-1],
-    }), RUNS, [16], dataset="toy", primary="cosine")
+    }), PARSED, [16], dataset="toy", primary="cosine")
     (row,) = table.to_dict("records")
     assert row["constant_high"] < 0  # the arm still gains at a constant rate
     assert row["contrast_low"] < 0 < row["contrast_high"] and not row["held"]
@@ -135,8 +137,8 @@ def test_the_prediction_fails_when_the_gain_is_the_same_under_both_schedules():
 
 def test_no_contrast_without_both_arms_or_under_a_constant_profile():
     values = {r: np.linspace(0.3, 0.4, 10) for r in RUNS}
-    assert paired.schedule_contrast(_metrics(values), RUNS[:3], [16], dataset="toy",
+    assert paired.schedule_contrast(_metrics(values), PARSED[:3], [16], dataset="toy",
                                     primary="cosine").empty
-    assert paired.schedule_contrast(_metrics(values), RUNS, [16], dataset="toy",
+    assert paired.schedule_contrast(_metrics(values), PARSED, [16], dataset="toy",
                                     primary="constant").empty
     assert math.isnan(paired.sign_flip_interval([0.1], 0.05)[0])

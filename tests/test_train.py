@@ -11,6 +11,7 @@ import pytest
 from sngrad import cli
 from sngrad.data import Splits, save_splits
 from sngrad.errors import SngradError
+from sngrad.names import parse_run
 from sngrad.spec import parse_spec
 from sngrad.train import (
     DIAGNOSTICS_COLUMNS,
@@ -81,7 +82,7 @@ def test_per_seed_every_optimizer_starts_from_the_same_weights_and_batches():
     keys = [engine.run_keys(RunConfig(0.1, None, None, s)) for s in (1, 2)]
     states = []
     for name, extra in (("sgd", {}), ("adam+sngrad2", {"alpha": [0.01, 0.02]})):
-        progs = programs(name, "dense", B, 192, (6, 8, 3), "constant", 1, True)
+        progs = programs(parse_run(name), "dense", B, 192, (6, 8, 3), "constant", 1, True)
         hp = {"learning_rate": np.array([0.1, 0.1], np.float32),
               **{k: np.asarray(v, np.float32) for k, v in extra.items()}}
         params = engine.initial_parameters([k[0] for k in keys], progs.sizes)
@@ -95,7 +96,8 @@ def test_per_seed_every_optimizer_starts_from_the_same_weights_and_batches():
     t1, t2 = (engine.run_keys(RunConfig(0.1, None, None, s, init_seed=0)) for s in (1, 2))
     np.testing.assert_array_equal(t1[0], t2[0])
     assert not np.array_equal(t1[1], t2[1])
-    assert programs("sgd", "dense", 32, 200, (6, 8, 3), "constant", 1, False).steps == 6
+    sgd = parse_run("sgd")
+    assert programs(sgd, "dense", 32, 200, (6, 8, 3), "constant", 1, False).steps == 6
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -104,12 +106,12 @@ def test_per_seed_every_optimizer_starts_from_the_same_weights_and_batches():
 def test_sweeps_are_reproducible_and_runs_do_not_interact(splits):
     spec = _spec(epochs=2)
     configs = [RunConfig(0.05, None, 0.01, 1), RunConfig(0.2, None, 0.05, 2)]
-    first = run_sweep(splits, "sgd+sngrad2", B, spec, configs, TRAIN_MODE)
-    again = run_sweep(splits, "sgd+sngrad2", B, spec, configs, TRAIN_MODE)
+    first = run_sweep(splits, parse_run("sgd+sngrad2"), B, spec, configs, TRAIN_MODE)
+    again = run_sweep(splits, parse_run("sgd+sngrad2"), B, spec, configs, TRAIN_MODE)
     for name, values in first.records.items():
         if name != "wall_time":
             np.testing.assert_array_equal(values, again.records[name], err_msg=name)
-    swapped = run_sweep(splits, "sgd+sngrad2", B, spec, configs[::-1], TRAIN_MODE)
+    swapped = run_sweep(splits, parse_run("sgd+sngrad2"), B, spec, configs[::-1], TRAIN_MODE)
     np.testing.assert_allclose(swapped.records["val_loss"][:, ::-1], first.records["val_loss"],
                                rtol=1e-6)
     rec = first.records
@@ -123,8 +125,8 @@ def test_sweeps_are_reproducible_and_runs_do_not_interact(splits):
 
 def test_sngrad_differs_from_its_base_and_alpha_changes_the_run(splits):
     spec = _spec(epochs=2)
-    base = run_sweep(splits, "sgd", B, spec, [RunConfig(0.1, None, None, 1)], TRAIN_MODE)
-    runs = run_sweep(splits, "sgd+sngrad1", B, spec,
+    base = run_sweep(splits, parse_run("sgd"), B, spec, [RunConfig(0.1, None, None, 1)], TRAIN_MODE)
+    runs = run_sweep(splits, parse_run("sgd+sngrad1"), B, spec,
                      [RunConfig(0.1, None, a, 1) for a in (1e-6, 2.0, 20.0)], TRAIN_MODE)
     loss = runs.records["train_loss"]
     # a tiny alpha shrinks nothing: the same as sgd up to rounding
@@ -145,21 +147,22 @@ def test_plain_optimizers_never_compute_gradient_statistics(splits, monkeypatch)
     # batch size 24 is used by no other test, so these programs are traced here, with the stub
     monkeypatch.setattr(stats, "dense_stats", forbidden)
     spec = _spec(epochs=1)
-    run_sweep(splits, "sgd", 24, spec, [RunConfig(0.1, None, None, 1)], TUNE_MODE)
+    run_sweep(splits, parse_run("sgd"), 24, spec, [RunConfig(0.1, None, None, 1)], TUNE_MODE)
     with pytest.raises(AssertionError, match="per-example"):
-        run_sweep(splits, "sgd+sngrad1", 24, spec, [RunConfig(0.1, None, 1.0, 1)], TUNE_MODE)
+        run_sweep(splits, parse_run("sgd+sngrad1"), 24, spec, [RunConfig(0.1, None, 1.0, 1)],
+                  TUNE_MODE)
 
 
 def test_divergence_is_sticky_and_set_by_a_finite_loss_above_the_bound(splits):
     # diverge_loss below the initial loss (~log 3): finite losses above it flag the run
-    low = run_sweep(splits, "sgd", B, _spec(epochs=3, diverge_loss=0.5),
+    low = run_sweep(splits, parse_run("sgd"), B, _spec(epochs=3, diverge_loss=0.5),
                     [RunConfig(1e-4, None, None, 1)], TRAIN_MODE).records
     assert np.isfinite(low["train_loss"]).all() and low["diverged"][:, 0].all()
     spec = _spec(epochs=4, diverge_loss=50.0)
     from time import perf_counter
 
     started = perf_counter()
-    result = run_sweep(splits, "sgd", B, spec,
+    result = run_sweep(splits, parse_run("sgd"), B, spec,
                        [RunConfig(0.3, None, None, 3), RunConfig(1e5, None, None, 3)], TRAIN_MODE)
     outside = perf_counter() - started
     rec = result.records
@@ -175,16 +178,16 @@ def test_divergence_is_sticky_and_set_by_a_finite_loss_above_the_bound(splits):
     loss = rec["train_loss"][:2, 0]
     assert loss[0] > loss[1]
     bound = float(loss.mean())
-    again = run_sweep(splits, "sgd", B, _spec(epochs=4, diverge_loss=bound),
+    again = run_sweep(splits, parse_run("sgd"), B, _spec(epochs=4, diverge_loss=bound),
                       [RunConfig(0.3, None, None, 3), RunConfig(1e5, None, None, 3)], TRAIN_MODE)
     np.testing.assert_array_equal(again.records["train_loss"][:, 0], rec["train_loss"][:, 0])
     assert again.records["diverged"][:, 0].tolist() == [True] * 4
 
 
 def test_cosine_schedule_reaches_zero_and_differs_from_constant(splits):
-    const = run_sweep(splits, "sgd", B, _spec(epochs=2), [RunConfig(0.2, None, None, 1)],
+    const = run_sweep(splits, parse_run("sgd"), B, _spec(epochs=2), [RunConfig(0.2, None, None, 1)],
                       TUNE_MODE)
-    cos = run_sweep(splits, "sgd", B, _spec(epochs=2, schedule="cosine"),
+    cos = run_sweep(splits, parse_run("sgd"), B, _spec(epochs=2, schedule="cosine"),
                     [RunConfig(0.2, None, None, 1)], TUNE_MODE)
     assert const.records["train_loss"][0, 0] != cos.records["train_loss"][0, 0]
     from sngrad.train.step import learning_rate_schedule
@@ -205,7 +208,7 @@ def test_control_variates_refresh_the_snapshot_and_record_lambda_and_variance(sp
 
     rec = {}
     for name in ("sgd+cv", "sgd+svrg"):
-        rec[name] = run_sweep(splits, name, B, spec, [RunConfig(0.1, None, None, 1)],
+        rec[name] = run_sweep(splits, parse_run(name), B, spec, [RunConfig(0.1, None, None, 1)],
                               TRAIN_MODE, on_epoch=keep).records
     svrg, cv = rec["sgd+svrg"], rec["sgd+cv"]
     assert (svrg["lambda_median"] == 1.0).all()
@@ -234,7 +237,7 @@ def test_tune_train_reference_write_the_contract_files(data_file, tmp_path):
     spec = _spec(tune={**SPEC["tune"], "lr_bounds": [0.03, 0.3],
                        "one_minus_momentum_bounds": [0.1, 0.5]})
     out = tmp_path / "run"
-    best = tune(data_file, "momentum", B, spec, out)
+    best = tune(data_file, parse_run("momentum"), B, spec, out)
     rows = _read_csv(out / "tuning.csv")
     assert tuple(rows[0]) == TUNING_COLUMNS
     assert len(rows) == best["trials"] * 2 and best["rounds"] == 2
@@ -250,7 +253,7 @@ def test_tune_train_reference_write_the_contract_files(data_file, tmp_path):
                                                           for r in chosen]))
     assert 0.5 <= best["momentum"] <= 0.9 and best["alpha"] is None and best["run"] == "momentum"
 
-    train(data_file, "momentum", B, spec, out / "best.json", out)
+    train(data_file, parse_run("momentum"), B, spec, out / "best.json", out)
     metrics = _read_csv(out / "metrics.csv")
     assert tuple(metrics[0]) == METRICS_COLUMNS and len(metrics) == 2 * 3
     assert {(r["seed"], r["epoch"]) for r in metrics} == {(s, e) for s in "12" for e in "123"}
@@ -262,7 +265,7 @@ def test_tune_train_reference_write_the_contract_files(data_file, tmp_path):
 
     ref = tmp_path / "ref"
     sgd = tmp_path / "sgd"
-    tune(data_file, "sgd", B, spec, sgd)
+    tune(data_file, parse_run("sgd"), B, spec, sgd)
     reference(data_file, spec, sgd / "best.json", B, ref)
     meta = json.loads((ref / "reference.json").read_text())
     assert meta["checkpoints"] == {"init": 0, "epoch1": 1, "p25": 1, "p50": 2, "p100": 3}
@@ -281,7 +284,7 @@ def test_tune_train_reference_write_the_contract_files(data_file, tmp_path):
 
 def test_fixed_alpha_run_keeps_its_alpha_and_gets_the_same_trials(data_file, tmp_path):
     spec = _spec(epochs=1)
-    best = tune(data_file, "sgd+sngrad1@0.1", B, spec, tmp_path / "a")
+    best = tune(data_file, parse_run("sgd+sngrad1@0.1"), B, spec, tmp_path / "a")
     assert best["alpha"] == 0.1 and best["run"] == "sgd+sngrad1@0.1"
     assert best["optimizer"] == "sgd+sngrad1"
     assert best["alpha_scaled"] == 0.1 and best["alpha_reference"] == "absolute"
@@ -293,13 +296,13 @@ def test_fixed_alpha_run_keeps_its_alpha_and_gets_the_same_trials(data_file, tmp
 def test_all_diverged_tuning_flows_to_train_as_nan_rows(data_file, tmp_path):
     spec = _spec(epochs=1, diverge_loss=1e-3)  # nothing can stay below this
     out = tmp_path / "run"
-    best = tune(data_file, "sgd", B, spec, out)
+    best = tune(data_file, parse_run("sgd"), B, spec, out)
     assert best["all_diverged"] and best["learning_rate"] is None
     # the next rate down, 0.03 / sqrt(10) = 0.0095, leaves lr_bounds' 0.01: no extension
     assert best["rounds"] == 1 and best["at_bound"]
     assert best["axes"]["learning_rate"]["status"] == "bound"
     assert {r["chosen"] for r in _read_csv(out / "tuning.csv")} == {"False"}
-    train(data_file, "sgd", B, spec, out / "best.json", out)
+    train(data_file, parse_run("sgd"), B, spec, out / "best.json", out)
     metrics = _read_csv(out / "metrics.csv")
     assert len(metrics) == 2 and {r["diverged"] for r in metrics} == {"True"}
     assert all(math.isnan(float(r["test_accuracy"])) for r in metrics)
@@ -328,9 +331,52 @@ def test_bad_arguments_fail_before_any_work(data_file, tmp_path, capsys):
     path = tmp_path / "best.json"
     path.write_text(json.dumps({"run": "adam", "batch_size": B, "learning_rate": 0.1}))
     with pytest.raises(SngradError, match="run='adam'; this run needs 'sgd'"):
-        train(data_file, "sgd", B, _spec(), path, tmp_path / "t")
+        train(data_file, parse_run("sgd"), B, _spec(), path, tmp_path / "t")
     path.write_text(json.dumps({"run": "sgd", "batch_size": B, "learning_rate": 0.1,
                                 "momentum": 0.9}))
     with pytest.raises(SngradError, match="takes none"):
-        train(data_file, "sgd", B, _spec(), path, tmp_path / "t")
+        train(data_file, parse_run("sgd"), B, _spec(), path, tmp_path / "t")
     assert not (tmp_path / "t").exists()
+
+
+# A run name is parsed once, where it enters: the command line. The rest of a training run
+# (commands, cost model, engine, step, optimizer registry, diagnostics) asks the parsed value.
+_COUNT_PARSES = """
+import collections, json, sys
+import sngrad.names as names
+
+calls = collections.Counter()
+
+def counted(fn):
+    def wrapper(*args, **kwargs):
+        calls[fn.__name__] += 1
+        return fn(*args, **kwargs)
+    return wrapper
+
+# before anything imports them by name
+names.parse_run = counted(names.parse_run)
+names.parse_optimizer = counted(names.parse_optimizer)
+from sngrad.cli import main
+
+assert main(sys.argv[1:]) == 0
+print(json.dumps(calls))
+"""
+
+
+@pytest.mark.parametrize(("run", "hparams"), [
+    ("sgd+sngrad1", {"alpha": 1.0}), ("momentum", {"momentum": 0.9}), ("sgd+svrg", {})])
+def test_a_training_run_parses_its_name_once(data_file, tmp_path, run, hparams):
+    import subprocess
+    import sys
+
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"run": run, "batch_size": B, "learning_rate": 0.1,
+                                "momentum": None, "alpha": None, "all_diverged": False,
+                                **hparams}))
+    spec = json.dumps({**SPEC, "epochs": 1, "seeds": [1]})
+    argv = ["train", "--data", str(data_file), "--optimizer", run, "--batch-size", str(B),
+            "--spec", spec, "--hparams", str(best), "--out-dir", str(tmp_path / "out")]
+    out = subprocess.run([sys.executable, "-c", _COUNT_PARSES, *argv], capture_output=True,
+                         text=True, check=True).stdout.strip().splitlines()[-1]
+    # parse_run once, at the command line, and the parse_optimizer inside it: no re-parse
+    assert json.loads(out) == {"parse_run": 1, "parse_optimizer": 1}

@@ -83,7 +83,7 @@ def test_tune_selects_on_the_validation_split_not_the_test_split(flipped_test_fi
     assert init_val_accuracy == 4 / 32  # the design: test would score it 28 / 32
 
     out = tmp_path / "tune"
-    best = tune(path, "sgd", 8, parse_spec(TUNE_SPEC), out)
+    best = tune(path, parse_run("sgd"), 8, parse_spec(TUNE_SPEC), out)
     with open(out / "tuning.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     by_setting = {}
@@ -148,7 +148,7 @@ def test_cv_step_applies_the_coefficient_cov_over_snapshot_variance(backend):
     the variance ratio sum(var g + lam^2 var h - 2 lam cov) / sum(var g) of each weight matrix.
     """
     params, snap, anchor, x, y = _cv_problem()
-    step = make_step("sgd+cv", backend=backend, batch_size=CV_BATCH, schedule="constant",
+    step = make_step(parse_run("sgd+cv"), backend=backend, batch_size=CV_BATCH, schedule="constant",
                      total_steps=1)
     hp = {"learning_rate": jnp.float32(CV_LR)}
     new_params, opt_state, record = jax.jit(step)(params, step.init(params, hp), (x, y), hp,
@@ -254,8 +254,8 @@ def test_holm_adjusts_over_every_batch_size_of_the_equal_epochs_family():
     p_(1) <= ... <= p_(4), is max_{j <= i} min(1, (m - j + 1) p_(j)): 4/64, 4/64, 2/8, 29/64,
     so nothing is significant. Per batch size (m = 2) it would be 2/64 for both sgd+sngrad1
     rows, each then called "better"."""
-    table = paired_table(_holm_metrics(), ["sgd", "sgd+sngrad1", "sgd+sngrad2"], [32, 128],
-                         dataset="toy")
+    runs = [parse_run(run) for run in ("sgd", "sgd+sngrad1", "sgd+sngrad2")]
+    table = paired_table(_holm_metrics(), runs, [32, 128], dataset="toy")
     family = table[table["family"] == "equal_epochs"].set_index(["batch_size", "run"])
     assert len(family) == 4
     for key, (diffs, p) in DIFFERENCES.items():

@@ -198,7 +198,7 @@ def split_sizes(config: Mapping, dataset: str) -> tuple[int, int]:
 
 
 def _run_problems(config: Mapping) -> list[str]:
-    from sngrad.names import paired_base, parse_run
+    from sngrad.names import parse_run
 
     problems = []
     primary = config["train"]["schedule"]
@@ -212,9 +212,9 @@ def _run_problems(config: Mapping) -> list[str]:
             plain = parts._replace(schedule=None).name
             problems.append(f"optimizers[{i}] = {_shown(run)}: ~{primary} is the profile's own "
                             f"schedule (train.schedule); allowed: {plain!r}")
-        elif parts.schedule is not None and paired_base(run) is not None and (
-                paired_base(run) not in config["optimizers"]):
-            problems.append(f"optimizers[{i}] = {_shown(run)}: its base {paired_base(run)!r} "
+        elif parts.schedule is not None and parts.paired_base is not None and (
+                parts.paired_base.name not in config["optimizers"]):
+            problems.append(f"optimizers[{i}] = {_shown(run)}: its base {parts.paired_base.name!r} "
                             "(the same optimizer family at the same schedule) is not in "
                             "optimizers; allowed: add it, or drop the arm")
     if REFERENCE_RUN not in config["optimizers"]:

@@ -53,7 +53,7 @@ Anchor (``+cv``, ``+svrg``)
     so ``ceil(E / m)`` anchors in E epochs.
 
 Equal compute
-    A run of the base (:func:`base_run`) for E epochs of ``S = N // B`` steps costs
+    A run of the base (``RunName.paired_base``) for E epochs of ``S = N // B`` steps costs
     ``budget = C_base(E S)``, with ``C_r(t) = t c_r + anchors taken before step t`` (step
     costs ``c_r`` of :func:`step_flops`). The budget step ``k*`` of a run is the largest t
     with ``C_run(t) <= budget``; it is known before training, and the engine evaluates the
@@ -70,7 +70,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sngrad.errors import SngradError
-from sngrad.names import optimizer_of, paired_base, parse_run
+from sngrad.names import RunName, parse_run
 
 LOSS_FORWARD_PER_CLASS = 4  # log-softmax: subtract the max, exp, sum, log-subtract
 LOSS_BACKWARD_PER_CLASS = 3  # softmax - one-hot, times the 1/B seed
@@ -161,36 +161,27 @@ def moment_floor(widths: Sequence[int]) -> float:
 # ============================================================================ runs
 
 
-def base_run(run: str) -> str | None:
-    """The base a run is compared with (:func:`sngrad.names.paired_base`); None for a base."""
-    return paired_base(run)
+# The functions of a run take it parsed (:class:`sngrad.names.RunName`: its ``step_kind``,
+# ``base``, ``variant``, ``alpha_reference`` and ``paired_base`` decide the count); those of a
+# profile parse the profile's run names once, where they read them.
 
 
-def step_kind(run: str) -> str:
-    """``plain``, ``moments`` (+sngradN, svag), ``svrg`` or ``cv``: what one step computes."""
-    spec = parse_run(run)
-    if spec.cv is not None:
-        return "svrg" if spec.cv == 1.0 else "cv"
-    return "moments" if spec.variant is not None or spec.base == "svag" else "plain"
-
-
-def step_flops(run: str, widths: Sequence[int], batch: int) -> int:
+def step_flops(run: RunName, widths: Sequence[int], batch: int) -> int:
     """FLOPs of one training step of ``run`` on a batch of ``batch`` examples."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise SngradError(f"batch must be an integer >= 1; got {batch!r}")
-    spec = parse_run(run)
-    kind = step_kind(run)
+    kind = run.step_kind
     f, g = forward_flops(widths), backward_flops(widths)
     p, p_w = parameter_count(widths), weight_count(widths)
-    per_param = UPDATE_PER_PARAMETER[spec.base]
+    per_param = UPDATE_PER_PARAMETER[run.base]
     if kind == "plain":
         return batch * (f + g) + per_param * p
     if kind == "svrg":
         return batch * 2 * (f + g) + (per_param + SVRG_PER_PARAMETER) * p
     m = moment_flops(widths)
     if kind == "moments":
-        factor = FACTOR_PER_PARAMETER[spec.variant] if spec.variant is not None else 0
-        if spec.alpha_reference == "rms":
+        factor = FACTOR_PER_PARAMETER[run.variant] if run.variant is not None else 0
+        if run.alpha_reference == "rms":
             factor += RMS_SIGMA_PER_PARAMETER
         return (batch * (f + g + m) + (per_param + factor) * p
                 + VARIANCE_FINISH_PER_WEIGHT * p_w)
@@ -199,14 +190,14 @@ def step_flops(run: str, widths: Sequence[int], batch: int) -> int:
             + (2 * VARIANCE_FINISH_PER_WEIGHT + CV_PER_WEIGHT) * p_w)
 
 
-def example_flops(run: str, widths: Sequence[int], batch: int) -> float:
+def example_flops(run: RunName, widths: Sequence[int], batch: int) -> float:
     """FLOPs per example of one step: ``step_flops / batch``."""
     return step_flops(run, widths, batch) / batch
 
 
-def anchor_flops(run: str, widths: Sequence[int], n_train: int) -> int:
+def anchor_flops(run: RunName, widths: Sequence[int], n_train: int) -> int:
     """FLOPs of one anchor (full-data mean gradient) of a control-variate run, else 0."""
-    if step_kind(run) not in ("cv", "svrg"):
+    if not run.needs_snapshot:
         return 0
     chunks = -(-n_train // min(ANCHOR_CHUNK, n_train))
     return n_train * (forward_flops(widths) + backward_flops(widths)) + parameter_count(
@@ -220,7 +211,7 @@ def steps_per_epoch(n_train: int, batch: int) -> int:
     return n_train // batch
 
 
-def cumulative_flops(run: str, widths: Sequence[int], n_train: int, batch: int,
+def cumulative_flops(run: RunName, widths: Sequence[int], n_train: int, batch: int,
                      snapshot_every: int, steps: int) -> int:
     """C_run(t): FLOPs of the first ``steps`` steps, anchors taken before them included."""
     per_epoch = steps_per_epoch(n_train, batch)
@@ -229,7 +220,7 @@ def cumulative_flops(run: str, widths: Sequence[int], n_train: int, batch: int,
     return steps * step_flops(run, widths, batch) + anchors * anchor_flops(run, widths, n_train)
 
 
-def epoch_flops(run: str, widths: Sequence[int], n_train: int, batch: int,
+def epoch_flops(run: RunName, widths: Sequence[int], n_train: int, batch: int,
                 snapshot_every: int = 1) -> float:
     """FLOPs of one epoch, the anchor amortised over ``snapshot_every`` epochs."""
     steps = steps_per_epoch(n_train, batch)
@@ -237,7 +228,7 @@ def epoch_flops(run: str, widths: Sequence[int], n_train: int, batch: int,
             + anchor_flops(run, widths, n_train) / snapshot_every)
 
 
-def cost_ratio(run: str, base: str, widths: Sequence[int], n_train: int, batch: int,
+def cost_ratio(run: RunName, base: RunName, widths: Sequence[int], n_train: int, batch: int,
                snapshot_every: int = 1) -> float:
     """Epoch cost of ``run`` over that of ``base`` (anchors amortised)."""
     return (epoch_flops(run, widths, n_train, batch, snapshot_every)
@@ -271,10 +262,10 @@ class Budget:
         return self.step / self.steps_per_epoch
 
 
-def budget_step(run: str, widths: Sequence[int], n_train: int, batch: int, epochs: int,
+def budget_step(run: RunName, widths: Sequence[int], n_train: int, batch: int, epochs: int,
                 snapshot_every: int = 1) -> Budget:
-    """The budget step k* of ``run`` against its base (a base against itself)."""
-    base = base_run(run) or optimizer_of(run)
+    """The budget step k* of ``run`` against its base (a base against its optimizer)."""
+    base = run.paired_base or run._replace(schedule=None)  # a base: itself, by its optimizer
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise SngradError(f"epochs must be an integer >= 1; got {epochs!r}")
     if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or \
@@ -282,13 +273,14 @@ def budget_step(run: str, widths: Sequence[int], n_train: int, batch: int, epoch
         raise SngradError(f"snapshot_every must be an integer >= 1; got {snapshot_every!r}")
     total = epochs * steps_per_epoch(n_train, batch)
 
-    def spent(who: str, t: int) -> int:
+    def spent(who: RunName, t: int) -> int:
         return cumulative_flops(who, widths, n_train, batch, snapshot_every, t)
 
     budget, full = spent(base, total), spent(run, total)
     per_epoch = steps_per_epoch(n_train, batch)
     if full <= budget:
-        return Budget(run, base, total, total, per_epoch, budget, full, full < budget)
+        return Budget(run.name, base.name, total, total, per_epoch, budget, full,
+                      full < budget)
     low, high = 0, total  # spent(low) <= budget < spent(high); spent is non-decreasing
     while high - low > 1:
         mid = (low + high) // 2
@@ -296,7 +288,7 @@ def budget_step(run: str, widths: Sequence[int], n_train: int, batch: int, epoch
             low = mid
         else:
             high = mid
-    return Budget(run, base, low, total, per_epoch, budget, spent(run, low), False)
+    return Budget(run.name, base.name, low, total, per_epoch, budget, spent(run, low), False)
 
 
 # ============================================================================ a profile's cost
@@ -359,7 +351,7 @@ def _cell_shape(profile: dict, dataset: str) -> tuple[list[int], int, int, int]:
     return widths, n_train, n_val, TEST_EXAMPLES.get(spec.name, n_val)
 
 
-def tuning_trial_flops(profile: dict, dataset: str, run: str, batch: int) -> float:
+def tuning_trial_flops(profile: dict, dataset: str, run: RunName, batch: int) -> float:
     """Counted FLOPs of one tuning run (one setting, one tuning seed): ``train.epochs`` epochs
     of training and one validation pass at the end."""
     widths, n_train, n_val, _ = _cell_shape(profile, dataset)
@@ -367,19 +359,6 @@ def tuning_trial_flops(profile: dict, dataset: str, run: str, batch: int) -> flo
     _, flops = _training(run, widths, n_train, batch, int(train["epochs"]),
                          int(train["snapshot_every"]), 1, 0)
     return flops + n_val * forward_flops(widths)
-
-
-def tuning_runs(profile: Mapping) -> dict[str, int]:
-    """Per run name of a profile: the tuning runs of its search without extension rounds (the
-    settings of round 0 and of the refinement, :func:`sngrad.train.protocol.trial_count`,
-    times the tuning seeds)."""
-    from sngrad.names import parse_run
-    from sngrad.spec import tune_spec
-    from sngrad.train.protocol import trial_count
-
-    tune = tune_spec(profile["tune"])
-    return {run: sum(trial_count(parse_run(run), tune)) * len(tune.seeds)
-            for run in profile["optimizers"]}
 
 
 def profile_stages(profile: dict) -> list[Stage]:
@@ -396,14 +375,14 @@ def profile_stages(profile: dict) -> list[Stage]:
     (:func:`sngrad.resources.benchmark_minutes`).
     """
     from sngrad import config as profiles
-    from sngrad.names import parse_run
     from sngrad.spec import tune_spec
     from sngrad.train.protocol import trial_count
 
     train, tune = profile["train"], tune_spec(profile["tune"])
     seeds = len(tune.seeds)
     epochs, every = int(train["epochs"]), int(train["snapshot_every"])
-    rounds = {run: trial_count(parse_run(run), tune) for run in profile["optimizers"]}
+    runs = [parse_run(run) for run in profile["optimizers"]]
+    rounds = {run: trial_count(run, tune) for run in runs}
     totals = {name: [0, 0, 0.0, 0, 0]
               for name in ("tuning", "final training", "reference", "noise")}
 
@@ -414,7 +393,7 @@ def profile_stages(profile: dict) -> list[Stage]:
 
     for dataset in profile["datasets"]:
         widths, n_train, n_val, n_test = _cell_shape(profile, dataset)
-        for run in profile["optimizers"]:
+        for run in runs:
             for batch in profile["batch_sizes"]:
                 steps = epochs * steps_per_epoch(n_train, batch)
                 tune_runs = sum(rounds[run]) * seeds
@@ -425,7 +404,8 @@ def profile_stages(profile: dict) -> list[Stage]:
                                                    len(train["seeds"]), n_val + n_test),
                     steps, [len(train["seeds"])])
         ref_batch = profiles.reference_batch_size(profile)
-        add("reference", 1, _training("sgd", widths, n_train, ref_batch, epochs, every, 1, 0),
+        add("reference", 1, _training(parse_run("sgd"), widths, n_train, ref_batch, epochs,
+                                      every, 1, 0),
             epochs * steps_per_epoch(n_train, ref_batch), [1])
         per_example = forward_flops(widths) + backward_flops(widths) + moment_flops(widths)
         drawn = sum(b * noise_batches(b, profile["noise"]["batches"])
@@ -534,8 +514,8 @@ def calibrate_step_overhead(profile: Mapping, steps: int = 256, epochs: int = 3)
     for k in OVERHEAD_RUNS:
         configs = [RunConfig(0.01, None, None, seed) for seed in range(k)]
         with contextlib.redirect_stderr(io.StringIO()):  # the sweep's progress lines
-            wall = run_sweep(splits, "sgd", OVERHEAD_BATCH, spec, configs, TRAIN_MODE).records[
-                "wall_time"]
+            wall = run_sweep(splits, parse_run("sgd"), OVERHEAD_BATCH, spec, configs,
+                             TRAIN_MODE).records["wall_time"]
         per_step.append(float(np.min(np.diff(np.concatenate([[0.0], wall])))) / steps)
     (k1, k2), (t1, t2) = OVERHEAD_RUNS, per_step
     per_run = max((t2 - t1) / (k2 - k1), 0.0)

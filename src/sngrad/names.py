@@ -21,9 +21,13 @@ decays: an *arm* of the study. A run and its paired base always share the schedu
 Two different "bases" appear in the study and are kept apart here:
 
 - :data:`BASES`, the base optimizers of the registry (what precedes the ``+``);
-- :func:`paired_base`, the run a run is compared with in the paired tests, one of
+- :attr:`RunName.paired_base`, the run a run is compared with in the paired tests, one of
   :data:`PAIRED_BASES`: ``X+sngradN -> X``, svag, msvag, sgd+cv, sgd+svrg -> sgd,
   adabelief -> adam; the paired bases themselves have none.
+
+A name is parsed once, where it enters (:func:`parse_run`: the command line, a Snakemake
+rule, a notebook's parameters, a profile or a table read from disk), and the parsed
+:class:`RunName` is what the rest of the code takes and asks.
 """
 
 from __future__ import annotations
@@ -64,13 +68,17 @@ _NAMED_PAIRED_BASES = {
 
 
 class RunName(NamedTuple):
-    """A run name split into its parts.
+    """A run name parsed once, where it enters (the command line, a Snakemake rule, a
+    notebook's parameters), and handed on as this value: the engine, the step, the optimizer
+    registry, the cost model and the analysis ask it rather than read the string again.
 
     ``optimizer`` is the registry name (``sgd+sngrad1``), ``base`` its base optimizer
     (``sgd``), ``variant`` the sngrad variant (``"I"``..``"III"`` or None), ``cv`` the
     control-variate coefficient (``"optimal"``, 1.0 or None), ``fixed_alpha`` the raw alpha
-    after ``@`` (None: tuned), ``schedule`` the schedule after ``~`` (None: the profile's);
-    :attr:`alpha_reference` follows from them.
+    after ``@`` (None: tuned), ``schedule`` the schedule after ``~`` (None: the profile's).
+    What follows from them: :attr:`name` (also ``str(run)``, the one spelling of paths and
+    CSV cells), :attr:`alpha_reference`, :attr:`paired_base`, :attr:`needs_variance`,
+    :attr:`needs_snapshot`, :attr:`has_momentum`, :attr:`step_kind`.
     """
 
     optimizer: str
@@ -84,6 +92,52 @@ class RunName(NamedTuple):
     def name(self) -> str:
         """The run name in its shortest form."""
         return format_run(self.optimizer, self.fixed_alpha, self.schedule)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def needs_variance(self) -> bool:
+        """Whether a step feeds the optimizer the per-example gradient variance (``grad_var``:
+        +sngrad variants and svag)."""
+        return self.variant is not None or self.base == "svag"
+
+    @property
+    def needs_snapshot(self) -> bool:
+        """Whether a step feeds the optimizer the snapshot statistics (+cv, +svrg)."""
+        return self.cv is not None
+
+    @property
+    def has_momentum(self) -> bool:
+        """Whether the optimizer takes a momentum coefficient (momentum and its +sngrad)."""
+        return self.base in MOMENTUM_BASES
+
+    @property
+    def step_kind(self) -> str:
+        """What one step computes: ``"plain"`` (loss and gradient), ``"moments"`` (and the
+        per-example variance), ``"cv"`` (the co-moments at the parameters and the snapshot)
+        or ``"svrg"`` (the two batch means)."""
+        if self.cv is not None:
+            return "svrg" if self.cv == 1.0 else "cv"
+        return "moments" if self.needs_variance else "plain"
+
+    @property
+    def paired_base(self) -> RunName | None:
+        """The run this run is compared with in the paired tests (one of
+        :data:`PAIRED_BASES`, with this run's ``~schedule``), or None for those:
+        ``X+sngradN -> X``; svag, msvag, sgd+cv, sgd+svrg -> sgd; adabelief -> adam."""
+        if self.optimizer in _NAMED_PAIRED_BASES:
+            base = _NAMED_PAIRED_BASES[self.optimizer]
+        elif "+" in self.optimizer:
+            base = self.base
+        else:
+            return None
+        return RunName(base, base, None, None, None, self.schedule)  # a plain registry base
+
+    def schedule_or(self, primary: str) -> str:
+        """The schedule the run trains with: its ``~schedule``, else the profile's
+        ``primary``."""
+        return self.schedule or primary
 
     @property
     def alpha_reference(self) -> str:
@@ -152,37 +206,3 @@ def parse_run(run: str) -> RunName:
     if parts.name != run:  # one spelling per run, so paths and CSV cells agree
         raise SngradError(f"run {run!r}: write it as {parts.name!r}")
     return parts
-
-
-def optimizer_of(run: str) -> str:
-    """The registry optimizer of a run: ``sgd+sngrad1@0.1`` -> ``sgd+sngrad1``."""
-    return parse_run(run).optimizer
-
-
-def variant_of(run: str) -> str | None:
-    """``"I"``, ``"II"`` or ``"III"`` for a sngrad run, else None."""
-    return parse_run(run).variant
-
-
-def fixed_alpha(run: str) -> float | None:
-    """The alpha fixed in a run name (``@a``), or None for a tuned alpha."""
-    return parse_run(run).fixed_alpha
-
-
-def paired_base(run: str) -> str | None:
-    """The run ``run`` is compared with (one of :data:`PAIRED_BASES`, with the run's own
-    ``~schedule``), or None for those."""
-    parts = parse_run(run)
-    optimizer = parts.optimizer
-    if optimizer in _NAMED_PAIRED_BASES:
-        base = _NAMED_PAIRED_BASES[optimizer]
-    elif "+" in optimizer:
-        base = optimizer.partition("+")[0]
-    else:
-        return None
-    return format_run(base, None, parts.schedule)
-
-
-def schedule_of(run: str, primary: str) -> str:
-    """The schedule ``run`` trains with: its ``~schedule``, else the profile's ``primary``."""
-    return parse_run(run).schedule or primary

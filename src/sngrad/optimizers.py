@@ -19,9 +19,15 @@ I, II, III of :mod:`sngrad.transforms`) on sgd, momentum and adam; ``+cv`` (per-
 optimal control-variate coefficient) and ``+svrg`` (coefficient 1) on sgd.
 
 Every optimizer returned by :func:`build_optimizer` has the same call shape,
-``opt.update(grad, state, params, **extra)``: :func:`needs_variance` ones take
-``grad_var`` (the per-example gradient variance), :func:`needs_snapshot` ones take
-``snap_mean, snap_var, cov, anchor``; each ignores the keywords it does not use.
+``opt.update(grad, state, params, **extra)``: those whose parsed name
+(:class:`sngrad.names.RunName`) ``needs_variance`` take ``grad_var`` (the per-example
+gradient variance), those that ``needs_snapshot`` take ``snap_mean, snap_var, cov, anchor``;
+each ignores the keywords it does not use.
+
+The pipeline parses a run name once where it enters and hands the parsed value on;
+:func:`build_optimizer` also takes the registry name as a string for library users (parsed
+there, once), and :func:`needs_variance`, :func:`needs_snapshot`, :func:`has_momentum` are
+the same questions for a name string, for them.
 """
 
 from __future__ import annotations
@@ -35,26 +41,28 @@ import jax.numpy as jnp
 import optax
 
 from sngrad.errors import SngradError
-from sngrad.names import MOMENTUM_BASES, parse_optimizer
+from sngrad.names import MOMENTUM_BASES, RunName, parse_optimizer
 from sngrad.transforms import DEFAULT_ALPHA, noise_informed
 
 _DEFAULT_MOMENTUM = 0.9
 
 
 def needs_variance(name: str) -> bool:
-    """Whether ``opt.update`` must be given ``grad_var`` (+sngrad variants and svag)."""
-    spec = parse_optimizer(name)
-    return spec.variant is not None or spec.base == "svag"
+    """Whether ``opt.update`` must be given ``grad_var`` (+sngrad variants and svag); for
+    library users, :attr:`sngrad.names.RunName.needs_variance` of the parsed name."""
+    return parse_optimizer(name).needs_variance
 
 
 def needs_snapshot(name: str) -> bool:
-    """Whether ``opt.update`` must be given the snapshot statistics (+cv, +svrg)."""
-    return parse_optimizer(name).cv is not None
+    """Whether ``opt.update`` must be given the snapshot statistics (+cv, +svrg); for library
+    users, :attr:`sngrad.names.RunName.needs_snapshot` of the parsed name."""
+    return parse_optimizer(name).needs_snapshot
 
 
 def has_momentum(name: str) -> bool:
-    """Whether the optimizer takes a momentum coefficient (momentum and its +sngrad)."""
-    return parse_optimizer(name).base in MOMENTUM_BASES
+    """Whether the optimizer takes a momentum coefficient (momentum and its +sngrad); for
+    library users, :attr:`sngrad.names.RunName.has_momentum` of the parsed name."""
+    return parse_optimizer(name).has_momentum
 
 
 def _concrete(value: Any, what: str) -> float | None:
@@ -212,7 +220,7 @@ def _base_optimizer(base: str, learning_rate, momentum, batch_size):
 
 
 def build_optimizer(
-    name: str,
+    name: str | RunName,
     learning_rate: float | Callable,
     *,
     momentum: float | None = None,
@@ -223,7 +231,9 @@ def build_optimizer(
     """Build the optimizer called ``name`` (one of :data:`OPTIMIZERS`).
 
     Args:
-      name: a registry name, e.g. ``sgd``, ``adam+sngrad2``, ``sgd+cv``.
+      name: a registry name, e.g. ``sgd``, ``adam+sngrad2``, ``sgd+cv`` (parsed here, the
+        library's boundary), or a parsed run (:class:`sngrad.names.RunName`, what the
+        pipeline passes; only its optimizer is read, not its ``@alpha`` or ``~schedule``).
       learning_rate: finite and > 0 (or an optax schedule).
       momentum: in [0, 1), only for momentum and its +sngrad (default 0.9); giving it for
         another optimizer is an error rather than silently ignored, so a tuned value is never
@@ -238,11 +248,12 @@ def build_optimizer(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; call ``opt.update(grad, state, params,
-      **extra)`` with the keywords of :func:`needs_variance` / :func:`needs_snapshot`.
+      **extra)`` with the keywords its parsed name ``needs_variance`` / ``needs_snapshot``.
     """
-    base, variant, coefficient = parse_optimizer(name)[1:4]
+    run = name if isinstance(name, RunName) else parse_optimizer(name)
+    name, base, variant, coefficient = run.optimizer, run.base, run.variant, run.cv
     _check_learning_rate(learning_rate)
-    if base in MOMENTUM_BASES:
+    if run.has_momentum:
         momentum = _DEFAULT_MOMENTUM if momentum is None else momentum
         _check_momentum(momentum)
     elif momentum is not None:

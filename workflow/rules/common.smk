@@ -17,6 +17,7 @@ from sngrad import costs, ledger, resources
 from sngrad import runlock, runstart
 from sngrad.data.splits import repair as repair_splits
 from sngrad.errors import SngradError
+from sngrad.names import parse_run
 from sngrad.layout import (
     NOTEBOOKS,
     PUBLISHING_PROFILE,
@@ -212,8 +213,9 @@ def cell_priority(wildcards):
             and batch == profiles.reference_batch_size(config)):
         return EARLY
     widths = resources.widths(config, wildcards.dataset)
-    ratio = costs.example_flops(wildcards.optimizer, widths, batch) / costs.example_flops(
-        "sgd", widths, batch)
+    run = parse_run(wildcards.optimizer)  # the rule's run name, parsed where it enters
+    ratio = costs.example_flops(run, widths, batch) / costs.example_flops(
+        parse_run("sgd"), widths, batch)
     return round(10 * ratio)
 
 

@@ -43,7 +43,7 @@ from sngrad.analysis.paired import (
     sign_flip_interval,
     sign_flip_p,
 )
-from sngrad.names import schedule_of
+from sngrad.names import RunName
 from sngrad.tables import OUTCOMES, TREND_DIRECTIONS
 
 TREND_COLUMNS = [
@@ -60,7 +60,7 @@ SCALING_COLUMNS = [
 RULES = {"linear": 1.0, "square root": 0.5, "constant": 0.0}
 
 
-def batch_trend(metrics: pd.DataFrame, runs: Sequence[str], batch_sizes: Sequence[int], *,
+def batch_trend(metrics: pd.DataFrame, runs: Sequence[RunName], batch_sizes: Sequence[int], *,
                 dataset: str, primary: str, epochs: int | None = None,
                 factors: dict | None = None) -> pd.DataFrame:
     """One row per (run with its base, outcome): the change of the paired difference from the
@@ -76,7 +76,8 @@ def batch_trend(metrics: pd.DataFrame, runs: Sequence[str], batch_sizes: Sequenc
     rows = []
     for outcome, higher_is_better in OUTCOMES.items():
         values = seed_values(metrics, epochs, outcome)
-        for run, base in comparisons(runs):
+        for parsed, parsed_base in comparisons(runs):
+            run, base = parsed.name, parsed_base.name  # the frames' keys
             y = common_seed_values(values, [(r, b) for b in (low, high) for r in (run, base)])
             n_pairs = len(y[0])
             d_low, d_high = y[0] - y[1], y[2] - y[3]
@@ -92,7 +93,7 @@ def batch_trend(metrics: pd.DataFrame, runs: Sequence[str], batch_sizes: Sequenc
                 direction = UNCHANGED
             rows.append({
                 "dataset": dataset, "run": run, "base": base,
-                "schedule": schedule_of(run, primary), "outcome": outcome,
+                "schedule": parsed.schedule_or(primary), "outcome": outcome,
                 "batch_size_low": low, "batch_size_high": high, "n_pairs": n_pairs,
                 "diff_low": float(d_low.mean()) if n_pairs else math.nan,
                 "diff_high": float(d_high.mean()) if n_pairs else math.nan,

@@ -43,7 +43,7 @@ from sngrad.analysis.tuning import (
     tuning_axes,
     tuning_settings,
 )
-from sngrad.names import paired_base, parse_run, variant_of
+from sngrad.names import RunName
 from sngrad.tables import (
     PAIRED_COLUMNS,
     SUMMARY_COLUMNS,
@@ -61,19 +61,21 @@ def network_weights(layout, datasets, hidden) -> dict[str, dict[str, int]]:
     return out
 
 
-def dataset_tables(layout, dataset: str, runs, batch_sizes, config: dict):
+def dataset_tables(layout, dataset: str, runs: Sequence[RunName], batch_sizes, config: dict):
     """(summary, paired, winners, schedules, trend) of one dataset: what the summary notebook
-    writes (``trend``: :func:`sngrad.analysis.batch_trend.batch_trend`).
+    writes (``trend``: :func:`sngrad.analysis.batch_trend.batch_trend`); ``runs`` parsed
+    where the notebook reads them.
 
     ``config`` supplies the epoch count (``train.epochs``); the equal-compute family reads
     every run's ``budget.csv``.
     """
     epochs = (config.get("train") or {}).get("epochs")
     primary = (config.get("train") or {}).get("schedule", "constant")
-    metrics, _ = read_run_tables(layout, [dataset], runs, batch_sizes, "metrics.csv")
-    budget, _ = read_run_tables(layout, [dataset], runs, batch_sizes, "budget.csv")
-    diagnostics, _ = read_run_tables(layout, [dataset], runs, batch_sizes, "diagnostics.csv")
-    best = read_best(layout, [dataset], runs, batch_sizes)
+    names = [run.name for run in runs]  # the files' folders
+    metrics, _ = read_run_tables(layout, [dataset], names, batch_sizes, "metrics.csv")
+    budget, _ = read_run_tables(layout, [dataset], names, batch_sizes, "budget.csv")
+    diagnostics, _ = read_run_tables(layout, [dataset], names, batch_sizes, "diagnostics.csv")
+    best = read_best(layout, [dataset], names, batch_sizes)
     hidden = (config.get("model") or {}).get("hidden", [])
     factors = mean_factors(shrink_summary(diagnostics,
                                           network_weights(layout, [dataset], hidden)))
@@ -99,13 +101,15 @@ def dataset_tables(layout, dataset: str, runs, batch_sizes, config: dict):
             trend)
 
 
-def performance_tables(layout, datasets, runs, batch_sizes, hidden=()) -> dict[str, pd.DataFrame]:
+def performance_tables(layout, datasets, runs: Sequence[RunName], batch_sizes,
+                       hidden=()) -> dict[str, pd.DataFrame]:
     """The performance notebook's tables, keyed by file name (``layout.NOTEBOOK_TABLES``);
     ``hidden``: the study network's hidden widths (weights the network-wide shrink share)."""
-    metrics, _ = read_run_tables(layout, datasets, runs, batch_sizes, "metrics.csv")
-    tuning, _ = read_run_tables(layout, datasets, runs, batch_sizes, "tuning.csv")
-    diagnostics, _ = read_run_tables(layout, datasets, runs, batch_sizes, "diagnostics.csv")
-    best = read_best(layout, datasets, runs, batch_sizes)
+    names = [run.name for run in runs]  # the files' folders
+    metrics, _ = read_run_tables(layout, datasets, names, batch_sizes, "metrics.csv")
+    tuning, _ = read_run_tables(layout, datasets, names, batch_sizes, "tuning.csv")
+    diagnostics, _ = read_run_tables(layout, datasets, names, batch_sizes, "diagnostics.csv")
+    best = read_best(layout, datasets, names, batch_sizes)
     settings = tuning_settings(tuning)
     alpha = alpha_table(settings) if len(settings) else pd.DataFrame(columns=ALPHA_COLUMNS)
     return {
@@ -126,7 +130,7 @@ def performance_tables(layout, datasets, runs, batch_sizes, hidden=()) -> dict[s
     }
 
 
-def run_groups(runs: Sequence[str]) -> dict[str, list[str]]:
+def run_groups(runs: Sequence[RunName]) -> dict[str, list[RunName]]:
     """The runs split into groups small enough to read in one panel, each with its base.
 
     ``sgd`` with its noise-informed variants (tuned and prototype alpha); ``sgd`` with the
@@ -142,22 +146,23 @@ def run_groups(runs: Sequence[str]) -> dict[str, list[str]]:
         "adam and its relatives": [],
     }
     names = list(groups)
+    sgd = next((run for run in runs if run.name == "sgd"), None)
     for run in runs:
-        if parse_run(run).schedule is not None:
+        if run.schedule is not None:
             groups.setdefault("the runs of another schedule (arms)", []).append(run)
             continue
-        base = paired_base(run) or run
+        base = (run.paired_base or run).name
         if base == "sgd":
-            key = names[0] if variant_of(run) or run == "sgd" else names[1]
+            key = names[0] if run.variant or run == sgd else names[1]
         else:
             key = names[2] if base == "momentum" else names[3] if base == "adam" else None
         groups.setdefault(key or "other runs", []).append(run)
-    if "sgd" in runs:
-        groups[names[1]].insert(0, "sgd")
+    if sgd is not None:
+        groups[names[1]].insert(0, sgd)
     kept = {k: v for k, v in groups.items() if v}
     # sgd alone in one of its two groups is already drawn in the other
     for mine, other in ((names[0], names[1]), (names[1], names[0])):
-        if kept.get(mine) == ["sgd"] and len(kept.get(other, [])) > 1:
+        if kept.get(mine) == [sgd] and len(kept.get(other, [])) > 1:
             del kept[mine]
     if all(len(v) == 1 for v in kept.values()):
         return {"all runs": list(runs)}

@@ -1,7 +1,7 @@
 """Paired statistics: every run against its base, per outcome, at equal epochs and at equal
 counted compute.
 
-Paired comparison of a run R with its base b (:func:`sngrad.names.paired_base`) on one
+Paired comparison of a run R with its base b (:attr:`sngrad.names.RunName.paired_base`) on one
 dataset and batch size. Every final seed s trains R and b from the same initial weights on
 the same batches, so the outcomes pair by seed: d_s = y_R(s) - y_b(s). Two outcomes are
 compared (:data:`sngrad.tables.OUTCOMES`): the test accuracy and the final training loss
@@ -71,7 +71,7 @@ from scipy import stats
 
 from sngrad.analysis.loaders import as_flag
 from sngrad.errors import SngradError
-from sngrad.names import paired_base, parse_run, schedule_of
+from sngrad.names import RunName
 from sngrad.tables import (
     NO_OP,
     NO_OP_FACTOR,
@@ -87,10 +87,11 @@ MAX_EXACT_PAIRS = 20  # 2^20 sign patterns: exact enumeration stays below a seco
 _PATTERN_CHUNK = 1 << 16
 
 
-def comparisons(runs: Sequence[str]) -> list[tuple[str, str]]:
-    """(run, base) pairs whose both members are among ``runs``, in ``runs`` order."""
+def comparisons(runs: Sequence[RunName]) -> list[tuple[RunName, RunName]]:
+    """(run, base) pairs whose both members are among the parsed ``runs``, in ``runs``
+    order."""
     present = set(runs)
-    return [(r, paired_base(r)) for r in runs if paired_base(r) in present]
+    return [(r, r.paired_base) for r in runs if r.paired_base in present]
 
 
 def sign_flip_p(differences: Iterable[float]) -> float:
@@ -389,7 +390,7 @@ def budget_values(budget: pd.DataFrame, column: str = "test_accuracy") -> pd.Dat
 
 def paired_table(
     metrics: pd.DataFrame,
-    runs: Sequence[str],
+    runs: Sequence[RunName],
     batch_sizes: Sequence[int],
     *,
     dataset: str,
@@ -422,20 +423,20 @@ def paired_table(
                  else None)
     for batch_size in batch_sizes:
         for run, base in comparisons(runs):
-            factor = factors.get((run, int(batch_size)), math.nan)
-            ends = {o: (_select(v, run, batch_size), _select(v, base, batch_size))
+            factor = factors.get((run.name, int(batch_size)), math.nan)
+            ends = {o: (_select(v, run.name, batch_size), _select(v, base.name, batch_size))
                     for o, v in at_end.items()}
             no_op = is_no_op(factor, ends.values())
-            key = {"dataset": dataset, "batch_size": int(batch_size), "run": run, "base": base,
-                   "no_op": no_op, "mean_factor": factor,
-                   "schedule": schedule_of(run, primary)}
+            key = {"dataset": dataset, "batch_size": int(batch_size), "run": run.name,
+                   "base": base.name, "no_op": no_op, "mean_factor": factor,
+                   "schedule": run.schedule_or(primary)}
             for outcome, (run_vals, base_vals) in ends.items():
                 rows.append({**key, "outcome": outcome, **_family_row(
                     "equal_epochs", run_vals, base_vals, epochs, epochs, math.nan, math.nan)})
             if at_budget is None:
                 spent = at_end["test_accuracy"].iloc[:0].assign(epochs=[], cost=[])
             else:
-                spent = at_budget[(at_budget["optimizer"] == run)
+                spent = at_budget[(at_budget["optimizer"] == run.name)
                                   & (at_budget["batch_size"] == int(batch_size))]
             e_run = float(spent["epochs"].iloc[0]) if len(spent) else math.nan
             c_run = float(spent["cost"].iloc[0]) if len(spent) else math.nan
@@ -499,7 +500,7 @@ def _family_row(family, run_vals, base_vals, e_run, e_base, c_run, c_base) -> di
 def summary_table(
     best: pd.DataFrame,
     metrics: pd.DataFrame,
-    runs,
+    runs: Sequence[RunName],
     batch_sizes,
     *,
     dataset: str,
@@ -514,7 +515,8 @@ def summary_table(
     test = seed_values(metrics, epochs, "test_accuracy")
     val = seed_values(metrics, epochs, "val_accuracy")
     rows = []
-    for run in runs:
+    for parsed in runs:
+        run = parsed.name  # the frames' key
         for batch_size in batch_sizes:
             record = {}
             if not best.empty:
@@ -526,7 +528,7 @@ def summary_table(
                 {
                     "dataset": dataset,
                     "run": run,
-                    "base": paired_base(run) or "",
+                    "base": parsed.paired_base.name if parsed.paired_base else "",
                     "batch_size": int(batch_size),
                     **{
                         k: record.get(k, math.nan)
@@ -583,7 +585,8 @@ SCHEDULE_COLUMNS = [
 ]
 
 
-def schedule_contrast(metrics: pd.DataFrame, runs: Sequence[str], batch_sizes: Sequence[int],
+def schedule_contrast(metrics: pd.DataFrame, runs: Sequence[RunName],
+                      batch_sizes: Sequence[int],
                       *, dataset: str, primary: str, epochs: int | None = None,
                       outcome: str = "train_loss") -> pd.DataFrame:
     """The theory's prediction, tested per run that has a constant-rate arm.
@@ -607,11 +610,12 @@ def schedule_contrast(metrics: pd.DataFrame, runs: Sequence[str], batch_sizes: S
     sign = 1.0 if OUTCOMES[outcome] else -1.0  # a gain is positive for an accuracy
     rows = []
     present = set(runs)
-    for run in runs:
-        parts = _arm_parts(run, primary)
-        if parts is None or not {run, *parts} <= present:
+    for parsed in runs:
+        parts = _arm_parts(parsed, primary)
+        if parts is None or not set(parts) <= present:
             continue
-        arm, base, base_arm = parts
+        run = parsed.name  # the frames' keys
+        arm, base, base_arm = (p.name for p in parts)
         for batch_size in batch_sizes:
             y = common_seed_values(values, [(r, batch_size) for r in (run, base, arm, base_arm)])
             n_pairs = len(y[0])
@@ -634,12 +638,10 @@ def schedule_contrast(metrics: pd.DataFrame, runs: Sequence[str], batch_sizes: S
     return pd.DataFrame(rows, columns=SCHEDULE_COLUMNS)
 
 
-def _arm_parts(run: str, primary: str) -> tuple[str, str, str] | None:
+def _arm_parts(run: RunName, primary: str) -> tuple[RunName, RunName, RunName] | None:
     """(the run's constant-rate arm, its base, the base's arm) for a run of the primary
     schedule that has a base, else None (or when the primary schedule is constant)."""
-    parts = parse_run(run)
-    base = paired_base(run)
-    if parts.schedule is not None or base is None or primary == "constant":
+    base = run.paired_base
+    if run.schedule is not None or base is None or primary == "constant":
         return None
-    return (parts._replace(schedule="constant").name, base,
-            parse_run(base)._replace(schedule="constant").name)
+    return (run._replace(schedule="constant"), base, base._replace(schedule="constant"))

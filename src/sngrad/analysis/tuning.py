@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from sngrad.analysis.loaders import CELL, as_flag
-from sngrad.names import fixed_alpha, variant_of
+from sngrad.names import parse_run
 
 NEAR_BEST = 0.01  # accuracy within one point of the best counts as "near the best"
 
@@ -238,8 +238,8 @@ def alpha_table(settings: pd.DataFrame) -> pd.DataFrame:
     """
     rows = []
     for key, cell in settings.groupby(CELL, sort=True):
-        run = key[1]
-        if variant_of(run) is None or fixed_alpha(run) is not None:
+        run = parse_run(key[1])  # a run name read from a table, parsed where it is read
+        if run.variant is None or run.fixed_alpha is not None:
             continue
         index = chosen_setting(cell)
         if index is None:
@@ -254,7 +254,7 @@ def alpha_table(settings: pd.DataFrame) -> pd.DataFrame:
             rows.append(
                 {
                     **dict(zip(CELL, key, strict=True)),
-                    "variant": variant_of(run),
+                    "variant": run.variant,
                     "learning_rate": lr,
                     "alpha_scaled": r["alpha_scaled"],
                     "alpha": r["alpha"],

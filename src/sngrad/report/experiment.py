@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from sngrad.layout import Layout
-from sngrad.names import variant_of
+from sngrad.names import parse_run
 from sngrad.report.format import NA, fmt, missing, number
 from sngrad.report.read import (
     config_value,
@@ -221,7 +221,8 @@ def protocol(config: dict) -> dict:
 
 def _prototype_rows(config: dict) -> list[dict]:
     """The prototype's alphas, their value on our loss, and the fixed-alpha run of each."""
-    fixed = {variant_of(r): r for r in config.get("optimizers", []) if "@" in r}
+    fixed = {run.variant: run.name for run in map(parse_run, config.get("optimizers", []))
+             if run.fixed_alpha is not None}
     rows = []
     for variant, theirs in PROTOTYPE_ALPHA.items():
         ours = theirs if variant in SCALE_FREE else theirs / PROTOTYPE_LOSS_DIVISOR

@@ -18,6 +18,7 @@ from __future__ import annotations
 from sngrad import costs
 from sngrad import ledger as job_ledger
 from sngrad.layout import Layout
+from sngrad.names import parse_run
 from sngrad.report.read import read_csv
 
 # the workflow's stages in the order the data flows (the log folder of each rule)
@@ -33,9 +34,9 @@ def tuning_flops(layout: Layout, config: dict) -> float | None:
     one tuning seed), extension rounds included; None when no tuning table exists."""
     total, found = 0.0, False
     for dataset in config.get("datasets", []):
-        for run in config.get("optimizers", []):
+        for run in map(parse_run, config.get("optimizers", [])):
             for batch in config.get("batch_sizes", []):
-                table = read_csv(layout.run_file("tuning.csv", dataset, run, batch))
+                table = read_csv(layout.run_file("tuning.csv", dataset, run.name, batch))
                 if table is None:
                     continue
                 found = True

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from sngrad.layout import Layout
-from sngrad.names import fixed_alpha, optimizer_of
+from sngrad.names import parse_run
 from sngrad.report.format import (
     NA,
     fmt,
@@ -162,7 +162,7 @@ def seed_tables(config, summary: pd.DataFrame, paired: pd.DataFrame) -> dict:
     size: one row per (dataset, run) for ``sgd`` and every ``sgd+sngrad`` run; a dataset of
     the seed that this profile does not train gets one row saying why."""
     runs = list(config.get("optimizers", []))
-    sngrad = [r for r in runs if optimizer_of(r).startswith("sgd+sngrad")]
+    sngrad = [r for r in runs if parse_run(r).optimizer.startswith("sgd+sngrad")]
     columns = (["sgd"] if "sgd" in runs else []) + sngrad
     batch_sizes = [int(b) for b in config.get("batch_sizes", [])]
     configured = list(config.get("datasets", []))
@@ -213,7 +213,7 @@ def _lr_cell(s: dict) -> str:
         text += f", momentum {fmt(s['momentum'])}"
     if not missing(s.get("alpha")):
         text += f", $\\alpha$ {fmt(s['alpha'])}"
-        if not missing(s.get("alpha_scaled")) and fixed_alpha(s["run"]) is None:
+        if not missing(s.get("alpha_scaled")) and parse_run(s["run"]).fixed_alpha is None:
             text += f" (scale-free {fmt(s['alpha_scaled'])})"
     if truthy(s.get("at_bound")):
         text += " †"

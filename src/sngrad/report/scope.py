@@ -21,10 +21,11 @@ from pathlib import Path
 from sngrad import costs
 from sngrad.config import read_yaml, split_sizes
 from sngrad.errors import SngradError
+from sngrad.names import parse_run
 from sngrad.report.format import NA, count, fmt, number
 
 SEED_DESIGN = Path(__file__).resolve().parents[3] / "config" / "paper.yaml"
-COMPUTE_RUN = "sgd"  # the run whose counted compute per run the table shows
+COMPUTE_RUN = parse_run("sgd")  # the run whose counted compute per run the table shows
 
 
 def widths(profile: Mapping, dataset: str) -> list[int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from sngrad.errors import SngradError
+from sngrad.names import RunName, parse_run
 from sngrad.spec import parse_spec
 
 
@@ -29,11 +30,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _run_name(text: str) -> RunName:
+    """``--optimizer``: the run name, parsed here once (the rest of the command takes the
+    value)."""
+    try:
+        return parse_run(text)
+    except SngradError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _parser(command: str, *, optimizer: bool = True, hparams: bool = False) -> _Parser:
     p = _Parser(prog=f"python -m sngrad {command}")
     p.add_argument("--data", required=True, help="splits file written by `sngrad data prepare`")
     if optimizer:
-        p.add_argument("--optimizer", required=True,
+        p.add_argument("--optimizer", required=True, type=_run_name,
                        help="run name: a registry optimizer, e.g. sgd, adam+sngrad2, or "
                             "sgd+sngrad1@0.1 (fixed raw alpha)")
     p.add_argument("--batch-size", required=True, type=_positive_int)

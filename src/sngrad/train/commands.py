@@ -39,7 +39,6 @@ from sngrad import costs, ledger
 from sngrad.errors import SngradError
 from sngrad.io import atomic_write, write_csv, write_json, write_text
 from sngrad.names import RunName, parse_run
-from sngrad.optimizers import has_momentum
 from sngrad.provenance import provenance, sha256_file
 from sngrad.spec import Hparams, TrainSpec, load_hparams
 from sngrad.train import checkpoint as ckpt
@@ -172,9 +171,8 @@ def _train_round(splits, run: RunName, batch_size, spec, trials, seeds, ckpt_dir
     configs = [RunConfig(t.learning_rate, t.momentum, t.alpha, seed, spec.init_seed)
                for t in trials for seed in seeds]
     fp = _fingerprint("tune", data_sha, run.name, batch_size, spec, configs)
-    result = run_sweep(splits, run.optimizer, batch_size, spec, configs, TUNE_MODE,
+    result = run_sweep(splits, run, batch_size, spec, configs, TUNE_MODE,
                        checkpoint_dir=ckpt_dir / "sweep", fingerprint=fp,
-                       alpha_reference=run.alpha_reference,
                        progress=f"tune {run.name} bs{batch_size} round {trials[0].round}")
     shape = (len(trials), len(seeds))
     return {
@@ -188,13 +186,13 @@ def _train_round(splits, run: RunName, batch_size, spec, trials, seeds, ckpt_dir
     }
 
 
-def tune(data_path, run_name: str, batch_size: int, spec: TrainSpec, out_dir, argv=()) -> dict:
+def tune(data_path, run: RunName, batch_size: int, spec: TrainSpec, out_dir, argv=()) -> dict:
     """Search the setting of one (dataset, run, batch size) by the protocol of
     :mod:`sngrad.train.protocol`; write tuning.csv, best.json and tuning_provenance.json into
-    ``out_dir``; return best.json's content."""
+    ``out_dir``; return best.json's content. ``run`` is parsed where it entered
+    (:func:`sngrad.names.parse_run`, the command line)."""
     started = time.perf_counter()
     ledger.watch_compilation()
-    run = parse_run(run_name)
     spec = own_schedule(spec, run)
     out_dir = check_out_dir(out_dir)
     splits = _load(data_path, batch_size)
@@ -329,7 +327,7 @@ def _checked_hparams(run: RunName, hp: Hparams) -> Hparams:
     """Reject a best.json whose setting does not fit the run."""
     if hp.all_diverged:
         return hp
-    if has_momentum(run.optimizer):
+    if run.has_momentum:
         if hp.momentum is None or not 0 <= hp.momentum < 1:
             raise SngradError(f"{run.name} needs a momentum in [0, 1) in best.json, got "
                               f"{hp.momentum!r}")
@@ -354,13 +352,13 @@ def _nan_records(epochs: int, k: int, layers: int) -> dict[str, np.ndarray]:
     return rec
 
 
-def train(data_path, run_name: str, batch_size: int, spec: TrainSpec, hparams_path, out_dir,
+def train(data_path, run: RunName, batch_size: int, spec: TrainSpec, hparams_path, out_dir,
           argv=()):
     """Retrain the chosen setting on ``spec.seeds``; write metrics.csv, diagnostics.csv and
-    provenance.json into ``out_dir``."""
+    provenance.json into ``out_dir``. ``run`` is parsed where it entered
+    (:func:`sngrad.names.parse_run`, the command line)."""
     started = time.perf_counter()
     ledger.watch_compilation()
-    run = parse_run(run_name)
     spec = own_schedule(spec, run)
     out_dir = check_out_dir(out_dir)
     hp = _checked_hparams(run, load_hparams(hparams_path, run.name, batch_size))
@@ -371,7 +369,7 @@ def train(data_path, run_name: str, batch_size: int, spec: TrainSpec, hparams_pa
     ckpt_dir = ckpt.checkpoint_dir(out_dir, "train")
     result = None
     widths = list(model_sizes(spec, splits))
-    budget = costs.budget_step(run.name, widths, len(splits.y_train), batch_size, spec.epochs,
+    budget = costs.budget_step(run, widths, len(splits.y_train), batch_size, spec.epochs,
                                spec.snapshot_every)
     if hp.all_diverged:
         rec = _nan_records(spec.epochs, len(seeds), layers)
@@ -379,9 +377,8 @@ def train(data_path, run_name: str, batch_size: int, spec: TrainSpec, hparams_pa
     else:
         configs = [RunConfig(hp.learning_rate, hp.momentum, hp.alpha, s) for s in seeds]
         fp = _fingerprint("train", data_sha, run.name, batch_size, spec, configs)
-        result = run_sweep(splits, run.optimizer, batch_size, spec, configs, TRAIN_MODE,
+        result = run_sweep(splits, run, batch_size, spec, configs, TRAIN_MODE,
                            checkpoint_dir=ckpt_dir, fingerprint=fp,
-                           alpha_reference=run.alpha_reference,
                            progress=f"train {run.name} bs{batch_size}",
                            budget_step=budget.step)
         rec, at_budget = result.records, result.budget
@@ -464,7 +461,8 @@ def reference(data_path, spec: TrainSpec, hparams_path, batch_size: int, out_dir
     started = time.perf_counter()
     ledger.watch_compilation()
     out_dir = check_out_dir(out_dir)
-    hp = _checked_hparams(parse_run("sgd"), load_hparams(hparams_path, "sgd", batch_size))
+    sgd = parse_run("sgd")  # the reference run, named here
+    hp = _checked_hparams(sgd, load_hparams(hparams_path, sgd.name, batch_size))
     splits = _load(data_path, batch_size)
     lr, source = hp.learning_rate, "best.json"
     if hp.all_diverged:
@@ -481,7 +479,7 @@ def reference(data_path, spec: TrainSpec, hparams_path, batch_size: int, out_dir
                 first_run = jax.tree.map(lambda a: a[0], state["params"])
                 pending[name] = params_arrays(jax.device_get(first_run))
 
-    result = run_sweep(splits, "sgd", batch_size, spec, [RunConfig(lr, None, None, seed)],
+    result = run_sweep(splits, sgd, batch_size, spec, [RunConfig(lr, None, None, seed)],
                        REFERENCE_MODE, on_epoch=keep, progress=f"reference bs{batch_size}")
     for name in REFERENCE_CHECKPOINTS:
         arrays = pending[name]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from sngrad.names import RunName
 from sngrad.optimizers import svag_factor
 from sngrad.transforms import corrected_variance, scale_factor, step_alpha
 
@@ -38,21 +39,20 @@ def _weights(tree) -> list:
     return [w for w, _ in tree]
 
 
-def shrink_record(spec, mean, var, alpha, batch_size: int, *,
-                  alpha_reference: str = "absolute") -> dict[str, jnp.ndarray]:
+def shrink_record(run: RunName, mean, var, alpha, batch_size: int) -> dict[str, jnp.ndarray]:
     """``factor_mean`` and ``shrink_share`` (L,) of a shrinking optimizer on this step.
 
-    ``spec`` is the parsed optimizer name; ``alpha`` and ``alpha_reference`` are used by
+    ``run`` is the parsed run; ``alpha``, read as ``run.alpha_reference`` says, is used by
     sngrad variants, ``batch_size`` by svag. The factor takes the alpha the update takes,
     ``step_alpha`` over the whole variance pytree (weights and biases, as the transform sees
     it), though only the weights are recorded.
     """
-    if spec.variant is not None:
-        alpha = step_alpha(spec.variant, alpha, alpha_reference, var)
+    if run.variant is not None:
+        alpha = step_alpha(run.variant, alpha, run.alpha_reference, var)
 
     def factor(m, v):
-        if spec.variant is not None:
-            return scale_factor(spec.variant, m, v, alpha)
+        if run.variant is not None:
+            return scale_factor(run.variant, m, v, alpha)
         return svag_factor(m, v, batch_size)
 
     fs = [factor(m, v) for m, v in zip(_weights(mean), _weights(var), strict=True)]

@@ -66,7 +66,7 @@ from jax import lax
 from sngrad import interrupt, ledger
 from sngrad.errors import SngradError
 from sngrad.models import cross_entropy, mlp_apply, mlp_init
-from sngrad.optimizers import has_momentum, needs_snapshot, parse_optimizer
+from sngrad.names import RunName
 from sngrad.spec import TrainSpec
 from sngrad.train import checkpoint as ckpt
 from sngrad.train import diagnostics
@@ -129,16 +129,16 @@ def run_keys(config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(init_key), np.asarray(shuffle_key)
 
 
-def hparam_arrays(optimizer: str, configs: Sequence[RunConfig]) -> dict[str, jax.Array]:
-    """The traced hyper-parameters, (K,) float32 each; only those the optimizer takes."""
+def hparam_arrays(run: RunName, configs: Sequence[RunConfig]) -> dict[str, jax.Array]:
+    """The traced hyper-parameters, (K,) float32 each; only those the run's optimizer takes."""
     hp = {"learning_rate": [c.learning_rate for c in configs]}
-    if has_momentum(optimizer):
+    if run.has_momentum:
         hp["momentum"] = [c.momentum for c in configs]
-    if parse_optimizer(optimizer).variant is not None:
+    if run.variant is not None:
         hp["alpha"] = [c.alpha for c in configs]
     for name, values in hp.items():
         if any(v is None for v in values):
-            raise SngradError(f"{optimizer} needs a {name} for every run; got {values}")
+            raise SngradError(f"{run.optimizer} needs a {name} for every run; got {values}")
     return {k: jnp.asarray(v, jnp.float32) for k, v in hp.items()}
 
 
@@ -220,22 +220,21 @@ class Programs:
     the compiled code.
     """
 
-    def __init__(self, optimizer, backend, batch_size, n_train, sizes, schedule, epochs,
-                 diagnostics_on, diagnostics_every=1, budget=False, alpha_reference="absolute"):
-        self.optimizer, self.sizes = optimizer, list(sizes)
-        self.alpha_reference = alpha_reference
+    def __init__(self, run: RunName, backend, batch_size, n_train, sizes, schedule, epochs,
+                 diagnostics_on, diagnostics_every=1, budget=False):
+        self.run, self.sizes = run, list(sizes)
         self.batch_size, self.n_train = batch_size, n_train
         self.steps = n_train // batch_size
-        self.snapshots = needs_snapshot(optimizer)
+        self.snapshots = run.needs_snapshot
         self.layers = len(sizes) - 1
         self.diagnostics_on = diagnostics_on
         self.diagnostics_every = int(diagnostics_every)
         if self.diagnostics_every < 1:
             raise SngradError(f"diagnostics_every must be >= 1; got {diagnostics_every!r}")
         self.budget = budget
-        self.step = make_step(optimizer, backend=backend, batch_size=batch_size,
+        self.step = make_step(run, backend=backend, batch_size=batch_size,
                               schedule=schedule, total_steps=self.steps * epochs,
-                              diagnostics_on=diagnostics_on, alpha_reference=alpha_reference)
+                              diagnostics_on=diagnostics_on)
         if self.step.kind == "svrg" and self.diagnostics_every > 1:
             self.diagnostics_every = max(self.diagnostics_every, SVRG_DIAGNOSTICS_EVERY)
         self.init = jax.jit(jax.vmap(self._init_one))  # from K stacked initial parameters
@@ -324,12 +323,12 @@ class Programs:
 
 
 @functools.lru_cache(maxsize=16)
-def programs(optimizer, backend, batch_size, n_train, sizes: tuple, schedule, epochs,
-             diagnostics_on, diagnostics_every=1, budget=False,
-             alpha_reference="absolute") -> Programs:
-    # every argument is part of the cache key: "rms" and "absolute" compile different steps
-    return Programs(optimizer, backend, batch_size, n_train, sizes, schedule, epochs,
-                    diagnostics_on, diagnostics_every, budget, alpha_reference)
+def programs(run: RunName, backend, batch_size, n_train, sizes: tuple, schedule, epochs,
+             diagnostics_on, diagnostics_every=1, budget=False) -> Programs:
+    # every argument is part of the cache key, the parsed run whole: its optimizer and its
+    # alpha reference ("rms" and "absolute" compile different steps)
+    return Programs(run, backend, batch_size, n_train, sizes, schedule, epochs,
+                    diagnostics_on, diagnostics_every, budget)
 
 
 # ============================================================================ the sweep loop
@@ -366,7 +365,7 @@ def model_sizes(spec: TrainSpec, splits) -> tuple[int, ...]:
 
 def run_sweep(
     splits,
-    optimizer: str,
+    run: RunName,
     batch_size: int,
     spec: TrainSpec,
     configs: Sequence[RunConfig],
@@ -377,14 +376,14 @@ def run_sweep(
     progress: str = "",
     on_epoch: Callable[[int, dict], None] | None = None,
     budget_step: int | None = None,
-    alpha_reference: str = "absolute",
 ) -> SweepResult:
-    """Train the K ``configs`` side by side for ``spec.epochs`` epochs.
+    """Train the K ``configs`` of the parsed ``run`` side by side for ``spec.epochs`` epochs.
 
-    ``alpha_reference`` is how a +sngrad optimizer reads the configs' alpha
-    (:func:`sngrad.optimizers.build_optimizer`): ``"absolute"`` (the default; raw units) or
-    ``"rms"`` (I and III relative to each step's RMS sigma, what a tuned run of the study
-    uses, :attr:`sngrad.names.RunName.alpha_reference`); the diagnostics follow it.
+    The run says how a +sngrad optimizer reads the configs' alpha
+    (:attr:`sngrad.names.RunName.alpha_reference`): ``"absolute"`` (raw units: ``@alpha``
+    runs, II) or ``"rms"`` (tuned I and III, relative to each step's RMS sigma); the
+    diagnostics follow it. The engine trains ``spec.schedule`` (the caller puts a run's
+    ``~schedule`` there, :func:`sngrad.train.commands.own_schedule`).
 
     With ``checkpoint_dir`` and ``spec.checkpoint_every > 0``, the state is saved every
     ``checkpoint_every`` epochs (not after the last, when the caller writes results instead)
@@ -408,13 +407,12 @@ def run_sweep(
     if budget and not 0 <= budget_step <= total_steps:
         raise SngradError(f"budget step {budget_step} is not allowed; it must be in "
                           f"[0, {total_steps}] (the run's steps)")
-    progs = programs(optimizer, spec.backend, batch_size, len(splits.y_train),
+    progs = programs(run, spec.backend, batch_size, len(splits.y_train),
                      model_sizes(spec, splits), spec.schedule, epochs, mode.diagnostics,
-                     mode.diagnostics_every if mode.diagnostics else 1, budget,
-                     alpha_reference)
+                     mode.diagnostics_every if mode.diagnostics else 1, budget)
     k_star = jnp.int32(budget_step if budget else -1)
     data = device_data(splits, mode, spec.diverge_loss)
-    hp = hparam_arrays(optimizer, configs)
+    hp = hparam_arrays(run, configs)
     keys = [run_keys(c) for c in configs]
     state = progs.init(initial_parameters([k[0] for k in keys], progs.sizes),
                        jnp.asarray(np.stack([k[1] for k in keys])), hp)

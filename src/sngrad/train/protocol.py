@@ -99,7 +99,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sngrad.names import MOMENTUM_BASES, RunName
+from sngrad.names import RunName
 from sngrad.spec import TuneSpec
 
 # status of a tuned axis in best.json: the pick has tried values on both sides, or sits at an
@@ -120,14 +120,14 @@ def tuned_axes(run: RunName, tune: TuneSpec) -> tuple[str, ...]:
     axes = [first]
     if tunes_alpha:
         axes.append("alpha")
-    if run.base in MOMENTUM_BASES and isinstance(tune.one_minus_momentum, tuple):
+    if run.has_momentum and isinstance(tune.one_minus_momentum, tuple):
         axes.append("momentum")
     return tuple(axes)
 
 
 def fixed_momentum(run: RunName, tune: TuneSpec) -> float | None:
     """The momentum of a momentum-base run whose momentum is not tuned; None otherwise."""
-    if run.base not in MOMENTUM_BASES or isinstance(tune.one_minus_momentum, tuple):
+    if not run.has_momentum or isinstance(tune.one_minus_momentum, tuple):
         return None
     return float(1.0 - tune.one_minus_momentum)
 

@@ -1,12 +1,14 @@
 """THE train step: one optimizer update on one batch, what the engine trains with and what the
 benchmark times.
 
-``step(params, opt_state, batch, hparams, snapshot=None) -> (params, opt_state, record)``
+``step(params, opt_state, batch, hparams, snapshot=None) -> (params, opt_state, record)``,
+built for one parsed run (:class:`sngrad.names.RunName`), which says what the step computes
+(``step_kind``) and how alpha is read (``alpha_reference``):
 
 - ``batch = (x, y)``; ``hparams`` maps ``learning_rate`` and, where the optimizer takes them,
-  ``momentum`` and ``alpha`` to scalars, which may be traced (a vmapped sweep); the step's
-  ``alpha_reference`` says whether alpha is raw ("absolute") or relative to each step's RMS
-  sigma ("rms", variants I and III, :func:`sngrad.transforms.step_alpha`);
+  ``momentum`` and ``alpha`` to scalars, which may be traced (a vmapped sweep); the run's
+  ``alpha_reference`` says whether alpha is raw ("absolute": ``@alpha`` runs, II) or relative
+  to each step's RMS sigma ("rms": tuned I and III, :func:`sngrad.transforms.step_alpha`);
 - ``snapshot = (snap_params, anchor)`` for control-variate optimizers (``+cv``, ``+svrg``):
   the parameters at the last snapshot and the full-data mean gradient there;
 - ``record`` holds the batch's mean ``loss`` and, when built with ``diagnostics=True``, the
@@ -37,13 +39,8 @@ import optax
 from jax import lax
 
 from sngrad import stats
-from sngrad.optimizers import (
-    build_optimizer,
-    has_momentum,
-    needs_snapshot,
-    needs_variance,
-    parse_optimizer,
-)
+from sngrad.names import RunName
+from sngrad.optimizers import build_optimizer
 from sngrad.train import diagnostics
 
 CHUNKED_STATS_SIZE = 32  # examples per micro-batch of the chunked backend
@@ -62,18 +59,17 @@ def learning_rate_schedule(learning_rate, schedule: str, total_steps: int):
     return cosine
 
 
-def make_optimizer(optimizer: str, hparams: dict, *, batch_size: int, schedule: str,
-                   total_steps: int,
-                   alpha_reference: str = "absolute") -> optax.GradientTransformationExtraArgs:
-    """The registry optimizer with the (possibly traced) hyper-parameters of ``hparams``;
-    ``alpha_reference`` as in :func:`sngrad.optimizers.build_optimizer`."""
+def make_optimizer(run: RunName, hparams: dict, *, batch_size: int, schedule: str,
+                   total_steps: int) -> optax.GradientTransformationExtraArgs:
+    """The run's registry optimizer with the (possibly traced) hyper-parameters of
+    ``hparams``, reading alpha as the run does (``run.alpha_reference``)."""
     return build_optimizer(
-        optimizer,
+        run,
         learning_rate_schedule(hparams["learning_rate"], schedule, total_steps),
-        momentum=hparams.get("momentum") if has_momentum(optimizer) else None,
-        alpha=hparams.get("alpha") if parse_optimizer(optimizer).variant else None,
-        batch_size=batch_size if parse_optimizer(optimizer).base == "svag" else None,
-        alpha_reference=alpha_reference,
+        momentum=hparams.get("momentum") if run.has_momentum else None,
+        alpha=hparams.get("alpha") if run.variant else None,
+        batch_size=batch_size if run.base == "svag" else None,
+        alpha_reference=run.alpha_reference,
     )
 
 
@@ -105,33 +101,29 @@ def _mean_core(backend: str):
     return _dense_mean if backend == "dense" else stats.loss_and_grad_core
 
 
-def make_step(optimizer: str, *, backend: str, batch_size: int, schedule: str,
-              total_steps: int, diagnostics_on: bool = True, alpha_reference: str = "absolute"):
-    """Build the step of the module docstring for one optimizer (not jitted: callers jit,
+def make_step(run: RunName, *, backend: str, batch_size: int, schedule: str,
+              total_steps: int, diagnostics_on: bool = True):
+    """Build the step of the module docstring for one parsed run (not jitted: callers jit,
     vmap or scan it).
 
-    ``alpha_reference`` is how a +sngrad optimizer reads ``hparams["alpha"]``
-    (:func:`sngrad.optimizers.build_optimizer`; "absolute", the default, for every other);
-    the diagnostics' factor takes the same per-step alpha as the update.
+    ``run.alpha_reference`` is how a +sngrad optimizer reads ``hparams["alpha"]``
+    (:func:`sngrad.optimizers.build_optimizer`; "absolute" for every other); the
+    diagnostics' factor takes the same per-step alpha as the update.
 
     The step takes an optional last argument ``diagnose``, a boolean scalar that must not be
     batched (the engine passes ``step_index % k == 0``): where it is False the diagnostics
     are skipped (a ``lax.cond``, so under ``vmap`` nothing is computed) and the record holds
     NaN. It is ignored when the step is built with ``diagnostics_on=False``.
     """
-    spec = parse_optimizer(optimizer)
-    if needs_snapshot(optimizer):
-        kind = "svrg" if spec.cv == 1.0 else "cv"
-    else:
-        kind = "var" if needs_variance(optimizer) else "plain"
-    core = {"cv": _cv_core, "svrg": _cv_core, "var": _variance_core}.get(kind)
+    kind = run.step_kind
+    core = {"cv": _cv_core, "svrg": _cv_core, "moments": _variance_core}.get(kind)
     core = core(backend) if core is not None else None
     mean_core = _mean_core(backend)
     layers_of = len
 
     def opt_of(hparams):
-        return make_optimizer(optimizer, hparams, batch_size=batch_size, schedule=schedule,
-                              total_steps=total_steps, alpha_reference=alpha_reference)
+        return make_optimizer(run, hparams, batch_size=batch_size, schedule=schedule,
+                              total_steps=total_steps)
 
     def diagnosed(compute, layers, diagnose):
         """``compute()`` where ``diagnose`` (unbatched) holds, else the NaN record."""
@@ -151,13 +143,12 @@ def make_step(optimizer: str, *, backend: str, batch_size: int, schedule: str,
             updates, opt_state = opt.update(grad, opt_state, params)
             if diagnostics_on:
                 record = diagnostics.complete_record({}, layers)
-        elif kind == "var":
+        elif kind == "moments":
             loss, grad, var = core(params, x, y)
             updates, opt_state = opt.update(grad, opt_state, params, grad_var=var)
             if diagnostics_on:
                 record = diagnosed(lambda: diagnostics.shrink_record(
-                    spec, grad, var, hparams.get("alpha"), batch_size,
-                    alpha_reference=alpha_reference), layers, diagnose)
+                    run, grad, var, hparams.get("alpha"), batch_size), layers, diagnose)
         elif kind == "svrg":
             # SVRG's update needs the two batch means and the anchor only; the moments are
             # computed for the diagnostics, on the steps that record them.
