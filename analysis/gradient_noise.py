@@ -34,10 +34,10 @@ import numpy as np
 import pandas as pd
 
 from sngrad.analysis import noise_summary
-from sngrad.config import SEED_STUDY_BATCH_SIZES
 from sngrad.io import save_figure, write_frame
 from sngrad.layout import NOISE_SUMMARY, Layout
 from sngrad.noise.measure import ALL
+from sngrad.profile import SEED_STUDY_BATCH_SIZES
 
 # %% tags=["parameters"]
 profile = "smoke"

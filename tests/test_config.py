@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from sngrad import config as profiles
+from sngrad import profile as profile_values
 from sngrad.cli import main
 from sngrad.errors import SngradError
 
@@ -133,7 +134,7 @@ def test_split_sizes_match_the_prepared_data():
     from sngrad.data import load_dataset
 
     splits = load_dataset("digits", seed=0, val_fraction=0.25)
-    train, val = profiles.split_sizes(
+    train, val = profile_values.split_sizes(
         {"data": {"val_fraction": 0.25, "train_size": None}}, "digits"
     )
     assert (train, val) == (len(splits.y_train), len(splits.y_val))
@@ -232,7 +233,7 @@ def test_training_spec_is_what_the_engine_checks():
     from sngrad.spec import TRAIN_KEYS, parse_spec
 
     config = profile("default")
-    text = profiles.training_spec(config)
+    text = profile_values.training_spec(config)
     spec = parse_spec(text)
     assert set(yaml.safe_load(text)) == set(TRAIN_KEYS)
     assert spec.epochs == config["train"]["epochs"]
@@ -240,16 +241,16 @@ def test_training_spec_is_what_the_engine_checks():
 
 
 def test_noise_batch_sizes_are_powers_of_two_within_the_training_split():
-    assert profiles.noise_batch_sizes(smoke(), "digits") == [8, 16, 32, 64]
+    assert profile_values.noise_batch_sizes(smoke(), "digits") == [8, 16, 32, 64]
     big = smoke(noise__max_batch_size=100000)
-    assert profiles.noise_batch_sizes(big, "digits") == [8, 16, 32, 64, 128, 256, 512, 1024]
+    assert profile_values.noise_batch_sizes(big, "digits") == [8, 16, 32, 64, 128, 256, 512, 1024]
     small = smoke(data__train_size=100)
-    assert profiles.noise_batch_sizes(small, "digits") == [8, 16, 32, 64]
+    assert profile_values.noise_batch_sizes(small, "digits") == [8, 16, 32, 64]
 
 
 def test_noise_runs_are_the_tuned_sngrad_runs_on_sgd():
-    assert profiles.noise_runs(profile("default")) == list(profiles.NOISE_VARIANTS)
-    assert profiles.noise_runs(profile("smoke")) == ["sgd+sngrad1"]
+    assert profile_values.noise_runs(profile("default")) == list(profile_values.NOISE_VARIANTS)
+    assert profile_values.noise_runs(profile("smoke")) == ["sgd+sngrad1"]
 
 
 def _same_facts(documented, actual, where="profile"):
@@ -292,7 +293,7 @@ def test_a_swapped_noise_range_is_refused_before_any_job():
 
 
 def test_a_noise_batch_above_the_training_split_is_refused():
-    n_train, _ = profiles.split_sizes(profile("smoke"), "digits")
+    n_train, _ = profile_values.split_sizes(profile("smoke"), "digits")
     lines = problems(smoke(noise__min_batch_size=n_train + 1,
                            noise__max_batch_size=4 * n_train))
     assert len(lines) == 1 and "noise.min_batch_size" in lines[0]

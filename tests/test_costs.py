@@ -406,8 +406,8 @@ def test_profile_stages_of_the_smoke_profile():
 
 
 def test_the_time_estimate_adds_the_per_step_overhead_of_every_program_and_run_step():
-    from sngrad import resources
-    from sngrad.config import DEFAULT_PROFILE, load_profile, read_yaml
+    from sngrad.config import load_profile
+    from sngrad.profile import DEFAULT_PROFILE, read_yaml
 
     profile = load_profile("config/smoke.yaml")
     profile["train"]["epochs"] = 1000000  # a tiny network trained long: steps, not FLOPs
@@ -420,9 +420,9 @@ def test_the_time_estimate_adds_the_per_step_overhead_of_every_program_and_run_s
     assert core_hours == pytest.approx((flops / 1e10 + 2e-6 * programs + 5e-6 * runs) / 3600)
     assert "2.0 us + 5.0 us x K per step of a program training K runs" in text
     assert f"{core_hours:,.2f} core-hours" in text
-    minutes = resources.benchmark_minutes(profile, default)
-    assert minutes == resources.DEFAULT_BENCHMARK_MIN * resources.benchmark_repeats(
-        profile) / resources.benchmark_repeats(default)
+    minutes = costs.benchmark_minutes(profile, default)
+    assert minutes == costs.DEFAULT_BENCHMARK_MIN * costs.benchmark_repeats(
+        profile) / costs.benchmark_repeats(default)
     assert "benchmark (`make bench`, not part of a run): 3 timed repeats" in text
     without, hours = costs.cost_report(profile, None, 2)
     assert math.isnan(hours) and "core-hours" not in without and "benchmark" not in without
@@ -453,7 +453,9 @@ def test_config_cost_prints_without_jax_and_never_asks_outside_a_terminal(monkey
     assert "final training" in out and "GPU:" in out
     assert out.strip().splitlines()[-1] == "False"
     monkeypatch.setenv("CI", "true")
-    assert not costs.interactive()
+    from sngrad.config import interactive
+
+    assert not interactive()
 
 
 def test_host_median_equals_the_device_median_of_each_layer():

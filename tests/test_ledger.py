@@ -15,11 +15,11 @@ import pytest
 from conftest import ROOT
 
 from sngrad import compile_cache, ledger
-from sngrad.config import read_yaml
 from sngrad.errors import SngradError
 from sngrad.io import write_json
 from sngrad.layout import Layout
 from sngrad.models import mlp_init
+from sngrad.profile import read_yaml
 from sngrad.report import ledger as report_ledger
 from sngrad.train.engine import RunConfig, initial_parameters, run_keys
 

@@ -11,9 +11,10 @@ import yaml
 
 from sngrad import resources
 from sngrad.cli import main
-from sngrad.config import DEFAULT_PROFILE, load_profile, read_yaml, split_sizes
+from sngrad.config import load_profile
 from sngrad.data import Splits
 from sngrad.names import parse_run
+from sngrad.profile import DEFAULT_PROFILE, read_yaml, split_sizes
 from sngrad.spec import parse_spec
 from sngrad.train import TRAIN_MODE, RunConfig, run_sweep
 from sngrad.train.progress import EpochProgress, duration, loss_summary

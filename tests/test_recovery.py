@@ -14,7 +14,7 @@ import yaml
 from conftest import copy_tree
 
 from sngrad.data import load_splits, prepare
-from sngrad.data.splits import repair
+from sngrad.data.recovery import repair
 from sngrad.errors import SngradError
 from sngrad.names import parse_run
 from sngrad.spec import parse_spec
@@ -230,7 +230,7 @@ def test_an_unwritable_out_dir_is_one_line_before_any_data_or_compilation(
 ):
     """The folder is tried first: the data and hparams files named here do not even exist."""
     from sngrad.cli import main
-    from sngrad.config import read_yaml, training_spec
+    from sngrad.profile import read_yaml, training_spec
 
     def full(fd):
         raise OSError(28, "No space left on device")

@@ -106,6 +106,24 @@ def test_configfile_replaces_the_default_profile(fresh):
     assert "mnist" not in out.stdout.replace("mnist1d", "") and "msvag" not in out.stdout
 
 
+def test_every_report_input_is_a_source_file_or_made_by_a_planned_job(fresh):
+    """The one list of the report's inputs (sngrad.layout.report_inputs, the report rule's
+    inputs and what a report rendered by hand digests) names only files the plan makes."""
+    from sngrad.layout import Layout, report_inputs
+    from sngrad.report.reproducibility import expected_inputs
+
+    out = snakemake("-n", *SMOKE, cwd=fresh)
+    assert out.returncode == 0, out.stderr[-3000:]
+    made = set(planned_outputs(out.stdout))
+    config, layout = profile("smoke"), Layout("smoke")
+    listed = expected_inputs(layout, config)
+    assert listed == [f for files in report_inputs(layout, config).values() for f in files]
+    sources = {f for f in listed if not f.startswith("results/")}
+    assert sources and all((fresh / f).is_file() for f in sources), sources
+    assert {f for f in listed if f.startswith("results/")} <= made
+    assert layout.report() in made and layout.notebook("theory") in listed
+
+
 def test_jobs_are_limited_to_their_threads_and_the_benchmark_runs_alone(fresh):
     out = snakemake("-n", "-p", "--cores", "3", *SMOKE, cwd=fresh)
     assert out.returncode == 0, out.stderr[-3000:]

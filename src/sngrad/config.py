@@ -15,9 +15,9 @@ line ``FILE: KEY = VALUE: what is allowed``, all before any job runs:
    must fit in the training split.
 
 The Snakefile calls :func:`load_profile` (or :func:`check_profile` on a config Snakemake has
-already read); ``python -m sngrad config check FILE`` runs the same checks by hand.
-The helpers at the end build what the rules pass to the commands (:func:`training_spec`,
-:func:`noise_batch_sizes`, ...), so that each is computed in one place.
+already read); ``python -m sngrad config check FILE`` runs the same checks by hand, and
+``python -m sngrad config cost FILE`` prints a profile's counted work and estimated time. What
+a profile's values imply (split sizes, the commands' arguments) is :mod:`sngrad.profile`.
 """
 
 from __future__ import annotations
@@ -29,17 +29,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sngrad import resources
+from sngrad import costs, resources
 from sngrad.errors import SngradError
+from sngrad.profile import (
+    DEFAULT_PROFILE,
+    REFERENCE_RUN,
+    examples_for_training,
+    noise_batch_sizes,
+    read_yaml,
+    split_sizes,
+    training_spec,
+)
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-DEFAULT_PROFILE = "config/default.yaml"  # what a plain `snakemake` runs (and publishes)
-NOISE_VARIANTS = ("sgd+sngrad1", "sgd+sngrad2", "sgd+sngrad3")  # tuned runs the noise study reads
-REFERENCE_RUN = "sgd"  # its chosen setting trains the noise study's reference run
-NOISE_SUMMARY_BATCH_SIZE = 128  # the noise summary's per-batch figures are at this B (or nearest)
-SEED_STUDY_BATCH_SIZES = (128, 1024)  # the batch sizes of the seed's original study
 _SHOWN = 60  # characters of a value shown in a message
 
 
@@ -52,28 +54,6 @@ class ProfileError(SngradError):
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def read_yaml(path: str | Path) -> dict:
-    """The mapping in a YAML file; a syntax error names the file, line and column."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise SngradError(f"{path}: cannot read profile: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
-        if context and start is not None and mark is not None and start.line != mark.line:
-            problem += f" ({context} at line {start.line + 1})"
-        raise SngradError(f"{where}: YAML syntax error: {problem}") from None
-    if not isinstance(data, dict):
-        raise SngradError(f"{path}: a profile is a mapping of keys, got {type(data).__name__}")
-    return data
 
 
 def load_profile(path: str | Path, schema: str | Path = SCHEMA) -> dict:
@@ -173,28 +153,6 @@ def schema_problems(config: Mapping, schema: Mapping) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- cross-field
-
-
-def examples_for_training(dataset: str) -> int:
-    """Examples a dataset's training and validation splits are cut from (test set excluded)."""
-    from sngrad.data import get_spec
-    from sngrad.data.registry import TRAIN_POOL
-
-    return TRAIN_POOL[get_spec(dataset).name]
-
-
-def split_sizes(config: Mapping, dataset: str) -> tuple[int, int]:
-    """(training, validation) examples of ``dataset`` under the profile's ``data`` section.
-
-    The validation split holds ``floor(val_fraction * n + 1/2)`` of the ``n`` examples (as
-    :func:`sngrad.data.stratified_split` rounds); ``train_size``, when set, keeps that many of
-    the rest.
-    """
-    n = examples_for_training(dataset)
-    n_val = math.floor(config["data"]["val_fraction"] * n + 0.5)
-    n_train = n - n_val
-    train_size = config["data"]["train_size"]
-    return (n_train if train_size is None else min(train_size, n_train)), n_val
 
 
 def _run_problems(config: Mapping) -> list[str]:
@@ -317,39 +275,50 @@ def reserved_name_problem(config: Mapping, source: str, published: Mapping) -> s
     )
 
 
-# ----------------------------------------------------------------------------- job arguments
+# ----------------------------------------------------------------------------- config cost
 
 
-def training_spec(config: Mapping) -> str:
-    """The training spec of docs/CONTRACTS.md as JSON: ``{hidden, init_seed, **train, tune}``."""
-    spec = {
-        "hidden": config["model"]["hidden"],
-        "init_seed": config["model"]["init_seed"],
-        **config["train"],
-        "tune": config["tune"],
-    }
-    return json.dumps(spec, sort_keys=True)
+def interactive() -> bool:
+    """Whether to ask before a long profile: a terminal on stdin, not CI, not Snakemake."""
+    import os
+    import sys
+
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        return False
+    if any(k.startswith("SNAKEMAKE") for k in os.environ) or "snakemake" in sys.modules:
+        return False
+    return sys.stdin is not None and sys.stdin.isatty()
 
 
-def noise_batch_sizes(config: Mapping, dataset: str) -> list[int]:
-    """``noise.min_batch_size`` doubled up to ``noise.max_batch_size``, capped by
-    the training split (a batch is drawn without replacement)."""
-    cap = min(config["noise"]["max_batch_size"], split_sizes(config, dataset)[0])
-    sizes, b = [], config["noise"]["min_batch_size"]
-    while b <= cap:
-        sizes.append(b)
-        b *= 2
-    return sizes
+def cost_command(profile_arg: str, *, calibrate: bool = True, cores: int | None = None,
+                 ask: bool = True) -> int:
+    """``config cost PROFILE``: print :func:`sngrad.costs.cost_report`'s table; above
+    :data:`sngrad.costs.CONFIRM_CORE_HOURS` ask on an interactive terminal (exit status 1 when
+    the answer is not yes)."""
+    import os
 
+    from sngrad.data import get_spec
 
-def noise_runs(config: Mapping) -> list[str]:
-    """The tuned sngrad-on-sgd runs of the profile whose chosen alpha the noise study reads."""
-    return [run for run in NOISE_VARIANTS if run in config["optimizers"]]
-
-
-def reference_batch_size(config: Mapping) -> int:
-    """The batch size whose tuning results set the noise study's runs (the first listed)."""
-    return config["batch_sizes"][0]
+    path = Path(profile_arg)
+    if not path.is_file() and (Path("config") / f"{profile_arg}.yaml").is_file():
+        path = Path("config") / f"{profile_arg}.yaml"  # a profile's name
+    profile = load_profile(path)
+    spec = get_spec(profile["datasets"][0])
+    widths = [spec.feature_dim, *profile["model"]["hidden"], spec.num_classes]
+    rate = costs.calibrate_flops(widths, profile["batch_sizes"][0]) if calibrate else None
+    overhead = costs.calibrate_step_overhead(profile) if calibrate else None
+    try:
+        default = read_yaml(DEFAULT_PROFILE)
+    except SngradError:
+        default = None  # not run from the repository: no default to scale the benchmark by
+    text, core_hours = costs.cost_report(profile, rate, cores or os.cpu_count() or 1, overhead,
+                                         default)
+    print(text)
+    if ask and core_hours > costs.CONFIRM_CORE_HOURS and interactive():
+        answer = input(f"{core_hours:,.0f} core-hours exceeds {costs.CONFIRM_CORE_HOURS:g}: "
+                       "run this profile? [y/N] ")
+        return 0 if answer.strip().lower() in ("y", "yes") else 1
+    return 0
 
 
 # ----------------------------------------------------------------------------- command line
@@ -370,8 +339,6 @@ def cli(argv: list[str]) -> int:
     cost.add_argument("--cores", type=int, default=None, help="cores for the wall-time estimate")
     args = parser.parse_args(argv)
     if args.command == "cost":
-        from sngrad.costs import cost_command
-
         return cost_command(args.profile, calibrate=not args.no_calibrate, cores=args.cores)
     for path in args.files:
         load_profile(path)

@@ -69,6 +69,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from sngrad import profile as profile_values
 from sngrad.errors import SngradError
 from sngrad.names import RunName, parse_run
 
@@ -302,6 +303,7 @@ def budget_step(run: RunName, widths: Sequence[int], n_train: int, batch: int, e
 # figure is an assumption for planning, not a measurement on this project's machines.
 GPU_SUSTAINED_FLOPS = 10e12
 CONFIRM_CORE_HOURS = 24.0  # estimates above this ask for confirmation on a terminal
+DEFAULT_BENCHMARK_MIN = 10.0  # the default profile's benchmark, measured alone on 2 cores
 NOISE_FULL_DRAWS_UP_TO = 512  # sngrad.noise.measure.FULL_DRAWS_UP_TO
 NOISE_MIN_BATCHES = 8  # sngrad.noise.measure.MIN_BATCHES
 REFERENCE_CHECKPOINTS = 5  # init, epoch1, p25, p50, p100 (sngrad.train.commands)
@@ -342,12 +344,11 @@ def _training(run, widths, n_train, batch, epochs, snapshot_every, runs, eval_ex
 
 def _cell_shape(profile: dict, dataset: str) -> tuple[list[int], int, int, int]:
     """(widths, training examples, validation examples, test examples) of one dataset."""
-    from sngrad import config as profiles
     from sngrad.data import get_spec
 
     spec = get_spec(dataset)
     widths = [spec.feature_dim, *profile["model"]["hidden"], spec.num_classes]
-    n_train, n_val = profiles.split_sizes(profile, dataset)
+    n_train, n_val = profile_values.split_sizes(profile, dataset)
     return widths, n_train, n_val, TEST_EXAMPLES.get(spec.name, n_val)
 
 
@@ -372,9 +373,8 @@ def profile_stages(profile: dict) -> list[Stage]:
     backward, moments). A tuning job runs one program per round (round 0, the refinement),
     of its settings x tuning seeds; a training job one of the final seeds; the reference one
     of one run. The benchmark is timing-bound and counted apart
-    (:func:`sngrad.resources.benchmark_minutes`).
+    (:func:`benchmark_minutes`).
     """
-    from sngrad import config as profiles
     from sngrad.spec import tune_spec
     from sngrad.train.protocol import trial_count
 
@@ -403,13 +403,13 @@ def profile_stages(profile: dict) -> list[Stage]:
                 add("final training", 1, _training(run, widths, n_train, batch, epochs, every,
                                                    len(train["seeds"]), n_val + n_test),
                     steps, [len(train["seeds"])])
-        ref_batch = profiles.reference_batch_size(profile)
+        ref_batch = profile_values.reference_batch_size(profile)
         add("reference", 1, _training(parse_run("sgd"), widths, n_train, ref_batch, epochs,
                                       every, 1, 0),
             epochs * steps_per_epoch(n_train, ref_batch), [1])
         per_example = forward_flops(widths) + backward_flops(widths) + moment_flops(widths)
         drawn = sum(b * noise_batches(b, profile["noise"]["batches"])
-                    for b in profiles.noise_batch_sizes(profile, dataset))
+                    for b in profile_values.noise_batch_sizes(profile, dataset))
         add("noise", 1, (0, REFERENCE_CHECKPOINTS * (n_train + drawn) * per_example))
     counts = sorted({sum(r) for r in rounds.values()})
     notes = {"tuning": f"initial grid and refinement, {'/'.join(map(str, counts))} settings "
@@ -460,6 +460,18 @@ def calibrate_flops(widths: Sequence[int], batch: int, seconds: float = 2.0) -> 
     return best
 
 
+def benchmark_repeats(config: Mapping) -> int:
+    """Timed repeats of the benchmark: repeats x networks x batch sizes."""
+    bench = config["benchmark"]
+    return bench["repeats"] * len(bench["networks"]) * len(bench["batch_sizes"])
+
+
+def benchmark_minutes(config: Mapping, default: Mapping) -> float:
+    """The benchmark's minutes, scaled by its timed repeats from the default profile's
+    measured DEFAULT_BENCHMARK_MIN."""
+    return DEFAULT_BENCHMARK_MIN * benchmark_repeats(config) / benchmark_repeats(default)
+
+
 # The network and batch the per-step overhead is timed on: their arithmetic (a few thousand
 # FLOPs a step) is a rounding error next to what a step costs beyond it.
 OVERHEAD_WIDTHS = (4, 4, 2)
@@ -493,7 +505,6 @@ def calibrate_step_overhead(profile: Mapping, steps: int = 256, epochs: int = 3)
 
     import numpy as np
 
-    from sngrad import config as profiles
     from sngrad.data import Splits
     from sngrad.spec import parse_spec
     from sngrad.train.engine import TRAIN_MODE, RunConfig, run_sweep
@@ -507,7 +518,7 @@ def calibrate_step_overhead(profile: Mapping, steps: int = 256, epochs: int = 3)
 
     splits = Splits(*part(steps * OVERHEAD_BATCH), *part(64), *part(64), num_classes=classes,
                     name="random")
-    spec = dataclasses.replace(parse_spec(json.loads(profiles.training_spec(profile))),
+    spec = dataclasses.replace(parse_spec(json.loads(profile_values.training_spec(profile))),
                                hidden=tuple(hidden), epochs=epochs, schedule="constant",
                                checkpoint_every=0)
     per_step = []
@@ -534,8 +545,6 @@ def cost_report(profile: dict, rate: float | None, cores: int,
     """The printed table and the estimated core-hours (NaN without a calibration): the counted
     FLOPs at the calibrated ``rate``, plus the calibrated per-step ``overhead`` of every
     program step and run-step; the benchmark's minutes scaled from the ``default`` profile's."""
-    from sngrad import resources
-
     stages = profile_stages(profile)
     total = sum(s.flops for s in stages)
     lines = [f"profile {profile.get('profile', '?')}: counted training work "
@@ -569,53 +578,8 @@ def cost_report(profile: dict, rate: float | None, cores: int,
                  f"{GPU_SUSTAINED_FLOPS / 1e12:g} TFLOP/s (costs.GPU_SUSTAINED_FLOPS)")
     if default is not None:
         lines.append(f"benchmark (`make bench`, not part of a run): "
-                     f"{resources.benchmark_repeats(profile):,} timed repeats (repeats x "
+                     f"{benchmark_repeats(profile):,} timed repeats (repeats x "
                      "networks x batch sizes), about "
-                     f"{_hours(60 * resources.benchmark_minutes(profile, default))} at the "
+                     f"{_hours(60 * benchmark_minutes(profile, default))} at the "
                      "default profile's measured pace")
     return "\n".join(lines), core_hours
-
-
-def interactive() -> bool:
-    """Whether to ask before a long profile: a terminal on stdin, not CI, not Snakemake."""
-    import os
-    import sys
-
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        return False
-    if any(k.startswith("SNAKEMAKE") for k in os.environ) or "snakemake" in sys.modules:
-        return False
-    return sys.stdin is not None and sys.stdin.isatty()
-
-
-def cost_command(profile_arg: str, *, calibrate: bool = True, cores: int | None = None,
-                 ask: bool = True) -> int:
-    """``config cost PROFILE``: print the table; above :data:`CONFIRM_CORE_HOURS` ask on an
-    interactive terminal (exit status 1 when the answer is not yes)."""
-    import os
-    from pathlib import Path
-
-    from sngrad import config as profiles
-
-    path = Path(profile_arg)
-    if not path.is_file() and (Path("config") / f"{profile_arg}.yaml").is_file():
-        path = Path("config") / f"{profile_arg}.yaml"  # a profile's name
-    profile = profiles.load_profile(path)
-    from sngrad.data import get_spec
-
-    spec = get_spec(profile["datasets"][0])
-    widths = [spec.feature_dim, *profile["model"]["hidden"], spec.num_classes]
-    rate = calibrate_flops(widths, profile["batch_sizes"][0]) if calibrate else None
-    overhead = calibrate_step_overhead(profile) if calibrate else None
-    try:
-        default = profiles.read_yaml(profiles.DEFAULT_PROFILE)
-    except (OSError, SngradError):
-        default = None  # not run from the repository: no default to scale the benchmark by
-    text, core_hours = cost_report(profile, rate, cores or os.cpu_count() or 1, overhead,
-                                   default)
-    print(text)
-    if ask and core_hours > CONFIRM_CORE_HOURS and interactive():
-        answer = input(f"{core_hours:,.0f} core-hours exceeds {CONFIRM_CORE_HOURS:g}: "
-                       "run this profile? [y/N] ")
-        return 0 if answer.strip().lower() in ("y", "yes") else 1
-    return 0

@@ -15,6 +15,7 @@ once. Methods return ``str`` so that Snakemake wildcards pass through unchanged:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,3 +252,46 @@ NOTEBOOK_TABLES: dict[str, tuple[str, ...]] = {
 def notebook_tables(layout: Layout, notebook: str, dataset: str = "{dataset}") -> list[str]:
     """The tables ``notebook`` writes under ``layout`` (paths as str)."""
     return [f"{layout.base}/{t.format(dataset=dataset)}" for t in NOTEBOOK_TABLES[notebook]]
+
+
+# ----------------------------------------------------------------------------- the report's inputs
+TUNE_FILES = ("tuning.csv", "best.json", "tuning_provenance.json")  # what a tune job writes
+TRAIN_FILES = ("metrics.csv", "diagnostics.csv", "budget.csv", "provenance.json")  # a train job
+SEED_DESIGN = "config/paper.yaml"  # the seed's design, which the report's scope section counts
+
+
+def notebooks_run(config: Mapping) -> list[str]:
+    """The figure-drawing notebooks a profile runs (the theory one only when enabled)."""
+    theory = (config.get("theory") or {}).get("enabled", True)
+    return [n for n in NOTEBOOKS if n != "theory" or theory]
+
+
+def notebook_outputs(layout: Layout, notebook: str) -> list[str]:
+    """What a notebook of :data:`NOTEBOOKS` writes: its tables, figures and executed copy."""
+    return [*notebook_tables(layout, notebook), *layout.figures(notebook),
+            layout.notebook(notebook)]
+
+
+def report_inputs(layout: Layout, config: Mapping) -> dict[str, list[str]]:
+    """Every file the report reads, by kind: the inputs of the workflow's report rule (and
+    targets of its default rule), and what the report digests when rendered by hand. The
+    benchmark is its own target (``make bench``): its tables count when they exist."""
+    datasets, runs = config.get("datasets", []), config.get("optimizers", [])
+    sizes = config.get("batch_sizes", [])
+    inputs = {
+        "template": [REPORT_TEMPLATE],
+        "partials": sorted(str(p) for p in Path(TEMPLATES).glob("*.md.j2")
+                           if str(p) != REPORT_TEMPLATE),
+        "data": [layout.data_meta(d) for d in datasets],
+        "seed_design": [SEED_DESIGN],
+        "runs": [layout.run_file(name, d, run, b) for d in datasets for run in runs
+                 for b in sizes for name in (*TUNE_FILES, *TRAIN_FILES)],
+        "reference": [layout.reference_dir(d) for d in datasets],
+        "noise": [layout.noise(d) for d in datasets],
+        "summaries": [f for d in datasets for f in notebook_tables(layout, "summary", d)],
+        "benchmark": [f for f in (layout.benchmark(), layout.benchmark_engine())
+                      if Path(f).exists()],
+    }
+    for name in notebooks_run(config):
+        inputs[name] = notebook_outputs(layout, name)
+    return inputs

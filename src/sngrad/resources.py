@@ -41,13 +41,15 @@ import math
 import os
 from collections.abc import Mapping
 
+from sngrad import costs
+from sngrad.profile import DEFAULT_PROFILE, read_yaml, split_sizes
+
 MB = 2**20
 STATE_COPIES = 3  # parameters, gradient, updated parameters of every run
 BASELINE_MB = 200  # a python with jax loaded, measured on the CPU backend (jax 0.10)
 EVAL_CHUNK = 1024  # examples per evaluation step (sngrad.train.engine.EVAL_CHUNK)
 WORK_WARNING_RATIO = 10.0
 DEFAULT_BUDGET_MIN = 60.0  # the default profile's budget on 2 cores (config/default.yaml)
-DEFAULT_BENCHMARK_MIN = 10.0  # the default profile's benchmark, measured alone on 2 cores
 
 
 def machine_mb() -> float | None:
@@ -98,7 +100,6 @@ def _shown(config: Mapping, key: str):
 
 def memory_problems(config: Mapping, machine: float | None = None) -> list[str]:
     """One line per job kind that cannot fit; empty when every job fits."""
-    from sngrad.config import split_sizes
 
     machine = machine_mb() if machine is None else machine
     tune = _tune_factors(config)
@@ -154,8 +155,6 @@ def memory_problems(config: Mapping, machine: float | None = None) -> list[str]:
 def work_flops(config: Mapping) -> float:
     """Counted FLOPs of the profile's jobs (:func:`sngrad.costs.profile_stages`, the count
     `config cost` prints)."""
-    from sngrad import costs
-
     return sum(stage.flops for stage in costs.profile_stages(config))
 
 
@@ -163,21 +162,7 @@ def run_steps(config: Mapping) -> int:
     """Training steps of every run of every tuning, training and reference job (tuning: round
     0 and the refinement of each run's search, x the tuning seeds; extension rounds not
     counted), as :func:`sngrad.costs.profile_stages` counts them."""
-    from sngrad import costs
-
     return sum(stage.run_steps for stage in costs.profile_stages(config))
-
-
-def benchmark_repeats(config: Mapping) -> int:
-    """Timed repeats of the benchmark: repeats x networks x batch sizes."""
-    bench = config["benchmark"]
-    return bench["repeats"] * len(bench["networks"]) * len(bench["batch_sizes"])
-
-
-def benchmark_minutes(config: Mapping, default: Mapping) -> float:
-    """The benchmark's minutes, scaled by its timed repeats from the default profile's
-    measured DEFAULT_BENCHMARK_MIN."""
-    return DEFAULT_BENCHMARK_MIN * benchmark_repeats(config) / benchmark_repeats(default)
 
 
 def work_warnings(config: Mapping, source: str, default: Mapping) -> list[str]:
@@ -210,13 +195,13 @@ def work_warnings(config: Mapping, source: str, default: Mapping) -> list[str]:
             f"that is about {hours:,.0f} h on this CPU{planned}; check train.epochs, the "
             "seeds, the tuning grid and noise.batches"
         )
-    bench = benchmark_repeats(config) / benchmark_repeats(default)
+    bench = costs.benchmark_repeats(config) / costs.benchmark_repeats(default)
     if bench >= WORK_WARNING_RATIO:
         lines.append(
             f"{source}: the benchmark (`make bench`, not part of a run) times about {bench:,.0f} "
             f"times the default's repeats x networks x batch sizes; at the default's "
-            f"{DEFAULT_BENCHMARK_MIN:.0f} minutes that is about "
-            f"{benchmark_minutes(config, default) / 60:,.1f} h; check benchmark.repeats"
+            f"{costs.DEFAULT_BENCHMARK_MIN:.0f} minutes that is about "
+            f"{costs.benchmark_minutes(config, default) / 60:,.1f} h; check benchmark.repeats"
         )
     return lines
 
@@ -225,7 +210,6 @@ def warn(config: Mapping, source: str) -> None:
     """Print the work warnings of a profile that passed its checks (stderr, one a line)."""
     import sys
 
-    from sngrad.config import DEFAULT_PROFILE, read_yaml
     from sngrad.errors import SngradError
 
     try:

@@ -13,20 +13,22 @@ from snakemake.utils import update_config
 
 from sngrad import compile_cache
 from sngrad import config as profiles
+from sngrad import profile as profile_values
 from sngrad import costs, ledger, resources
 from sngrad import runlock, runstart
-from sngrad.data.splits import repair as repair_splits
+from sngrad.data.recovery import repair as repair_splits
 from sngrad.errors import SngradError
 from sngrad.names import parse_run
 from sngrad.layout import (
-    NOTEBOOKS,
     PUBLISHING_PROFILE,
-    REPORT_TEMPLATE,
-    TEMPLATES,
+    TRAIN_FILES,
+    TUNE_FILES,
     Layout,
     notebook_source,
     notebook_tables,
+    notebooks_run,
 )
+from sngrad.layout import report_inputs as layout_report_inputs
 from sngrad.overrides import typed as typed_overrides
 
 # ----------------------------------------------------------------------------- the profile
@@ -56,14 +58,14 @@ def _load_profile():
     if files:
         loaded, source = dict(config), ", ".join(files)
     else:
-        loaded, source = profiles.read_yaml(profiles.DEFAULT_PROFILE), profiles.DEFAULT_PROFILE
+        loaded, source = profile_values.read_yaml(profile_values.DEFAULT_PROFILE), profile_values.DEFAULT_PROFILE
     update_config(loaded, overrides)  # again over the files: nested values come as text
     if overrides:
         source += " (with --config)"
     schema = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
     profiles.check_profile(loaded, source, schema)
     if loaded["profile"] == PUBLISHING_PROFILE:
-        published = profiles.read_yaml(profiles.DEFAULT_PROFILE)
+        published = profile_values.read_yaml(profile_values.DEFAULT_PROFILE)
         problem = profiles.reserved_name_problem(loaded, source, published)
         if problem:
             raise SngradError(problem)
@@ -84,11 +86,11 @@ DATASETS = config["datasets"]
 RUNS = config["optimizers"]
 BATCH_SIZES = config["batch_sizes"]
 PUBLISHES = config["profile"] == PUBLISHING_PROFILE
-TRAINING_SPEC = profiles.training_spec(config)
+TRAINING_SPEC = profile_values.training_spec(config)
 CONFIG_JSON = json.dumps(config, sort_keys=True)
 # the profile's result tree for the report and publish commands
 PROFILE_ARGS = f"--profile {shlex.quote(L.profile)} --results-root {shlex.quote(L.root)}"
-NOTEBOOKS_RUN = [n for n in NOTEBOOKS if n != "theory" or config["theory"]["enabled"]]
+NOTEBOOKS_RUN = notebooks_run(config)
 
 
 wildcard_constraints:
@@ -163,38 +165,20 @@ def run_files(dataset, *names):
     return [run_file(n, dataset, r, b) for r in RUNS for b in BATCH_SIZES for n in names]
 
 
-TUNE_FILES = ("tuning.csv", "best.json", "tuning_provenance.json")
-TRAIN_FILES = ("metrics.csv", "diagnostics.csv", "budget.csv", "provenance.json")
 # what the performance notebook reads of every run (the data sidecars give its layer sizes)
 PERFORMANCE_FILES = ("tuning.csv", "best.json", "metrics.csv", "diagnostics.csv")
 
 
 def noise_tuned(dataset):
     """RUN=best.json of every tuned sngrad-on-sgd run of the profile."""
-    bs = profiles.reference_batch_size(config)
-    return {run: run_file("best.json", dataset, run, bs) for run in profiles.noise_runs(config)}
+    bs = profile_values.reference_batch_size(config)
+    return {run: run_file("best.json", dataset, run, bs) for run in profile_values.noise_runs(config)}
 
 
 def report_inputs():
-    """Everything the report reads (rules are referenced, so report.smk comes after them)."""
-    inputs = {
-        "template": REPORT_TEMPLATE,
-        "partials": sorted(
-            str(p) for p in Path(TEMPLATES).glob("*.md.j2") if str(p) != REPORT_TEMPLATE
-        ),
-        "data": [L.data_meta(d) for d in DATASETS],
-        # the scope section counts the seed's design from it
-        "seed_design": "config/paper.yaml",
-        "runs": [f for d in DATASETS for f in run_files(d, *TUNE_FILES, *TRAIN_FILES)],
-        "reference": [L.reference_dir(d) for d in DATASETS],
-        "noise": [L.noise(d) for d in DATASETS],
-        "summaries": [f for d in DATASETS for f in notebook_tables(L, "summary", d)],
-        # the benchmark is its own target (`make bench`): its tables when it has run
-        "benchmark": [f for f in (L.benchmark(), L.benchmark_engine()) if Path(f).exists()],
-    }
-    for name in NOTEBOOKS_RUN:
-        inputs[name] = getattr(rules, name).output
-    return inputs
+    """Everything the report reads (sngrad.layout.report_inputs, also what the report digests
+    when rendered by hand)."""
+    return layout_report_inputs(L, config)
 
 
 # ----------------------------------------------------------------------------- job order
@@ -209,8 +193,8 @@ EARLY = 1000
 def cell_priority(wildcards):
     """EARLY for the reference run's cell, else 10x the run's counted step cost / SGD's."""
     batch = int(wildcards.batch_size)
-    if (wildcards.optimizer == profiles.REFERENCE_RUN
-            and batch == profiles.reference_batch_size(config)):
+    if (wildcards.optimizer == profile_values.REFERENCE_RUN
+            and batch == profile_values.reference_batch_size(config)):
         return EARLY
     widths = resources.widths(config, wildcards.dataset)
     run = parse_run(wildcards.optimizer)  # the rule's run name, parsed where it enters
@@ -274,7 +258,7 @@ def _recorded_data_sha256(dataset):
 
 
 # A corrupt or truncated splits file is rebuilt in place before Snakemake compares the files'
-# times (sngrad.data.splits.repair): the command a job's error prints is this workflow's own,
+# times (sngrad.data.recovery.repair): the command a job's error prints is this workflow's own,
 # so one run recovers, and the results made from the good bytes are kept. Not in the jobs a
 # cluster runs (they parse this file too), only in the process that plans the run.
 if workflow.exec_mode == ExecMode.DEFAULT:

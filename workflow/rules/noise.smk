@@ -15,7 +15,7 @@ rule noise:
         tuned=lambda wc: " ".join(
             shlex.quote(f"{run}={path}") for run, path in noise_tuned(wc.dataset).items()
         ),
-        batch_sizes=lambda wc: ",".join(map(str, profiles.noise_batch_sizes(config, wc.dataset))),
+        batch_sizes=lambda wc: ",".join(map(str, profile_values.noise_batch_sizes(config, wc.dataset))),
         batches=config["noise"]["batches"],
         seed=config["noise"]["seed"],
     conda:

@@ -33,14 +33,14 @@ rule reference:
         data=L.data("{dataset}"),
         hparams=run_file(
             "best.json",
-            run=profiles.REFERENCE_RUN,
-            batch_size=profiles.reference_batch_size(config),
+            run=profile_values.REFERENCE_RUN,
+            batch_size=profile_values.reference_batch_size(config),
         ),
     output:
         directory(L.reference_dir("{dataset}")),
     params:
         spec=TRAINING_SPEC,
-        batch_size=profiles.reference_batch_size(config),
+        batch_size=profile_values.reference_batch_size(config),
     conda:
         CONDA_ENV
     log:

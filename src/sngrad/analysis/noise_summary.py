@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sngrad.config import NOISE_SUMMARY_BATCH_SIZE as SUMMARY_BATCH_SIZE
 from sngrad.noise.measure import ALL, factor_columns, fit_loglog_slope, is_resolved
+from sngrad.profile import NOISE_SUMMARY_BATCH_SIZE as SUMMARY_BATCH_SIZE
 
 
 def pooled_noise_scale(g2, g2_se, trace, trace_se, cov, weights) -> tuple[float, float]:

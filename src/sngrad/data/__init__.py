@@ -26,7 +26,8 @@ data. For tests, a :class:`DatasetSpec` can be copied with other URLs and checks
 
 One idea per module: :mod:`~sngrad.data.registry` (what each dataset is),
 :mod:`~sngrad.data.sources` (where its files come from, verified), :mod:`~sngrad.data.splits`
-(splitting and normalising), :mod:`~sngrad.data.files` (the .npz + .json pair) and
+(splitting and normalising), :mod:`~sngrad.data.files` (the .npz + .json pair),
+:mod:`~sngrad.data.recovery` (a damaged pair repaired in place) and
 :mod:`~sngrad.data.command` (the command line).
 
 Command line (what the workflow's data rule and ``make data`` call)::

@@ -109,7 +109,7 @@ def rebuild_command(path: str | os.PathLike) -> str:
     """The command that rewrites a splits file.
 
     A file at ``results/<profile>/data/<name>.npz`` belongs to the workflow: its own command
-    rebuilds a damaged one in place before planning (:func:`sngrad.data.splits.repair`) and
+    rebuilds a damaged one in place before planning (:func:`sngrad.data.recovery.repair`) and
     goes on with the run, keeping the results made from the good file.
     """
     path = Path(path)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from sngrad.config import NOISE_SUMMARY_BATCH_SIZE, SEED_STUDY_BATCH_SIZES
 from sngrad.layout import NOISE_SUMMARY
 from sngrad.names import VARIANTS
+from sngrad.profile import NOISE_SUMMARY_BATCH_SIZE, SEED_STUDY_BATCH_SIZES
 from sngrad.report.format import number, percent, plus_minus
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sngrad import provenance
 from sngrad.errors import SngradError
-from sngrad.layout import FIGURES, Layout, notebook_tables
+from sngrad.layout import Layout, report_inputs
 from sngrad.report.format import NA, minutes
 from sngrad.report.read import (
     read_json,
@@ -29,30 +29,9 @@ def config_hash(config: dict) -> str:
 
 
 def expected_inputs(layout: Layout, config: dict) -> list[str]:
-    """The files the report reads, enumerated from the config (when no --inputs is given)."""
-    datasets, runs = config.get("datasets", []), config.get("optimizers", [])
-    files = [layout.data_meta(d) for d in datasets]
-    for d in datasets:
-        for run in runs:
-            for b in config.get("batch_sizes", []):
-                files += [
-                    layout.run_file(name, d, run, b)
-                    for name in (
-                        "tuning.csv",
-                        "best.json",
-                        "tuning_provenance.json",
-                        "metrics.csv",
-                        "diagnostics.csv",
-                        "provenance.json",
-                    )
-                ]
-        files += notebook_tables(layout, "summary", d)
-        files.append(layout.noise(d))
-    for notebook in ("performance", "gradient_noise", "batch_sizes", "theory"):
-        files += notebook_tables(layout, notebook)
-    files += [layout.figure(name) for name in FIGURES]
-    files += [layout.benchmark(), layout.benchmark_engine(), layout.run_started()]
-    return files
+    """The files the report reads (:func:`sngrad.layout.report_inputs`, the report rule's
+    inputs), enumerated from the config when no --inputs is given."""
+    return [f for files in report_inputs(layout, config).values() for f in files]
 
 
 def _started(record: dict | None) -> float | None:

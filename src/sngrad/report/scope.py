@@ -2,7 +2,7 @@
 
 The seed's design is ``config/paper.yaml`` (the seed's network 784-1024-1024-1024-10 and
 3072-... for CIFAR10, its three datasets, batch sizes 128 to 1024, 200 epochs). Both columns
-are counted from the profiles with :mod:`sngrad.costs` and :func:`sngrad.config.split_sizes`;
+are counted from the profiles with :mod:`sngrad.costs` and :func:`sngrad.profile.split_sizes`;
 nothing here is measured. Per network quantities are for one dataset that both designs train
 (the profile's first such dataset; without one, each design's first dataset).
 
@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sngrad import costs
-from sngrad.config import read_yaml, split_sizes
 from sngrad.errors import SngradError
 from sngrad.names import parse_run
+from sngrad.profile import read_yaml, split_sizes
 from sngrad.report.format import NA, count, fmt, number
 
 SEED_DESIGN = Path(__file__).resolve().parents[3] / "config" / "paper.yaml"
