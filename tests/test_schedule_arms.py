@@ -1,6 +1,6 @@
 """The constant-rate arm: ``~schedule`` run names, their checks, their training, and the test
 of the theory's prediction (sngrad.names, sngrad.config, sngrad.train.commands,
-sngrad.analysis.paired.schedule_contrast)."""
+sngrad.analysis.schedules.schedule_contrast)."""
 
 import math
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sngrad.analysis import paired
+from sngrad.analysis import paired, schedules
 from sngrad.config import rule_problems
 from sngrad.errors import SngradError
 from sngrad.names import format_run, parse_run
@@ -108,7 +108,7 @@ def test_the_prediction_holds_when_the_constant_rate_gain_is_larger():
     The contrast is (const - decay) = -0.04 per seed, so the prediction holds."""
     base = np.linspace(0.30, 0.39, 10)
     noise = np.array([0.001, -0.002, 0.0015, 0.0, -0.001, 0.002, -0.0005, 0.0005, 0.001, -0.001])
-    table = paired.schedule_contrast(_metrics({
+    table = schedules.schedule_contrast(_metrics({
         "sgd": base, "sgd+cv": base - 0.01 + noise,
         "sgd~constant": base + 0.1, "sgd+cv~constant": base + 0.1 - 0.05 + noise / 2,
     }), PARSED, [16], dataset="toy", primary="cosine")
@@ -126,7 +126,7 @@ def test_the_prediction_holds_when_the_constant_rate_gain_is_larger():
 def test_the_prediction_fails_when_the_gain_is_the_same_under_both_schedules():
     base = np.linspace(0.30, 0.39, 10)
     noise = np.array([0.001, -0.002, 0.0015, 0.0, -0.001, 0.002, -0.0005, 0.0005, 0.001, -0.001])
-    table = paired.schedule_contrast(_metrics({
+    table = schedules.schedule_contrast(_metrics({
         "sgd": base, "sgd+cv": base - 0.03 + noise,
         "sgd~constant": base + 0.1, "sgd+cv~constant": base + 0.1 - 0.03 - noise[::-1],
     }), PARSED, [16], dataset="toy", primary="cosine")
@@ -137,8 +137,8 @@ def test_the_prediction_fails_when_the_gain_is_the_same_under_both_schedules():
 
 def test_no_contrast_without_both_arms_or_under_a_constant_profile():
     values = {r: np.linspace(0.3, 0.4, 10) for r in RUNS}
-    assert paired.schedule_contrast(_metrics(values), PARSED[:3], [16], dataset="toy",
+    assert schedules.schedule_contrast(_metrics(values), PARSED[:3], [16], dataset="toy",
                                     primary="cosine").empty
-    assert paired.schedule_contrast(_metrics(values), PARSED, [16], dataset="toy",
+    assert schedules.schedule_contrast(_metrics(values), PARSED, [16], dataset="toy",
                                     primary="constant").empty
     assert math.isnan(paired.sign_flip_interval([0.1], 0.05)[0])

@@ -2,6 +2,9 @@
 
 - :mod:`.loaders`: a profile's per-run files as pandas frames;
 - :mod:`.paired`: paired tests of every run against its base, step costs, the summary table;
+- :mod:`.schedules`: the schedule contrast (a run's gain at a constant rate against its gain
+  under the profile's decaying schedule);
+- :mod:`.batch_trend`: the change of each paired difference over the batch sizes;
 - :mod:`.tuning`: tuning settings, selection, learning-rate and alpha sensitivity;
 - :mod:`.training_length`: training curves and the training-length criterion;
 - :mod:`.shrink`: the sngrad factors' and the control variates' diagnostics;

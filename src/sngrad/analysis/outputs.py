@@ -15,13 +15,8 @@ import pandas as pd
 
 from sngrad.analysis.batch_trend import TREND_COLUMNS, batch_trend
 from sngrad.analysis.loaders import read_best, read_run_tables
-from sngrad.analysis.paired import (
-    SCHEDULE_COLUMNS,
-    paired_table,
-    schedule_contrast,
-    summary_table,
-    winners,
-)
+from sngrad.analysis.paired import paired_table, summary_table, winners
+from sngrad.analysis.schedules import SCHEDULE_COLUMNS, schedule_contrast
 from sngrad.analysis.shrink import (
     control_variate_summary,
     layer_weights,
