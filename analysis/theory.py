@@ -342,7 +342,7 @@ save(fig, "theory_sngrad_variants")
 # $V_0(1 + 4.5\gamma + \dots)$ for 27 and $V_0(1 + 7.5\gamma + \dots)$ for 45; the higher terms
 # follow from the moment hierarchy (`variant_maps.variant_ii_series`). Two simulations settle
 # it: the truncated map where the 27-term is 30 % of the denominator ($\gamma = 0.067$, the map
-# of tests/test_verdict_pins.py), an exact check of 27; and the real simulator at
+# of tests/analysis/test_verdict_pins.py), an exact check of 27; and the real simulator at
 # $\gamma = 0.01$, inside the clip's validity condition and where the series still converges,
 # against the series, with 27 and 45 beside it.
 

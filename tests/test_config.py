@@ -1,17 +1,16 @@
 """Profiles: complete files that pass their checks, and bad ones that fail one line per problem."""
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT
 
 from sngrad import config as profiles
 from sngrad import profile as profile_values
 from sngrad.cli import main
 from sngrad.errors import SngradError
 
-ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ("default", "quick", "smoke", "paper", "scale")
 SCHEMA = yaml.safe_load(profiles.SCHEMA.read_text())
 COMPARISON = {

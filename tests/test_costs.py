@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import toy_splits
+from conftest import ROOT, spec_dict, toy_splits
 
 from sngrad import costs, stats
 from sngrad.data import save_splits
@@ -244,15 +244,7 @@ def test_a_layer_of_width_one_is_counted():
 # ----------------------------------------------------------------------------- the engine
 
 
-SPEC = {
-    "hidden": [6], "init_seed": 0, "epochs": 2, "seeds": [1, 2], "backend": "dense",
-    "schedule": "constant", "checkpoint_every": 0, "diverge_loss": 1000.0, "snapshot_every": 1,
-    "tune": {"seeds": [100, 101], "lr_min": 0.03, "lr_max": 0.3, "lr_per_decade": 2,
-             "lr_bounds": [0.01, 1.0], "axis_points": 3,
-             "one_minus_momentum": [0.1, 0.5], "one_minus_momentum_bounds": [0.001, 1.0],
-             "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]},
-             "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]}},
-}
+SPEC = spec_dict(hidden=[6], epochs=2)
 B = 16  # 6 steps per epoch
 
 
@@ -475,11 +467,10 @@ def test_the_readme_quotes_the_counted_cost_of_the_paper_and_scale_profiles(name
     """The README's figures for the paper and scale profiles are what `config cost` counts
     now: a change to the profile or to the counting that leaves the README behind fails."""
     import re
-    from pathlib import Path
 
     from sngrad.config import load_profile
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     stages = costs.profile_stages(load_profile(root / "config" / f"{name}.yaml"))
     flops = sum(s.flops for s in stages)
     readme = " ".join((root / "README.md").read_text().split())

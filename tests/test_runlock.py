@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_tree
+from conftest import SNAKEMAKE, copy_tree
 
 from sngrad import runlock
 from sngrad.errors import SngradError
@@ -127,7 +127,7 @@ def test_killing_only_snakemake_then_rerunning_at_once_never_duplicates_a_job(tm
     profile["train"]["epochs"] = 60  # a tune job that runs long enough to be caught
     (work / "config" / "lockprobe.yaml").write_text(yaml.safe_dump(profile))
     target = "results/lockprobe/digits/sgd/bs64/best.json"
-    command = [sys.executable, "-m", "snakemake", "--cores", "1", target,
+    command = [*SNAKEMAKE, "--cores", "1", target,
                "--configfile", "config/lockprobe.yaml"]  # fmt: skip
     first = subprocess.Popen(command, cwd=work, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)  # fmt: skip

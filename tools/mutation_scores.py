@@ -47,9 +47,6 @@ WORK = ROOT / ".cache" / "mutation"
 SAMPLE_FILE = WORK / "sample.json"
 # test inputs besides src/ and tests/ that the selected tests read through the repository root
 EXTRA_PATHS = ("pyproject.toml", "paper/templates", "config", "workflow", "analysis")
-
-# the test files that --keep-source refreshes (tests written for this issue, by subject)
-NEW_TESTS = "test_behaviour_*.py"
 # mutmut's exit codes per mutant (mutmut.stats.status_by_exit_code), grouped for the score
 DETECTED = {1: "killed", 3: "killed", 36: "timeout", 24: "timeout", -24: "timeout",
             152: "timeout", 255: "timeout", -11: "crashed", -9: "crashed"}
@@ -86,10 +83,8 @@ def prepare_workspace(without: list[str], deselect: list[str], keep_source: bool
     """A fresh copy of src/, tests/ and the test inputs; earlier mutants/ results are kept.
     With ``keep_source`` the copied src/ of the last run stays: new tests, same mutants."""
     WORK.mkdir(parents=True, exist_ok=True)
-    if keep_source:  # the code and the old tests as they were; only the behaviour tests anew
-        for path in (ROOT / "tests").glob(NEW_TESTS):
-            shutil.copy2(path, WORK / "tests" / path.name)
-        names = ("pyproject.toml",)
+    if keep_source:  # the code as it was; the tests and the selection anew
+        names = ("tests", "pyproject.toml")
     else:
         names = ("src", "tests", *EXTRA_PATHS)
     for name in names:
@@ -232,8 +227,8 @@ def main(argv=None) -> int:
                    help="a test id to leave out (repeatable), e.g. one that fails on the "
                         "unmutated code")
     p.add_argument("--keep-source", action="store_true",
-                   help="keep the last run's source, tests and sample; refresh only "
-                        f"tests/{NEW_TESTS} and the selection")
+                   help="keep the last run's source and sample; refresh only tests/ and "
+                        "the selection")
     p.add_argument("--survivors-only", action="store_true",
                    help="with --keep-source: recheck only the mutants not yet detected")
     p.set_defaults(fn=run)

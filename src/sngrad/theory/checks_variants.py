@@ -45,7 +45,7 @@ K_E = np.array([1.0, 1.0])
 B_E, ETA_E = 32, 0.1
 ALPHA_E = {"sgd": 1.0, "I": 1.0, "II": 2.0, "III": 0.2}
 
-# (e'): the truncated map of tests/test_verdict_pins.py, and the real step at gamma = 0.01
+# (e'): the truncated map of tests/analysis/test_verdict_pins.py, and the real step at gamma = 0.01
 MAP_TRUNC = {"k": 1.0, "sigma": 1.0, "batch_size": 32, "alpha": 1.0, "eta": 1.8}
 GAMMA_REAL = 0.01
 MAP_REAL = {"k": 1.0, "sigma": 1.0, "batch_size": B_E, "alpha": ALPHA_E["II"]}

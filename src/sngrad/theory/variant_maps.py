@@ -60,7 +60,7 @@ def variant_ii_variance(k, sigma, batch_size, alpha, eta):
 
         V = 15 E[c^2] s^6 / (6 k E[c] s^2 - 27 k^2 E[c^2] s^4)
 
-    with nothing dropped: for this map the formula is exact (tests/test_verdict_pins.py).
+    with nothing dropped: for this map the formula is exact (tests/analysis/test_verdict_pins.py).
 
     The real step u = c (k x + xi)^3 is a different map, and for it the 27 is not the right
     constant. Write gamma = k s^2 E[c^2] / E[c] (``variant_ii_gamma``; gamma = k eta /

@@ -1,11 +1,11 @@
 """The step-time benchmark's consistency rule and argument parsing (no timing here)."""
 
 import importlib.util
-import pathlib
 
 import pytest
+from conftest import ROOT
 
-PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "step_time.py"
+PATH = ROOT / "benchmarks" / "step_time.py"
 spec = importlib.util.spec_from_file_location("step_time", PATH)
 step_time = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(step_time)

@@ -2,13 +2,11 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from sngrad.cli import COMMANDS, main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pins(lines):

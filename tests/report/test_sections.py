@@ -1,4 +1,7 @@
-"""The report's elapsed time from run_started.json, in each form the file may take."""
+"""Cells of the report's sections from hand-made inputs: the elapsed time from
+run_started.json in each form the file may take (reproducibility), the chosen alpha in the
+learning-rate cells and the shrink rows (results), the benchmark's machine (implementation),
+the divergence threshold in the protocol (experiment)."""
 
 import json
 import math

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_tree
+from conftest import ROOT, SNAKEMAKE, binary_splits, copy_tree, spec_dict
 
 from sngrad.data import load_splits, prepare
 from sngrad.data.recovery import repair
@@ -83,15 +83,7 @@ def test_results_made_from_other_bytes_are_redone(tmp_path):
 
 
 def test_an_all_diverged_grid_extends_downward_until_the_lower_bound():
-    spec = {"hidden": [8], "init_seed": 0, "epochs": 3, "seeds": [1, 2], "backend": "dense",
-            "schedule": "constant", "checkpoint_every": 0, "diverge_loss": 1000.0,
-            "snapshot_every": 1,
-            "tune": {"seeds": [100, 101], "lr_min": 0.1, "lr_max": 0.32, "lr_per_decade": 2,
-                     "lr_bounds": [0.01, 10.0], "axis_points": 3,
-                     "one_minus_momentum": [0.1, 0.5],
-                     "one_minus_momentum_bounds": [0.001, 1.0],
-                     "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]},
-                     "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]}}}
+    spec = spec_dict(tune={"lr_min": 0.1, "lr_max": 0.32, "lr_bounds": [0.01, 10.0]})
     tune = parse_spec(spec).tune
     for name, alphas in (("sgd", 1), ("sgd+sngrad1", 3)):
         run = parse_run(name)
@@ -125,26 +117,14 @@ def test_an_all_diverged_grid_extends_downward_until_the_lower_bound():
 
 def test_tuning_output_says_all_diverged_at_the_bound(tmp_path):
     """The tune command trains the downward rounds and best.json records where it stopped."""
-    import numpy as np
 
-    from sngrad.data import Splits, save_splits
+    from sngrad.data import save_splits
     from sngrad.train import tune
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 4)).astype(np.float32)
-    y = (x[:, 0] > 0).astype(np.int32)
     data = tmp_path / "toy.npz"
-    save_splits(Splits(x, y, x[:16], y[:16], x[:16], y[:16], num_classes=2, name="toy"), data)
-    spec = parse_spec({
-        "hidden": [4], "init_seed": 0, "epochs": 1, "seeds": [1, 2], "backend": "dense",
-        "schedule": "constant", "checkpoint_every": 0, "diverge_loss": 1e-9,  # all diverge
-        "snapshot_every": 1,
-        "tune": {"seeds": [100, 101], "lr_min": 0.1, "lr_max": 0.32, "lr_per_decade": 2,
-                 "lr_bounds": [0.01, 10.0], "axis_points": 3,
-                     "one_minus_momentum": [0.1, 0.5],
-                     "one_minus_momentum_bounds": [0.001, 1.0],
-                     "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]},
-                 "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]}}})
+    save_splits(binary_splits(64), data)
+    spec = parse_spec(spec_dict(hidden=[4], epochs=1, diverge_loss=1e-9,  # all diverge
+                      tune={"lr_min": 0.1, "lr_max": 0.32, "lr_bounds": [0.01, 10.0]}))
     best = tune(data, parse_run("sgd"), 16, spec, tmp_path / "out")
     assert best["all_diverged"] and best["at_bound"]
     assert best["trials"] == 4 and best["rounds"] == 3  # 0.1 and 0.32, then 0.032, then 0.01
@@ -163,7 +143,7 @@ def test_corrupt_splits_with_completed_tuning_recover_in_the_printed_command(tmp
     profile.update(profile="rec", optimizers=["sgd"])
     profile["theory"]["enabled"] = False
     (work / "config" / "rec.yaml").write_text(yaml.safe_dump(profile))
-    snakemake = [sys.executable, "-m", "snakemake", "--cores", "1"]
+    snakemake = [*SNAKEMAKE, "--cores", "1"]
     base = work / "results" / "rec"
     tuned = base / "digits" / "sgd" / "bs64"
     first = subprocess.run([*snakemake, str(tuned.relative_to(work) / "best.json"),
@@ -237,7 +217,7 @@ def test_an_unwritable_out_dir_is_one_line_before_any_data_or_compilation(
 
     monkeypatch.setattr(os, "fsync", full)
     out = tmp_path / "results" / "run"
-    spec = training_spec(read_yaml(Path(__file__).parents[1] / "config" / "smoke.yaml"))
+    spec = training_spec(read_yaml(ROOT / "config" / "smoke.yaml"))
     args = [command, "--data", str(tmp_path / "missing.npz"), "--batch-size", "8",
             "--spec", spec, "--out-dir", str(out)]
     if command != "reference":

@@ -8,27 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import binary_splits, spec_dict
 
 from sngrad import resources
 from sngrad.cli import main
 from sngrad.config import load_profile
-from sngrad.data import Splits
 from sngrad.names import parse_run
 from sngrad.profile import DEFAULT_PROFILE, read_yaml, split_sizes
 from sngrad.spec import parse_spec
 from sngrad.train import TRAIN_MODE, RunConfig, run_sweep
 from sngrad.train.progress import EpochProgress, duration, loss_summary
 
-SPEC = {
-    "hidden": [8], "init_seed": 0, "epochs": 4, "seeds": [1, 2], "backend": "dense",
-    "schedule": "constant", "checkpoint_every": 0, "diverge_loss": 1000.0, "snapshot_every": 1,
-    "tune": {"seeds": [100, 101], "lr_min": 0.03, "lr_max": 0.3, "lr_per_decade": 2,
-             "lr_bounds": [0.01, 1.0], "axis_points": 3,
-             "one_minus_momentum_bounds": [0.001, 1.0],
-             "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]},
-             "one_minus_momentum": [0.1, 0.5],
-             "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]}},
-}
+SPEC = spec_dict(epochs=4)
 LINE = re.compile(
     r"^sngrad: progress (?P<label>.+): epoch (?P<epoch>\d+)/(?P<total>\d+), "
     r"loss (?P<loss>\S+) \(median of (?P<k>\d+) run\(s\)(, \d+ not finite)?\), "
@@ -94,10 +85,7 @@ def test_formatting():
 def test_a_sweep_writes_one_line_per_epoch_to_its_log_and_the_same_results(capsys):
     """stderr is the job's log (not a terminal): each epoch leaves a line; the numbers are
     those of a sweep without progress lines."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(96, 4)).astype(np.float32)
-    y = (x[:, 0] > 0).astype(np.int32)
-    splits = Splits(x, y, x[:16], y[:16], x[:16], y[:16], num_classes=2, name="toy")
+    splits = binary_splits(96)
     spec = parse_spec(SPEC)
     configs = [RunConfig(0.1, None, None, s) for s in (1, 2)]
     import sngrad.train.progress as progress_module

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import spec_dict
 
 from sngrad.analysis import paired, schedules
 from sngrad.config import rule_problems
@@ -49,15 +50,7 @@ def test_the_profile_check_names_a_redundant_arm_and_an_arm_without_its_base():
     assert "its base 'sgd~constant'" in line and "\n" not in line
 
 
-SPEC = {
-    "hidden": [4], "init_seed": 0, "epochs": 2, "seeds": [1], "backend": "dense",
-    "schedule": "cosine", "checkpoint_every": 0, "diverge_loss": 1000.0, "snapshot_every": 1,
-    "tune": {"seeds": [100, 101], "lr_min": 0.03, "lr_max": 0.3, "lr_per_decade": 2,
-             "lr_bounds": [0.01, 1.0], "axis_points": 3,
-             "one_minus_momentum": [0.1, 0.5], "one_minus_momentum_bounds": [0.001, 1.0],
-             "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]},
-             "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]}},
-}
+SPEC = spec_dict(hidden=[4], epochs=2, seeds=[1], schedule="cosine")
 
 
 def test_an_arm_trains_with_its_own_schedule_and_the_rest_with_the_profiles():

@@ -4,17 +4,14 @@ that the protocol the GPU runs (two batch sizes, the trend over them) is exercis
 `make test` without a GPU."""
 
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import copy_tree
+from conftest import SNAKEMAKE, copy_tree
 
 from sngrad.analysis.batch_trend import TREND_COLUMNS
 from sngrad.layout import Layout
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def twin(scale: dict) -> dict:

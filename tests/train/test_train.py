@@ -7,9 +7,10 @@ import math
 import jax
 import numpy as np
 import pytest
+from conftest import spec_dict, toy_splits
 
 from sngrad import cli
-from sngrad.data import Splits, save_splits
+from sngrad.data import save_splits
 from sngrad.errors import SngradError
 from sngrad.names import parse_run
 from sngrad.spec import parse_spec
@@ -29,16 +30,7 @@ from sngrad.train import (
 )
 from sngrad.train.commands import BEST_KEYS, reference_epochs
 
-SPEC = {
-    "hidden": [8], "init_seed": 0, "epochs": 3, "seeds": [1, 2], "backend": "dense",
-    "schedule": "constant", "checkpoint_every": 0, "diverge_loss": 1000.0, "snapshot_every": 1,
-    "tune": {"seeds": [100, 101], "lr_min": 0.03, "lr_max": 0.3, "lr_per_decade": 2,
-             "lr_bounds": [0.01, 1.0], "axis_points": 3,
-             "one_minus_momentum_bounds": [0.001, 1.0],
-             "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]},
-             "one_minus_momentum": [0.1, 0.5],
-             "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]}},
-}
+SPEC = spec_dict()
 B = 16
 
 
@@ -46,21 +38,9 @@ def _spec(**over):
     return parse_spec({**SPEC, **over})
 
 
-def _toy_splits(n_train=192, dim=6, seed=0):
-    """Three classes, learnable in a few epochs."""
-    rng = np.random.default_rng(seed)
-
-    def part(n):
-        x = rng.normal(size=(n, dim)).astype(np.float32)
-        y = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.8).astype(np.int32)
-        return x, y
-
-    return Splits(*part(n_train), *part(48), *part(48), num_classes=3, name="toy")
-
-
 @pytest.fixture(scope="module")
 def splits():
-    return _toy_splits()
+    return toy_splits(n_train=192, dim=6, n_eval=48)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 ``variant_ii_variance`` (constant 27) is exact for the truncated map
 x' = x - c (xi^3 + 3 k x xi^2); the real step x' = x - c (k x + xi)^3 has the first correction
 V0 (1 + 5 gamma), i.e. the constant 30, and higher terms from ``variant_ii_series``. Its
-formulas hold while the clip is inactive, alpha B >> 1 (``variant_ii_clip_share``).
+formulas hold while the clip is inactive, alpha B >> 1 (``variant_ii_clip_share``). Last, the
+simulator's stationary variance against ``variant_ii_variance`` within its stated error.
 """
 
 from fractions import Fraction
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from sngrad.theory.closed_forms import discrete_variance
 from sngrad.theory.pass_rule import FLOOR, Z_BOUND, passes
 from sngrad.theory.processes import Quadratic
 from sngrad.theory.simulate import simulate
@@ -97,3 +99,39 @@ def test_real_step_follows_its_series_and_not_the_45_closed_form():
     s2 = sigma**2 / B
     with_45 = 15 * c2 * s2**3 / (6 * k * c1 * s2 - 45 * k**2 * c2 * s2**2)
     assert not passes(with_45, v, se, FLOOR, Z_BOUND), (v, se, with_45)
+
+
+# ----------------------------------------------------------------------------- simulated law
+# Variant II's stationary law: the simulator against ``variant_ii_variance``.
+#
+# Variant II moves by ``eta f mu`` with ``f = min(mu^2 / (alpha sigma_hat^2), 1)``: near the
+# minimum of ``L = k x^2 / 2`` the step is cubic in the batch mean, and the small-noise expansion
+# of ``variant_ii_variance`` predicts the stationary variance up to dropped terms of
+# relative order ``k^2 V / s^2`` (``s^2 = sigma^2 / B``). The fluctuation identity
+# ``E[theta u] = E[u^2] / 2`` of tests/theory/test_sde.py holds for any update rule, so it
+# cannot tell a wrong variant II from the right one; this test can.
+
+# the small-noise regime of the expansion: k^2 V / s^2 is about 2 % here
+K, SIGMA, B, ALPHA, ETA = 1.0, np.array([0.5, 2.0]), 32, 1.0, 0.2
+ORDER_FACTOR = 3.0  # "terms of relative order e" read as at most 3 e
+
+
+def test_variant_ii_variance_matches_simulation_within_its_stated_error():
+    """Catches a wrong variant II in the simulator (e.g. the factor |mu| / s instead of
+    (mu / s)^2, or plain SGD's step) and a wrong constant in ``variant_ii_variance``
+    (e.g. 15 -> 9 or 27 -> 9 in its numerator or denominator); the fluctuation identity
+    passes for all of these."""
+    run = simulate(jax.random.key(11), Quadratic.diagonal([K, K]), n_chains=300,
+                   burn_in=600, n_steps=2000, eta=ETA, method="II", alpha=ALPHA,
+                   per_example_std=SIGMA, batch_size=B)
+    measured, se = run.variance()
+    predicted = np.array([variant_ii_variance(K, s, B, ALPHA, ETA) for s in SIGMA])
+    stated = K**2 * predicted / (SIGMA**2 / B)  # the expansion's own error estimate
+    assert np.all(stated < 0.05), stated  # else the test would not be in the expansion's regime
+    slack = 4 * se + ORDER_FACTOR * stated * predicted
+    assert np.all(np.abs(measured - predicted) <= slack), (measured, predicted, se, stated)
+    # and the prediction is far from plain SGD's at the same eta and B (the leading ratio
+    # is 5 / (alpha B)), so agreeing with it is not agreeing with any stable step rule
+    sgd = discrete_variance(ETA, K, SIGMA**2 / B)
+    assert np.all(measured < 0.5 * sgd), (measured, sgd)
+    np.testing.assert_allclose(predicted / sgd, 5 / (ALPHA * B), rtol=0.25)

@@ -65,7 +65,7 @@ def test_fluctuation_identity_holds_for_every_method(method):
     # E[theta u] = E[u^2] / 2 at stationarity: per chain the time average of 2 theta u - u^2
     # telescopes to (theta_first^2 - theta_last^2) / n, so only boundary terms remain. It holds
     # for any update rule: it checks the accumulators, not a method's law (variant II's law:
-    # tests/test_behaviour_theory.py; I and III: the random-gain test below).
+    # tests/theory/test_variant_ii.py; I and III: the random-gain test below).
     run = simulate(jax.random.key(3), Quadratic.diagonal([1.0, 1.0]), n_chains=200,
                    burn_in=300, n_steps=1000, eta=0.2, method=method, alpha=0.5,
                    per_example_std=[0.5, 3.0], batch_size=8)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import spec_dict
 
 from sngrad.analysis.paired import paired_table, winners
 from sngrad.data import Splits, save_splits
@@ -34,15 +35,8 @@ from sngrad.train.step import make_step
 # ============================================================================ 1. tuning split
 
 TUNE_INIT_SEED = 3  # its initial network is right on 4 of the 32 validation examples
-TUNE_SPEC = {
-    "hidden": [4], "init_seed": TUNE_INIT_SEED, "epochs": 3, "seeds": [1], "backend": "dense",
-    "schedule": "constant", "checkpoint_every": 0, "diverge_loss": 1000.0, "snapshot_every": 1,
-    "tune": {"seeds": [0, 1], "lr_min": 1e-3, "lr_max": 1.0, "lr_per_decade": 2,
-             "lr_bounds": [1e-3, 1.0], "axis_points": 3,
-             "one_minus_momentum": [0.1, 0.5], "one_minus_momentum_bounds": [0.001, 1.0],
-             "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]},
-             "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]}},
-}
+TUNE_SPEC = spec_dict(hidden=[4], init_seed=TUNE_INIT_SEED, seeds=[1], tune={
+    "seeds": [0, 1], "lr_min": 1e-3, "lr_max": 1.0, "lr_bounds": [1e-3, 1.0]})
 
 
 def _separable(rng, n):
@@ -333,7 +327,7 @@ def _truncated_variant_ii_variance(seed=0, n_chains=2000, burn_in=500, n_steps=3
 
 def test_variant_ii_variance_is_exact_on_the_map_it_solves():
     """Catches a wrong constant anywhere in V = 15 E[c^2] s^6 / (6 k E[c] s^2 - 27 k^2 E[c^2]
-    s^4), in particular 27 -> 9, which tests/test_behaviour_theory.py cannot see: in its
+    s^4), in particular 27 -> 9, which tests/theory/test_variant_ii.py cannot see: in its
     regime the whole 27-term is about 3 % of the prediction, inside that test's 6 % slack.
 
     Stationarity of the map of ``_truncated_variant_ii_variance``: E[x'^2] = E[x^2] gives

@@ -5,16 +5,14 @@ workflow/cluster/local-slurm.sh (the real run on a one-node SLURM) restate it co
 import importlib.util
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, snakemake
 from snakemake.cli import parse_args
 from snakemake_executor_plugin_slurm.validation import get_forbidden_slurm_options
 
-ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 SETTINGS = yaml.safe_load((PROFILE / "config.yaml").read_text())
 # what the plugin turns into sbatch options, plus the scheduling ones Snakemake itself reads
@@ -49,13 +47,6 @@ def workflow_copy(tmp_path_factory):
     return target
 
 
-def snakemake(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-
-
 def test_profile_settings_are_ones_the_plugin_submits():
     assert SETTINGS["executor"] == "slurm"
     assert isinstance(SETTINGS["cores"], int) and SETTINGS["cores"] >= 1
@@ -80,7 +71,8 @@ def test_slurm_extra_has_no_option_the_plugin_sets_itself():
 
 
 def test_profile_names_only_rules_of_the_workflow(workflow_copy):
-    out = snakemake("--list-rules", "--configfile", "config/paper.yaml", cwd=workflow_copy)
+    out = snakemake("--list-rules", "--configfile", "config/paper.yaml", cwd=workflow_copy,
+                    timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rules = set(out.stdout.split())
     assert set(SETTINGS["set-resources"]) <= rules, set(SETTINGS["set-resources"]) - rules
@@ -89,7 +81,7 @@ def test_profile_names_only_rules_of_the_workflow(workflow_copy):
 def test_dry_run_gives_each_rule_the_profiles_resources(workflow_copy):
     out = snakemake(  # the study and the benchmark, its own target
         "-n", "--profile", "workflow/profiles/slurm", "all", "bench",
-        "--configfile", "config/smoke.yaml", cwd=workflow_copy,
+        "--configfile", "config/smoke.yaml", cwd=workflow_copy, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout + out.stderr

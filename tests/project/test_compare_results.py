@@ -4,7 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 _spec = importlib.util.spec_from_file_location("compare_results",
                                                ROOT / "tools" / "compare_results.py")
 compare_results = importlib.util.module_from_spec(_spec)

@@ -16,18 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_tree
+from conftest import ROOT, SNAKEMAKE, copy_tree, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SMOKE = ["--configfile", "config/smoke.yaml"]
 WORKFLOW_PROFILE = "Using workflow specific profile workflow/profiles/default"
-
-
-def snakemake(*args, cwd, timeout=180):
-    return subprocess.run(
-        [*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def job_counts(output: str) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """``tune`` picks the setting the protocol says, from what training reports.
 
-The selection function itself is tested in tests/test_protocol.py. Here the training of each
-trial is replaced by a table of known outcomes, so that the command's own wiring is what is
+The selection function itself is tested in tests/train/test_protocol.py. Here the training of
+each trial is replaced by a table of known outcomes, so that the command's own wiring is what is
 tested: which numbers reach the selection (the final validation accuracy and loss, per tuning
 seed), how they are aggregated (the mean over seeds), which settings are excluded (a diverged
 seed) and how the choice reaches tuning.csv and best.json.
@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import spec_dict
 
 from sngrad.data import Splits, save_splits
 from sngrad.names import parse_run
@@ -22,15 +23,9 @@ from sngrad.train.engine import SweepResult
 
 SEEDS = [100, 101]
 LR_MIN, PER_DECADE = 0.01, 2
-SPEC = {
-    "hidden": [4], "init_seed": 0, "epochs": 2, "seeds": [1], "backend": "dense",
-    "schedule": "constant", "checkpoint_every": 0, "diverge_loss": 1000.0, "snapshot_every": 1,
-    "tune": {"seeds": SEEDS, "lr_min": LR_MIN, "lr_max": 1.0, "lr_per_decade": PER_DECADE,
-             "lr_bounds": [LR_MIN, 1.0], "axis_points": 3,
-             "one_minus_momentum": [0.1, 0.5], "one_minus_momentum_bounds": [0.001, 1.0],
-             "alpha": {"I": [0.3, 3.0], "II": [0.3, 30.0], "III": [0.1, 1.0]},
-             "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]}},
-}
+SPEC = spec_dict(hidden=[4], epochs=2, seeds=[1], tune={
+    "seeds": SEEDS, "lr_min": LR_MIN, "lr_max": 1.0, "lr_per_decade": PER_DECADE,
+    "lr_bounds": [LR_MIN, 1.0]})
 # learning-rate grid index (halves: the refinement) -> per tuning seed (val_accuracy, val_loss,
 # diverged). Dyadic numbers, so that the means are exact. The seed variance is zero for every
 # valid setting but 1, so the median gives a tie margin of 0. Each wrong rule picks another
@@ -125,7 +120,7 @@ def _tune_with_bounds(lo, hi):
 def test_extension_stops_exactly_at_the_learning_rate_bounds(end, bound, tried_past_it):
     """Catches a loosened or tightened bound check in ``protocol.extension`` (e.g. the upper
     bound doubled, a strict comparison, or the rounding tolerance applied with the wrong
-    sign), which tests/test_protocol.py's bounds, a whole grid step away, let through."""
+    sign), which tests/train/test_protocol.py's bounds, a whole grid step away, let through."""
     from sngrad.names import parse_run
     from sngrad.train import protocol
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT, tune_dict
 
 from sngrad import names
 from sngrad.analysis import outputs
@@ -21,7 +22,6 @@ from sngrad.report import format as report_format
 from sngrad.report import render as report_render
 from sngrad.report import reproducibility, results
 
-ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "paper" / "templates"
 SEEDS = list(range(1, 11))
 EPOCHS = 4
@@ -57,12 +57,9 @@ def config_for(profile, datasets=("mnist",), runs=RUNS):
         "model": {"hidden": [16], "init_seed": 0},
         "train": {"epochs": EPOCHS, "seeds": SEEDS, "backend": "dense", "schedule": "constant",
                   "checkpoint_every": 1, "diverge_loss": 1000.0, "snapshot_every": 1},
-        "tune": {"seeds": [100, 101], "lr_min": 0.01, "lr_max": 1.0, "lr_per_decade": 2,
-                 "lr_bounds": [1e-5, 100.0], "axis_points": 3,
-             "one_minus_momentum_bounds": [0.001, 1.0],
-             "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]},
-             "one_minus_momentum": [0.01, 0.3],
-                 "alpha": {"I": [0.1, 10.0], "II": [0.3, 30.0], "III": [0.03, 1.0]}},
+        "tune": tune_dict(lr_min=0.01, lr_max=1.0, lr_bounds=[1e-5, 100.0],
+                          one_minus_momentum=[0.01, 0.3],
+                          alpha={"I": [0.1, 10.0], "II": [0.3, 30.0], "III": [0.03, 1.0]}),
     }  # fmt: skip
 
 

@@ -14,20 +14,17 @@ import time
 
 import numpy as np
 import pytest
+from conftest import spec_dict
 
 from sngrad.data import Splits, save_splits
 from sngrad.names import parse_run
 
 EPOCHS = 100  # long enough (about a second of training) to be killed between checkpoints
-SPEC = {"hidden": [32, 32], "init_seed": 0, "epochs": EPOCHS, "seeds": [1, 2],
-        "backend": "dense", "schedule": "cosine", "checkpoint_every": 5, "diverge_loss": 1e3,
-        "snapshot_every": 1,
-        "tune": {"seeds": [0, 1], "lr_min": 0.01, "lr_max": 0.1, "lr_per_decade": 2,
-                 "lr_bounds": [0.01, 0.1], "axis_points": 3,
-             "one_minus_momentum_bounds": [0.001, 1.0],
-             "alpha_bounds": {"I": [1e-4, 1e4], "II": [1e-4, 1e4], "III": [1e-4, 100.0]},
-             "one_minus_momentum": 0.1,
-                 "alpha": {"I": [0.5, 2.0], "II": [0.5, 2.0], "III": [0.05, 0.2]}}}
+SPEC = spec_dict(hidden=[32, 32], epochs=EPOCHS, schedule="cosine", checkpoint_every=5,
+                 diverge_loss=1e3, tune={
+    "seeds": [0, 1], "lr_min": 0.01, "lr_max": 0.1, "lr_bounds": [0.01, 0.1],
+    "one_minus_momentum": 0.1,
+    "alpha": {"I": [0.5, 2.0], "II": [0.5, 2.0], "III": [0.05, 0.2]}})
 
 
 @pytest.fixture(scope="module")

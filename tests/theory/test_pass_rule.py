@@ -74,7 +74,7 @@ def test_the_same_batch_factor_at_b_8_is_told_from_the_wrong_one():
         assert passes(right, measured, se, FLOOR, Z_BOUND)
         if resolved:
             assert not passes(wrong, measured, se, FLOOR, Z_BOUND), (measured, se)
-        assert abs(measured / wrong - 1) < 0.06  # inside the 6 % of tests/test_sde.py
+        assert abs(measured / wrong - 1) < 0.06  # inside the 6 % of tests/theory/test_sde.py
 
 
 def test_z_score_uses_the_floor_the_scale_and_the_standard_error():

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import spec_dict
 
 from sngrad.errors import SngradError
 from sngrad.names import parse_run
@@ -12,15 +13,11 @@ from sngrad.spec import parse_spec, read_json_arg
 from sngrad.train import protocol
 from sngrad.train.protocol import BOUND, INTERIOR, tuned_axes
 
-SPEC = {
-    "hidden": [8], "init_seed": 0, "epochs": 3, "seeds": [1, 2], "backend": "dense",
-    "schedule": "constant", "checkpoint_every": 0, "diverge_loss": 1000.0, "snapshot_every": 1,
-    "tune": {"seeds": [100, 101], "lr_min": 0.001, "lr_max": 1.0, "lr_per_decade": 2,
-             "lr_bounds": [1e-5, 100.0], "axis_points": 5,
-             "one_minus_momentum": [0.01, 0.3], "one_minus_momentum_bounds": [0.001, 1.0],
-             "alpha": {"I": [0.1, 10.0], "II": [0.3, 30.0], "III": [0.03, 1.0]},
-             "alpha_bounds": {"I": [0.001, 1000.0], "II": [0.01, 1000.0], "III": [0.001, 10.0]}},
-}
+SPEC = spec_dict(tune={
+    "lr_min": 0.001, "lr_max": 1.0, "lr_bounds": [1e-5, 100.0], "axis_points": 5,
+    "one_minus_momentum": [0.01, 0.3],
+    "alpha": {"I": [0.1, 10.0], "II": [0.3, 30.0], "III": [0.03, 1.0]},
+    "alpha_bounds": {"I": [0.001, 1000.0], "II": [0.01, 1000.0], "III": [0.001, 10.0]}})
 
 
 def _tune(**over):

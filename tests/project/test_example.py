@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flax_cnn_fashion.py"
+EXAMPLE = ROOT / "examples" / "flax_cnn_fashion.py"
 
 
 def _load():
