@@ -9,7 +9,9 @@ function-level import only defers a circle to the first call), except those unde
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from conftest import ROOT
+
+SRC = ROOT / "src"
 
 
 def _modules() -> dict[str, Path]:
