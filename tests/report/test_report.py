@@ -267,6 +267,9 @@ def test_summary_names_the_run_chosen_on_validation(study):
     assert "`adabelief` is worse than `adam` on mnist" in summary
     assert "`sgd+sngrad2@0.05` against `sgd`" in summary
     assert "30.0 min" in summary  # elapsed: run_started 1800 s before rendering
+    # each run's activity is named by its cell: a run appears once per batch size
+    active = summary.split("**Were the variants active?**")[1].split("**Training length.**")[0]
+    assert f"(mnist, B = {B})" in active and "(mnist)" not in active
 
 
 def test_report_sections_come_from_the_tables(study):
