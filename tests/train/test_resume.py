@@ -268,11 +268,15 @@ def test_ctrl_c_while_a_tune_compiles_is_one_line_and_status_130_never_a_crash(d
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     for attempt, delay in enumerate((0.0, 0.3, 0.6)):
         out_dir = tmp_path / f"tune-{attempt}"
-        # SIGINT back to its default in the child: a test run started in the background of a
-        # shell ignores it, and a process that starts with it ignored keeps ignoring it
-        proc = subprocess.Popen(_command("tune", data_file, out_dir), stderr=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, text=True, env=env,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        # A test run started in the background of a shell ignores SIGINT, and a child starts
+        # with an ignored signal still ignored; a handled one is back to its default after exec
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            proc = subprocess.Popen(_command("tune", data_file, out_dir),
+                                    stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    text=True, env=env)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         try:
             first = proc.stderr.readline()  # the first progress line: round 0 is done
             assert "progress" in first, first
