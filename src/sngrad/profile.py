@@ -6,8 +6,8 @@ from its values and are what the workflow, the cost model (:mod:`sngrad.costs`),
 checks (:mod:`sngrad.resources`) and the report compute from it, each in one place: the
 sizes of a dataset's training and validation splits (:func:`split_sizes`), the training spec
 the tuning and training commands take (:func:`training_spec`), the noise study's batch sizes
-and tuned runs, and the reference run's batch size. This module imports nothing of the
-package but the dataset registry, so every stage above it can read a profile.
+and tuned runs, and the reference run's batch size. Of the package it imports only
+its errors and the dataset registry, so every stage above it can read a profile.
 """
 
 from __future__ import annotations
