@@ -124,3 +124,20 @@ def binary_splits(n_train, dim=4, seed=0):
     x = rng.normal(size=(n_train, dim)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int32)
     return Splits(x, y, x[:16], y[:16], x[:16], y[:16], num_classes=2, name="toy")
+
+
+def tar_archive(members: dict[str, bytes], compression: str, extra=()) -> bytes:
+    """A tar archive (``compression``: "gz", "xz", ...) of ``members`` (name -> bytes), plus
+    the ready-made ``extra`` TarInfo entries (links and other special members)."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=f"w:{compression}") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        for info in extra:
+            tar.addfile(info)
+    return buffer.getvalue()

@@ -16,6 +16,9 @@ from sngrad.errors import SngradError
 from sngrad.oserror import describe as describe_os_error
 
 INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
+# commands whose work runs in another process (a notebook's, in its kernel): the phases of
+# their own would record a compilation and scan time of zero for work they did not see
+UNTIMED = frozenset({"notebook"})
 
 # command -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     module, function, _ = COMMANDS[name]
-    if name != "notebook":  # a notebook's work is done in its kernel, which this one can't see
+    if name not in UNTIMED:
         ledger.watch()
     try:
         return int(getattr(importlib.import_module(module), function)(rest) or 0)

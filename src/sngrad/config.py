@@ -297,14 +297,11 @@ def cost_command(profile_arg: str, *, calibrate: bool = True, cores: int | None 
     the answer is not yes)."""
     import os
 
-    from sngrad.data import get_spec
-
     path = Path(profile_arg)
     if not path.is_file() and (Path("config") / f"{profile_arg}.yaml").is_file():
         path = Path("config") / f"{profile_arg}.yaml"  # a profile's name
     profile = load_profile(path)
-    spec = get_spec(profile["datasets"][0])
-    widths = [spec.feature_dim, *profile["model"]["hidden"], spec.num_classes]
+    widths = resources.widths(profile, profile["datasets"][0])
     rate = costs.calibrate_flops(widths, profile["batch_sizes"][0]) if calibrate else None
     overhead = costs.calibrate_step_overhead(profile) if calibrate else None
     try:

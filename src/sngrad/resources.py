@@ -152,24 +152,19 @@ def memory_problems(config: Mapping, machine: float | None = None) -> list[str]:
     return problems
 
 
-def work_flops(config: Mapping) -> float:
-    """Counted FLOPs of the profile's jobs (:func:`sngrad.costs.profile_stages`, the count
-    `config cost` prints)."""
-    return sum(stage.flops for stage in costs.profile_stages(config))
-
-
-def run_steps(config: Mapping) -> int:
-    """Training steps of every run of every tuning, training and reference job (tuning: round
-    0 and the refinement of each run's search, x the tuning seeds; extension rounds not
-    counted), as :func:`sngrad.costs.profile_stages` counts them."""
-    return sum(stage.run_steps for stage in costs.profile_stages(config))
+def work(config: Mapping) -> tuple[float, int]:
+    """(counted FLOPs, run-steps) of the profile's jobs, as `config cost` counts them
+    (:func:`sngrad.costs.profile_stages`; tuning: round 0 and the refinement, extension rounds
+    not counted)."""
+    stages = costs.profile_stages(config)
+    return sum(s.flops for s in stages), sum(s.run_steps for s in stages)
 
 
 def work_warnings(config: Mapping, source: str, default: Mapping) -> list[str]:
     """A line when the profile's training work (FLOPs or run-steps, the larger ratio) is far
     above the default profile's, and one when its benchmark is."""
-    flops, steps = (work_flops(config), work_flops(default)), (run_steps(config),
-                                                               run_steps(default))
+    (ours_flops, ours_steps), (their_flops, their_steps) = work(config), work(default)
+    flops, steps = (ours_flops, their_flops), (ours_steps, their_steps)
     ratio, (ours, theirs), unit = max(
         (flops[0] / flops[1], flops, "counted work"),
         (steps[0] / steps[1], steps, "training steps"),
@@ -182,11 +177,9 @@ def work_warnings(config: Mapping, source: str, default: Mapping) -> list[str]:
             f"{ours:,} run-steps against {theirs:,}")
         device = config.get("accelerator")
         if device is not None:
-            from sngrad.costs import GPU_SUSTAINED_FLOPS
-
-            planned = (f"; planned for {device['name']}: about "
-                       f"{flops[0] / GPU_SUSTAINED_FLOPS / 60:,.0f} min of counted work at an "
-                       f"assumed sustained {GPU_SUSTAINED_FLOPS / 1e12:g} TFLOP/s")
+            gpu = costs.GPU_SUSTAINED_FLOPS
+            planned = (f"; planned for {device['name']}: about {flops[0] / gpu / 60:,.0f} min "
+                       f"of counted work at an assumed sustained {gpu / 1e12:g} TFLOP/s")
         else:
             planned = ""
         lines.append(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import socket
 import tarfile
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tar_archive
 
 from sngrad import data
 from sngrad.data import download, formats
@@ -68,16 +68,6 @@ def cifar_records(images: np.ndarray, labels: np.ndarray) -> bytes:
     return np.concatenate([labels[:, None].astype(np.uint8), flat], axis=1).tobytes()
 
 
-def tar_gz(members: dict[str, bytes], extra=None) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, payload in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-        if extra is not None:
-            tar.addfile(extra)
-    return buffer.getvalue()
 
 
 def fake_cifar(per_batch=10, seed=0):
@@ -294,7 +284,7 @@ def test_with_source_rejects_unknown_files_and_schemes(tmp_path):
 
 def test_cifar10_download_extract_and_cache(server, tmp_path):
     members, images, labels = fake_cifar()
-    spec = served_spec("cifar10", server, {CIFAR_ARCHIVE: tar_gz(members)})
+    spec = served_spec("cifar10", server, {CIFAR_ARCHIVE: tar_archive(members, "gz")})
     splits = data.load_dataset(spec, data_dir=tmp_path, seed=1, val_fraction=0.2)
 
     assert [len(splits.y_train), len(splits.y_val), len(splits.y_test)] == [40, 10, 10]
@@ -325,7 +315,7 @@ def test_cifar_truncated_batch_names_the_file(server, tmp_path):
     members, _, _ = fake_cifar()
     key = "cifar-10-batches-bin/data_batch_3.bin"
     members[key] = members[key][:-100]
-    spec = served_spec("cifar10", server, {CIFAR_ARCHIVE: tar_gz(members)})
+    spec = served_spec("cifar10", server, {CIFAR_ARCHIVE: tar_archive(members, "gz")})
     with pytest.raises(SngradError, match=r"data_batch_3\.bin.*3073-byte"):
         data.load_dataset(spec, data_dir=tmp_path)
 
@@ -341,7 +331,7 @@ def test_cifar_truncated_batch_names_the_file(server, tmp_path):
 def test_tar_member_with_path_escape_is_rejected(server, tmp_path, evil, problem):
     members, _, _ = fake_cifar()
     members[evil.replace("<tmp>", str(tmp_path))] = b"gotcha"
-    spec = served_spec("cifar10", server, {CIFAR_ARCHIVE: tar_gz(members)})
+    spec = served_spec("cifar10", server, {CIFAR_ARCHIVE: tar_archive(members, "gz")})
     cache = tmp_path / "cache"
     with pytest.raises(SngradError, match=f"unsafe tar member.*{problem}"):
         data.load_dataset(spec, data_dir=cache)
@@ -355,7 +345,7 @@ def test_tar_links_are_rejected(tmp_path):
     link.type = tarfile.SYMTYPE
     link.linkname = "/etc/passwd"
     archive = tmp_path / "a.tar.gz"
-    archive.write_bytes(tar_gz({}, extra=link))
+    archive.write_bytes(tar_archive({}, "gz", [link]))
     with pytest.raises(SngradError, match="links are not allowed"):
         download.safe_extract(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -363,13 +353,13 @@ def test_tar_links_are_rejected(tmp_path):
 
 def test_tar_missing_member_is_reported(tmp_path):
     archive = tmp_path / "a.tar.gz"
-    archive.write_bytes(tar_gz({"x/a.bin": b"1"}))
+    archive.write_bytes(tar_archive({"x/a.bin": b"1"}, "gz"))
     with pytest.raises(SngradError, match=r"missing expected member.*x/b\.bin"):
         download.safe_extract(archive, tmp_path / "out", only=["x/a.bin", "x/b.bin"])
     archive.write_bytes(b"not a tar at all")
     with pytest.raises(SngradError, match="not a readable tar archive"):
         download.safe_extract(archive, tmp_path / "out")
-    whole = tar_gz({"x/a.bin": bytes(range(256)) * 400})
+    whole = tar_archive({"x/a.bin": bytes(range(256)) * 400}, "gz")
     archive.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(SngradError, match=r"a\.tar\.gz: (not a readable|extraction failed)"):
         download.safe_extract(archive, tmp_path / "out")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tar_archive
 
 from sngrad import data
 from sngrad.data import formats, sources
@@ -217,16 +218,6 @@ def ar_archive(members: dict[str, bytes]) -> bytes:
     return b"".join(out)
 
 
-def tar_xz(members: dict[str, bytes], extra=()) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:xz") as tar:
-        for name, payload in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-        for info in extra:
-            tar.addfile(info)
-    return buffer.getvalue()
 
 
 def debian_files(images) -> dict[str, bytes]:
@@ -241,8 +232,9 @@ def build_deb(path: Path, images, *, extra_members=None, extra_infos=()) -> Path
     path.write_bytes(
         ar_archive({
             "debian-binary": b"2.0\n",
-            "control.tar.xz": tar_xz({"./control": b"Package: dataset-fashion-mnist\n"}),
-            "data.tar.xz": tar_xz(payload, extra_infos),
+            "control.tar.xz": tar_archive({"./control": b"Package: dataset-fashion-mnist\n"},
+                                          "xz"),
+            "data.tar.xz": tar_archive(payload, "xz", extra_infos),
         })
     )  # fmt: skip
     return path
@@ -297,7 +289,8 @@ def test_deb_whose_wanted_file_is_a_link_is_refused(tmp_path, images, closed_url
     link = tarfile.TarInfo(f"./{DEB_FOLDER}/{IDX_NAMES[1]}")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     deb = tmp_path / "link.deb"
-    deb.write_bytes(ar_archive({"debian-binary": b"2.0\n", "data.tar.xz": tar_xz({}, [link])}))
+    deb.write_bytes(ar_archive({"debian-binary": b"2.0\n",
+                                "data.tar.xz": tar_archive({}, "xz", [link])}))
     cache = tmp_path / "cache"
     with pytest.raises(SngradError, match="links are not allowed"):
         data.load_dataset(apt_spec(images, deb, closed_url), data_dir=cache)

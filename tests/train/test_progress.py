@@ -157,8 +157,8 @@ def test_a_long_run_of_a_small_network_is_warned_by_its_steps(tmp_path, capsys):
     config = read_yaml("config/smoke.yaml")
     config["train"]["epochs"] = 1000000
     path.write_text(yaml.safe_dump(config))
-    assert resources.work_flops(config) < resources.WORK_WARNING_RATIO * resources.work_flops(
-        read_yaml(DEFAULT_PROFILE))
+    assert resources.work(config)[0] < resources.WORK_WARNING_RATIO * resources.work(
+        read_yaml(DEFAULT_PROFILE))[0]
     assert main(["config", "check", str(path)]) == 0
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"sngrad: warning: {path}: about ")
