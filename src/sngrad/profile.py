@@ -77,14 +77,32 @@ def split_sizes(config: Mapping, dataset: str) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- job arguments
 
 
+def architecture(config: Mapping, dataset: str):
+    """The :class:`sngrad.architecture.Architecture` the profile trains on ``dataset``."""
+    from sngrad import architecture
+    from sngrad.data import get_spec
+
+    spec = get_spec(dataset)
+    return architecture.build(config["model"], spec.shape, spec.num_classes)
+
+
+def noise_enabled(config: Mapping) -> bool:
+    """Whether the profile runs the noise study (and its reference run): ``noise.enabled``,
+    true where the key is left out."""
+    return bool(config["noise"].get("enabled", True))
+
+
 def training_spec(config: Mapping) -> str:
-    """The training spec of docs/CONTRACTS.md as JSON: ``{hidden, init_seed, **train, tune}``."""
-    spec = {
-        "hidden": config["model"]["hidden"],
-        "init_seed": config["model"]["init_seed"],
-        **config["train"],
-        "tune": config["tune"],
-    }
+    """The training spec of docs/CONTRACTS.md as JSON: ``{hidden, init_seed, **train, tune}``
+    for an MLP, ``{model, init_seed, **train, tune}`` for another kind (``model`` the
+    profile's section without ``init_seed``)."""
+    model = dict(config["model"])
+    init_seed = model.pop("init_seed")
+    if model.get("kind", "mlp") == "mlp":
+        network = {"hidden": model["hidden"]}
+    else:
+        network = {"model": model}
+    spec = {**network, "init_seed": init_seed, **config["train"], "tune": config["tune"]}
     return json.dumps(spec, sort_keys=True)
 
 
