@@ -16,13 +16,14 @@ from conftest import ROOT, spec_dict, toy_splits
 from sngrad import costs, stats
 from sngrad.data import save_splits
 from sngrad.errors import SngradError
+from sngrad.models import mlp_init
 from sngrad.names import parse_run
 from sngrad.optimizers import build_optimizer
 from sngrad.spec import parse_spec
 from sngrad.train import engine
 from sngrad.train.commands import BUDGET_COLUMNS, train
 from sngrad.train.engine import TRAIN_MODE, Mode, RunConfig, run_sweep
-from sngrad.train.step import make_step
+from sngrad.train.step import MLP, make_step
 
 # A network small enough to count by hand: layers (3 -> 2) and (2 -> 2), P_W = 10, P = 14.
 TINY = [3, 2, 2]
@@ -252,7 +253,7 @@ def _params_after(splits, optimizer, config, steps, hp):
     """The parameters of one run after ``steps`` steps, by a plain loop over the engine's
     batches (no vmap, no scan)."""
     init_key, shuffle_key = engine.run_keys(config)
-    params = engine.mlp_init(jnp.asarray(init_key), [splits.x_train.shape[1], 6, 3])
+    params = mlp_init(jnp.asarray(init_key), [splits.x_train.shape[1], 6, 3])
     step = jax.jit(make_step(parse_run(optimizer), backend="dense", batch_size=B,
                              schedule="constant", total_steps=0, diagnostics_on=False))
     opt_state = step.init(params, hp)
@@ -264,7 +265,7 @@ def _params_after(splits, optimizer, config, steps, hp):
     for t in range(steps):
         epoch, i = divmod(t, per_epoch)
         if i == 0 and step.kind in ("cv", "svrg"):
-            snapshot = (params, engine._full_gradient(params, data["x_train"], data["y_train"],
+            snapshot = (params, engine._full_gradient(MLP, params, data["x_train"], data["y_train"],
                                                       data["idx_train"], data["mask_train"]))
         order = jax.random.permutation(jax.random.fold_in(jnp.asarray(shuffle_key), epoch),
                                        len(splits.y_train))
@@ -289,7 +290,7 @@ def test_engine_evaluates_the_parameters_after_exactly_k_star_steps(optimizer, k
         for name in ("val", "test"):
             x, y = getattr(splits, f"x_{name}"), getattr(splits, f"y_{name}")
             idx, mask = engine._chunk_index(len(y))
-            loss, acc = engine._evaluate(params, jnp.asarray(x), jnp.asarray(y), idx, mask)
+            loss, acc = engine._evaluate(MLP, params, jnp.asarray(x), jnp.asarray(y), idx, mask)
             # the same hits: the two programs divide by n in different ways
             assert round(result.budget[f"{name}_accuracy"][j] * len(y)) == round(
                 float(acc) * len(y))
@@ -322,8 +323,8 @@ def test_sparse_diagnostics_leave_the_training_unchanged():
 def test_lean_svrg_step_takes_the_update_of_the_full_control_variate_step():
     splits = toy_splits()
     x, y = jnp.asarray(splits.x_train[:B]), jnp.asarray(splits.y_train[:B])
-    params = engine.mlp_init(jax.random.PRNGKey(0), [5, 6, 3])
-    snap = engine.mlp_init(jax.random.PRNGKey(1), [5, 6, 3])
+    params = mlp_init(jax.random.PRNGKey(0), [5, 6, 3])
+    snap = mlp_init(jax.random.PRNGKey(1), [5, 6, 3])
     anchor = jax.tree.map(lambda p: 0.01 * jnp.ones_like(p), params)
     hp = {"learning_rate": jnp.float32(0.1)}
     step = jax.jit(make_step(parse_run("sgd+svrg"), backend="dense", batch_size=B,

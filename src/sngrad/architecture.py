@@ -22,6 +22,7 @@ CIFAR), which :func:`image_shape` turns around.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -205,11 +206,7 @@ def build(model: Mapping, shape: Sequence[int], classes: int) -> Architecture:
         raise SngradError(problem)
     kind = model_kind(model)
     if kind == "mlp":
-        widths = [math.prod(shape), *model["hidden"], classes]
-        last = len(widths) - 2
-        layers = tuple(Dense(a, b, relu=i < last)
-                       for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)))
-        return Architecture("mlp", (widths[0],), classes, layers)
+        return mlp([math.prod(shape), *model["hidden"], classes])
     image = image_shape(shape)
     values = FMNIST_2C2D if kind == "fmnist_2c2d" else model
     if kind == "fmnist_2c2d" and image != FMNIST_2C2D_INPUT:
@@ -232,3 +229,20 @@ def build(model: Mapping, shape: Sequence[int], classes: int) -> Architecture:
         fan_in = int(hidden)
     layers.append(Dense(fan_in, classes, relu=False))
     return Architecture(kind, image, classes, tuple(layers))
+
+
+def mlp(widths: Sequence[int]) -> Architecture:
+    """The MLP of widths ``[d_0, ..., d_L]``: L dense layers, ReLU after all but the last."""
+    widths = list(widths)
+    if len(widths) < 2 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
+                              for w in widths):
+        raise SngradError(f"widths must be >= 2 positive integers [d0, ..., dL]; got {widths!r}")
+    last = len(widths) - 2
+    layers = tuple(Dense(a, b, relu=i < last)
+                   for i, (a, b) in enumerate(itertools.pairwise(widths)))
+    return Architecture("mlp", (widths[0],), widths[-1], layers)
+
+
+def as_architecture(network: Architecture | Sequence[int]) -> Architecture:
+    """An Architecture, or the MLP of a widths sequence (how tests and benchmarks name one)."""
+    return network if isinstance(network, Architecture) else mlp(network)

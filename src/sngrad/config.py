@@ -228,6 +228,19 @@ def _spec_problems(config: Mapping) -> list[str]:
     return []
 
 
+def _model_problems(config: Mapping) -> list[str]:
+    """The network must fit each dataset's examples (a kind's input shape, pooled sizes)."""
+    from sngrad.profile import architecture
+
+    problems = []
+    for dataset in config["datasets"]:
+        try:
+            architecture(config, dataset)
+        except SngradError as err:
+            problems.append(f"{err} (dataset {dataset})")
+    return problems
+
+
 def _noise_problems(config: Mapping) -> list[str]:
     """The noise study needs at least one batch size: min <= max, min <= every training split."""
     noise = config["noise"]
@@ -248,7 +261,7 @@ def _noise_problems(config: Mapping) -> list[str]:
 
 def rule_problems(config: Mapping) -> list[str]:
     """Problems across fields of a schema-valid profile, one line each."""
-    problems = _spec_problems(config) + _run_problems(config)
+    problems = _spec_problems(config) + _model_problems(config) + _run_problems(config)
     splits = _split_problems(config)
     problems += splits or _noise_problems(config)  # the noise sizes need valid splits
     return problems or resources.memory_problems(config)  # sizes need a consistent profile

@@ -1,7 +1,9 @@
 """The training spec (docs/CONTRACTS.md) and the chosen hyper-parameters (best.json), checked.
 
 The spec is plain JSON, given on the command line as a string or as ``@path/to/spec.json``.
-The workflow builds it from a profile as ``{"hidden", "init_seed", **train, "tune": tune}``::
+The workflow builds it from a profile as ``{"hidden", "init_seed", **train, "tune": tune}``
+(an MLP; another network is ``"model": {"kind": ..., its keys}`` in place of ``"hidden"``, the
+profile's ``model:`` section without ``init_seed``, :mod:`sngrad.architecture`)::
 
     {"hidden": [64], "init_seed": 0,
      "epochs": 20, "seeds": [1, 2, 3], "backend": "dense", "schedule": "constant",
@@ -34,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sngrad.architecture import check_model
 from sngrad.errors import SngradError, choice_error
 from sngrad.names import BACKENDS, SCHEDULES, VARIANTS
 
@@ -72,10 +75,25 @@ class TrainSpec:
     diverge_loss: float
     snapshot_every: int
     tune: TuneSpec
+    # a network other than the MLP: its ``model:`` section without init_seed (hidden is then
+    # empty); None for the MLP, whose JSON keeps its one key "hidden"
+    model: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The spec as plain JSON data (lists, not tuples): ``parse_spec`` of it is ``self``."""
-        return json.loads(json.dumps(asdict(self)))
+        data = json.loads(json.dumps(asdict(self)))
+        if self.model is None:
+            del data["model"]
+        else:
+            del data["hidden"]
+        return data
+
+    def model_section(self) -> dict[str, Any]:
+        """The profile's ``model:`` section this spec came from (what
+        :func:`sngrad.architecture.build` takes)."""
+        if self.model is None:
+            return {"hidden": list(self.hidden), "init_seed": self.init_seed}
+        return {**self.model, "init_seed": self.init_seed}
 
 
 # ----------------------------------------------------------------------------- field checks
@@ -202,19 +220,41 @@ def _within(where: str, bounds: tuple[float, float], what: str, span: tuple[floa
         raise SngradError(f"{where} {list(bounds)} must contain {what} {list(span)}")
 
 
+def _hidden(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value:
+        raise SngradError(f"spec key 'hidden' must be a non-empty list of layer widths, got "
+                          f"{value!r}")
+    return tuple(_int(f"hidden[{i}]", h, low=1) for i, h in enumerate(value))
+
+
+def _model(value: Any) -> dict[str, Any]:
+    """A non-MLP ``model`` (an MLP is written as ``hidden``, so that its spec has one form)."""
+    if not isinstance(value, dict):
+        raise SngradError(f"spec key 'model' must be a JSON object, got {value!r}")
+    if "init_seed" in value or value.get("kind", "mlp") == "mlp":
+        raise SngradError("spec key 'model' holds a network other than the MLP, without "
+                          "init_seed (a key of its own); an MLP is given as 'hidden'")
+    problem = check_model({**value, "init_seed": 0})
+    if problem:
+        raise SngradError(f"spec key 'model': {problem}")
+    return value
+
+
 def spec_from_dict(raw: Any) -> TrainSpec:
     """Check a decoded spec (every key required, see the module docstring)."""
-    s = _keys("", raw, TRAIN_KEYS)
-    hidden = s["hidden"]
-    if not isinstance(hidden, list) or not hidden:
-        raise SngradError(f"spec key 'hidden' must be a non-empty list of layer widths, got "
-                          f"{hidden!r}")
+    network = "model" if isinstance(raw, dict) and "model" in raw else "hidden"
+    s = _keys("", raw, tuple(network if k == "hidden" else k for k in TRAIN_KEYS))
+    hidden, model = (), None
+    if network == "model":
+        model = _model(s["model"])
+    else:
+        hidden = _hidden(s["hidden"])
     if s["backend"] not in BACKENDS:
         raise choice_error("backend", s["backend"], BACKENDS)
     if s["schedule"] not in SCHEDULES:
         raise choice_error("schedule", s["schedule"], SCHEDULES)
     return TrainSpec(
-        hidden=tuple(_int(f"hidden[{i}]", h, low=1) for i, h in enumerate(hidden)),
+        hidden=hidden,
         init_seed=_int("init_seed", s["init_seed"], low=0, high=MAX_SEED),
         epochs=_int("epochs", s["epochs"], low=1),
         seeds=_seeds("seeds", s["seeds"]),
@@ -224,6 +264,7 @@ def spec_from_dict(raw: Any) -> TrainSpec:
         diverge_loss=_float("diverge_loss", s["diverge_loss"], positive=True),
         snapshot_every=_int("snapshot_every", s["snapshot_every"], low=1),
         tune=tune_spec(s["tune"]),
+        model=model,
     )
 
 

@@ -65,7 +65,7 @@ def test_per_seed_every_optimizer_starts_from_the_same_weights_and_batches():
         progs = programs(parse_run(name), "dense", B, 192, (6, 8, 3), "constant", 1, True)
         hp = {"learning_rate": np.array([0.1, 0.1], np.float32),
               **{k: np.asarray(v, np.float32) for k, v in extra.items()}}
-        params = engine.initial_parameters([k[0] for k in keys], progs.sizes)
+        params = engine.initial_parameters([k[0] for k in keys], progs.arch)
         states.append(progs.init(params, np.stack([k[1] for k in keys]), hp))
     for a, b in zip(jax.tree.leaves(states[0]["params"]), jax.tree.leaves(states[1]["params"]),
                     strict=True):

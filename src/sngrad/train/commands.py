@@ -50,7 +50,7 @@ from sngrad.train.engine import (
     TUNE_MODE,
     RunConfig,
     check_batch_size,
-    model_sizes,
+    model_architecture,
     run_sweep,
 )
 from sngrad.train.protocol import Trial
@@ -365,12 +365,12 @@ def train(data_path, run: RunName, batch_size: int, spec: TrainSpec, hparams_pat
     splits = _load(data_path, batch_size)
     data_sha = sha256_file(data_path)
     seeds = list(spec.seeds)
-    layers = len(spec.hidden) + 1
+    arch = model_architecture(spec, splits)
+    layers = len(arch.parametrised)
     ckpt_dir = ckpt.checkpoint_dir(out_dir, "train")
     result = None
-    widths = list(model_sizes(spec, splits))
-    budget = costs.budget_step(run, widths, len(splits.y_train), batch_size, spec.epochs,
-                               spec.snapshot_every)
+    budget = costs.budget_step(run, arch.widths if arch.kind == "mlp" else arch,
+                               len(splits.y_train), batch_size, spec.epochs, spec.snapshot_every)
     if hp.all_diverged:
         rec = _nan_records(spec.epochs, len(seeds), layers)
         at_budget = {k: v[-1] for k, v in rec.items() if k.startswith(("val_", "test_"))}

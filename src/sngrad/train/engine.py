@@ -64,12 +64,13 @@ import numpy as np
 from jax import lax
 
 from sngrad import interrupt, ledger
+from sngrad.architecture import Architecture, as_architecture
 from sngrad.errors import SngradError
-from sngrad.models import cross_entropy, mlp_apply, mlp_init
+from sngrad.models import cross_entropy
 from sngrad.names import RunName
 from sngrad.spec import TrainSpec
 from sngrad.train import checkpoint as ckpt
-from sngrad.train import diagnostics
+from sngrad.train import diagnostics, network
 from sngrad.train.progress import EpochProgress
 from sngrad.train.step import make_step
 
@@ -166,12 +167,12 @@ def _chunk_index(n: int) -> tuple[np.ndarray, np.ndarray]:
     return flat.reshape(count, chunk), mask.reshape(count, chunk)
 
 
-def _evaluate(params, x, y, idx, mask):
+def _evaluate(arch, params, x, y, idx, mask):
     """Mean cross-entropy and accuracy over the rows ``idx[mask]`` of (x, y)."""
 
     def body(acc, chunk):
         rows, valid = chunk
-        logits = mlp_apply(params, x[rows])
+        logits = network.apply(arch, params, x[rows])
         labels = y[rows]
         loss = jnp.sum(jnp.where(valid, cross_entropy(logits, labels), 0.0))
         hits = jnp.sum(valid & (jnp.argmax(logits, axis=-1) == labels))
@@ -182,11 +183,11 @@ def _evaluate(params, x, y, idx, mask):
     return loss_sum / n, hits / n
 
 
-def _full_gradient(params, x, y, idx, mask):
+def _full_gradient(arch, params, x, y, idx, mask):
     """Mean gradient of the cross-entropy over the rows ``idx[mask]`` (the SVRG anchor)."""
 
     def chunk_sum(p, rows, valid):
-        losses = cross_entropy(mlp_apply(p, x[rows]), y[rows])
+        losses = cross_entropy(network.apply(arch, p, x[rows]), y[rows])
         return jnp.sum(jnp.where(valid, losses, 0.0))
 
     def body(acc, chunk):
@@ -220,13 +221,13 @@ class Programs:
     the compiled code.
     """
 
-    def __init__(self, run: RunName, backend, batch_size, n_train, sizes, schedule, epochs,
+    def __init__(self, run: RunName, backend, batch_size, n_train, arch, schedule, epochs,
                  diagnostics_on, diagnostics_every=1, budget=False):
-        self.run, self.sizes = run, list(sizes)
+        self.run, self.arch = run, as_architecture(arch)
         self.batch_size, self.n_train = batch_size, n_train
         self.steps = n_train // batch_size
         self.snapshots = run.needs_snapshot
-        self.layers = len(sizes) - 1
+        self.layers = len(self.arch.parametrised)
         self.diagnostics_on = diagnostics_on
         self.diagnostics_every = int(diagnostics_every)
         if self.diagnostics_every < 1:
@@ -234,7 +235,7 @@ class Programs:
         self.budget = budget
         self.step = make_step(run, backend=backend, batch_size=batch_size,
                               schedule=schedule, total_steps=self.steps * epochs,
-                              diagnostics_on=diagnostics_on)
+                              diagnostics_on=diagnostics_on, arch=self.arch)
         if self.step.kind == "svrg" and self.diagnostics_every > 1:
             self.diagnostics_every = max(self.diagnostics_every, SVRG_DIAGNOSTICS_EVERY)
         self.init = jax.jit(jax.vmap(self._init_one))  # from K stacked initial parameters
@@ -255,8 +256,8 @@ class Programs:
 
     def _snapshot_one(self, state, data):
         params = state["params"]
-        anchor = _full_gradient(params, data["x_train"], data["y_train"], data["idx_train"],
-                                data["mask_train"])
+        anchor = _full_gradient(self.arch, params, data["x_train"], data["y_train"],
+                                data["idx_train"], data["mask_train"])
         return {**state, "snap": params, "anchor": anchor}
 
     def _epoch_one(self, state, hp, epoch, data, budget_step):
@@ -316,18 +317,19 @@ class Programs:
         out = {}
         for name in splits:
             out[f"{name}_loss"], out[f"{name}_accuracy"] = _evaluate(
-                state["params"], data[f"x_{name}"], data[f"y_{name}"], data[f"idx_{name}"],
-                data[f"mask_{name}"],
+                self.arch, state["params"], data[f"x_{name}"], data[f"y_{name}"],
+                data[f"idx_{name}"], data[f"mask_{name}"],
             )
         return out
 
 
 @functools.lru_cache(maxsize=16)
-def programs(run: RunName, backend, batch_size, n_train, sizes: tuple, schedule, epochs,
-             diagnostics_on, diagnostics_every=1, budget=False) -> Programs:
+def programs(run: RunName, backend, batch_size, n_train, arch: Architecture | tuple, schedule,
+             epochs, diagnostics_on, diagnostics_every=1, budget=False) -> Programs:
     # every argument is part of the cache key, the parsed run whole: its optimizer and its
-    # alpha reference ("rms" and "absolute" compile different steps)
-    return Programs(run, backend, batch_size, n_train, sizes, schedule, epochs,
+    # alpha reference ("rms" and "absolute" compile different steps); ``arch`` an
+    # Architecture or an MLP's widths tuple
+    return Programs(run, backend, batch_size, n_train, arch, schedule, epochs,
                     diagnostics_on, diagnostics_every, budget)
 
 
@@ -350,17 +352,26 @@ def _unstack(stacked: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     return [{k: v[i] for k, v in stacked.items()} for i in range(count)]
 
 
-def initial_parameters(init_keys: Sequence[np.ndarray], sizes: Sequence[int]):
-    """The K runs' initial parameters, ``mlp_init`` of each key stacked on a leading axis.
+def initial_parameters(init_keys: Sequence[np.ndarray], arch: Architecture | Sequence[int]):
+    """The K runs' initial parameters, those of each key (:func:`sngrad.train.network.init`)
+    stacked on a leading axis; ``arch`` an Architecture or an MLP's widths.
 
     One unbatched program per architecture, shared by every optimizer and every K (a vmapped
     initialisation is compiled anew for each), bit for bit the same parameters."""
-    each = [mlp_init(jnp.asarray(key), sizes) for key in init_keys]
+    arch = as_architecture(arch)
+    each = [network.init(arch, jnp.asarray(key)) for key in init_keys]
     return jax.tree.map(lambda *leaves: jnp.asarray(np.stack(leaves)), *each)
 
 
-def model_sizes(spec: TrainSpec, splits) -> tuple[int, ...]:
-    return (splits.x_train.shape[1], *spec.hidden, splits.num_classes)
+def model_architecture(spec: TrainSpec, splits) -> Architecture:
+    """The network ``spec`` trains on the dataset of ``splits``."""
+    from sngrad import architecture
+    from sngrad.data import get_spec
+
+    if spec.model is None:  # an MLP: its input width is the splits' (a test's toy data)
+        return architecture.mlp([splits.x_train.shape[1], *spec.hidden, splits.num_classes])
+    return architecture.build(spec.model_section(), get_spec(splits.name).shape,
+                              splits.num_classes)
 
 
 def run_sweep(
@@ -408,13 +419,13 @@ def run_sweep(
         raise SngradError(f"budget step {budget_step} is not allowed; it must be in "
                           f"[0, {total_steps}] (the run's steps)")
     progs = programs(run, spec.backend, batch_size, len(splits.y_train),
-                     model_sizes(spec, splits), spec.schedule, epochs, mode.diagnostics,
+                     model_architecture(spec, splits), spec.schedule, epochs, mode.diagnostics,
                      mode.diagnostics_every if mode.diagnostics else 1, budget)
     k_star = jnp.int32(budget_step if budget else -1)
     data = device_data(splits, mode, spec.diverge_loss)
     hp = hparam_arrays(run, configs)
     keys = [run_keys(c) for c in configs]
-    state = progs.init(initial_parameters([k[0] for k in keys], progs.sizes),
+    state = progs.init(initial_parameters([k[0] for k in keys], progs.arch),
                        jnp.asarray(np.stack([k[1] for k in keys])), hp)
 
     records: list[dict[str, np.ndarray]] = []

@@ -31,19 +31,20 @@ the optimizer's own step counter, so that a resumed run continues the schedule e
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax.numpy as jnp
 import optax
 from jax import lax
 
-from sngrad import stats
+from sngrad.architecture import Architecture
+from sngrad.architecture import mlp as mlp_architecture
 from sngrad.names import RunName
 from sngrad.optimizers import build_optimizer
-from sngrad.train import diagnostics
+from sngrad.train import diagnostics, network
 
-CHUNKED_STATS_SIZE = 32  # examples per micro-batch of the chunked backend
+# the MLP's cores read the widths from the parameters, so any MLP stands for all of them
+MLP = mlp_architecture([1, 1])
 
 
 def learning_rate_schedule(learning_rate, schedule: str, total_steps: int):
@@ -73,38 +74,11 @@ def make_optimizer(run: RunName, hparams: dict, *, batch_size: int, schedule: st
     )
 
 
-def _variance_core(backend: str):
-    if backend == "chunked":
-        return functools.partial(stats.chunked_stats, chunk_size=CHUNKED_STATS_SIZE)
-    return {"dense": stats.dense_stats, "vmap": stats.vmap_stats}[backend]
-
-
-def _cv_core(backend: str):
-    # Looked up when the step is built, so that stats.py may gain these cores independently.
-    if backend == "chunked":
-        return functools.partial(stats.chunked_cv_stats, chunk_size=CHUNKED_STATS_SIZE)
-    return {"dense": stats.dense_cv_stats, "vmap": stats.vmap_cv_stats}[backend]
-
-
-def _dense_mean(params, x, y):
-    """``(loss, mean)`` exactly as :func:`sngrad.stats.dense_stats` forms them (same pass,
-    same products), without the second moments: what an SVRG step needs at each point."""
-    loss, inputs, scaled = stats._dense_pass(params, x, y)
-    mean = [(lax.dot_general(a, s, stats._BATCH_CONTRACT), jnp.sum(s, axis=0))
-            for a, s in zip(inputs, scaled, strict=True)]
-    return loss, mean
-
-
-def _mean_core(backend: str):
-    # The dense backend keeps the bits of the moment backends' mean; the others take the
-    # plain gradient (their moments are two-pass over the same per-example gradients).
-    return _dense_mean if backend == "dense" else stats.loss_and_grad_core
-
-
 def make_step(run: RunName, *, backend: str, batch_size: int, schedule: str,
-              total_steps: int, diagnostics_on: bool = True):
+              total_steps: int, diagnostics_on: bool = True,
+              arch: Architecture | None = None):
     """Build the step of the module docstring for one parsed run (not jitted: callers jit,
-    vmap or scan it).
+    vmap or scan it), on the network ``arch`` (None: an MLP, whose cores take any widths).
 
     ``run.alpha_reference`` is how a +sngrad optimizer reads ``hparams["alpha"]``
     (:func:`sngrad.optimizers.build_optimizer`; "absolute" for every other); the
@@ -116,9 +90,12 @@ def make_step(run: RunName, *, backend: str, batch_size: int, schedule: str,
     NaN. It is ignored when the step is built with ``diagnostics_on=False``.
     """
     kind = run.step_kind
-    core = {"cv": _cv_core, "svrg": _cv_core, "moments": _variance_core}.get(kind)
-    core = core(backend) if core is not None else None
-    mean_core = _mean_core(backend)
+    arch = arch if arch is not None else MLP
+    core = {"cv": network.cv_moments, "svrg": network.cv_moments,
+            "moments": network.moments}.get(kind)
+    core = core(arch, backend) if core is not None else None
+    mean_core = network.mean(arch, backend)
+    loss_and_grad = network.loss_and_grad(arch)
     layers_of = len
 
     def opt_of(hparams):
@@ -139,7 +116,7 @@ def make_step(run: RunName, *, backend: str, batch_size: int, schedule: str,
         record = {}
         layers = layers_of(params)
         if kind == "plain":
-            loss, grad = stats.loss_and_grad_core(params, x, y)
+            loss, grad = loss_and_grad(params, x, y)
             updates, opt_state = opt.update(grad, opt_state, params)
             if diagnostics_on:
                 record = diagnostics.complete_record({}, layers)
