@@ -22,6 +22,7 @@ CIFAR), which :func:`image_shape` turns around.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -208,7 +209,7 @@ def build(model: Mapping, shape: Sequence[int], classes: int) -> Architecture:
         widths = [math.prod(shape), *model["hidden"], classes]
         last = len(widths) - 2
         layers = tuple(Dense(a, b, relu=i < last)
-                       for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)))
+                       for i, (a, b) in enumerate(itertools.pairwise(widths)))
         return Architecture("mlp", (widths[0],), classes, layers)
     image = image_shape(shape)
     values = FMNIST_2C2D if kind == "fmnist_2c2d" else model
