@@ -34,6 +34,7 @@ from sngrad.errors import SngradError
 from sngrad.profile import (
     DEFAULT_PROFILE,
     REFERENCE_RUN,
+    architecture,
     examples_for_training,
     noise_batch_sizes,
     read_yaml,
@@ -230,8 +231,6 @@ def _spec_problems(config: Mapping) -> list[str]:
 
 def _model_problems(config: Mapping) -> list[str]:
     """The network must fit each dataset's examples (a kind's input shape, pooled sizes)."""
-    from sngrad.profile import architecture
-
     problems = []
     for dataset in config["datasets"]:
         try:
@@ -314,8 +313,8 @@ def cost_command(profile_arg: str, *, calibrate: bool = True, cores: int | None 
     if not path.is_file() and (Path("config") / f"{profile_arg}.yaml").is_file():
         path = Path("config") / f"{profile_arg}.yaml"  # a profile's name
     profile = load_profile(path)
-    widths = resources.widths(profile, profile["datasets"][0])
-    rate = costs.calibrate_flops(widths, profile["batch_sizes"][0]) if calibrate else None
+    network = architecture(profile, profile["datasets"][0])
+    rate = costs.calibrate_flops(network, profile["batch_sizes"][0]) if calibrate else None
     overhead = costs.calibrate_step_overhead(profile) if calibrate else None
     try:
         default = read_yaml(DEFAULT_PROFILE)

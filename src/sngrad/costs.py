@@ -4,18 +4,21 @@ Pure Python on integers (no jax, no clock), so every machine gets the same numbe
 equal-compute comparison of the report is deterministic.
 
 Network and conventions
-    An MLP with widths ``[d_0, d_1, ..., d_L]``: layer l maps ``a = d_{l-1}`` inputs to ``b =
-    d_l`` outputs, ReLU after every layer but the last, softmax cross-entropy on the logits.
-    ``P_W = sum_l a b`` weights, ``P = P_W + sum_l b`` parameters. A matrix product of an
-    (m, k) and a (k, n) matrix costs ``2 m k n``; an elementwise operation costs one FLOP per
-    element and per arithmetic operation (add, multiply, compare, select, sqrt, exp, log count
-    alike). Counts follow the code in :mod:`sngrad.stats`, :mod:`sngrad.transforms` and
-    :mod:`sngrad.train.step`; the matrix products dominate (96 to 99.6 % of a step's count on
-    the study's networks at B = 128), the elementwise constants are the operations written
-    there. The diagnostics (measurements, not part of any optimizer) are not counted.
-    Counted FLOPs are work, not time: an elementwise pass over the parameters is memory-bound
-    and costs more time per FLOP than a matrix product (benchmarks/step_time.py --engine
-    reports measured / counted per optimizer).
+    A network is a :class:`sngrad.architecture.Architecture`, its layers in order; an MLP may
+    be given by its widths ``[d_0, d_1, ..., d_L]`` (:func:`network`): layer l maps ``a =
+    d_{l-1}`` inputs to ``b = d_l`` outputs, ReLU after every layer but the last, softmax
+    cross-entropy on the logits. ``P_W = sum_l a b`` weights, ``P = P_W + sum_l b``
+    parameters (a convolution adds its kernel's weights and one bias per output channel). A
+    matrix product of an (m, k) and a (k, n) matrix costs ``2 m k n``; an elementwise
+    operation costs one FLOP per element and per arithmetic operation (add, multiply,
+    compare, select, sqrt, exp, log count alike). Counts follow the code in
+    :mod:`sngrad.stats`, :mod:`sngrad.transforms` and :mod:`sngrad.train.step`; the matrix
+    products dominate (96 to 99.6 % of a step's count on the study's MLPs at B = 128), the
+    elementwise constants are the operations written there. The diagnostics (measurements,
+    not part of any optimizer) are not counted. Counted FLOPs are work, not time: an
+    elementwise pass over the parameters is memory-bound and costs more time per FLOP than a
+    matrix product (benchmarks/step_time.py --engine reports measured / counted per
+    optimizer).
 
 Per example (B examples per step)
     forward   F = sum_l (2ab + b) + sum_{l<L} b + 4 d_L
@@ -30,14 +33,37 @@ Per example (B examples per step)
     co-moment C = sum_l (2ab + a + 2b + 4b)
                 (``sgd+cv``: (A*A0)^T (D*D0) and the bias covariance)
 
+    Every count is a sum over the layers: a dense layer is one term of each MLP sum above
+    (its ReLU terms only where a ReLU follows it, its input-gradient product only where a
+    layer with parameters lies before it, as for the MLP's first layer). The dense layers of
+    a convolutional network act on a flat (B, features) input and count the same.
+    A convolution with a k x k kernel from ``c`` to ``c'`` channels on an H x W map (stride
+    1, padding that keeps H and W, ReLU after) does ``mac = H W k^2 c c'`` multiply-adds per
+    example (the padded border counted like the interior) and has ``n = H W c'`` outputs,
+    ``K = k^2 c c'`` kernel weights and ``c'`` biases:
+      forward   2 mac + n + n        (the product, bias add, ReLU)
+      backward  2 mac + n + n + 2 mac
+                (kernel-gradient product, bias sum, ReLU mask; the input-gradient product
+                again only where a layer with parameters lies before it)
+      moments   4 (K + c')
+                (the flax fast path, :mod:`sngrad.moments.layers`, forms the B per-example
+                kernel gradients with a product of 2 mac per example that takes the place of
+                the batch kernel-gradient product already in G, so it adds nothing here,
+                then reduces them in two passes, a mean and then the centred squares)
+      co-moment 2 (K + c')  (the cross term of the two-pass co-moments)
+    A max-pool with a w x w window and o outputs: forward (w^2 - 1) o comparisons, backward
+    w^2 o (each output's gradient routed to its tile's maximum), none before the first layer
+    with parameters. Flattening the feature map costs nothing.
+
 Per parameter and step (divided by B per example)
     optimizer update: :data:`UPDATE_PER_PARAMETER` (sgd: scale and add = 2, ...);
-    variance finish ``max(E[g^2] - mean^2, 0)``: 3 per weight; sngrad factor:
+    variance finish ``max(E[g^2] - mean^2, 0)``: 3 per dense weight, and the division of a
+    convolution's two-pass sum of squares by B: 1 per kernel weight; sngrad factor:
     :data:`FACTOR_PER_PARAMETER` per variant, and for a run whose alpha is relative to the
     step's RMS sigma (``RunName.alpha_reference == "rms"``: tuned I and III) the sum of the
-    variances, :data:`RMS_SIGMA_PER_PARAMETER`; cv: covariance finish 2 per weight,
-    Cauchy-Schwarz clip 7, optimal coefficient 5, correction 5 per parameter; svrg:
-    correction 5.
+    variances, :data:`RMS_SIGMA_PER_PARAMETER`; cv: covariance finish 2 per dense weight (1
+    per kernel weight, the division by B), Cauchy-Schwarz clip 7, optimal coefficient 5,
+    correction 5 per parameter; svrg: correction 5.
 
 One step, by optimizer (per example, plus the per-parameter terms / B)
     plain (sgd, momentum, adam, adabelief, msvag): ``F + G``
@@ -64,12 +90,12 @@ Equal compute
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sngrad import profile as profile_values
+from sngrad.architecture import Architecture, Conv, Dense, MaxPool, as_architecture
 from sngrad.errors import SngradError
 from sngrad.names import RunName, parse_run
 
@@ -93,69 +119,135 @@ FACTOR_PER_PARAMETER = {"I": 6, "II": 12, "III": 6}  # scale_factor and the mult
 RMS_SIGMA_PER_PARAMETER = 2
 VARIANCE_FINISH_PER_WEIGHT = 3  # E[g^2] - mean^2 (2), clamp at 0 (1)
 CV_PER_WEIGHT = 2  # the covariance finish E[g h] - mean snap_mean
+# A convolution's moments come from its B per-example kernel gradients, reduced in two passes
+# (sngrad.moments.generic.two_pass_moments): per example and parameter the centring and the
+# square and the two sums, 4 for the moments, 2 more for the cross term of the co-moment.
+CONV_MOMENT_PER_PARAMETER = 4
+CONV_CO_MOMENT_PER_PARAMETER = 2
+VARIANCE_FINISH_PER_CONV_WEIGHT = 1  # the two-pass sum of squares divided by B
+CV_PER_CONV_WEIGHT = 1  # the two-pass cross sum divided by B
 CV_PER_PARAMETER = 7 + 5 + 5  # Cauchy-Schwarz clip, optimal coefficient, correction
 SVRG_PER_PARAMETER = 5  # the correction mean - (snap_mean - anchor), guarded and clipped
 
 
 # ============================================================================ the network
+#
+# Every function of a network takes either an MLP's widths (the tests, the benchmark and the
+# workflow pass them) or an Architecture, turns it into the Architecture once at its entry
+# (:func:`network`) and counts layer by layer.
+
+Network = Sequence[int] | Architecture
+network = as_architecture  # the one conversion, at each function's entry
 
 
-def _layers(widths: Sequence[int]) -> list[tuple[int, int]]:
-    sizes = list(widths)
-    if len(sizes) < 2 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
-                             for w in sizes):
-        raise SngradError(f"widths must be >= 2 positive integers [d0, ..., dL]; got {widths!r}")
-    return list(itertools.pairwise(sizes))
+def _multiply_adds(layer: Dense | Conv) -> int:
+    """One example's multiply-adds of the layer's forward product (``a b`` of a dense layer)."""
+    return layer.multiply_adds if isinstance(layer, Conv) else layer.weights
 
 
-def weight_count(widths: Sequence[int]) -> int:
-    """P_W: the weights of the network (biases excluded)."""
-    return sum(a * b for a, b in _layers(widths))
+def _with_input_gradient(net: Architecture):
+    """(layer, whether its input gradient is needed): only where a layer with parameters lies
+    before it (the network's input needs no gradient)."""
+    seen = False
+    for layer in net.layers:
+        yield layer, seen
+        seen = seen or not isinstance(layer, MaxPool)
 
 
-def parameter_count(widths: Sequence[int]) -> int:
+def weight_count(net: Network) -> int:
+    """P_W: the weights of the network (dense weights and convolution kernels, biases
+    excluded)."""
+    return network(net).weight_count()
+
+
+def parameter_count(net: Network) -> int:
     """P: weights and biases."""
-    return sum(a * b + b for a, b in _layers(widths))
+    return network(net).parameter_count()
 
 
-def forward_flops(widths: Sequence[int]) -> int:
+def forward_flops(net: Network) -> int:
     """F: one example's forward pass and loss (module docstring)."""
-    layers = _layers(widths)
-    hidden = sum(b for _, b in layers[:-1])
-    return sum(2 * a * b + b for a, b in layers) + hidden + LOSS_FORWARD_PER_CLASS * widths[-1]
+    net = network(net)
+    total = LOSS_FORWARD_PER_CLASS * net.classes
+    for layer in net.layers:
+        if isinstance(layer, MaxPool):
+            total += (layer.window ** 2 - 1) * layer.outputs
+            continue
+        n = layer.outputs
+        total += 2 * _multiply_adds(layer) + n + (n if layer.relu else 0)
+    return total
 
 
-def backward_flops(widths: Sequence[int]) -> int:
+def backward_flops(net: Network) -> int:
     """G: one example's backward pass to the weight and bias gradients."""
-    layers = _layers(widths)
-    hidden = sum(b for _, b in layers[:-1])
-    inputs = sum(2 * a * b for a, b in layers[1:])
-    return (LOSS_BACKWARD_PER_CLASS * widths[-1] + hidden
-            + sum(2 * a * b + b for a, b in layers) + inputs)
+    net = network(net)
+    total = LOSS_BACKWARD_PER_CLASS * net.classes
+    for layer, input_gradient in _with_input_gradient(net):
+        if isinstance(layer, MaxPool):
+            total += layer.window ** 2 * layer.outputs if input_gradient else 0
+            continue
+        n, product = layer.outputs, 2 * _multiply_adds(layer)
+        total += (n if layer.relu else 0) + product + n + (product if input_gradient else 0)
+    return total
 
 
-def moment_flops(widths: Sequence[int]) -> int:
-    """M: one example's share of the dense backend's second moments."""
-    return sum(2 * a * b + a + 5 * b for a, b in _layers(widths))
+def moment_flops(net: Network) -> int:
+    """M: one example's share of the second moments (dense layers: the outer-product
+    formulas; convolutions: the two-pass reduction of the per-example gradients)."""
+    total = 0
+    for layer in network(net).parametrised:
+        if isinstance(layer, Conv):
+            total += CONV_MOMENT_PER_PARAMETER * (layer.weights + layer.fan_out)
+        else:
+            total += 2 * layer.weights + layer.fan_in + 5 * layer.fan_out
+    return total
 
 
-def co_moment_flops(widths: Sequence[int]) -> int:
-    """C: one example's share of the dense backend's co-moments (``sgd+cv``)."""
-    return sum(2 * a * b + a + 6 * b for a, b in _layers(widths))
+def co_moment_flops(net: Network) -> int:
+    """C: one example's share of the co-moments (``sgd+cv``)."""
+    total = 0
+    for layer in network(net).parametrised:
+        if isinstance(layer, Conv):
+            total += CONV_CO_MOMENT_PER_PARAMETER * (layer.weights + layer.fan_out)
+        else:
+            total += 2 * layer.weights + layer.fan_in + 6 * layer.fan_out
+    return total
 
 
-def matmul_flops(widths: Sequence[int]) -> dict[str, int]:
-    """The matrix products alone, per example: forward, backward, moment products."""
-    layers = _layers(widths)
-    return {"forward": sum(2 * a * b for a, b in layers),
-            "backward": sum(2 * a * b for a, b in layers) + sum(2 * a * b for a, b in layers[1:]),
-            "moments": sum(2 * a * b for a, b in layers)}
+def variance_finish_flops(net: Network) -> int:
+    """Per step: the variance finish of every weight (dense VARIANCE_FINISH_PER_WEIGHT,
+    convolution kernel VARIANCE_FINISH_PER_CONV_WEIGHT); ``3 P_W`` for an MLP."""
+    return sum(layer.weights * (VARIANCE_FINISH_PER_CONV_WEIGHT if isinstance(layer, Conv)
+                                else VARIANCE_FINISH_PER_WEIGHT)
+               for layer in network(net).parametrised)
 
 
-def moment_floor(widths: Sequence[int]) -> float:
+def covariance_finish_flops(net: Network) -> int:
+    """Per step: the covariance finish of every weight (dense CV_PER_WEIGHT, convolution
+    kernel CV_PER_CONV_WEIGHT); ``2 P_W`` for an MLP."""
+    return sum(layer.weights * (CV_PER_CONV_WEIGHT if isinstance(layer, Conv)
+                                else CV_PER_WEIGHT)
+               for layer in network(net).parametrised)
+
+
+def matmul_flops(net: Network) -> dict[str, int]:
+    """The matrix products (and convolutions) alone, per example: forward, backward, moment
+    products (a convolution's per-example kernel gradients replace its batch kernel-gradient
+    product, counted in backward, so it adds no moment product)."""
+    net = network(net)
+    pairs = [(2 * _multiply_adds(layer), needed)
+             for layer, needed in _with_input_gradient(net) if not isinstance(layer, MaxPool)]
+    return {"forward": sum(p for p, _ in pairs),
+            "backward": sum(p for p, _ in pairs) + sum(p for p, needed in pairs if needed),
+            "moments": sum(2 * layer.weights for layer in net.parametrised
+                           if isinstance(layer, Dense))}
+
+
+def moment_floor(net: Network) -> float:
     """The matrix-product floor of a moment step over an SGD step: (fwd + bwd + one product
-    the size of each weight gradient) / (fwd + bwd). 1.50 on 784-64-10, 1.37 on 3x1024."""
-    m = matmul_flops(widths)
+    the size of each dense weight gradient) / (fwd + bwd). 1.50 on 784-64-10, 1.37 on
+    3x1024."""
+    m = matmul_flops(net)
     return (m["forward"] + m["backward"] + m["moments"]) / (m["forward"] + m["backward"])
 
 
@@ -167,42 +259,40 @@ def moment_floor(widths: Sequence[int]) -> float:
 # profile parse the profile's run names once, where they read them.
 
 
-def step_flops(run: RunName, widths: Sequence[int], batch: int) -> int:
+def step_flops(run: RunName, net: Network, batch: int) -> int:
     """FLOPs of one training step of ``run`` on a batch of ``batch`` examples."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise SngradError(f"batch must be an integer >= 1; got {batch!r}")
-    kind = run.step_kind
-    f, g = forward_flops(widths), backward_flops(widths)
-    p, p_w = parameter_count(widths), weight_count(widths)
+    kind, net = run.step_kind, network(net)
+    f, g, p = forward_flops(net), backward_flops(net), parameter_count(net)
     per_param = UPDATE_PER_PARAMETER[run.base]
     if kind == "plain":
         return batch * (f + g) + per_param * p
     if kind == "svrg":
         return batch * 2 * (f + g) + (per_param + SVRG_PER_PARAMETER) * p
-    m = moment_flops(widths)
+    m = moment_flops(net)
     if kind == "moments":
         factor = FACTOR_PER_PARAMETER[run.variant] if run.variant is not None else 0
         if run.alpha_reference == "rms":
             factor += RMS_SIGMA_PER_PARAMETER
-        return (batch * (f + g + m) + (per_param + factor) * p
-                + VARIANCE_FINISH_PER_WEIGHT * p_w)
-    return (batch * (2 * (f + g + m) + co_moment_flops(widths))
+        return batch * (f + g + m) + (per_param + factor) * p + variance_finish_flops(net)
+    return (batch * (2 * (f + g + m) + co_moment_flops(net))
             + (per_param + CV_PER_PARAMETER) * p
-            + (2 * VARIANCE_FINISH_PER_WEIGHT + CV_PER_WEIGHT) * p_w)
+            + 2 * variance_finish_flops(net) + covariance_finish_flops(net))
 
 
-def example_flops(run: RunName, widths: Sequence[int], batch: int) -> float:
+def example_flops(run: RunName, net: Network, batch: int) -> float:
     """FLOPs per example of one step: ``step_flops / batch``."""
-    return step_flops(run, widths, batch) / batch
+    return step_flops(run, net, batch) / batch
 
 
-def anchor_flops(run: RunName, widths: Sequence[int], n_train: int) -> int:
+def anchor_flops(run: RunName, net: Network, n_train: int) -> int:
     """FLOPs of one anchor (full-data mean gradient) of a control-variate run, else 0."""
     if not run.needs_snapshot:
         return 0
     chunks = -(-n_train // min(ANCHOR_CHUNK, n_train))
-    return n_train * (forward_flops(widths) + backward_flops(widths)) + parameter_count(
-        widths) * chunks
+    return n_train * (forward_flops(net) + backward_flops(net)) + parameter_count(
+        net) * chunks
 
 
 def steps_per_epoch(n_train: int, batch: int) -> int:
@@ -212,28 +302,28 @@ def steps_per_epoch(n_train: int, batch: int) -> int:
     return n_train // batch
 
 
-def cumulative_flops(run: RunName, widths: Sequence[int], n_train: int, batch: int,
+def cumulative_flops(run: RunName, net: Network, n_train: int, batch: int,
                      snapshot_every: int, steps: int) -> int:
     """C_run(t): FLOPs of the first ``steps`` steps, anchors taken before them included."""
     per_epoch = steps_per_epoch(n_train, batch)
     epochs_started = -(-steps // per_epoch)
     anchors = -(-epochs_started // snapshot_every)
-    return steps * step_flops(run, widths, batch) + anchors * anchor_flops(run, widths, n_train)
+    return steps * step_flops(run, net, batch) + anchors * anchor_flops(run, net, n_train)
 
 
-def epoch_flops(run: RunName, widths: Sequence[int], n_train: int, batch: int,
+def epoch_flops(run: RunName, net: Network, n_train: int, batch: int,
                 snapshot_every: int = 1) -> float:
     """FLOPs of one epoch, the anchor amortised over ``snapshot_every`` epochs."""
     steps = steps_per_epoch(n_train, batch)
-    return (steps * step_flops(run, widths, batch)
-            + anchor_flops(run, widths, n_train) / snapshot_every)
+    return (steps * step_flops(run, net, batch)
+            + anchor_flops(run, net, n_train) / snapshot_every)
 
 
-def cost_ratio(run: RunName, base: RunName, widths: Sequence[int], n_train: int, batch: int,
+def cost_ratio(run: RunName, base: RunName, net: Network, n_train: int, batch: int,
                snapshot_every: int = 1) -> float:
     """Epoch cost of ``run`` over that of ``base`` (anchors amortised)."""
-    return (epoch_flops(run, widths, n_train, batch, snapshot_every)
-            / epoch_flops(base, widths, n_train, batch, snapshot_every))
+    return (epoch_flops(run, net, n_train, batch, snapshot_every)
+            / epoch_flops(base, net, n_train, batch, snapshot_every))
 
 
 # ============================================================================ equal compute
@@ -263,10 +353,11 @@ class Budget:
         return self.step / self.steps_per_epoch
 
 
-def budget_step(run: RunName, widths: Sequence[int], n_train: int, batch: int, epochs: int,
+def budget_step(run: RunName, net: Network, n_train: int, batch: int, epochs: int,
                 snapshot_every: int = 1) -> Budget:
     """The budget step k* of ``run`` against its base (a base against its optimizer)."""
     base = run.paired_base or run._replace(schedule=None)  # a base: itself, by its optimizer
+    net = network(net)  # once, not at each of the search's steps
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise SngradError(f"epochs must be an integer >= 1; got {epochs!r}")
     if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or \
@@ -275,7 +366,7 @@ def budget_step(run: RunName, widths: Sequence[int], n_train: int, batch: int, e
     total = epochs * steps_per_epoch(n_train, batch)
 
     def spent(who: RunName, t: int) -> int:
-        return cumulative_flops(who, widths, n_train, batch, snapshot_every, t)
+        return cumulative_flops(who, net, n_train, batch, snapshot_every, t)
 
     budget, full = spent(base, total), spent(run, total)
     per_epoch = steps_per_epoch(n_train, batch)
@@ -333,33 +424,33 @@ def noise_batches(batch_size: int, batches: int) -> int:
     return max(min(batches, NOISE_MIN_BATCHES), batches * NOISE_FULL_DRAWS_UP_TO // batch_size)
 
 
-def _training(run, widths, n_train, batch, epochs, snapshot_every, runs, eval_examples):
+def _training(run, net, n_train, batch, epochs, snapshot_every, runs, eval_examples):
     """(example-steps, FLOPs) of ``runs`` runs trained side by side, with ``eval_examples``
     forward passes per run and epoch."""
     steps = epochs * steps_per_epoch(n_train, batch)
-    flops = runs * (cumulative_flops(run, widths, n_train, batch, snapshot_every, steps)
-                    + epochs * eval_examples * forward_flops(widths))
+    flops = runs * (cumulative_flops(run, net, n_train, batch, snapshot_every, steps)
+                    + epochs * eval_examples * forward_flops(net))
     return runs * steps * batch, flops
 
 
-def _cell_shape(profile: dict, dataset: str) -> tuple[list[int], int, int, int]:
-    """(widths, training examples, validation examples, test examples) of one dataset."""
+def _cell_shape(profile: dict, dataset: str) -> tuple[Architecture, int, int, int]:
+    """(network, training examples, validation examples, test examples) of one dataset."""
     from sngrad.data import get_spec
 
     spec = get_spec(dataset)
-    widths = [spec.feature_dim, *profile["model"]["hidden"], spec.num_classes]
+    net = profile_values.architecture(profile, dataset)
     n_train, n_val = profile_values.split_sizes(profile, dataset)
-    return widths, n_train, n_val, TEST_EXAMPLES.get(spec.name, n_val)
+    return net, n_train, n_val, TEST_EXAMPLES.get(spec.name, n_val)
 
 
 def tuning_trial_flops(profile: dict, dataset: str, run: RunName, batch: int) -> float:
     """Counted FLOPs of one tuning run (one setting, one tuning seed): ``train.epochs`` epochs
     of training and one validation pass at the end."""
-    widths, n_train, n_val, _ = _cell_shape(profile, dataset)
+    net, n_train, n_val, _ = _cell_shape(profile, dataset)
     train = profile["train"]
-    _, flops = _training(run, widths, n_train, batch, int(train["epochs"]),
+    _, flops = _training(run, net, n_train, batch, int(train["epochs"]),
                          int(train["snapshot_every"]), 1, 0)
-    return flops + n_val * forward_flops(widths)
+    return flops + n_val * forward_flops(net)
 
 
 def profile_stages(profile: dict) -> list[Stage]:
@@ -392,22 +483,22 @@ def profile_stages(profile: dict) -> list[Stage]:
             totals[name][i] += value
 
     for dataset in profile["datasets"]:
-        widths, n_train, n_val, n_test = _cell_shape(profile, dataset)
+        net, n_train, n_val, n_test = _cell_shape(profile, dataset)
         for run in runs:
             for batch in profile["batch_sizes"]:
                 steps = epochs * steps_per_epoch(n_train, batch)
                 tune_runs = sum(rounds[run]) * seeds
-                tuned = _training(run, widths, n_train, batch, epochs, every, tune_runs, 0)
+                tuned = _training(run, net, n_train, batch, epochs, every, tune_runs, 0)
                 add("tuning", 1, (tuned[0], tuned[1] + tune_runs * n_val * forward_flops(
-                    widths)), steps, [count * seeds for count in rounds[run]])
-                add("final training", 1, _training(run, widths, n_train, batch, epochs, every,
+                    net)), steps, [count * seeds for count in rounds[run]])
+                add("final training", 1, _training(run, net, n_train, batch, epochs, every,
                                                    len(train["seeds"]), n_val + n_test),
                     steps, [len(train["seeds"])])
         ref_batch = profile_values.reference_batch_size(profile)
-        add("reference", 1, _training(parse_run("sgd"), widths, n_train, ref_batch, epochs,
+        add("reference", 1, _training(parse_run("sgd"), net, n_train, ref_batch, epochs,
                                       every, 1, 0),
             epochs * steps_per_epoch(n_train, ref_batch), [1])
-        per_example = forward_flops(widths) + backward_flops(widths) + moment_flops(widths)
+        per_example = forward_flops(net) + backward_flops(net) + moment_flops(net)
         drawn = sum(b * noise_batches(b, profile["noise"]["batches"])
                     for b in profile_values.noise_batch_sizes(profile, dataset))
         add("noise", 1, (0, REFERENCE_CHECKPOINTS * (n_train + drawn) * per_example))
@@ -420,10 +511,11 @@ def profile_stages(profile: dict) -> list[Stage]:
             for name, (jobs, examples, flops, programs, runs) in totals.items()]
 
 
-def calibrate_flops(widths: Sequence[int], batch: int, seconds: float = 2.0) -> float:
-    """The best sustained FLOP/s of this machine, on one core, for the matrix products of
-    one step of ``widths`` at ``batch`` (a jitted chain of the forward products), from a
-    timing of about ``seconds``. Imports jax (the only function here that does)."""
+def calibrate_flops(net: Network, batch: int, seconds: float = 2.0) -> float:
+    """The best sustained FLOP/s of this machine, on one core, for the products of one step
+    of the network ``net`` at ``batch`` (a jitted chain of its forward pass: the products and
+    convolutions, tanh in place of ReLU, the max-pools), from a timing of about ``seconds``.
+    Imports jax (the only function here that does)."""
     import os
     import time
 
@@ -433,19 +525,33 @@ def calibrate_flops(widths: Sequence[int], batch: int, seconds: float = 2.0) -> 
     import jax
     import jax.numpy as jnp
 
-    layers = _layers(widths)
+    net = network(net)
+    layers = net.parametrised
     keys = jax.random.split(jax.random.PRNGKey(0), len(layers) + 1)
-    x = jax.random.normal(keys[0], (batch, widths[0]), jnp.float32)
-    ws = [jax.random.normal(k, (a, b), jnp.float32) / a ** 0.5
-          for k, (a, b) in zip(keys[1:], layers, strict=True)]
+    x = jax.random.normal(keys[0], (batch, *net.input_shape), jnp.float32)
+    ws = [jax.random.normal(k, (la.kernel, la.kernel, la.in_channels, la.out_channels)
+                            if isinstance(la, Conv) else (la.fan_in, la.fan_out), jnp.float32)
+          / (la.weights // la.fan_out) ** 0.5
+          for k, la in zip(keys[1:], layers, strict=True)]
 
     @jax.jit
     def chain(x, ws):
-        for w in ws:
-            x = jnp.tanh(x @ w) if w is not ws[-1] else x @ w
+        kernels = iter(ws)
+        for layer in net.layers:
+            if isinstance(layer, MaxPool):
+                window = (1, layer.window, layer.window, 1)
+                x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "VALID")
+                continue
+            w = next(kernels)
+            if isinstance(layer, Conv):
+                x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            else:
+                x = x.reshape(x.shape[0], -1) @ w
+            x = jnp.tanh(x) if layer.relu else x
         return x
 
-    flops = 2 * batch * weight_count(widths)
+    flops = batch * matmul_flops(net)["forward"]
     chain(x, ws).block_until_ready()
     best, deadline = 0.0, time.perf_counter() + seconds
     reps = 1

@@ -3,12 +3,14 @@
 Memory of a tuning or training job (a lower bound: what the arrays alone take)
     A job trains K runs side by side in one vmapped program (:mod:`sngrad.train.engine`):
     K = (initial learning rates x second-axis points x tuning seeds) for a tuning job, K = the
-    final seeds for a training job. With the network widths ``[d_0, ..., d_L]``,
-    ``P = sum_l (d_{l-1} + 1) d_l`` parameters and the batch size B, float32 (4 bytes) arrays
-    take at least::
+    final seeds for a training job. With the network's P parameters
+    (:meth:`sngrad.architecture.Architecture.parameter_count`; ``sum_l (d_{l-1} + 1) d_l``
+    for an MLP of widths ``[d_0, ..., d_L]``), its U activations of one example over all
+    layers' outputs (:meth:`~sngrad.architecture.Architecture.unit_count`; ``sum_{l>=1} d_l``
+    for an MLP), its D inputs per example (the product of its input shape; ``d_0``) and the
+    batch size B, float32 (4 bytes) arrays take at least::
 
-        4 K (STATE_COPIES P + 2 B sum_{l>=1} d_l + EVAL_CHUNK sum_{l>=1} d_l)
-          + 4 (n_train + n_val) d_0 + BASELINE_MB
+        4 K (STATE_COPIES P + 2 B U + EVAL_CHUNK U) + 4 (n_train + n_val) D + BASELINE_MB
 
     (parameters, gradient and update of every run; each layer's activations of a batch kept
     for the backward pass and again squared for the moments; one evaluation chunk; the
@@ -17,7 +19,9 @@ Memory of a tuning or training job (a lower bound: what the arrays alone take)
     (a GPU, where the arrays live), ``accelerator.jobs`` such jobs at once, without the
     interpreter's BASELINE_MB, must also fit its ``accelerator.memory_mb``. The check names
     the key that drives the size: the limit itself (or ``data.train_size``) if the splits and the
-    interpreter alone do not fit, ``model.hidden`` if one run's parameters do not, else
+    interpreter alone do not fit, the keys that shape the network (:func:`network_keys`:
+    ``model.hidden`` of an MLP, ``model.channels``, ``model.kernel`` and ``model.dense`` of a
+    cnn, ``model.kind`` of a fixed network) if one run at B = 1 does not, else
     ``batch_sizes`` if one run's activations do not, else the key that multiplies K.
 
 Work
@@ -36,13 +40,13 @@ Work
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 from collections.abc import Mapping
 
 from sngrad import costs
-from sngrad.profile import DEFAULT_PROFILE, read_yaml, split_sizes
+from sngrad.architecture import MODEL_KEYS, as_architecture, model_kind
+from sngrad.profile import DEFAULT_PROFILE, architecture, read_yaml, split_sizes
 
 MB = 2**20
 STATE_COPIES = 3  # parameters, gradient, updated parameters of every run
@@ -60,22 +64,23 @@ def machine_mb() -> float | None:
         return None
 
 
-def widths(config: Mapping, dataset: str) -> list[int]:
-    from sngrad.data import get_spec
-
-    spec = get_spec(dataset)
-    return [spec.feature_dim, *config["model"]["hidden"], spec.num_classes]
+def parameters(net: costs.Network) -> int:
+    return as_architecture(net).parameter_count()
 
 
-def parameters(layer_widths: list[int]) -> int:
-    return sum((a + 1) * b for a, b in itertools.pairwise(layer_widths))
+def job_mb(net: costs.Network, batch: int, runs: int, examples: int) -> float:
+    """The lower bound of the module docstring, in MB, of a network (an Architecture or an
+    MLP's widths)."""
+    net = as_architecture(net)
+    units = net.unit_count()
+    per_run = STATE_COPIES * net.parameter_count() + (2 * batch + EVAL_CHUNK) * units
+    return 4 * (runs * per_run + examples * math.prod(net.input_shape)) / MB + BASELINE_MB
 
 
-def job_mb(layer_widths: list[int], batch: int, runs: int, examples: int) -> float:
-    """The lower bound of the module docstring, in MB."""
-    units = sum(layer_widths[1:])
-    per_run = STATE_COPIES * parameters(layer_widths) + (2 * batch + EVAL_CHUNK) * units
-    return 4 * (runs * per_run + examples * layer_widths[0]) / MB + BASELINE_MB
+def network_keys(config: Mapping) -> list[str]:
+    """The profile keys that size its network, as the memory check names them."""
+    kind = model_kind(config["model"])
+    return [f"model.{key}" for key in MODEL_KEYS[kind]] or ["model.kind"]
 
 
 def _tune_factors(config: Mapping) -> dict[str, int]:
@@ -98,6 +103,11 @@ def _shown(config: Mapping, key: str):
     return max(value) if key == "batch_sizes" else value
 
 
+def _named(config: Mapping, keys: list[str]) -> str:
+    """``key = value`` of each key, comma-separated."""
+    return ", ".join(f"{key} = {_shown(config, key)}" for key in keys)
+
+
 def memory_problems(config: Mapping, machine: float | None = None) -> list[str]:
     """One line per job kind that cannot fit; empty when every job fits."""
 
@@ -111,7 +121,7 @@ def memory_problems(config: Mapping, machine: float | None = None) -> list[str]:
     for stage, (runs, factors) in jobs.items():
         limit = config["resources"]["mem_mb"][stage]
         for dataset in config["datasets"]:
-            layers = widths(config, dataset)
+            layers = architecture(config, dataset)
             examples = sum(split_sizes(config, dataset))
             need = job_mb(layers, batch, runs, examples)
             over = [(f"resources.mem_mb.{stage} = {limit}", limit)]
@@ -134,15 +144,15 @@ def memory_problems(config: Mapping, machine: float | None = None) -> list[str]:
                 continue
             smallest = min(mb for _, mb in over)
             if job_mb(layers, batch, 0, examples) > smallest:  # not even the data fits
-                key = f"resources.mem_mb.{stage}" if limit == smallest else "data.train_size"
+                keys = [f"resources.mem_mb.{stage}" if limit == smallest else "data.train_size"]
             elif job_mb(layers, 1, 1, examples) > smallest:
-                key = "model.hidden"
+                keys = network_keys(config)
             elif job_mb(layers, batch, 1, examples) > smallest:
-                key = "batch_sizes"
+                keys = ["batch_sizes"]
             else:
-                key = max(factors, key=factors.get)
+                keys = [max(factors, key=factors.get)]
             problems.append(
-                f"{key} = {_shown(config, key)}: a {stage} job on {dataset} needs at least "
+                f"{_named(config, keys)}: a {stage} job on {dataset} needs at least "
                 f"{need:,.0f} MB ({runs:,} vmapped run(s) of {parameters(layers):,} parameters, "
                 f"batch {batch}), above {' and '.join(exceeded)}; allowed: a network, batch "
                 f"size and run count that fit, or a larger resources.mem_mb.{stage} on a "

@@ -6,7 +6,8 @@ from sngrad.report import references, scope
 
 PROFILE = {
     "profile": "toy", "datasets": ["mnist"], "optimizers": ["sgd"], "batch_sizes": [128],
-    "data": {"val_fraction": 0.0833333, "train_size": 8000}, "model": {"hidden": [64]},
+    "data": {"val_fraction": 0.0833333, "train_size": 8000},
+    "model": {"hidden": [64], "init_seed": 0},
     "train": {"epochs": 10, "seeds": [1, 2], "snapshot_every": 1},
 }  # fmt: skip
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import binary_splits, spec_dict
 
-from sngrad import resources
+from sngrad import profile, resources
 from sngrad.cli import main
 from sngrad.config import load_profile
 from sngrad.names import parse_run
@@ -199,7 +199,7 @@ def test_jobs_sharing_a_gpu_are_held_to_its_memory(tmp_path):
     interpreter) must fit its memory: the line names accelerator.memory_mb and the GPU."""
     config = read_yaml("config/scale.yaml")
     assert resources.memory_problems(config, machine=24000.0) == []
-    one = resources.job_mb(resources.widths(config, "mnist"), 1024, 10,
+    one = resources.job_mb(profile.architecture(config, "mnist"), 1024, 10,
                            sum(split_sizes(config, "mnist"))) - resources.BASELINE_MB
     config["accelerator"].update(memory_mb=int(3.5 * one), jobs=4)  # 3 train jobs fit, 4 not
     lines = resources.memory_problems(config, machine=10**7)

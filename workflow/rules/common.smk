@@ -14,7 +14,7 @@ from snakemake.utils import update_config
 from sngrad import compile_cache
 from sngrad import config as profiles
 from sngrad import profile as profile_values
-from sngrad import costs, ledger, resources
+from sngrad import costs, ledger
 from sngrad import runlock, runstart
 from sngrad.data.recovery import repair as repair_splits
 from sngrad.errors import SngradError
@@ -196,10 +196,10 @@ def cell_priority(wildcards):
     if (wildcards.optimizer == profile_values.REFERENCE_RUN
             and batch == profile_values.reference_batch_size(config)):
         return EARLY
-    widths = resources.widths(config, wildcards.dataset)
+    network = profile_values.architecture(config, wildcards.dataset)
     run = parse_run(wildcards.optimizer)  # the rule's run name, parsed where it enters
-    ratio = costs.example_flops(run, widths, batch) / costs.example_flops(
-        parse_run("sgd"), widths, batch)
+    ratio = costs.example_flops(run, network, batch) / costs.example_flops(
+        parse_run("sgd"), network, batch)
     return round(10 * ratio)
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from sngrad import profile as profile_values
+from sngrad.architecture import Architecture, model_kind
+from sngrad.errors import SngradError
 from sngrad.layout import Layout
 from sngrad.names import parse_run
 from sngrad.report.format import NA, fmt, missing, number
@@ -53,15 +56,41 @@ def _source_lines(source: dict) -> tuple[str, list[dict]]:
     return line, hashes
 
 
+def _architecture(config: dict, dataset: str) -> Architecture | None:
+    """The profile's network on ``dataset`` (:func:`sngrad.profile.architecture`), or None
+    where the profile's ``model`` or the dataset's registry entry does not give one."""
+    try:
+        return profile_values.architecture(config, dataset)
+    except (SngradError, KeyError, TypeError):
+        return None
+
+
+def network_text(config: dict, dataset: str) -> str:
+    """The network of ``dataset``'s row: ``784-64-10`` for an MLP, else
+    :meth:`~sngrad.architecture.Architecture.describe`'s layers."""
+    net = _architecture(config, dataset)
+    return NA if net is None else net.describe()
+
+
+def hidden_text(config: dict) -> str:
+    """The hidden widths of an MLP (``1024, 1024``, ``none``), else the layers of the network
+    on the profile's first dataset."""
+    names = config.get("datasets") or []
+    net = _architecture(config, names[0]) if names else None
+    if net is None:  # an incomplete profile: what its model section says
+        return ", ".join(str(h) for h in config_value(config, "model.hidden", []) or []) or "none"
+    if net.kind == "mlp":
+        return ", ".join(str(h) for h in net.widths[1:-1]) or "none"
+    return net.describe()
+
+
 def datasets(layout: Layout, config: dict) -> list[dict]:
     rows = []
-    hidden = list(config_value(config, "model.hidden", []) or [])
     for name in config.get("datasets", []):
         meta = read_json(layout.data_meta(name)) or {}
         sizes = meta.get("sizes", {})
         line, hashes = _source_lines(meta.get("source") or {})
-        dim, classes = meta.get("feature_dim"), meta.get("num_classes")
-        network = "-".join(NA if n is None else str(n) for n in [dim, *hidden, classes])
+        network = network_text(config, name)
         rows.append(
             {
                 "name": name,
@@ -208,8 +237,8 @@ def protocol(config: dict) -> dict:
         "schedule": str(config_value(config, "train.schedule", NA)),
         "backend": str(config_value(config, "train.backend", NA)),
         "diverge_loss": fmt(config_value(config, "train.diverge_loss"), 6),
-        "hidden": ", ".join(str(h) for h in config_value(config, "model.hidden", []) or [])
-        or "none",
+        "hidden": hidden_text(config),
+        "network_kind": model_kind(config.get("model") or {}),
         "init_seed": str(config_value(config, "model.init_seed", NA)),
         "train_size": str(config_value(config, "data.train_size", "all") or "all"),
         "val_fraction": fmt(config_value(config, "data.val_fraction")),

@@ -6,8 +6,11 @@ are counted from the profiles with :mod:`sngrad.costs` and :func:`sngrad.profile
 nothing here is measured. Per network quantities are for one dataset that both designs train
 (the profile's first such dataset; without one, each design's first dataset).
 
-For a dataset with ``N`` training examples, widths ``[d_0, ..., d_L]``, ``E`` epochs and batch
-size ``B``: parameters ``sum_l d_{l-1} d_l + d_l``; steps per run ``E floor(N / B)``; counted
+For a dataset with ``N`` training examples, the profile's network on it
+(:func:`sngrad.profile.architecture`; an MLP of widths ``[d_0, ..., d_L]`` shown as
+``d_0-...-d_L``), ``E`` epochs and batch size ``B``: parameters (``sum_l d_{l-1} d_l + d_l``
+for an MLP, :meth:`sngrad.architecture.Architecture.parameter_count`); steps per run
+``E floor(N / B)``; counted
 compute per run: the FLOPs of those steps for plain SGD and one seed
 (:func:`sngrad.costs.cumulative_flops`, evaluation passes not included). The ratio column is
 seed over profile: how many times the seed's design exceeds this profile.
@@ -19,33 +22,32 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sngrad import costs
+from sngrad.architecture import Architecture
 from sngrad.errors import SngradError
 from sngrad.names import parse_run
-from sngrad.profile import read_yaml, split_sizes
+from sngrad.profile import architecture, read_yaml, split_sizes
 from sngrad.report.format import NA, count, fmt, number
 
 SEED_DESIGN = Path(__file__).resolve().parents[3] / "config" / "paper.yaml"
 COMPUTE_RUN = parse_run("sgd")  # the run whose counted compute per run the table shows
 
 
-def widths(profile: Mapping, dataset: str) -> list[int]:
-    """The network of ``profile`` on ``dataset``: input, hidden widths, classes."""
-    from sngrad.data import get_spec
-
-    spec = get_spec(dataset)
-    return [spec.feature_dim, *map(int, profile["model"]["hidden"]), spec.num_classes]
+def network(profile: Mapping, dataset: str) -> Architecture:
+    """The network of ``profile`` on ``dataset``."""
+    return architecture(profile, dataset)
 
 
 def scale(profile: Mapping, dataset: str) -> dict:
     """The scale of one profile on one dataset, as numbers (see the module docstring).
 
-    Keys: widths, parameters, train_examples, epochs, batch_sizes (sorted), steps_small and
-    steps_large (steps per run at the smallest and the largest batch size), datasets, seeds
-    (final seeds), runs (trained run names), flops_run (counted FLOPs of one SGD run at the
-    smallest batch size).
+    Keys: network (its text, :meth:`~sngrad.architecture.Architecture.describe`:
+    ``784-64-10`` for an MLP), parameters, train_examples, epochs, batch_sizes (sorted),
+    steps_small and steps_large (steps per run at the smallest and the largest batch size),
+    datasets, seeds (final seeds), runs (trained run names), flops_run (counted FLOPs of one
+    SGD run at the smallest batch size).
     """
     try:
-        net = widths(profile, dataset)
+        net = network(profile, dataset)
         n_train, _ = split_sizes(profile, dataset)
         epochs = int(profile["train"]["epochs"])
         sizes = sorted(int(b) for b in profile["batch_sizes"])
@@ -57,7 +59,7 @@ def scale(profile: Mapping, dataset: str) -> dict:
     small, large = sizes[0], sizes[-1]
     steps_small = epochs * costs.steps_per_epoch(n_train, small)
     return {
-        "widths": net,
+        "network": net.describe(),
         "parameters": costs.parameter_count(net),
         "train_examples": n_train,
         "epochs": epochs,
@@ -107,8 +109,7 @@ def rows(profile: Mapping, seed: Mapping) -> tuple[list[dict], dict]:
     ratios["datasets"] = len(b["datasets"]) / len(a["datasets"])
     ratios["batch_sizes"] = len(b["batch_sizes"]) / len(a["batch_sizes"])
     out = [
-        ("network (" + on + ")", "-".join(map(str, a["widths"])),
-         "-".join(map(str, b["widths"])), None),
+        ("network (" + on + ")", a["network"], b["network"], None),
         (f"parameters per network ({on})", count(a["parameters"]), count(b["parameters"]),
          "parameters"),
         (f"training examples ({on})", count(a["train_examples"]),
@@ -166,7 +167,7 @@ def report_context(config: Mapping, seed_design: str | Path = SEED_DESIGN) -> di
             "epochs": str(mine["epochs"]),
             "train_examples": count(mine["train_examples"]),
             "parameters": count(mine["parameters"]),
-            "network": "-".join(map(str, mine["widths"])),
+            "network": mine["network"],
             "batch_sizes": _sizes(mine["batch_sizes"]),
             "datasets": ", ".join(mine["datasets"]),
             "dataset": comparison_datasets(config, seed)[0],

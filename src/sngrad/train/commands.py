@@ -369,8 +369,8 @@ def train(data_path, run: RunName, batch_size: int, spec: TrainSpec, hparams_pat
     layers = len(arch.parametrised)
     ckpt_dir = ckpt.checkpoint_dir(out_dir, "train")
     result = None
-    budget = costs.budget_step(run, arch.widths if arch.kind == "mlp" else arch,
-                               len(splits.y_train), batch_size, spec.epochs, spec.snapshot_every)
+    budget = costs.budget_step(run, arch, len(splits.y_train), batch_size, spec.epochs,
+                               spec.snapshot_every)
     if hp.all_diverged:
         rec = _nan_records(spec.epochs, len(seeds), layers)
         at_budget = {k: v[-1] for k, v in rec.items() if k.startswith(("val_", "test_"))}
