@@ -169,7 +169,8 @@ def test_split_sizes_match_the_prepared_data():
         ({"datasets": ["imagenet"]}, ["datasets[0] = \"imagenet\"", "mnist1d"]),
         ({"optimiser": ["sgd"]}, ["unknown key optimiser; allowed:", "optimizers"]),
         ({"noise__max": 3},
-         ["unknown key noise.max; allowed: batches, max_batch_size, min_batch_size, seed"]),
+         ["unknown key noise.max; allowed: batches, enabled, max_batch_size, min_batch_size, "
+          "seed"]),
         ({"noise__min_batch_size": 1}, ["noise.min_batch_size = 1", ">= 2"]),
     ],
 )  # fmt: skip
@@ -301,6 +302,37 @@ def test_a_noise_batch_above_the_training_split_is_refused():
 
 def test_the_smallest_noise_batch_equal_to_the_largest_is_allowed():
     profiles.check_profile(smoke(noise__min_batch_size=32, noise__max_batch_size=32), "P.yaml")
+
+
+# ----------------------------------------------------------------------------- noise.enabled
+
+NOT_MLP = ("noise.enabled: the noise study measures MLPs only (its exact per-layer passes are "
+           "written for dense layers), not a cnn model; allowed for this model: "
+           "noise: {enabled: false}")
+
+
+def test_a_profile_without_the_noise_study_needs_none_of_its_keys():
+    profiles.check_profile(smoke(noise={"enabled": False}), "P.yaml")
+    # its batch sizes are not checked: nothing of the study runs
+    profiles.check_profile(smoke(noise__enabled=False, noise__min_batch_size=128,
+                                 noise__max_batch_size=64), "P.yaml")
+    assert not profile_values.noise_enabled(smoke(noise={"enabled": False}))
+    assert profile_values.noise_enabled(smoke()) and profile_values.noise_enabled({})
+
+
+def test_a_noise_study_that_is_on_still_needs_its_keys():
+    assert problems(smoke(noise={"enabled": True})) == [
+        f"P.yaml: missing key noise.{key} (every key is required)"
+        for key in ("seed", "min_batch_size", "max_batch_size", "batches")]
+    (line,) = problems(smoke(noise__enabled="no"))
+    assert line.startswith('P.yaml: noise.enabled = "no": must be of type boolean')
+
+
+def test_a_noise_study_of_a_model_other_than_an_mlp_is_one_line_before_any_job():
+    cnn = {"kind": "cnn", "channels": [8], "kernel": 3, "dense": [], "init_seed": 0}
+    assert NOT_MLP in profiles.rule_problems(smoke(model=cnn))
+    assert NOT_MLP not in profiles.rule_problems(smoke(model=cnn, noise={"enabled": False}))
+    assert NOT_MLP not in profiles.rule_problems(smoke())
 
 
 def test_config_check_refuses_a_modified_file_calling_itself_default(tmp_path, capsys):

@@ -398,6 +398,17 @@ def test_profile_stages_of_the_smoke_profile():
     assert [s.run_steps for s in stages.values()] == [(5 + 11 + 5) * 2 * 40, 3 * 2 * 40, 40, 0]
 
 
+def test_a_profile_without_the_noise_study_counts_no_reference_run_and_no_noise_jobs():
+    from sngrad.config import load_profile
+
+    profile = load_profile("config/smoke.yaml")
+    study = {s.name: s for s in costs.profile_stages(profile)}
+    profile["noise"] = {"enabled": False}
+    without = {s.name: s for s in costs.profile_stages(profile)}
+    assert list(without) == ["tuning", "final training"]
+    assert all(without[name] == study[name] for name in without)
+
+
 def test_the_time_estimate_adds_the_per_step_overhead_of_every_program_and_run_step():
     from sngrad.config import load_profile
     from sngrad.profile import DEFAULT_PROFILE, read_yaml

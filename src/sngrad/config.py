@@ -8,11 +8,12 @@ line ``FILE: KEY = VALUE: what is allowed``, all before any job runs:
    ranges, required and unknown keys; one line per problem, never a dump of the config.
 3. Rules across fields (:func:`rule_problems`): the training spec as :mod:`sngrad.spec` checks
    it (ordered learning-rate range inside ``lr_bounds``, ordered positive alpha ranges,
-   at least two tuning seeds, ...), valid run names (:func:`sngrad.names.parse_run`),
-   and splits that can feed every batch: with ``n`` examples available for training and
-   validation (``sngrad.data``), the validation split holds ``round(val_fraction * n)``
-   examples and the training split the rest, or ``data.train_size`` of them; every batch size
-   must fit in the training split.
+   at least two tuning seeds, ...), valid run names (:func:`sngrad.names.parse_run`), a
+   noise study only where the model is an MLP (``noise.enabled``), and splits that can feed
+   every batch: with ``n`` examples available for training and validation
+   (``sngrad.data``), the validation split holds ``round(val_fraction * n)`` examples and the
+   training split the rest, or ``data.train_size`` of them; every batch size must fit in the
+   training split.
 
 The Snakefile calls :func:`load_profile` (or :func:`check_profile` on a config Snakemake has
 already read); ``python -m sngrad config check FILE`` runs the same checks by hand, and
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sngrad import costs, resources
+from sngrad.architecture import model_kind
 from sngrad.errors import SngradError
 from sngrad.profile import (
     DEFAULT_PROFILE,
@@ -37,6 +39,7 @@ from sngrad.profile import (
     architecture,
     examples_for_training,
     noise_batch_sizes,
+    noise_enabled,
     read_yaml,
     split_sizes,
     training_spec,
@@ -240,8 +243,21 @@ def _model_problems(config: Mapping) -> list[str]:
     return problems
 
 
+def _noise_model_problems(config: Mapping) -> list[str]:
+    """A noise study asked of a model other than an MLP: one line naming what is allowed."""
+    kind = model_kind(config["model"])
+    if not noise_enabled(config) or kind == "mlp":
+        return []
+    return [f"noise.enabled: the noise study measures MLPs only (its exact per-layer passes "
+            f"are written for dense layers), not a {kind} model; allowed for this model: "
+            "noise: {enabled: false}"]
+
+
 def _noise_problems(config: Mapping) -> list[str]:
-    """The noise study needs at least one batch size: min <= max, min <= every training split."""
+    """The noise study needs at least one batch size: min <= max, min <= every training split;
+    nothing to check when the profile does not run it."""
+    if not noise_enabled(config):
+        return []
     noise = config["noise"]
     low, high = noise["min_batch_size"], noise["max_batch_size"]
     if low > high:
@@ -260,7 +276,8 @@ def _noise_problems(config: Mapping) -> list[str]:
 
 def rule_problems(config: Mapping) -> list[str]:
     """Problems across fields of a schema-valid profile, one line each."""
-    problems = _spec_problems(config) + _model_problems(config) + _run_problems(config)
+    problems = (_spec_problems(config) + _model_problems(config) + _run_problems(config)
+                + _noise_model_problems(config))
     splits = _split_problems(config)
     problems += splits or _noise_problems(config)  # the noise sizes need valid splits
     return problems or resources.memory_problems(config)  # sizes need a consistent profile

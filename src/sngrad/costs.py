@@ -463,7 +463,8 @@ def profile_stages(profile: dict) -> list[Stage]:
     over the training split and the drawn batches of every noise batch size (forward,
     backward, moments). A tuning job runs one program per round (round 0, the refinement),
     of its settings x tuning seeds; a training job one of the final seeds; the reference one
-    of one run. The benchmark is timing-bound and counted apart
+    of one run. A profile without the noise study (``noise.enabled: false``) has neither of
+    the last two stages. The benchmark is timing-bound and counted apart
     (:func:`benchmark_minutes`).
     """
     from sngrad.spec import tune_spec
@@ -474,8 +475,9 @@ def profile_stages(profile: dict) -> list[Stage]:
     epochs, every = int(train["epochs"]), int(train["snapshot_every"])
     runs = [parse_run(run) for run in profile["optimizers"]]
     rounds = {run: trial_count(run, tune) for run in runs}
-    totals = {name: [0, 0, 0.0, 0, 0]
-              for name in ("tuning", "final training", "reference", "noise")}
+    noise = profile_values.noise_enabled(profile)  # else no reference run and no noise jobs
+    stages = ("tuning", "final training", *(("reference", "noise") if noise else ()))
+    totals = {name: [0, 0, 0.0, 0, 0] for name in stages}
 
     def add(name, jobs, work, steps=0, runs=()):
         """``runs``: the K of each program of the job, ``steps`` steps each."""
@@ -494,6 +496,8 @@ def profile_stages(profile: dict) -> list[Stage]:
                 add("final training", 1, _training(run, net, n_train, batch, epochs, every,
                                                    len(train["seeds"]), n_val + n_test),
                     steps, [len(train["seeds"])])
+        if not noise:
+            continue
         ref_batch = profile_values.reference_batch_size(profile)
         add("reference", 1, _training(parse_run("sgd"), net, n_train, ref_batch, epochs,
                                       every, 1, 0),

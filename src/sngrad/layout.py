@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sngrad.profile import noise_enabled
+
 RESULTS = "results"
 PUBLISHED_REPORT = "paper/report.md"
 PUBLISHED_FIGURES = "paper/figures"
@@ -261,9 +263,11 @@ SEED_DESIGN = "config/paper.yaml"  # the seed's design, which the report's scope
 
 
 def notebooks_run(config: Mapping) -> list[str]:
-    """The figure-drawing notebooks a profile runs (the theory one only when enabled)."""
+    """The figure-drawing notebooks a profile runs (the theory one, and the noise study's
+    gradient_noise, only when enabled)."""
     theory = (config.get("theory") or {}).get("enabled", True)
-    return [n for n in NOTEBOOKS if n != "theory" or theory]
+    skipped = {"theory": not theory, "gradient_noise": not noise_enabled(config)}
+    return [n for n in NOTEBOOKS if not skipped.get(n)]
 
 
 def notebook_outputs(layout: Layout, notebook: str) -> list[str]:
@@ -275,7 +279,9 @@ def notebook_outputs(layout: Layout, notebook: str) -> list[str]:
 def report_inputs(layout: Layout, config: Mapping) -> dict[str, list[str]]:
     """Every file the report reads, by kind: the inputs of the workflow's report rule (and
     targets of its default rule), and what the report digests when rendered by hand. The
-    benchmark is its own target (``make bench``): its tables count when they exist."""
+    benchmark is its own target (``make bench``): its tables count when they exist. A profile
+    without the noise study (:func:`sngrad.profile.noise_enabled`) has no ``reference`` and
+    ``noise`` entries."""
     datasets, runs = config.get("datasets", []), config.get("optimizers", [])
     sizes = config.get("batch_sizes", [])
     inputs = {
@@ -292,6 +298,8 @@ def report_inputs(layout: Layout, config: Mapping) -> dict[str, list[str]]:
         "benchmark": [f for f in (layout.benchmark(), layout.benchmark_engine())
                       if Path(f).exists()],
     }
+    if not noise_enabled(config):
+        del inputs["reference"], inputs["noise"]
     for name in notebooks_run(config):
         inputs[name] = notebook_outputs(layout, name)
     return inputs

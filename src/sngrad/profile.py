@@ -88,8 +88,9 @@ def architecture(config: Mapping, dataset: str):
 
 def noise_enabled(config: Mapping) -> bool:
     """Whether the profile runs the noise study (and its reference run): ``noise.enabled``,
-    true where the key is left out."""
-    return bool(config["noise"].get("enabled", True))
+    true where the key (or, in a partial config the report renders from, the section) is left
+    out."""
+    return bool((config.get("noise") or {}).get("enabled", True))
 
 
 def training_spec(config: Mapping) -> str:

@@ -85,3 +85,16 @@ def test_a_sigma_ratio_of_one_does_not_rise_and_an_unresolved_b_simple_says_so(t
 def test_a_summary_without_the_datasets_is_not_available(tmp_path):
     context = _context(tmp_path, [_row("init", 0, 100.0)], datasets=("other",))
     assert context["available"] is False and context["missing"] == ["other"]
+
+
+def test_a_profile_without_the_study_says_why_and_reads_no_summary(tmp_path):
+    layout = Layout("t", str(tmp_path))
+    # a summary left from an earlier run of the study
+    write_frame(layout.analysis(NOISE_SUMMARY), pd.DataFrame([_row("init", 0, 100.0)]))
+    off = noise_section.report_context(layout, ["toy"], {"noise": {"enabled": False}})
+    assert not off["enabled"] and not off["available"] and off["datasets"] == []
+    assert off["why"].startswith("`noise.enabled` is false, so there is no reference run")
+    cnn = {"model": {"kind": "cnn"}, "noise": {"enabled": False}}
+    assert noise_section.not_run_reason(cnn).startswith("it trains a cnn model, and the study's")
+    on = noise_section.report_context(layout, ["toy"], {"noise": {"seed": 0}})
+    assert on["enabled"] and on["why"] is None and on["available"]

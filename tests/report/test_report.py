@@ -351,6 +351,24 @@ def test_notebooks_cope_with_an_all_diverged_study(tmp_path, monkeypatch):
         assert f"](figures/{name}.png)" in text
 
 
+def test_a_profile_without_the_noise_study_says_so_where_the_report_would_read_it(tmp_path):
+    """The real partials, the noise section's included: a sentence naming the reason where the
+    study's results would stand, never an undefined value."""
+    layout, config = write_tree(tmp_path / "results")
+    config["noise"] = {"enabled": False}
+    config["model"] = {"kind": "cnn", "channels": [8], "kernel": 3, "dense": [], "init_seed": 0}
+    out = Path(layout.report())
+    text = report_render.render_report(layout, TEMPLATES / "report.md.j2", out, config=config,
+                                       now=1_000_000.0 + 1800)
+    why = ("it trains a cnn model, and the study's exact per-layer passes are written for the "
+           "dense layers of an MLP (`noise.enabled: false`)")
+    noise = text.split("## Gradient noise at fixed parameters", 1)[1].split("\n## ", 1)[0]
+    assert noise.strip() == f"This profile does not run the noise study: {why}."
+    batch = text.split("## Batch size", 1)[1].split("\n## ", 1)[0]
+    assert "does not run the noise\nstudy: " + why in batch
+    assert "what the gradient noise looked" not in text
+
+
 def test_missing_runs_and_no_results_still_render(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 

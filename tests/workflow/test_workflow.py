@@ -116,6 +116,27 @@ def test_every_report_input_is_a_source_file_or_made_by_a_planned_job(fresh):
     assert layout.report() in made and layout.notebook("theory") in listed
 
 
+def test_a_profile_without_the_noise_study_plans_none_of_it(fresh, tmp_path):
+    """noise.enabled: false: no reference run, no noise job, no gradient_noise notebook, and
+    the report reads nothing of the study (every input it lists is planned or a source)."""
+    from sngrad.layout import NOISE_SUMMARY, Layout
+    from sngrad.report.reproducibility import expected_inputs
+
+    config = {**profile("smoke"), "profile": "nonoise", "noise": {"enabled": False}}
+    path = tmp_path / "nonoise.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = snakemake("-n", "--configfile", str(path), cwd=fresh)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = job_counts(out.stdout)
+    assert not {"reference", "noise", "gradient_noise"} & set(counts), counts
+    assert counts["train"] == len(config["optimizers"]) and counts["report"] == 1
+    made, listed = set(planned_outputs(out.stdout)), expected_inputs(Layout("nonoise"), config)
+    assert {f for f in listed if f.startswith("results/")} <= made
+    study = ("/reference", "/noise/", "gradient_noise", NOISE_SUMMARY, "noise_vs_batch")
+    results = [f for f in made | set(listed) if f.startswith("results/")]
+    assert not [f for f in results if any(part in f for part in study)]
+
+
 def test_jobs_are_limited_to_their_threads_and_the_benchmark_runs_alone(fresh):
     out = snakemake("-n", "-p", "--cores", "3", *SMOKE, cwd=fresh)
     assert out.returncode == 0, out.stderr[-3000:]

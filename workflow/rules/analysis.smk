@@ -48,26 +48,29 @@ rule performance:
         NOTEBOOK
 
 
-rule gradient_noise:
-    """The noise study's tables and figures, every dataset."""
-    input:
-        source=notebook_source("gradient_noise"),
-        noise=[L.noise(d) for d in DATASETS],
-    output:
-        *notebook_tables(L, "gradient_noise"),
-        *L.figures("gradient_noise"),
-        notebook=L.notebook("gradient_noise"),
-    params:
-        parameters=notebook_parameters(DATASETS),
-    conda:
-        CONDA_ENV
-    log:
-        L.log("notebooks", "gradient_noise"),
-    threads: threads_for("analysis")
-    resources:
-        mem_mb=mem_for("analysis"),
-    shell:
-        NOTEBOOK
+# the noise study's own (common.smk's NOISE_STUDY): a profile without it has no noise tables
+if NOISE_STUDY:
+
+    rule gradient_noise:
+        """The noise study's tables and figures, every dataset."""
+        input:
+            source=notebook_source("gradient_noise"),
+            noise=[L.noise(d) for d in DATASETS],
+        output:
+            *notebook_tables(L, "gradient_noise"),
+            *L.figures("gradient_noise"),
+            notebook=L.notebook("gradient_noise"),
+        params:
+            parameters=notebook_parameters(DATASETS),
+        conda:
+            CONDA_ENV
+        log:
+            L.log("notebooks", "gradient_noise"),
+        threads: threads_for("analysis")
+        resources:
+            mem_mb=mem_for("analysis"),
+        shell:
+            NOTEBOOK
 
 
 rule batch_sizes:

@@ -91,6 +91,9 @@ CONFIG_JSON = json.dumps(config, sort_keys=True)
 # the profile's result tree for the report and publish commands
 PROFILE_ARGS = f"--profile {shlex.quote(L.profile)} --results-root {shlex.quote(L.root)}"
 NOTEBOOKS_RUN = notebooks_run(config)
+# the noise study (its reference run, the noise jobs, the gradient_noise notebook) is defined
+# only where the profile runs it: noise.enabled, which config check allows for MLPs alone
+NOISE_STUDY = profile_values.noise_enabled(config)
 
 
 wildcard_constraints:
@@ -193,7 +196,7 @@ EARLY = 1000
 def cell_priority(wildcards):
     """EARLY for the reference run's cell, else 10x the run's counted step cost / SGD's."""
     batch = int(wildcards.batch_size)
-    if (wildcards.optimizer == profile_values.REFERENCE_RUN
+    if (NOISE_STUDY and wildcards.optimizer == profile_values.REFERENCE_RUN
             and batch == profile_values.reference_batch_size(config)):
         return EARLY
     network = profile_values.architecture(config, wildcards.dataset)

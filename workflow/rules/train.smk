@@ -28,30 +28,33 @@ rule train:
         )
 
 
-rule reference:
-    input:
-        data=L.data("{dataset}"),
-        hparams=run_file(
-            "best.json",
-            run=profile_values.REFERENCE_RUN,
+# the noise study's own (common.smk's NOISE_STUDY): a profile without it trains no reference
+if NOISE_STUDY:
+
+    rule reference:
+        input:
+            data=L.data("{dataset}"),
+            hparams=run_file(
+                "best.json",
+                run=profile_values.REFERENCE_RUN,
+                batch_size=profile_values.reference_batch_size(config),
+            ),
+        output:
+            directory(L.reference_dir("{dataset}")),
+        params:
+            spec=TRAINING_SPEC,
             batch_size=profile_values.reference_batch_size(config),
-        ),
-    output:
-        directory(L.reference_dir("{dataset}")),
-    params:
-        spec=TRAINING_SPEC,
-        batch_size=profile_values.reference_batch_size(config),
-    conda:
-        CONDA_ENV
-    log:
-        L.log("reference", "{dataset}"),
-    priority: EARLY
-    threads: threads_for("reference")
-    resources:
-        mem_mb=mem_for("reference"),
-    shell:
-        python(
-            "-m sngrad reference --data {input.data:q} --batch-size {params.batch_size} "
-            "--spec {params.spec:q} --hparams {input.hparams:q} --out-dir {output:q} "
-            "> {log} 2>&1"
-        )
+        conda:
+            CONDA_ENV
+        log:
+            L.log("reference", "{dataset}"),
+        priority: EARLY
+        threads: threads_for("reference")
+        resources:
+            mem_mb=mem_for("reference"),
+        shell:
+            python(
+                "-m sngrad reference --data {input.data:q} --batch-size {params.batch_size} "
+                "--spec {params.spec:q} --hparams {input.hparams:q} --out-dir {output:q} "
+                "> {log} 2>&1"
+            )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from sngrad.layout import NOISE_SUMMARY, Layout
 from sngrad.report.format import NA, fmt, missing, number, plus_minus, pvalue
+from sngrad.report.noise import not_run_reason
 from sngrad.report.read import concat, read_csv, records
 from sngrad.report.results import difference
 from sngrad.tables import TREND_DIRECTIONS
@@ -97,11 +98,14 @@ def noise_rows(layout: Layout, datasets: Sequence[str], sizes: Sequence[int]) ->
 
 
 def report_context(layout: Layout, config: dict) -> dict:
-    """The ``batch`` dict of the batch-size section, every number pre-formatted."""
+    """The ``batch`` dict of the batch-size section, every number pre-formatted; ``noise_why``
+    says why a profile does not run the noise study (None when it does, and ``noise`` is then
+    empty)."""
     datasets = list(config.get("datasets", []))
     sizes = sorted(int(b) for b in config.get("batch_sizes", []))
     primary = (config.get("train") or {}).get("schedule", "constant")
     trend = trend_rows(layout, datasets)
+    why = not_run_reason(config)
     main = [r for r in trend if r["outcome"] == "test accuracy" and r["schedule"] == primary]
     return {
         "sizes": sizes,
@@ -112,5 +116,6 @@ def report_context(layout: Layout, config: dict) -> dict:
         "main": main,
         "detected": [r for r in main if r["detected"]],
         "scaling": scaling_rows(layout),
-        "noise": noise_rows(layout, datasets, sizes),
+        "noise_why": why,
+        "noise": noise_rows(layout, datasets, sizes) if why is None else [],
     }

@@ -47,7 +47,8 @@ def tuning_flops(layout: Layout, config: dict) -> float | None:
 def counted_flops(layout: Layout, config: dict) -> dict[str, float | None]:
     """Counted FLOPs per ledger stage (None where nothing is counted)."""
     from_profile = {s.name: s.flops for s in costs.profile_stages(config)}
-    counted = {stage: from_profile[name] for stage, name in COUNTED_FROM_PROFILE.items()}
+    # a profile without the noise study counts no reference run and no noise jobs
+    counted = {stage: from_profile.get(name) for stage, name in COUNTED_FROM_PROFILE.items()}
     counted["tune"] = tuning_flops(layout, config)
     return counted
 

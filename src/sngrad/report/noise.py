@@ -2,7 +2,8 @@
 
 Reads the gradient_noise notebook's ``noise_summary.csv`` (one row per dataset and
 checkpoint) and turns it into text, including where the seed's batch sizes stand against the
-measured noise scale (:func:`regime`)."""
+measured noise scale (:func:`regime`); for a profile that does not run the study, why not
+(:func:`not_run_reason`)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,24 @@ from pathlib import Path
 
 import pandas as pd
 
+from sngrad.architecture import model_kind
 from sngrad.layout import NOISE_SUMMARY
 from sngrad.names import VARIANTS
-from sngrad.profile import NOISE_SUMMARY_BATCH_SIZE, SEED_STUDY_BATCH_SIZES
+from sngrad.profile import NOISE_SUMMARY_BATCH_SIZE, SEED_STUDY_BATCH_SIZES, noise_enabled
 from sngrad.report.format import number, percent, plus_minus
+
+
+def not_run_reason(config: Mapping) -> str | None:
+    """Why the profile does not run the noise study, as a clause that completes "This profile
+    does not run the noise study: ..."; None when it runs it."""
+    if noise_enabled(config):
+        return None
+    kind = model_kind(config.get("model") or {})
+    if kind != "mlp":
+        return (f"it trains a {kind} model, and the study's exact per-layer passes are written "
+                "for the dense layers of an MLP (`noise.enabled: false`)")
+    return ("`noise.enabled` is false, so there is no reference run, no noise measurement and "
+            "no `gradient_noise` notebook")
 
 
 def regime(b_simple: float) -> str:
@@ -82,10 +97,12 @@ def _checkpoint_context(row: Mapping) -> dict:
     return out
 
 
-def report_context(layout, datasets: Sequence[str]) -> dict:
+def report_context(layout, datasets: Sequence[str], config: Mapping | None = None) -> dict:
     """The ``noise`` dict of the report's gradient-noise section, every number pre-formatted.
 
-    Reads ``layout.analysis(NOISE_SUMMARY)`` (written by the gradient_noise notebook). Keys:
+    Reads ``layout.analysis(NOISE_SUMMARY)`` (written by the gradient_noise notebook), unless
+    ``config`` is a profile that does not run the noise study. Keys: ``enabled`` (bool: the
+    profile runs the study), ``why`` (:func:`not_run_reason`, None when enabled),
     ``available`` (bool), ``missing`` (datasets without a summary), ``batch_size`` (the summary
     batch size), ``seed_batch_sizes`` ("128-1024"), and ``datasets``: one dict per dataset with
     ``name``, ``largest_batch_size``, ``checkpoints`` (list of dicts: checkpoint, epoch,
@@ -100,14 +117,18 @@ def report_context(layout, datasets: Sequence[str]) -> dict:
     """
     path = Path(layout.analysis(NOISE_SUMMARY))
     lo, hi = SEED_STUDY_BATCH_SIZES
+    why = None if config is None else not_run_reason(config)
     empty = {
+        "enabled": why is None,
+        "why": why,
         "available": False,
         "missing": list(datasets),
         "datasets": [],
         "batch_size": NOISE_SUMMARY_BATCH_SIZE,
         "seed_batch_sizes": f"{lo}-{hi}",
     }
-    if not path.exists():
+    # a summary left from an earlier run of the study is not this profile's result
+    if why is not None or not path.exists():
         return empty
     table = pd.read_csv(path)
     out = {**empty, "available": True, "missing": []}

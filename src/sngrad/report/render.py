@@ -122,7 +122,7 @@ def collect(
         "provenance": prov,
         "figures": figures.figures(layout, out),
         "theory": theory.theory(layout),
-        "noise": noise.report_context(layout, datasets),
+        "noise": noise.report_context(layout, datasets, config),
         "commands": reproducibility.commands(layout.profile),
     }
 
