@@ -629,8 +629,8 @@ def calibrate_step_overhead(profile: Mapping, steps: int = 256, epochs: int = 3)
     splits = Splits(*part(steps * OVERHEAD_BATCH), *part(64), *part(64), num_classes=classes,
                     name="random")
     spec = dataclasses.replace(parse_spec(json.loads(profile_values.training_spec(profile))),
-                               hidden=tuple(hidden), epochs=epochs, schedule="constant",
-                               checkpoint_every=0)
+                               hidden=tuple(hidden), model=None, epochs=epochs,
+                               schedule="constant", checkpoint_every=0)
     per_step = []
     for k in OVERHEAD_RUNS:
         configs = [RunConfig(0.01, None, None, seed) for seed in range(k)]
