@@ -49,7 +49,7 @@ config_json = "{}"
 parsed = {run: parse_run(run) for run in runs}
 layout = Layout(profile, results_root)
 config = json.loads(config_json)
-hidden = config.get("model", {}).get("hidden", [])
+model = config.get("model")
 cells = [(d, int(b)) for d in datasets for b in batch_sizes]
 
 metrics, missing_metrics = loaders.read_run_tables(
@@ -280,9 +280,9 @@ for j, (dataset, batch_size) in enumerate(cells):
         curve = cell_rows(test_curves, dataset, batch_size, run)
         if curve.empty or meta is None:
             continue
-        widths = [meta["feature_dim"], *hidden, meta["num_classes"]]
         n_train = meta["sizes"]["train"]
-        cost = costs.cost_ratio(parsed[run], SGD, widths, n_train, batch_size, snapshot_every)
+        cost = costs.cost_ratio(parsed[run], SGD, outputs.network(model, dataset, meta), n_train,
+                                batch_size, snapshot_every)
         curve = curve.sort_values("epoch")
         compute = curve["epoch"] * cost
         ax.plot(compute, curve["mean"], color=COLOURS[run], lw=1.3)
@@ -382,7 +382,7 @@ save_figure(fig, layout.figure("control_variates"))
 # ## Tables
 
 # %%
-tables = outputs.performance_tables(layout, datasets, list(parsed.values()), batch_sizes, hidden)
+tables = outputs.performance_tables(layout, datasets, list(parsed.values()), batch_sizes, model)
 for path in notebook_tables(layout, "performance"):
     write_frame(path, tables[Path(path).name])
 print(tables["training_length.csv"].to_string())

@@ -177,7 +177,8 @@ def check_model(model: Mapping) -> str | None:
     if unknown:
         return (f"model.{unknown[0]} is not a key of a {kind} model; allowed: "
                 f"{', '.join(sorted(allowed))}")
-    missing = [k for k in ("init_seed", *MODEL_KEYS[kind]) if k not in model]
+    # init_seed draws the weights, not the shapes: the schema and the spec require it
+    missing = [k for k in MODEL_KEYS[kind] if k not in model]
     if missing:
         return f"model.{missing[0]} is missing; a {kind} model needs {', '.join(sorted(allowed))}"
 

@@ -234,7 +234,7 @@ def _model(value: Any) -> dict[str, Any]:
     if "init_seed" in value or value.get("kind", "mlp") == "mlp":
         raise SngradError("spec key 'model' holds a network other than the MLP, without "
                           "init_seed (a key of its own); an MLP is given as 'hidden'")
-    problem = check_model({**value, "init_seed": 0})
+    problem = check_model(value)
     if problem:
         raise SngradError(f"spec key 'model': {problem}")
     return value

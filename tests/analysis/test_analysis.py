@@ -13,6 +13,7 @@ from scipy import stats
 
 from sngrad import tables
 from sngrad.analysis import outputs, paired, shrink, training_length, tuning
+from sngrad.architecture import mlp
 from sngrad.errors import SngradError
 from sngrad.io import write_frame
 from sngrad.layout import Layout
@@ -343,7 +344,7 @@ def test_shrink_and_control_variate_summaries():
     assert whole["factor_mean"] == pytest.approx(0.7)
     assert whole["shrink_last"] == pytest.approx(0.5)
     assert whole["shrink_first"] == pytest.approx(0.25)
-    weighted = shrink.shrink_summary(diag, {"mnist": shrink.layer_weights(4, [3], 2)})
+    weighted = shrink.shrink_summary(diag, {"mnist": shrink.layer_weights(mlp([4, 3, 2]))})
     # layer 0 has 4 x 3 = 12 weights, layer 1 has 3 x 2 = 6
     whole = weighted[weighted["layer"] == "all"].iloc[0]
     assert whole["factor_mean"] == pytest.approx((0.5 * 12 + 0.9 * 6) / 18)

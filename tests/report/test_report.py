@@ -88,7 +88,7 @@ def write_tree(root, profile="fixture", *, all_diverged=False, datasets=("mnist"
         tables = outputs.dataset_tables(layout, dataset, PARSED, [B], config)
         for path, table in zip(notebook_tables(layout, "summary", dataset), tables, strict=True):
             write_frame(path, table)
-    tables = outputs.performance_tables(layout, list(datasets), PARSED, [B], [16])
+    tables = outputs.performance_tables(layout, list(datasets), PARSED, [B], {"hidden": [16]})
     for path in notebook_tables(layout, "performance"):
         write_frame(path, tables[Path(path).name])
     Path(layout.figures_dir()).mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ the performance notebook's grouping of runs into readable plot panels.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -38,6 +38,7 @@ from sngrad.analysis.tuning import (
     tuning_axes,
     tuning_settings,
 )
+from sngrad.architecture import Architecture, build, model_kind
 from sngrad.names import RunName
 from sngrad.tables import (
     PAIRED_COLUMNS,
@@ -45,14 +46,28 @@ from sngrad.tables import (
 )
 
 
-def network_weights(layout, datasets, hidden) -> dict[str, dict[str, int]]:
-    """{dataset: :func:`layer_weights`} from the data sidecars (datasets without one: none)."""
+def network(model: Mapping, dataset: str, meta: Mapping) -> Architecture:
+    """The profile's network (its ``model:`` section) on ``dataset`` as its data sidecar
+    ``meta`` describes it: an MLP's input width is the sidecar's (what the data file holds),
+    another kind's image shape the registry's."""
+    if model_kind(model) == "mlp":
+        shape = (meta["feature_dim"],)
+    else:
+        from sngrad.data import get_spec
+
+        shape = get_spec(dataset).shape
+    return build(model, shape, meta["num_classes"])
+
+
+def network_weights(layout, datasets, model: Mapping | None) -> dict[str, dict[str, int]]:
+    """{dataset: :func:`layer_weights`} from the data sidecars (datasets without one, or
+    every dataset without a ``model``: none)."""
     out = {}
-    for dataset in datasets:
+    for dataset in datasets if model else ():
         path = Path(layout.data_meta(dataset))
         if path.exists():
             meta = json.loads(path.read_text())
-            out[dataset] = layer_weights(meta["feature_dim"], hidden, meta["num_classes"])
+            out[dataset] = layer_weights(network(model, dataset, meta))
     return out
 
 
@@ -71,9 +86,8 @@ def dataset_tables(layout, dataset: str, runs: Sequence[RunName], batch_sizes, c
     budget, _ = read_run_tables(layout, [dataset], names, batch_sizes, "budget.csv")
     diagnostics, _ = read_run_tables(layout, [dataset], names, batch_sizes, "diagnostics.csv")
     best = read_best(layout, [dataset], names, batch_sizes)
-    hidden = (config.get("model") or {}).get("hidden", [])
     factors = mean_factors(shrink_summary(diagnostics,
-                                          network_weights(layout, [dataset], hidden)))
+                                          network_weights(layout, [dataset], config.get("model"))))
     if metrics.empty and epochs is None:
         summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
     else:
@@ -97,9 +111,10 @@ def dataset_tables(layout, dataset: str, runs: Sequence[RunName], batch_sizes, c
 
 
 def performance_tables(layout, datasets, runs: Sequence[RunName], batch_sizes,
-                       hidden=()) -> dict[str, pd.DataFrame]:
+                       model: Mapping | None = None) -> dict[str, pd.DataFrame]:
     """The performance notebook's tables, keyed by file name (``layout.NOTEBOOK_TABLES``);
-    ``hidden``: the study network's hidden widths (weights the network-wide shrink share)."""
+    ``model``: the profile's network (its layers' weights weight the network-wide shrink
+    share)."""
     names = [run.name for run in runs]  # the files' folders
     metrics, _ = read_run_tables(layout, datasets, names, batch_sizes, "metrics.csv")
     tuning, _ = read_run_tables(layout, datasets, names, batch_sizes, "tuning.csv")
@@ -120,7 +135,7 @@ def performance_tables(layout, datasets, runs: Sequence[RunName], batch_sizes,
         "training_length.csv": training_length(metrics)
         if len(metrics)
         else pd.DataFrame(columns=TRAINING_LENGTH_COLUMNS),
-        "shrink.csv": shrink_summary(diagnostics, network_weights(layout, datasets, hidden)),
+        "shrink.csv": shrink_summary(diagnostics, network_weights(layout, datasets, model)),
         "control_variates.csv": control_variate_summary(diagnostics),
     }
 

@@ -8,12 +8,11 @@ and variance reduction of the +cv / +svrg runs (:func:`control_variate_summary`)
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pandas as pd
 
 from sngrad.analysis.loaders import CELL
+from sngrad.architecture import Architecture
 from sngrad.tables import (
     ALL_LAYERS,
 )
@@ -34,10 +33,10 @@ SHRINK_COLUMNS = [
 
 
 
-def layer_weights(feature_dim: int, hidden, num_classes: int) -> dict[str, int]:
-    """Number of weights of each dense layer, keyed like ``diagnostics.csv``'s ``layer``."""
-    sizes = [int(feature_dim), *map(int, hidden), int(num_classes)]
-    return {str(i): n_in * n_out for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes))}
+def layer_weights(arch: Architecture) -> dict[str, int]:
+    """Number of weights of each layer with parameters, keyed like ``diagnostics.csv``'s
+    ``layer`` (its kernel: a dense layer's fan_in x fan_out, a convolution's k x k x in x out)."""
+    return {str(i): layer.weights for i, layer in enumerate(arch.parametrised)}
 
 
 def shrink_summary(diagnostics: pd.DataFrame, weights: dict | None = None) -> pd.DataFrame:
