@@ -162,3 +162,12 @@ def test_a_resumed_cnn_sweep_equals_the_uninterrupted_one(tmp_path):
     assert resumed.resumed_from == 1
     for key in ("train_loss", "val_loss", "test_accuracy", "factor_mean"):
         assert np.array_equal(resumed.records[key], whole.records[key], equal_nan=True)
+
+
+def test_the_reference_run_of_a_cnn_spec_is_refused_before_any_work(tmp_path):
+    from sngrad.train.commands import reference
+
+    with pytest.raises(SngradError, match="measures MLPs only; this spec trains a cnn model"):
+        reference(tmp_path / "missing.npz", cnn_spec(), tmp_path / "best.json", 16,
+                  tmp_path / "out")
+    assert not (tmp_path / "out").exists()

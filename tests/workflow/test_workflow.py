@@ -70,7 +70,7 @@ def test_lint_reports_nothing():
 # ----------------------------------------------------------------------------- dry runs
 
 
-@pytest.mark.parametrize("name", ["default", "quick", "paper", "scale", "smoke"])
+@pytest.mark.parametrize("name", ["default", "quick", "paper", "scale", "smoke", "smoke-cnn"])
 def test_fresh_copy_plans_every_job_of_the_profile(fresh, name):
     args = ["-n"] if name == "default" else ["-n", "--configfile", f"config/{name}.yaml"]
     out = snakemake(*args, cwd=fresh)
@@ -80,8 +80,13 @@ def test_fresh_copy_plans_every_job_of_the_profile(fresh, name):
     config = profile(name)
     datasets = len(config["datasets"])
     runs = datasets * len(config["optimizers"]) * len(config["batch_sizes"])
-    per_dataset = {"data", "reference", "noise", "summary"}
-    once = {"performance", "gradient_noise", "batch_sizes", "theory", "report", "all"}
+    per_dataset = {"data", "summary"}
+    once = {"performance", "batch_sizes", "report", "all"}
+    if config["noise"].get("enabled", True):
+        per_dataset |= {"reference", "noise"}
+        once.add("gradient_noise")
+    if config["theory"]["enabled"]:
+        once.add("theory")
     expected = {"tune": runs, "train": runs}
     expected |= {rule: datasets for rule in per_dataset} | {rule: 1 for rule in once}
     if name == "default":

@@ -458,6 +458,10 @@ def reference(data_path, spec: TrainSpec, hparams_path, batch_size: int, out_dir
     If sgd's tuning found no valid setting the run uses ``tune.lr_min`` and reference.json
     says so (``learning_rate_source``), so that the noise study still has its parameters.
     """
+    if spec.model is not None:
+        raise SngradError(f"the reference run feeds the noise study, which measures MLPs only; "
+                          f"this spec trains a {spec.model['kind']} model; allowed: a spec "
+                          "with hidden widths")
     started = time.perf_counter()
     ledger.watch_compilation()
     out_dir = check_out_dir(out_dir)

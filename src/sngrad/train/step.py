@@ -16,8 +16,9 @@ built for one parsed run (:class:`sngrad.names.RunName`), which says what the st
   f and the share of coordinates with f < 1 of a shrinking optimizer (sngrad variants at the
   step's alpha, svag), and the control variate's variance ratio; NaN where they do not apply.
 
-What a step computes, by optimizer (``stats`` cores, no input checks, jit-friendly):
-plain optimizers only the loss and its gradient (``loss_and_grad_core``); +sngrad and svag
+What a step computes, by optimizer (the network's cores, :mod:`sngrad.train.network`: the
+MLP's from :mod:`sngrad.stats`, a CNN's from the flax fast path; no input checks,
+jit-friendly): plain optimizers only the loss and its gradient; +sngrad and svag
 ``(loss, mean, var)`` from the spec's backend; +cv :class:`sngrad.stats.CVStats` at the
 parameters and the snapshot on the same batch; +svrg only the two batch means (its
 coefficient is 1, so it needs no variance or covariance; the diagnostics compute the
