@@ -1,6 +1,7 @@
 """Step time and compiled peak memory of sngrad on a flax CNN (DeepOBS fmnist_2c2d style).
 
-Model: conv 5x5 32 ch (SAME) + ReLU, max-pool 2x2, conv 5x5 64 ch + ReLU, max-pool 2x2,
+Model: the study's fmnist_2c2d (sngrad.convnet.ConvNet): conv 5x5 32 ch (SAME) + ReLU, max-pool,
+conv 5x5 64 ch + ReLU, max-pool,
 dense 1024 + ReLU, dense 10; 28x28x1 inputs, B = 128 (3.27 M parameters). Four jitted
 training steps of the same model in one process, each ending with an optax SGD update:
 
@@ -31,29 +32,16 @@ import optax
 from flax import nnx
 from optax.experimental import aggregating
 
-from sngrad.models import cross_entropy
+from sngrad.architecture import build
+from sngrad.convnet import ConvNet, example_losses
 from sngrad.moments import fast_path_plan, flax_moments
 from sngrad.transforms import noise_informed
 
-
-class Fmnist2c2d(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(1, 32, (5, 5), padding="SAME", rngs=rngs)
-        self.conv2 = nnx.Conv(32, 64, (5, 5), padding="SAME", rngs=rngs)
-        self.fc1 = nnx.Linear(7 * 7 * 64, 1024, rngs=rngs)
-        self.fc2 = nnx.Linear(1024, 10, rngs=rngs)
-
-    def __call__(self, x):
-        pool = lambda h: nnx.max_pool(h, (2, 2), strides=(2, 2))  # noqa: E731
-        h = pool(nnx.relu(self.conv1(x)))
-        h = pool(nnx.relu(self.conv2(h)))
-        h = nnx.relu(self.fc1(h.reshape(h.shape[0], -1)))
-        return self.fc2(h)
+# the study's own fmnist_2c2d (sngrad.architecture), an nnx.Module like any user's
+FMNIST_2C2D = build({"kind": "fmnist_2c2d"}, (28, 28), 10)
 
 
-def loss_fn(model, batch):
-    x, y = batch
-    return cross_entropy(model(x), y)
+loss_fn = example_losses
 
 
 def build_steps(graphdef, rest):
@@ -109,10 +97,10 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=128)
     args = parser.parse_args(argv)
 
-    model = Fmnist2c2d(nnx.Rngs(0))
+    model = ConvNet(FMNIST_2C2D, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     k1, k2 = jax.random.split(jax.random.key(1))
-    batch = (jax.random.normal(k1, (args.batch, 28, 28, 1)),
+    batch = (jax.random.normal(k1, (args.batch, 28 * 28)),
              jax.random.randint(k2, (args.batch,), 0, 10))
     n_params = sum(p.size for p in jax.tree.leaves(params))
     plan = fast_path_plan(model, loss_fn, batch)

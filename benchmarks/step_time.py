@@ -45,6 +45,10 @@ share of the best sustained rate of ``jnp.dot`` on the network's
 layer shapes (B x d_in times d_in x d_out, timed in the same process).
 
     python benchmarks/step_time.py --engine --networks 784-64-10 --out engine.csv
+
+In engine mode a network may also be a profile's on a dataset, ``PROFILE.yaml:DATASET`` (any
+kind of :mod:`sngrad.architecture`, e.g. the flax CNN of ``config/smoke-cnn.yaml:digits``); its
+peak rate is then :func:`sngrad.costs.calibrate_flops` on its own convolutions and products.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import resource
 import statistics
@@ -79,15 +84,38 @@ ALPHA = {"sgd+sngrad1": 1.0, "sgd+sngrad2": 1.0 / 128, "sgd+sngrad3": 0.1}
 SAMPLE_S = 0.02  # wall time of one timed block
 
 
-def _networks(text: str) -> list[list[int]]:
-    try:
-        nets = [[int(v) for v in net.split("-")] for net in text.split(",") if net.strip()]
-    except ValueError:
-        nets = []
-    if not nets or any(len(n) < 2 or min(n) < 1 for n in nets):
+def _networks(text: str) -> list[list[int] | str]:
+    """MLP widths ``784-64-10``, or (engine mode) a profile's network on a dataset,
+    ``config/smoke-cnn.yaml:digits``; comma-separated."""
+    nets = []
+    for net in (n.strip() for n in text.split(",") if n.strip()):
+        if ":" in net:
+            nets.append(net)
+            continue
+        try:
+            widths = [int(v) for v in net.split("-")]
+        except ValueError:
+            widths = []
+        if len(widths) < 2 or min(widths) < 1:
+            nets = []
+            break
+        nets.append(widths)
+    if not nets:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected comma-separated networks like 784-64-10,784-1024-10")
+            f"{text!r}: expected comma-separated networks like 784-64-10,784-1024-10 or "
+            "PROFILE.yaml:DATASET (engine mode)")
     return nets
+
+
+def _architecture(net):
+    """The Architecture of a ``--network``: MLP widths or ``PROFILE.yaml:DATASET``."""
+    from sngrad.architecture import as_architecture
+    from sngrad.profile import architecture, read_yaml
+
+    if isinstance(net, str):
+        path, dataset = net.rsplit(":", 1)
+        return architecture(read_yaml(path), dataset)
+    return as_architecture(net)
 
 
 def _int_list(text: str) -> list[int]:
@@ -320,6 +348,16 @@ def _matmul_rate(sizes, batch, seconds=1.0) -> float:
     return best
 
 
+def _peak_rate(arch, batch) -> float:
+    """The best sustained FLOP/s of the network's own products: ``jnp.dot`` on an MLP's
+    layer shapes, :func:`sngrad.costs.calibrate_flops` (its convolutions) on another."""
+    from sngrad import costs
+
+    if arch.kind == "mlp":
+        return _matmul_rate(arch.widths, batch)
+    return costs.calibrate_flops(arch, batch)
+
+
 def engine_worker(args) -> dict:
     """Time every method's compiled epoch program in one process, interleaved."""
     import jax
@@ -331,20 +369,21 @@ def engine_worker(args) -> dict:
     from sngrad.names import parse_run
     from sngrad.train import engine
 
-    sizes, batch, k = args.network, args.batch, args.runs_one
+    arch, batch, k = _architecture(args.network), args.batch, args.runs_one
     every = args.diagnostics_every_one
     rng = np.random.default_rng(0)
     n_train = args.steps * batch
-    x = rng.standard_normal((n_train, sizes[0])).astype(np.float32)
-    y = rng.integers(0, sizes[-1], n_train).astype(np.int32)
-    splits = Splits(x, y, x[:64], y[:64], x[:64], y[:64], num_classes=sizes[-1], name="random")
+    x = rng.standard_normal((n_train, math.prod(arch.input_shape))).astype(np.float32)
+    y = rng.integers(0, arch.classes, n_train).astype(np.int32)
+    splits = Splits(x, y, x[:64], y[:64], x[:64], y[:64], num_classes=arch.classes,
+                    name="random")
     mode = engine.Mode(evaluate=("val", "test"), diagnostics=every > 0,
                        diagnostics_every=max(every, 1))
     data = engine.device_data(splits, mode, 1e3)
     calls = {}
     runs = {method: parse_run(method) for method in args.methods}  # the methods, parsed once
     for method in args.methods:
-        progs = engine.Programs(runs[method], "dense", batch, n_train, list(sizes), "constant", 0,
+        progs = engine.Programs(runs[method], "dense", batch, n_train, arch, "constant", 0,
                                 mode.diagnostics, mode.diagnostics_every, True)
         hp = {"learning_rate": jnp.full((k,), LEARNING_RATE, jnp.float32)}
         if method in ALPHA:
@@ -353,7 +392,7 @@ def engine_worker(args) -> dict:
             hp["momentum"] = jnp.full((k,), 0.9, jnp.float32)
         keys = [engine.run_keys(engine.RunConfig(LEARNING_RATE, None, None, 1 + i))
                 for i in range(k)]
-        state = progs.init(jnp.asarray(np.stack([a for a, _ in keys])),
+        state = progs.init(engine.initial_parameters([a for a, _ in keys], arch),
                            jnp.asarray(np.stack([b for _, b in keys])), hp)
         if progs.snapshots:
             state = progs.snapshot(state, data)
@@ -361,7 +400,7 @@ def engine_worker(args) -> dict:
         fn = progs.epoch.lower(state, hp, jnp.int32(0), data, k_star).compile()
         jax.device_get(fn(state, hp, jnp.int32(0), data, k_star))
         calls[method] = (fn, state, hp, k_star)
-    matmul = _matmul_rate(sizes, batch)
+    matmul = _peak_rate(arch, batch)
     per_step = {m: [] for m in args.methods}
     attempts = dict.fromkeys(args.methods, 0)
 
@@ -387,12 +426,12 @@ def engine_worker(args) -> dict:
         pending = [m for m in args.methods if spread(per_step[m]) > args.noise]
         if not pending:
             break
-    matmul = max(matmul, _matmul_rate(sizes, batch))
+    matmul = max(matmul, _peak_rate(arch, batch))
     out = {"matmul": matmul, "rows": {}}
     for method, samples in per_step.items():
         out["rows"][method] = {"step_s": min(samples), "median_s": statistics.median(samples),
                                "spread": spread(samples), "attempts": attempts[method],
-                               "counted_flops": k * costs.step_flops(runs[method], sizes, batch)}
+                               "counted_flops": k * costs.step_flops(runs[method], arch, batch)}
     return out
 
 
@@ -470,8 +509,8 @@ def _run_worker(extra: list[str], args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _net_text(net: list[int]) -> str:
-    return "-".join(map(str, net))
+def _net_text(net: list[int] | str) -> str:
+    return net if isinstance(net, str) else "-".join(map(str, net))
 
 
 def _disagreement(method: str, res: dict, sgd_row: dict | None) -> str:
