@@ -11,7 +11,7 @@ from sngrad import profile as profile_values
 from sngrad.cli import main
 from sngrad.errors import SngradError
 
-PROFILES = ("default", "quick", "smoke", "paper", "scale")
+PROFILES = ("default", "quick", "smoke", "smoke-cnn", "paper", "scale")
 SCHEMA = yaml.safe_load(profiles.SCHEMA.read_text())
 COMPARISON = {
     "sgd", "momentum", "adam",
@@ -172,6 +172,19 @@ def test_split_sizes_match_the_prepared_data():
          ["unknown key noise.max; allowed: batches, enabled, max_batch_size, min_batch_size, "
           "seed"]),
         ({"noise__min_batch_size": 1}, ["noise.min_batch_size = 1", ">= 2"]),
+        ({"model": {"kind": "resnet", "init_seed": 0}},
+         ['model.kind = "resnet"', "mlp, cnn, fmnist_2c2d"]),
+        ({"model": {"kind": "cnn", "channels": [8], "kernel": 3, "dense": [], "hidden": [4],
+                    "init_seed": 0}, "noise": {"enabled": False}},
+         ["unknown key model.hidden; allowed: channels, dense, init_seed, kernel, kind"]),
+        ({"model": {"kind": "cnn", "channels": [8], "dense": [], "init_seed": 0},
+          "noise": {"enabled": False}}, ["missing key model.kernel"]),
+        ({"model": {"kind": "fmnist_2c2d", "init_seed": 0}, "noise": {"enabled": False}},
+         ["fmnist_2c2d needs 28x28 one-channel images; the dataset's are 8x8x1", "digits"]),
+        ({"model": {"kind": "cnn", "channels": [4, 4, 4, 4], "kernel": 3, "dense": [],
+                    "init_seed": 0}, "noise": {"enabled": False}},
+         ["4 pooled blocks shrink a 8x8x1 image below 2x2", "fewer channels"]),
+        ({"model": {"hidden": [16]}}, ["missing key model.init_seed"]),
     ],
 )  # fmt: skip
 def test_bad_profile_is_one_line_naming_key_value_and_what_is_allowed(changes, expected):
