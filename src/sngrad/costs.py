@@ -191,27 +191,28 @@ def backward_flops(net: Network) -> int:
     return total
 
 
-def moment_flops(net: Network) -> int:
-    """M: one example's share of the second moments (dense layers: the outer-product
-    formulas; convolutions: the two-pass reduction of the per-example gradients)."""
+def _moment_sum(net: Network, conv_per_parameter: int, dense_per_output: int) -> int:
+    """One example's moment work: ``conv_per_parameter`` per kernel entry and bias of a
+    convolution (the two-pass reduction of its per-example gradients); ``2ab + a +
+    dense_per_output b`` for a dense layer (its outer-product formulas)."""
     total = 0
     for layer in network(net).parametrised:
         if isinstance(layer, Conv):
-            total += CONV_MOMENT_PER_PARAMETER * (layer.weights + layer.fan_out)
+            total += conv_per_parameter * (layer.weights + layer.fan_out)
         else:
-            total += 2 * layer.weights + layer.fan_in + 5 * layer.fan_out
+            total += 2 * layer.weights + layer.fan_in + dense_per_output * layer.fan_out
     return total
+
+
+def moment_flops(net: Network) -> int:
+    """M: one example's share of the second moments (dense layers: the outer-product
+    formulas; convolutions: the two-pass reduction of the per-example gradients)."""
+    return _moment_sum(net, CONV_MOMENT_PER_PARAMETER, 5)
 
 
 def co_moment_flops(net: Network) -> int:
     """C: one example's share of the co-moments (``sgd+cv``)."""
-    total = 0
-    for layer in network(net).parametrised:
-        if isinstance(layer, Conv):
-            total += CONV_CO_MOMENT_PER_PARAMETER * (layer.weights + layer.fan_out)
-        else:
-            total += 2 * layer.weights + layer.fan_in + 6 * layer.fan_out
-    return total
+    return _moment_sum(net, CONV_CO_MOMENT_PER_PARAMETER, 6)
 
 
 def variance_finish_flops(net: Network) -> int:
