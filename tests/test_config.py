@@ -10,6 +10,7 @@ from sngrad import config as profiles
 from sngrad import profile as profile_values
 from sngrad.cli import main
 from sngrad.errors import SngradError
+from sngrad.layout import noise_enabled
 
 PROFILES = ("default", "quick", "smoke", "smoke-cnn", "paper", "scale")
 SCHEMA = yaml.safe_load(profiles.SCHEMA.read_text())
@@ -329,8 +330,8 @@ def test_a_profile_without_the_noise_study_needs_none_of_its_keys():
     # its batch sizes are not checked: nothing of the study runs
     profiles.check_profile(smoke(noise__enabled=False, noise__min_batch_size=128,
                                  noise__max_batch_size=64), "P.yaml")
-    assert not profile_values.noise_enabled(smoke(noise={"enabled": False}))
-    assert profile_values.noise_enabled(smoke()) and profile_values.noise_enabled({})
+    assert not noise_enabled(smoke(noise={"enabled": False}))
+    assert noise_enabled(smoke()) and noise_enabled({})
 
 
 def test_a_noise_study_that_is_on_still_needs_its_keys():

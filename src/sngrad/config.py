@@ -33,13 +33,13 @@ from typing import Any
 from sngrad import costs, resources
 from sngrad.architecture import model_kind
 from sngrad.errors import SngradError
+from sngrad.layout import noise_enabled
 from sngrad.profile import (
     DEFAULT_PROFILE,
     REFERENCE_RUN,
     architecture,
     examples_for_training,
     noise_batch_sizes,
-    noise_enabled,
     read_yaml,
     split_sizes,
     training_spec,

@@ -97,6 +97,7 @@ from dataclasses import dataclass
 from sngrad import profile as profile_values
 from sngrad.architecture import Architecture, Conv, Dense, MaxPool, as_architecture
 from sngrad.errors import SngradError
+from sngrad.layout import noise_enabled
 from sngrad.names import RunName, parse_run
 
 LOSS_FORWARD_PER_CLASS = 4  # log-softmax: subtract the max, exp, sum, log-subtract
@@ -476,7 +477,7 @@ def profile_stages(profile: dict) -> list[Stage]:
     epochs, every = int(train["epochs"]), int(train["snapshot_every"])
     runs = [parse_run(run) for run in profile["optimizers"]]
     rounds = {run: trial_count(run, tune) for run in runs}
-    noise = profile_values.noise_enabled(profile)  # else no reference run and no noise jobs
+    noise = noise_enabled(profile)  # else no reference run and no noise jobs
     stages = ("tuning", "final training", *(("reference", "noise") if noise else ()))
     totals = {name: [0, 0, 0.0, 0, 0] for name in stages}
 

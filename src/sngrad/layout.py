@@ -19,8 +19,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sngrad.profile import noise_enabled
-
 RESULTS = "results"
 PUBLISHED_REPORT = "paper/report.md"
 PUBLISHED_FIGURES = "paper/figures"
@@ -262,6 +260,13 @@ TRAIN_FILES = ("metrics.csv", "diagnostics.csv", "budget.csv", "provenance.json"
 SEED_DESIGN = "config/paper.yaml"  # the seed's design, which the report's scope section counts
 
 
+def noise_enabled(config: Mapping) -> bool:
+    """Whether the profile runs the noise study and its reference run (what the workflow
+    plans, the cost model counts and the report says): ``noise.enabled``, true where the key
+    (or, in a partial config the report renders from, the section) is left out."""
+    return bool((config.get("noise") or {}).get("enabled", True))
+
+
 def notebooks_run(config: Mapping) -> list[str]:
     """The figure-drawing notebooks a profile runs (the theory one, and the noise study's
     gradient_noise, only when enabled)."""
@@ -280,7 +285,7 @@ def report_inputs(layout: Layout, config: Mapping) -> dict[str, list[str]]:
     """Every file the report reads, by kind: the inputs of the workflow's report rule (and
     targets of its default rule), and what the report digests when rendered by hand. The
     benchmark is its own target (``make bench``): its tables count when they exist. A profile
-    without the noise study (:func:`sngrad.profile.noise_enabled`) has no ``reference`` and
+    without the noise study (:func:`noise_enabled`) has no ``reference`` and
     ``noise`` entries."""
     datasets, runs = config.get("datasets", []), config.get("optimizers", [])
     sizes = config.get("batch_sizes", [])

@@ -53,8 +53,7 @@ def read_yaml(path: str | Path) -> dict:
 
 def examples_for_training(dataset: str) -> int:
     """Examples a dataset's training and validation splits are cut from (test set excluded)."""
-    from sngrad.data import get_spec
-    from sngrad.data.registry import TRAIN_POOL
+    from sngrad.data.registry import TRAIN_POOL, get_spec
 
     return TRAIN_POOL[get_spec(dataset).name]
 
@@ -80,17 +79,10 @@ def split_sizes(config: Mapping, dataset: str) -> tuple[int, int]:
 def architecture(config: Mapping, dataset: str):
     """The :class:`sngrad.architecture.Architecture` the profile trains on ``dataset``."""
     from sngrad import architecture
-    from sngrad.data import get_spec
+    from sngrad.data.registry import get_spec
 
     spec = get_spec(dataset)
     return architecture.build(config["model"], spec.shape, spec.num_classes)
-
-
-def noise_enabled(config: Mapping) -> bool:
-    """Whether the profile runs the noise study (and its reference run): ``noise.enabled``,
-    true where the key (or, in a partial config the report renders from, the section) is left
-    out."""
-    return bool((config.get("noise") or {}).get("enabled", True))
 
 
 def training_spec(config: Mapping) -> str:

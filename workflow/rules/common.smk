@@ -25,6 +25,7 @@ from sngrad.layout import (
     TUNE_FILES,
     Layout,
     notebook_source,
+    noise_enabled,
     notebook_tables,
     notebooks_run,
 )
@@ -93,7 +94,7 @@ PROFILE_ARGS = f"--profile {shlex.quote(L.profile)} --results-root {shlex.quote(
 NOTEBOOKS_RUN = notebooks_run(config)
 # the noise study (its reference run, the noise jobs, the gradient_noise notebook) is defined
 # only where the profile runs it: noise.enabled, which config check allows for MLPs alone
-NOISE_STUDY = profile_values.noise_enabled(config)
+NOISE_STUDY = noise_enabled(config)
 
 
 wildcard_constraints:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from sngrad.architecture import model_kind
-from sngrad.layout import NOISE_SUMMARY
+from sngrad.layout import NOISE_SUMMARY, noise_enabled
 from sngrad.names import VARIANTS
-from sngrad.profile import NOISE_SUMMARY_BATCH_SIZE, SEED_STUDY_BATCH_SIZES, noise_enabled
+from sngrad.profile import NOISE_SUMMARY_BATCH_SIZE, SEED_STUDY_BATCH_SIZES
 from sngrad.report.format import number, percent, plus_minus
 
 
