@@ -34,6 +34,27 @@ from sngrad.models import cross_entropy
 HE_NORMAL = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
+def patch_product(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                  dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """``lax.conv_general_dilated`` as the input's image patches times the kernel (im2col):
+    ``y[b, i, j, o] = sum_{c, u, v} x[b, i + u, j + v, c] W[u, v, c, o]`` (zero padding), the
+    same sums in another order.
+
+    Why: inside a loop (the engine scans a whole epoch of steps) XLA's CPU backend runs a
+    convolution's kernel gradient about ten times slower than the same product outside one
+    (measured on fmnist_2c2d's second layer, B = 128); as a matrix product of the patches the
+    gradient keeps its speed. The patches take k^2 times the input's memory."""
+    if feature_group_count != 1 or kwargs.get("preferred_element_type") is not None:
+        raise ValueError("patch_product: grouped or mixed-precision convolutions are not "
+                         "supported; allowed: feature_group_count=1")
+    patches = lax.conv_general_dilated_patches(
+        lhs, rhs.shape[:-2], window_strides, padding, lhs_dilation, rhs_dilation,
+        dimension_numbers, precision)
+    # the patches' features run over (in channel, kernel row, kernel column)
+    kernel = jnp.moveaxis(rhs, -2, 0).reshape(-1, rhs.shape[-1])
+    return jnp.dot(patches, kernel, precision=precision)
+
+
 class ConvNet(nnx.Module):
     """An :class:`~sngrad.architecture.Architecture` of Conv, MaxPool and Dense layers."""
 
@@ -44,7 +65,8 @@ class ConvNet(nnx.Module):
             if isinstance(layer, Conv):
                 k = layer.kernel
                 layers.append(nnx.Conv(layer.in_channels, layer.out_channels, (k, k),
-                                       padding="SAME", kernel_init=HE_NORMAL, rngs=rngs))
+                                       padding="SAME", kernel_init=HE_NORMAL,
+                                       conv_general_dilated=patch_product, rngs=rngs))
             else:
                 layers.append(nnx.Linear(layer.fan_in, layer.fan_out, kernel_init=HE_NORMAL,
                                          rngs=rngs))

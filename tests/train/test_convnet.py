@@ -171,3 +171,17 @@ def test_the_reference_run_of_a_cnn_spec_is_refused_before_any_work(tmp_path):
         reference(tmp_path / "missing.npz", cnn_spec(), tmp_path / "best.json", 16,
                   tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kernel, shape", [(3, (7, 5, 2)), (5, (6, 6, 3)), (1, (4, 3, 1))])
+def test_the_patch_product_is_the_convolution(kernel, shape):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, *shape))
+    w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, shape[-1], 4))
+    numbers = ("NHWC", "HWIO", "NHWC")
+    ref = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=numbers)
+    got = convnet.patch_product(x, w, (1, 1), "SAME", dimension_numbers=numbers)
+    assert got.shape == ref.shape
+    assert np.allclose(got, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="feature_group_count=1"):
+        convnet.patch_product(x, w, (1, 1), "SAME", dimension_numbers=numbers,
+                              feature_group_count=2)
