@@ -17,7 +17,8 @@ K runs side by side
 Seeds
     Final seed s gives ``init_key, shuffle_key = split(PRNGKey(s))`` for every optimizer, so
     per seed every optimizer starts from the same weights and sees the same batches. In tuning
-    every setting starts from ``mlp_init(PRNGKey(init_seed))`` and tuning seed s only sets the
+    every setting starts from the network's initial parameters of ``PRNGKey(init_seed)``
+    (:func:`sngrad.train.network.init`) and tuning seed s only sets the
     shuffle key (``split(PRNGKey(s))[1]``).
 
 Per-epoch record
