@@ -93,11 +93,11 @@ def test_an_mlp_as_layers_keeps_every_per_network_count(hidden):
     assert costs.variance_finish_flops(widths) == 3 * p_w
     assert costs.covariance_finish_flops(widths) == 2 * p_w
     assert resources.job_mb(net, 128, 10, 9000) == resources.job_mb(widths, 128, 10, 9000)
-    assert resources.parameters(net) == resources.parameters(widths)
+    assert costs.parameter_count(net) == costs.parameter_count(widths)
 
 
 def test_widths_without_hidden_layers_are_one_dense_layer():
-    net = costs.network([5, 3])
+    net = architecture.as_architecture([5, 3])
     assert net.layers == (architecture.Dense(5, 3, relu=False),)
     assert costs.forward_flops([5, 3]) == 2 * 15 + 3 + 4 * 3
 

@@ -5,9 +5,10 @@ equal-compute comparison of the report is deterministic.
 
 Network and conventions
     A network is a :class:`sngrad.architecture.Architecture`, its layers in order; an MLP may
-    be given by its widths ``[d_0, d_1, ..., d_L]`` (:func:`network`): layer l maps ``a =
-    d_{l-1}`` inputs to ``b = d_l`` outputs, ReLU after every layer but the last, softmax
-    cross-entropy on the logits. ``P_W = sum_l a b`` weights, ``P = P_W + sum_l b``
+    be given by its widths ``[d_0, d_1, ..., d_L]``
+    (:func:`sngrad.architecture.as_architecture`): layer l maps ``a = d_{l-1}`` inputs to
+    ``b = d_l`` outputs, ReLU after every layer but the last, softmax cross-entropy on the
+    logits. ``P_W = sum_l a b`` weights, ``P = P_W + sum_l b``
     parameters (a convolution adds its kernel's weights and one bias per output channel). A
     matrix product of an (m, k) and a (k, n) matrix costs ``2 m k n``; an elementwise
     operation costs one FLOP per element and per arithmetic operation (add, multiply,
@@ -135,10 +136,9 @@ SVRG_PER_PARAMETER = 5  # the correction mean - (snap_mean - anchor), guarded an
 #
 # Every function of a network takes either an MLP's widths (the tests, the benchmark and the
 # workflow pass them) or an Architecture, turns it into the Architecture once at its entry
-# (:func:`network`) and counts layer by layer.
+# (:func:`sngrad.architecture.as_architecture`) and counts layer by layer.
 
 Network = Sequence[int] | Architecture
-network = as_architecture  # the one conversion, at each function's entry
 
 
 def _multiply_adds(layer: Dense | Conv) -> int:
@@ -158,17 +158,17 @@ def _with_input_gradient(net: Architecture):
 def weight_count(net: Network) -> int:
     """P_W: the weights of the network (dense weights and convolution kernels, biases
     excluded)."""
-    return network(net).weight_count()
+    return as_architecture(net).weight_count()
 
 
 def parameter_count(net: Network) -> int:
     """P: weights and biases."""
-    return network(net).parameter_count()
+    return as_architecture(net).parameter_count()
 
 
 def forward_flops(net: Network) -> int:
     """F: one example's forward pass and loss (module docstring)."""
-    net = network(net)
+    net = as_architecture(net)
     total = LOSS_FORWARD_PER_CLASS * net.classes
     for layer in net.layers:
         if isinstance(layer, MaxPool):
@@ -181,7 +181,7 @@ def forward_flops(net: Network) -> int:
 
 def backward_flops(net: Network) -> int:
     """G: one example's backward pass to the weight and bias gradients."""
-    net = network(net)
+    net = as_architecture(net)
     total = LOSS_BACKWARD_PER_CLASS * net.classes
     for layer, input_gradient in _with_input_gradient(net):
         if isinstance(layer, MaxPool):
@@ -197,7 +197,7 @@ def _moment_sum(net: Network, conv_per_parameter: int, dense_per_output: int) ->
     convolution (the two-pass reduction of its per-example gradients); ``2ab + a +
     dense_per_output b`` for a dense layer (its outer-product formulas)."""
     total = 0
-    for layer in network(net).parametrised:
+    for layer in as_architecture(net).parametrised:
         if isinstance(layer, Conv):
             total += conv_per_parameter * (layer.weights + layer.fan_out)
         else:
@@ -221,7 +221,7 @@ def variance_finish_flops(net: Network) -> int:
     convolution kernel VARIANCE_FINISH_PER_CONV_WEIGHT); ``3 P_W`` for an MLP."""
     return sum(layer.weights * (VARIANCE_FINISH_PER_CONV_WEIGHT if isinstance(layer, Conv)
                                 else VARIANCE_FINISH_PER_WEIGHT)
-               for layer in network(net).parametrised)
+               for layer in as_architecture(net).parametrised)
 
 
 def covariance_finish_flops(net: Network) -> int:
@@ -229,14 +229,14 @@ def covariance_finish_flops(net: Network) -> int:
     kernel CV_PER_CONV_WEIGHT); ``2 P_W`` for an MLP."""
     return sum(layer.weights * (CV_PER_CONV_WEIGHT if isinstance(layer, Conv)
                                 else CV_PER_WEIGHT)
-               for layer in network(net).parametrised)
+               for layer in as_architecture(net).parametrised)
 
 
 def matmul_flops(net: Network) -> dict[str, int]:
     """The matrix products (and convolutions) alone, per example: forward, backward, moment
     products (a convolution's per-example kernel gradients replace its batch kernel-gradient
     product, counted in backward, so it adds no moment product)."""
-    net = network(net)
+    net = as_architecture(net)
     pairs = [(2 * _multiply_adds(layer), needed)
              for layer, needed in _with_input_gradient(net) if not isinstance(layer, MaxPool)]
     return {"forward": sum(p for p, _ in pairs),
@@ -265,7 +265,7 @@ def step_flops(run: RunName, net: Network, batch: int) -> int:
     """FLOPs of one training step of ``run`` on a batch of ``batch`` examples."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise SngradError(f"batch must be an integer >= 1; got {batch!r}")
-    kind, net = run.step_kind, network(net)
+    kind, net = run.step_kind, as_architecture(net)
     f, g, p = forward_flops(net), backward_flops(net), parameter_count(net)
     per_param = UPDATE_PER_PARAMETER[run.base]
     if kind == "plain":
@@ -359,7 +359,7 @@ def budget_step(run: RunName, net: Network, n_train: int, batch: int, epochs: in
                 snapshot_every: int = 1) -> Budget:
     """The budget step k* of ``run`` against its base (a base against its optimizer)."""
     base = run.paired_base or run._replace(schedule=None)  # a base: itself, by its optimizer
-    net = network(net)  # once, not at each of the search's steps
+    net = as_architecture(net)  # once, not at each of the search's steps
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise SngradError(f"epochs must be an integer >= 1; got {epochs!r}")
     if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or \
@@ -531,7 +531,7 @@ def calibrate_flops(net: Network, batch: int, seconds: float = 2.0) -> float:
     import jax
     import jax.numpy as jnp
 
-    net = network(net)
+    net = as_architecture(net)
     layers = net.parametrised
     keys = jax.random.split(jax.random.PRNGKey(0), len(layers) + 1)
     x = jax.random.normal(keys[0], (batch, *net.input_shape), jnp.float32)

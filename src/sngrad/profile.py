@@ -78,11 +78,23 @@ def split_sizes(config: Mapping, dataset: str) -> tuple[int, int]:
 
 def architecture(config: Mapping, dataset: str):
     """The :class:`sngrad.architecture.Architecture` the profile trains on ``dataset``."""
-    from sngrad import architecture
     from sngrad.data.registry import get_spec
 
     spec = get_spec(dataset)
-    return architecture.build(config["model"], spec.shape, spec.num_classes)
+    return data_architecture(config["model"], dataset, spec.feature_dim, spec.num_classes)
+
+
+def data_architecture(model: Mapping, dataset: str, feature_dim: int, classes: int):
+    """The network a ``model:`` section builds on a dataset's prepared data of ``feature_dim``
+    features: an MLP's input width is the data's (a test's toy data need not have the
+    registry's), another kind's image shape the registry's."""
+    from sngrad import architecture
+
+    if architecture.model_kind(model) == "mlp":
+        return architecture.build(model, (feature_dim,), classes)
+    from sngrad.data.registry import get_spec
+
+    return architecture.build(model, get_spec(dataset).shape, classes)
 
 
 def training_spec(config: Mapping) -> str:

@@ -64,10 +64,6 @@ def machine_mb() -> float | None:
         return None
 
 
-def parameters(net: costs.Network) -> int:
-    return as_architecture(net).parameter_count()
-
-
 def job_mb(net: costs.Network, batch: int, runs: int, examples: int) -> float:
     """The lower bound of the module docstring, in MB, of a network (an Architecture or an
     MLP's widths)."""
@@ -135,7 +131,7 @@ def memory_problems(config: Mapping, machine: float | None = None) -> list[str]:
                         f"accelerator.memory_mb = {device['memory_mb']}: {device['jobs']} "
                         f"{stage} job(s) on {dataset} at once need at least {on_device:,.0f} MB "
                         f"of {device['name']} ({runs:,} vmapped run(s) of "
-                        f"{parameters(layers):,} parameters, batch {batch}, each); allowed: "
+                        f"{layers.parameter_count():,} parameters, batch {batch}, each); allowed: "
                         "fewer accelerator.jobs, or a network, batch size and run count that "
                         "fit"
                     )
@@ -153,7 +149,8 @@ def memory_problems(config: Mapping, machine: float | None = None) -> list[str]:
                 keys = [max(factors, key=factors.get)]
             problems.append(
                 f"{_named(config, keys)}: a {stage} job on {dataset} needs at least "
-                f"{need:,.0f} MB ({runs:,} vmapped run(s) of {parameters(layers):,} parameters, "
+                f"{need:,.0f} MB ({runs:,} vmapped run(s) of {layers.parameter_count():,} "
+                f"parameters, "
                 f"batch {batch}), above {' and '.join(exceeded)}; allowed: a network, batch "
                 f"size and run count that fit, or a larger resources.mem_mb.{stage} on a "
                 "machine that has it"

@@ -38,8 +38,9 @@ from sngrad.analysis.tuning import (
     tuning_axes,
     tuning_settings,
 )
-from sngrad.architecture import Architecture, build, model_kind
+from sngrad.architecture import Architecture
 from sngrad.names import RunName
+from sngrad.profile import data_architecture
 from sngrad.tables import (
     PAIRED_COLUMNS,
     SUMMARY_COLUMNS,
@@ -48,15 +49,8 @@ from sngrad.tables import (
 
 def network(model: Mapping, dataset: str, meta: Mapping) -> Architecture:
     """The profile's network (its ``model:`` section) on ``dataset`` as its data sidecar
-    ``meta`` describes it: an MLP's input width is the sidecar's (what the data file holds),
-    another kind's image shape the registry's."""
-    if model_kind(model) == "mlp":
-        shape = (meta["feature_dim"],)
-    else:
-        from sngrad.data import get_spec
-
-        shape = get_spec(dataset).shape
-    return build(model, shape, meta["num_classes"])
+    ``meta`` describes it (:func:`sngrad.profile.data_architecture`)."""
+    return data_architecture(model, dataset, meta["feature_dim"], meta["num_classes"])
 
 
 def network_weights(layout, datasets, model: Mapping | None) -> dict[str, dict[str, int]]:

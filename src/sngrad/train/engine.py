@@ -366,13 +366,10 @@ def initial_parameters(init_keys: Sequence[np.ndarray], arch: Architecture | Seq
 
 def model_architecture(spec: TrainSpec, splits) -> Architecture:
     """The network ``spec`` trains on the dataset of ``splits``."""
-    from sngrad import architecture
-    from sngrad.data import get_spec
+    from sngrad.profile import data_architecture
 
-    if spec.model is None:  # an MLP: its input width is the splits' (a test's toy data)
-        return architecture.mlp([splits.x_train.shape[1], *spec.hidden, splits.num_classes])
-    return architecture.build(spec.model_section(), get_spec(splits.name).shape,
-                              splits.num_classes)
+    return data_architecture(spec.model_section(), splits.name, splits.x_train.shape[1],
+                             splits.num_classes)
 
 
 def run_sweep(
